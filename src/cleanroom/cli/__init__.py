@@ -1,0 +1,1 @@
+"""The ``cleanroom`` command line: thin commands over the client and the libraries."""

@@ -1,0 +1,248 @@
+"""The cleanroom error tree.
+
+Every error carries a stable snake_case ``code`` (used in API bodies, CLI output
+and audit events), an HTTP ``status`` and a CLI ``exit_code``. Callers map
+errors by class or by ``code``, never by message text.
+
+::
+
+    CleanroomError                 internal_error               500  70
+    ├── InvalidRequest             invalid_request              400  64
+    ├── ConfigInvalid              config_invalid               400  78
+    ├── PolicyError
+    │   ├── PolicyInvalid          policy_invalid               422  65
+    │   ├── PolicyConflict         policy_conflict              409  65
+    │   └── PolicyNotFound         policy_not_found             404  66
+    ├── NotFound
+    │   ├── CleanroomNotFound      cleanroom_not_found          404  66
+    │   └── RunNotFound            run_not_found                404  66
+    ├── BackendError
+    │   ├── BackendUnavailable     backend_unavailable          503  69
+    │   ├── BackendCapabilityMismatch backend_capability_mismatch 409 69
+    │   └── RuntimeLaunchFailed    runtime_launch_failed        502  70
+    ├── ImageUnavailable           image_unavailable            503  69
+    ├── RunTimeout                 run_timeout                  504 124
+    ├── RunCancelled               run_cancelled                409 130
+    ├── GuestAgentFailed           guest_agent_failed           502  70
+    ├── NetworkSetupFailed         network_setup_failed         502  70
+    ├── HostNotAllowed             host_not_allowed             403  77
+    └── ServerUnavailable          server_unavailable           503  69
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendCapabilityMismatch",
+    "BackendError",
+    "BackendUnavailable",
+    "CleanroomError",
+    "CleanroomNotFound",
+    "ConfigInvalid",
+    "GuestAgentFailed",
+    "HostNotAllowed",
+    "ImageUnavailable",
+    "InvalidRequest",
+    "NetworkSetupFailed",
+    "NotFound",
+    "PolicyConflict",
+    "PolicyError",
+    "PolicyInvalid",
+    "PolicyNotFound",
+    "RunCancelled",
+    "RunNotFound",
+    "RunTimeout",
+    "RuntimeLaunchFailed",
+    "ServerUnavailable",
+    "error_class_for_code",
+]
+
+
+class CleanroomError(Exception):
+    """An unexpected internal failure (the base of every cleanroom error)."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 70
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API error body: ``{"error": {"code", "message", "details"}}``."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidRequest(CleanroomError):
+    """A request was malformed, mistyped, or named something that cannot exist."""
+
+    code = "invalid_request"
+    status = 400
+    exit_code = 64
+
+
+class ConfigInvalid(CleanroomError):
+    """The runtime configuration file is invalid."""
+
+    code = "config_invalid"
+    status = 400
+    exit_code = 78
+
+
+class PolicyError(CleanroomError):
+    """Base of the policy errors."""
+
+    code = "policy_invalid"
+    status = 422
+    exit_code = 65
+
+
+class PolicyInvalid(PolicyError):
+    """The policy file failed to parse or validate; ``details['problems']`` lists every problem."""
+
+    code = "policy_invalid"
+
+
+class PolicyConflict(PolicyError):
+    """The policy contradicts itself or the request in a way that cannot be resolved."""
+
+    code = "policy_conflict"
+    status = 409
+
+
+class PolicyNotFound(PolicyError):
+    """Neither ``cleanroom.yaml`` nor ``.buildkite/cleanroom.yaml`` exists in the directory."""
+
+    code = "policy_not_found"
+    status = 404
+    exit_code = 66
+
+
+class NotFound(CleanroomError):
+    """Base of the lookup failures."""
+
+    code = "not_found"
+    status = 404
+    exit_code = 66
+
+
+class CleanroomNotFound(NotFound):
+    """No cleanroom context has that id (or it was terminated)."""
+
+    code = "cleanroom_not_found"
+
+
+class RunNotFound(NotFound):
+    """No run has that id."""
+
+    code = "run_not_found"
+
+
+class BackendError(CleanroomError):
+    """Base of the backend failures."""
+
+    code = "backend_unavailable"
+    status = 503
+    exit_code = 69
+
+
+class BackendUnavailable(BackendError):
+    """The requested backend cannot run on this host (details say what is missing)."""
+
+    code = "backend_unavailable"
+
+
+class BackendCapabilityMismatch(BackendError):
+    """The backend cannot enforce something the compiled policy requires."""
+
+    code = "backend_capability_mismatch"
+    status = 409
+
+
+class RuntimeLaunchFailed(BackendError):
+    """The guest did not start or did not become ready in time."""
+
+    code = "runtime_launch_failed"
+    status = 502
+    exit_code = 70
+
+
+class ImageUnavailable(CleanroomError):
+    """The guest image is missing, corrupt, or cannot be built here."""
+
+    code = "image_unavailable"
+    status = 503
+    exit_code = 69
+
+
+class RunTimeout(CleanroomError):
+    """The command did not finish within its timeout and was killed."""
+
+    code = "run_timeout"
+    status = 504
+    exit_code = 124
+
+
+class RunCancelled(CleanroomError):
+    """The run was cancelled (by the client, a terminate, or server shutdown)."""
+
+    code = "run_cancelled"
+    status = 409
+    exit_code = 130
+
+
+class GuestAgentFailed(CleanroomError):
+    """The guest agent broke the protocol, reported an error, or went away."""
+
+    code = "guest_agent_failed"
+    status = 502
+    exit_code = 70
+
+
+class NetworkSetupFailed(CleanroomError):
+    """The run's network namespace, TAP device, firewall or resolver could not be set up."""
+
+    code = "network_setup_failed"
+    status = 502
+    exit_code = 70
+
+
+class HostNotAllowed(CleanroomError):
+    """The destination is not allowed by the policy."""
+
+    code = "host_not_allowed"
+    status = 403
+    exit_code = 77
+
+
+class ServerUnavailable(CleanroomError):
+    """No cleanroom server answers at the requested address."""
+
+    code = "server_unavailable"
+    status = 503
+    exit_code = 69
+
+
+def _all_subclasses(cls: type[CleanroomError]) -> list[type[CleanroomError]]:
+    out: list[type[CleanroomError]] = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_class_for_code(code: str) -> type[CleanroomError]:
+    """The most specific error class carrying ``code`` (``CleanroomError`` if unknown).
+
+    Used by the client to raise the same class the server raised.
+    """
+    best: type[CleanroomError] = CleanroomError
+    for cls in _all_subclasses(CleanroomError):
+        if cls.code == code:
+            best = cls  # later entries are deeper in the tree, hence more specific
+    return best
