@@ -1,0 +1,149 @@
+"""The backend interface: start a microVM and hand back a byte stream to its agent.
+
+Backends know about VMMs; they do not speak the agent protocol (the service
+does, so command execution exists once). Backend-specific settings come from
+each backend's own config section and never appear in these neutral types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cleanroom.service.types import DoctorCheck
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Guest",
+    "GuestSpec",
+    "Isolation",
+    "NetworkAttachment",
+]
+
+Isolation = Literal["firecracker-kvm", "qemu-kvm", "qemu-tcg"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can enforce, published at start and by ``doctor``."""
+
+    backend_name: str
+    backend_version: str
+    isolation: Isolation
+    network_default_deny: bool
+    network_host_port_filtering: bool
+    dns_control: bool
+    policy_immutability: bool
+    audit_event_emission: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"backend_name", "backend_version", "isolation", "capabilities": {...}}``."""
+        flat = asdict(self)
+        return {
+            "backend_name": flat.pop("backend_name"),
+            "backend_version": flat.pop("backend_version"),
+            "isolation": flat.pop("isolation"),
+            "capabilities": flat,
+        }
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """The run's network, prepared by the network layer before the VMM starts.
+
+    The VMM process must run inside ``netns`` (``ip netns exec``) and attach
+    the guest NIC to the TAP device ``tap`` with MAC ``mac``.
+    """
+
+    netns: str
+    tap: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """Everything a backend needs to start one guest for one run."""
+
+    run_id: str
+    run_dir: Path
+    """Exists; the backend writes its plan, console log and sockets here."""
+    launch_seconds: float
+    """Deadline for the guest to boot and its agent channel to open."""
+    network: NetworkAttachment | None = None
+    """None: the guest gets no NIC at all (nothing to reach)."""
+
+
+class Guest(Protocol):
+    """One running microVM. ``destroy`` must be safe to call at any time, repeatedly."""
+
+    @property
+    def isolation(self) -> Isolation:
+        """How this guest is isolated (``qemu-tcg`` etc.), for the run record."""
+        ...
+
+    @property
+    def plan_path(self) -> Path:
+        """The exact VMM argv or config file written before start (``plan_path`` in results)."""
+        ...
+
+    @property
+    def console_path(self) -> Path:
+        """The guest console log."""
+        ...
+
+    @property
+    def timings(self) -> Mapping[str, Any]:
+        """Backend timings in ms: ``rootfs_prepare_ms``, ``vmm_start_ms``, and
+        ``rootfs_method`` (e.g. ``reflink``, ``copy``, ``qcow2-overlay``)."""
+        ...
+
+    async def open_channel(
+        self, deadline: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to the guest agent's byte stream, retrying until ``deadline``
+        (a ``loop.time()`` value). The first protocol bytes may wait in the
+        channel until the agent listens. Raises ``RuntimeLaunchFailed`` (with
+        the console tail in details) on deadline or if the VMM exits."""
+        ...
+
+    def console_tail(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the console log (for error details)."""
+        ...
+
+    def exited(self) -> int | None:
+        """The VMM's exit status if it has exited, else None."""
+        ...
+
+    async def destroy(self) -> None:
+        """Kill the VMM (by PID), wait for it, and remove its rootfs copy and sockets."""
+        ...
+
+
+class Backend(Protocol):
+    """A way to start guests. One instance per backend per server."""
+
+    name: str
+
+    async def prepare(self) -> Capabilities:
+        """Resolve the image, binaries and acceleration (cached after the first call).
+
+        Raises ``BackendUnavailable`` (saying exactly what is missing) or
+        ``ImageUnavailable``.
+        """
+        ...
+
+    async def launch(self, spec: GuestSpec) -> Guest:
+        """Start a guest (call ``prepare`` first). Raises ``RuntimeLaunchFailed``."""
+        ...
+
+    async def doctor(self) -> list[DoctorCheck]:
+        """Readiness checks specific to this backend (binary, KVM, kernel, rootfs)."""
+        ...
+
+    async def close(self) -> None:
+        """Release backend-wide resources (e.g. warm guests)."""
+        ...
