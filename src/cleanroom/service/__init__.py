@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.types import (
     CleanroomInfo,
@@ -15,6 +17,9 @@ from cleanroom.service.types import (
     RunStarted,
 )
 
+if TYPE_CHECKING:
+    from cleanroom.service.service import Service
+
 __all__ = [
     "CleanroomInfo",
     "DoctorCheck",
@@ -25,5 +30,16 @@ __all__ = [
     "RunOutput",
     "RunResult",
     "RunStarted",
+    "Service",
     "ServiceAPI",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Service pulls in backends, policy and images: load it only when asked for,
+    # so that clients importing the value types stay light.
+    if name == "Service":
+        from cleanroom.service.service import Service  # noqa: PLC0415
+
+        return Service
+    raise AttributeError(name)

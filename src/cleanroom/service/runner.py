@@ -1,0 +1,345 @@
+"""One run, start to finish: network, guest, agent, workspace, command, teardown.
+
+The runner is the only place that speaks the agent protocol on the host, so
+command execution exists once for every backend. Whatever happens (success,
+failure, timeout, cancellation) the guest and the run's network are destroyed
+and a complete run record is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cleanroom.agent import (
+    AgentClient,
+    AgentDisconnected,
+    AgentError,
+    AgentRemoteError,
+    ExitStatus,
+    GuestNetwork,
+)
+from cleanroom.backends.base import Backend, Guest, GuestSpec, NetworkAttachment
+from cleanroom.errors import (
+    CleanroomError,
+    GuestAgentFailed,
+    RunCancelled,
+    RuntimeLaunchFailed,
+    RunTimeout,
+)
+from cleanroom.policy import CompiledPolicy
+from cleanroom.service.output import OutputCapture
+from cleanroom.service.record import RunRecorder
+from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
+from cleanroom.service.workspace import archive_workspace, iter_file_chunks
+
+__all__ = ["NetworkLease", "NetworkProvider", "RunPlan", "execute_run"]
+
+
+class NetworkLease(Protocol):
+    """A run's prepared network (see ``cleanroom.network.RunNetwork``)."""
+
+    @property
+    def attachment(self) -> NetworkAttachment: ...
+
+    @property
+    def guest(self) -> GuestNetwork: ...
+
+    @property
+    def timings(self) -> dict[str, float]: ...
+
+
+class NetworkProvider(Protocol):
+    """Sets up and tears down a run's network (see ``cleanroom.network.NetworkManager``)."""
+
+    async def setup(self, run_id: str, policy: CompiledPolicy, run_dir: Path) -> Any: ...
+
+    async def teardown(self, lease: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the service decided for one run."""
+
+    run_id: str
+    cleanroom_id: str
+    backend_name: str
+    command: tuple[str, ...]
+    cwd: Path
+    run_dir: Path
+    policy: CompiledPolicy
+    read_only_workspace: bool
+    launch_seconds: float
+    timeout: float | None = None
+
+
+async def execute_run(
+    plan: RunPlan,
+    backend: Backend,
+    network: NetworkProvider | None,
+    on_event: EventSink | None,
+) -> RunResult:
+    """Run ``plan`` in a fresh guest and return its result.
+
+    Raises ``RuntimeLaunchFailed``, ``GuestAgentFailed``, ``RunTimeout``,
+    ``NetworkSetupFailed`` or ``RunCancelled`` (also when this task is
+    cancelled, after cleanup). Cleanup always runs, shielded from cancellation.
+    """
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    rec = RunRecorder(
+        run_id=plan.run_id,
+        cleanroom_id=plan.cleanroom_id,
+        backend=plan.backend_name,
+        policy_hash=plan.policy.policy_hash,
+        command=list(plan.command),
+        run_dir=plan.run_dir,
+    )
+    capture = OutputCapture(plan.run_dir, on_event)
+    state = _RunState()
+    try:
+        if on_event is not None:
+            await on_event(RunStarted(plan.run_id, plan.cleanroom_id, plan.run_dir))
+        status = await _run_in_guest(plan, backend, network, rec, capture, state)
+    except asyncio.CancelledError:
+        await _shielded_cleanup(state, network, rec)
+        capture.close()
+        err = RunCancelled("the run was cancelled", details={"run_id": plan.run_id})
+        rec.finish(status="cancelled", error=_err_dict(err))
+        raise
+    except CleanroomError as exc:
+        await _shielded_cleanup(state, network, rec)
+        capture.close()
+        exc.details.setdefault("run_id", plan.run_id)
+        exc.details.setdefault("run_dir", str(plan.run_dir))
+        rec.finish(
+            status="timeout" if isinstance(exc, RunTimeout) else "error", error=_err_dict(exc)
+        )
+        raise
+    await _shielded_cleanup(state, network, rec)
+    capture.close()
+    signame = status.signal_name
+    if status.timed_out:
+        err = RunTimeout(
+            f"the command did not finish within {plan.timeout} s and was killed",
+            details={"run_id": plan.run_id, "run_dir": str(plan.run_dir)},
+        )
+        rec.finish(
+            status="timeout", exit_code=status.exit_code, signal=signame, error=_err_dict(err)
+        )
+        raise err
+    rec.finish(status="exited", exit_code=status.exit_code, signal=signame)
+    result = RunResult(
+        run_id=plan.run_id,
+        cleanroom_id=plan.cleanroom_id,
+        exit_code=status.exit_code,
+        stdout=capture.text("stdout"),
+        stderr=capture.text("stderr"),
+        run_dir=plan.run_dir,
+        plan_path=state.plan_path or plan.run_dir / "plan.json",
+        signal=signame,
+        stdout_truncated=capture.truncated("stdout"),
+        stderr_truncated=capture.truncated("stderr"),
+    )
+    if on_event is not None:
+        await on_event(RunExit(result))
+    return result
+
+
+class _RunState:
+    """Resources a run holds, for cleanup."""
+
+    def __init__(self) -> None:
+        self.guest: Guest | None = None
+        self.lease: Any = None
+        self.client: AgentClient | None = None
+        self.plan_path: Path | None = None
+        self.archive: Path | None = None
+
+
+async def _run_in_guest(
+    plan: RunPlan,
+    backend: Backend,
+    network: NetworkProvider | None,
+    rec: RunRecorder,
+    capture: OutputCapture,
+    state: _RunState,
+) -> ExitStatus:
+    loop = asyncio.get_running_loop()
+    # The workspace archive is prepared while the network is set up and the guest boots.
+    state.archive = plan.run_dir / "workspace.tar"
+    archive_task = asyncio.create_task(_prepare_archive(plan.cwd, state.archive))
+
+    attachment: NetworkAttachment | None = None
+    guest_net: GuestNetwork | None = None
+    if network is not None and plan.policy.needs_network:
+        t = time.monotonic()
+        state.lease = await network.setup(plan.run_id, plan.policy, plan.run_dir)
+        rec.timing("network_setup_ms", (time.monotonic() - t) * 1000)
+        attachment = state.lease.attachment
+        guest_net = state.lease.guest
+        resolution = state.lease.timings.get("policy_resolution_ms")
+        if resolution is not None:
+            rec.timing("policy_resolution_ms", resolution)
+    else:
+        rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
+
+    spec = GuestSpec(
+        run_id=plan.run_id,
+        run_dir=plan.run_dir,
+        launch_seconds=plan.launch_seconds,
+        network=attachment,
+    )
+    launch_start = loop.time()
+    deadline = launch_start + plan.launch_seconds
+    state.guest = guest = await backend.launch(spec)
+    state.plan_path = guest.plan_path
+    rec.set(isolation=guest.isolation)
+    rec.data["artifacts"]["plan"] = guest.plan_path.name
+    _copy_guest_timings(guest, rec)
+
+    reader, writer = await guest.open_channel(deadline)
+    channel_open = loop.time()
+    rec.timing("agent_connect_wait_ms", (channel_open - launch_start) * 1000)
+    client = state.client = AgentClient(reader, writer)
+    try:
+        info = await client.hello(timeout=max(0.1, deadline - loop.time()))
+    except (AgentError, TimeoutError) as exc:
+        raise _launch_failed(guest, plan, f"the guest agent did not answer: {exc}") from exc
+    rec.timing("vm_ready_ms", (loop.time() - launch_start) * 1000)
+    rec.set(guest={"agent_version": info.agent_version, "kernel": info.kernel})
+
+    try:
+        await client.configure(entropy_seed=os.urandom(64), network=guest_net)
+        stats = await archive_task
+        t = time.monotonic()
+        ws = await client.send_workspace(
+            _async_chunks(state.archive), read_only=plan.read_only_workspace
+        )
+        rec.timing("workspace_transfer_ms", (time.monotonic() - t) * 1000)
+        rec.set(
+            workspace={
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "archive_bytes": stats.archive_bytes,
+                "skipped": list(stats.skipped),
+                "extracted_files": ws.files,
+                "refused": ws.skipped,
+                "read_only": plan.read_only_workspace,
+            }
+        )
+        _remove(state.archive)
+        t = time.monotonic()
+        status = await client.exec(
+            list(plan.command),
+            cwd="/workspace",
+            timeout=plan.timeout,
+            on_output=capture.write,
+        )
+        rec.timing("command_ms", (time.monotonic() - t) * 1000)
+    except AgentDisconnected as exc:
+        code = guest.exited()
+        why = f"the VMM exited (status {code})" if code is not None else "the agent channel closed"
+        raise GuestAgentFailed(
+            f"lost the guest during the run: {why}",
+            details={"console_tail": guest.console_tail()},
+        ) from exc
+    except AgentRemoteError as exc:
+        raise GuestAgentFailed(
+            f"the guest agent reported an error: {exc}", details={"agent_code": exc.code}
+        ) from exc
+    except AgentError as exc:
+        raise GuestAgentFailed(f"guest agent protocol failure: {exc}") from exc
+    finally:
+        if not archive_task.done():
+            archive_task.cancel()
+    return status
+
+
+def _launch_failed(guest: Guest, plan: RunPlan, message: str) -> RuntimeLaunchFailed:
+    return RuntimeLaunchFailed(
+        message,
+        details={
+            "launch_seconds": plan.launch_seconds,
+            "console_tail": guest.console_tail(),
+        },
+    )
+
+
+async def _prepare_archive(cwd: Path, dest: Path) -> Any:
+    return await asyncio.to_thread(archive_workspace, cwd, dest)
+
+
+async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
+    it = iter_file_chunks(path)
+    while True:
+        block = await asyncio.to_thread(next, it, b"")
+        if not block:
+            return
+        yield block
+
+
+def _copy_guest_timings(guest: Guest, rec: RunRecorder) -> None:
+    timings = dict(guest.timings)
+    for key in ("rootfs_prepare_ms", "vmm_start_ms"):
+        value = timings.get(key)
+        if isinstance(value, int | float):
+            rec.timing(key, float(value))
+    method = timings.get("rootfs_method")
+    if method is not None:
+        rec.set(rootfs_method=str(method))
+    if "pool" in timings:
+        rec.set(pool=str(timings["pool"]))
+
+
+async def _shielded_cleanup(
+    state: _RunState, network: NetworkProvider | None, rec: RunRecorder
+) -> None:
+    """Destroy the guest and the network even if the calling task is being cancelled."""
+    task = asyncio.ensure_future(_cleanup(state, network, rec))
+    # Keep waiting through repeated cancellation: leaking a VMM is worse than a slow cancel.
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
+
+
+async def _cleanup(state: _RunState, network: NetworkProvider | None, rec: RunRecorder) -> None:
+    if state.client is not None:
+        with contextlib.suppress(Exception):
+            await state.client.close()
+    if state.guest is not None:
+        t = time.monotonic()
+        await state.guest.destroy()
+        rec.timing("guest_teardown_ms", (time.monotonic() - t) * 1000)
+        state.guest = None
+    if state.lease is not None and network is not None:
+        t = time.monotonic()
+        summary = await network.teardown(state.lease)
+        rec.timing("network_cleanup_ms", (time.monotonic() - t) * 1000)
+        rec.set(network=_summary_dict(summary))
+        state.lease = None
+    if state.archive is not None:
+        _remove(state.archive)
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    if hasattr(summary, "to_dict"):
+        value = summary.to_dict()
+        if isinstance(value, dict):
+            return value
+    return {"summary": str(summary)}
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _err_dict(exc: CleanroomError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message}

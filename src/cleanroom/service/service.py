@@ -1,0 +1,321 @@
+"""The service: cleanroom contexts and their runs (the implementation of ``ServiceAPI``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cleanroom import paths
+from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
+from cleanroom.config import RuntimeConfig
+from cleanroom.errors import (
+    BackendCapabilityMismatch,
+    CleanroomError,
+    CleanroomNotFound,
+    InvalidRequest,
+    RunCancelled,
+    RunNotFound,
+)
+from cleanroom.policy import CompiledPolicy, load_policy
+from cleanroom.service.doctor import host_checks
+from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
+from cleanroom.service.record import read_record
+from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
+from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+
+__all__ = ["Service"]
+
+log = structlog.get_logger("cleanroom.service")
+
+
+@dataclass
+class _Context:
+    info: CleanroomInfo
+    policy: CompiledPolicy
+    backend: Backend
+    launch_seconds: float
+    tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
+    terminated: bool = False
+
+
+class Service:
+    """Contexts and runs over the configured backends (see ``ServiceAPI`` for the contract)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        backends: dict[str, Backend] | None = None,
+        network: NetworkProvider | None = None,
+    ) -> None:
+        self._config = config
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._network = network
+        self._network_error: str | None = None
+        self._contexts: dict[str, _Context] = {}
+        self._terminated: set[str] = set()
+        self._runs: dict[str, Path] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the network manager (if this host can enforce egress) and reconcile."""
+        if self._network is None:
+            try:
+                from cleanroom.network import NetworkManager  # noqa: PLC0415 - optional layer
+
+                manager = NetworkManager(self._config.network)
+            except CleanroomError as exc:
+                self._network_error = exc.message
+            else:
+                self._network = manager
+        reconcile = getattr(self._network, "reconcile", None)
+        if reconcile is not None:
+            removed = await reconcile()
+            if removed:
+                log.warning("reconciled leftovers from a previous server", removed=removed)
+
+    async def close(self) -> None:
+        """Cancel every run, wait for their cleanup, close the backends. Idempotent."""
+        self._closed = True
+        tasks = [t for ctx in self._contexts.values() for t in ctx.tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for ctx in self._contexts.values():
+            ctx.terminated = True
+            self._terminated.add(ctx.info.cleanroom_id)
+        self._contexts.clear()
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+    # -- contexts ------------------------------------------------------------------
+
+    async def launch(
+        self, cwd: Path, *, backend: str | None = None, options: LaunchOptions | None = None
+    ) -> CleanroomInfo:
+        """See ``ServiceAPI.launch``."""
+        opts = options or LaunchOptions()
+        cwd = Path(cwd)
+        if not cwd.is_absolute():
+            raise InvalidRequest("cwd must be an absolute path", details={"cwd": str(cwd)})
+        if not cwd.is_dir():
+            raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
+        if opts.launch_seconds is not None and not 0 < opts.launch_seconds <= 3600:
+            raise InvalidRequest("launch_seconds must be in (0, 3600]")
+        policy = await asyncio.to_thread(load_policy, cwd)
+        name = resolve_backend_name(backend, self._config)
+        be = await self._backend(name)
+        caps = await be.prepare()
+        self._check_capabilities(policy, caps)
+        read_only = (
+            opts.read_only_workspace
+            if opts.read_only_workspace is not None
+            else self._config.workspace.access == "ro"
+        )
+        root = opts.run_dir if opts.run_dir is not None else paths.state_dir() / "runs"
+        if not root.is_absolute():
+            raise InvalidRequest("run_dir must be an absolute path", details={"run_dir": str(root)})
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidRequest(
+                f"cannot create run_dir {root}: {exc.strerror}", details={"run_dir": str(root)}
+            ) from exc
+        info = CleanroomInfo(
+            cleanroom_id=new_cleanroom_id(),
+            backend=name,
+            cwd=cwd,
+            policy_source=policy.source,
+            policy_hash=policy.policy_hash,
+            run_dir_root=root,
+            read_only_workspace=read_only,
+            created_at=utc_now(),
+        )
+        launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
+        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds)
+        log.info(
+            "launched", cleanroom_id=info.cleanroom_id, backend=name, policy=policy.policy_hash
+        )
+        return info
+
+    async def terminate(self, cleanroom_id: str) -> None:
+        """See ``ServiceAPI.terminate``."""
+        ctx = self._contexts.pop(cleanroom_id, None)
+        if ctx is None:
+            if cleanroom_id in self._terminated:
+                return
+            raise CleanroomNotFound(
+                f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
+            )
+        ctx.terminated = True
+        self._terminated.add(cleanroom_id)
+        for task in list(ctx.tasks):
+            task.cancel()
+        if ctx.tasks:
+            await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        log.info("terminated", cleanroom_id=cleanroom_id)
+
+    def list_cleanrooms(self) -> list[CleanroomInfo]:
+        """See ``ServiceAPI.list_cleanrooms``."""
+        return [ctx.info for ctx in self._contexts.values()]
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def run(
+        self,
+        cleanroom_id: str,
+        command: Sequence[str],
+        *,
+        on_event: EventSink | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """See ``ServiceAPI.run``. ``timeout`` (seconds) kills the command's process group."""
+        ctx = self._contexts.get(cleanroom_id)
+        if ctx is None or ctx.terminated:
+            raise CleanroomNotFound(
+                f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
+            )
+        argv = _check_command(command)
+        if timeout is not None and not 0 < timeout <= 86400:
+            raise InvalidRequest("timeout must be in (0, 86400] seconds")
+        run_id = new_run_id()
+        run_dir = ctx.info.run_dir_root / run_id
+        self._runs[run_id] = run_dir
+        ctx.info = replace(ctx.info, runs=(*ctx.info.runs, run_id))
+        plan = RunPlan(
+            run_id=run_id,
+            cleanroom_id=cleanroom_id,
+            backend_name=ctx.info.backend,
+            command=argv,
+            cwd=ctx.info.cwd,
+            run_dir=run_dir,
+            policy=ctx.policy,
+            read_only_workspace=ctx.info.read_only_workspace,
+            launch_seconds=ctx.launch_seconds,
+            timeout=timeout,
+        )
+        # The run executes in its own task so that terminate() can cancel it while
+        # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
+        # cancellation; cancelling the caller cancels the run too.
+        task = asyncio.create_task(execute_run(plan, ctx.backend, self._network, on_event))
+        ctx.tasks.add(task)
+        task.add_done_callback(ctx.tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and not _current_task_cancelling():
+                raise RunCancelled(
+                    "the run was cancelled because its cleanroom was terminated",
+                    details={"run_id": run_id, "cleanroom_id": cleanroom_id},
+                ) from None
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+
+    async def exec(
+        self,
+        cwd: Path,
+        command: Sequence[str],
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+        on_event: EventSink | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """See ``ServiceAPI.exec``."""
+        _check_command(command)
+        info = await self.launch(cwd, backend=backend, options=options)
+        try:
+            return await self.run(info.cleanroom_id, command, on_event=on_event, timeout=timeout)
+        finally:
+            await asyncio.shield(self.terminate(info.cleanroom_id))
+
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """See ``ServiceAPI.run_record``."""
+        if not run_id.startswith("run-") or "/" in run_id or len(run_id) > 64:
+            raise RunNotFound(f"no run {run_id!r}", details={"run_id": run_id})
+        run_dir = self._runs.get(run_id, paths.state_dir() / "runs" / run_id)
+        try:
+            return read_record(run_dir)
+        except (OSError, ValueError, TypeError) as exc:
+            raise RunNotFound(f"no record for run {run_id!r}", details={"run_id": run_id}) from exc
+
+    async def doctor(self) -> list[DoctorCheck]:
+        """See ``ServiceAPI.doctor``."""
+        checks = await asyncio.to_thread(host_checks)
+        name = resolve_backend_name(None, self._config)
+        for be_name in ("qemu", "firecracker"):
+            try:
+                be = await self._backend(be_name)
+                checks.extend(await be.doctor())
+            except CleanroomError as exc:
+                status = "fail" if be_name == name else "warn"
+                checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
+        if self._network is None:
+            checks.append(
+                DoctorCheck(
+                    "network.enforcement",
+                    "warn",
+                    self._network_error or "egress enforcement is not available",
+                )
+            )
+        return checks
+
+    # -- helpers -------------------------------------------------------------------
+
+    async def _backend(self, name: str) -> Backend:
+        async with self._lock:
+            be = self._backends.get(name)
+            if be is None:
+                be = get_backend(name, self._config)  # type: ignore[arg-type]
+                self._backends[name] = be
+            return be
+
+    def _backend_launch_seconds(self, name: str) -> float:
+        section = getattr(self._config.backends, name)
+        return float(section.launch_seconds)
+
+    def _check_capabilities(self, policy: CompiledPolicy, caps: Capabilities) -> None:
+        if not policy.allow:
+            return  # nothing to reach: the guest gets no NIC at all
+        missing = [
+            cap
+            for cap in ("network_default_deny", "network_host_port_filtering", "dns_control")
+            if not getattr(caps, cap)
+        ]
+        if self._network is None:
+            missing.append("egress enforcement (" + (self._network_error or "unavailable") + ")")
+        if missing:
+            raise BackendCapabilityMismatch(
+                f"backend {caps.backend_name} cannot enforce this policy's allow rules: "
+                + ", ".join(missing),
+                details={"missing": missing, "backend": caps.backend_name},
+            )
+
+
+def _check_command(command: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(command, str | bytes) or not command:
+        raise InvalidRequest("command must be a non-empty list of strings")
+    argv = tuple(command)
+    if not all(isinstance(a, str) for a in argv):
+        raise InvalidRequest("command must be a non-empty list of strings")
+    if any("\x00" in a for a in argv):
+        raise InvalidRequest("command arguments must not contain NUL bytes")
+    return argv
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
