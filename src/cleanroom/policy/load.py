@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cleanroom.errors import PolicyInvalid, PolicyNotFound
@@ -70,9 +71,4 @@ def load_policy(directory: Path) -> CompiledPolicy:
             },
         ) from exc
     compiled = compile_policy_text(text.removeprefix("\ufeff"), name, warnings=warnings)
-    return CompiledPolicy(
-        allow=compiled.allow,
-        deny=compiled.deny,
-        source=path.resolve(),
-        warnings=compiled.warnings,
-    )
+    return replace(compiled, source=path.resolve())
