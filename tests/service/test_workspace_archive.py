@@ -1,0 +1,90 @@
+"""The workspace archiver: what goes in, what is skipped, nothing outside the tree."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cleanroom.errors import InvalidRequest
+from cleanroom.service.workspace import archive_workspace, iter_file_chunks
+
+
+def _tree(root: Path, outside: Path) -> None:
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "mod.py").write_text("print('hi')\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "empty").mkdir()
+    (root / "link-inside").symlink_to("src/pkg/mod.py")
+    (root / "link-outside").symlink_to(outside)
+    (root / "dirlink").symlink_to(outside.parent)
+    os.link(root / "run.sh", root / "hardlink.sh")
+    os.mkfifo(root / "fifo")
+
+
+def test_archive_keeps_files_modes_and_links(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _tree(ws, secret)
+    dest = tmp_path / "ws.tar"
+
+    stats = archive_workspace(ws, dest)
+
+    with tarfile.open(dest) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["run.sh"].mode & 0o777 == 0o755
+        assert members["link-inside"].issym()
+        assert members["link-inside"].linkname == "src/pkg/mod.py"
+        assert members["link-outside"].issym()
+        assert members["dirlink"].issym()
+        assert members["empty"].isdir()
+        assert members["hardlink.sh"].islnk() or members["run.sh"].islnk()
+        assert "fifo" not in members
+        # Nothing behind a symlink was followed: the secret's content is not in the archive.
+        for m in tar.getmembers():
+            if m.isfile():
+                f = tar.extractfile(m)
+                assert f is not None
+                assert b"do not read" not in f.read()
+    assert stats.skipped == ("fifo",)
+    assert stats.files == 3  # mod.py, run.sh, hardlink.sh
+    assert stats.symlinks == 3
+    assert stats.archive_bytes == dest.stat().st_size
+
+
+def test_archive_skips_sockets(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(ws / "s.sock"))
+        stats = archive_workspace(ws, tmp_path / "a.tar")
+    finally:
+        sock.close()
+    assert stats.skipped == ("s.sock",)
+
+
+def test_archive_rejects_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest):
+        archive_workspace(tmp_path / "nope", tmp_path / "a.tar")
+
+
+def test_archive_io_error_is_invalid_request(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    with pytest.raises(InvalidRequest) as info:
+        archive_workspace(ws, tmp_path / "missing-dir" / "a.tar")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_iter_file_chunks_bounded(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 1000)
+    chunks = list(iter_file_chunks(p, chunk=300))
+    assert [len(c) for c in chunks] == [300, 300, 300, 100]
