@@ -177,7 +177,7 @@ async def _run_in_guest(
 
     attachment: NetworkAttachment | None = None
     guest_net: GuestNetwork | None = None
-    if network is not None and plan.policy.needs_network:
+    if network is not None and plan.policy.allow:
         t = time.monotonic()
         state.lease = await network.setup(plan.run_id, plan.policy, plan.run_dir)
         rec.timing("network_setup_ms", (time.monotonic() - t) * 1000)

@@ -284,7 +284,7 @@ class Service:
             return be
 
     def _backend_launch_seconds(self, name: str) -> float:
-        section = getattr(self._config.backends, name)
+        section = getattr(self._config, name)
         return float(section.launch_seconds)
 
     def _check_capabilities(self, policy: CompiledPolicy, caps: Capabilities) -> None:
