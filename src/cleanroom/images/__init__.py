@@ -1,0 +1,33 @@
+"""The guest image: build, cache and verify the kernel, initramfs and rootfs.
+
+``ensure_image()`` returns the image for the current inputs (Debian package
+candidates, the agent's sources, the recipe), building it on first use into
+the content-addressed cache ``cleanroom.paths.images_dir()/<digest>/``.
+"""
+
+from __future__ import annotations
+
+from cleanroom.images.cache import current_image, ensure_image, image_digest, list_images
+from cleanroom.images.manifest import GuestImage, image_from_paths, verify_image
+from cleanroom.images.progress import (
+    JsonProgress,
+    NullProgress,
+    PlainProgress,
+    Progress,
+    RichProgress,
+)
+
+__all__ = [
+    "GuestImage",
+    "JsonProgress",
+    "NullProgress",
+    "PlainProgress",
+    "Progress",
+    "RichProgress",
+    "current_image",
+    "ensure_image",
+    "image_digest",
+    "image_from_paths",
+    "list_images",
+    "verify_image",
+]
