@@ -1,0 +1,257 @@
+"""The HTTP application: routes that translate JSON to service calls and errors to bodies.
+
+``create_app(service)`` takes any :class:`~cleanroom.service.ServiceAPI`, so the
+same app serves the real service and test fakes. Every error response is
+``{"error": {"code", "message", "details"}}`` with the error class's status;
+errors are mapped by class, and anything unexpected becomes a logged 500
+``internal_error`` with a generic message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import cleanroom
+from cleanroom.errors import CleanroomError, InvalidRequest, NotFound, RunCancelled
+from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
+from cleanroom.server.models import (
+    CleanroomModel,
+    CleanroomsResponse,
+    DoctorCheckModel,
+    DoctorResponse,
+    ErrorBody,
+    ExecRequest,
+    HealthResponse,
+    LaunchOptionsModel,
+    LaunchRequest,
+    LaunchResponse,
+    RunRequest,
+    RunResponse,
+    TerminateRequest,
+    TerminateResponse,
+)
+from cleanroom.server.streaming import NDJSON, RunStreamResponse, as_cleanroom_error
+from cleanroom.service.api import ServiceAPI
+from cleanroom.service.types import EventSink, LaunchOptions, RunResult
+
+__all__ = ["create_app"]
+
+T = TypeVar("T")
+_log = structlog.get_logger("cleanroom.server")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
+
+
+# Statuses each kind of route can answer with (see cleanroom.errors for the codes).
+_GET_ERRORS = _errors(500)
+_BODY_ERRORS = (400, 413, 500)
+_LAUNCH_ERRORS = _errors(*_BODY_ERRORS, 404, 409, 422, 502, 503, 504)
+_RUN_ERRORS = _errors(*_BODY_ERRORS, 404, 409, 502, 503, 504)
+_STREAMING = {
+    "description": "The run result; or, with `Accept: application/x-ndjson`, one JSON "
+    "event per line: started, stdout/stderr chunks, then exit or error.",
+    "content": {NDJSON: {"schema": {"type": "string"}}},
+}
+
+
+def _error_response(exc: CleanroomError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=status or exc.status)
+
+
+async def _guard(awaitable: Awaitable[T]) -> T:
+    """Await a service call, turning foreign exceptions into a logged internal error."""
+    try:
+        return await awaitable
+    except CleanroomError:
+        raise
+    except Exception as exc:
+        raise as_cleanroom_error(exc) from exc
+
+
+def _guard_sync(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except CleanroomError:
+        raise
+    except Exception as exc:
+        raise as_cleanroom_error(exc) from exc
+
+
+async def _cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``; cancel it if the client disconnects first."""
+    work = asyncio.ensure_future(awaitable)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            _log.info("client_gone", path=request.url.path)
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            raise RunCancelled("the client disconnected")
+        return await _guard(work)
+    finally:
+        for task in (work, gone):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+def _absolute(field: str, value: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        raise InvalidRequest(
+            f"{field} must be an absolute path, got {value!r}",
+            details={"errors": [{"loc": ["body", *field.split(".")], "msg": "not absolute"}]},
+        )
+    return path
+
+
+def _launch_options(model: LaunchOptionsModel | None) -> LaunchOptions | None:
+    if model is None:
+        return None
+    if model.run_dir is not None:
+        _absolute("options.run_dir", model.run_dir)
+    return model.to_options()
+
+
+def _wants_stream(request: Request) -> bool:
+    return NDJSON in request.headers.get("accept", "")
+
+
+def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> FastAPI:
+    """The FastAPI app serving the cleanroom HTTP API over ``service``.
+
+    Request bodies over ``body_limit`` bytes are refused with 413 ``invalid_request``.
+    """
+    app = FastAPI(
+        title="cleanroom",
+        version=cleanroom.__version__,
+        description="Run commands in fresh microVMs under a repository's network policy.",
+    )
+    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(AccessLog)  # added last: outermost, so it sees every response
+    _install_error_handlers(app)
+
+    @app.get("/healthz", response_model=HealthResponse, responses=_GET_ERRORS)
+    async def healthz() -> HealthResponse:
+        return HealthResponse(version=cleanroom.__version__)
+
+    @app.post("/v1/cleanrooms/launch", response_model=LaunchResponse, responses=_LAUNCH_ERRORS)
+    async def launch(body: LaunchRequest) -> LaunchResponse:
+        cwd = _absolute("cwd", body.cwd)
+        options = _launch_options(body.options)
+        info = await _guard(service.launch(cwd, backend=body.backend, options=options))
+        return LaunchResponse.of(info)
+
+    @app.post(
+        "/v1/cleanrooms/run",
+        response_model=RunResponse,
+        responses={**_RUN_ERRORS, 200: _STREAMING},
+    )
+    async def run(body: RunRequest, request: Request) -> Any:
+        def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
+            return service.run(body.cleanroom_id, body.command, on_event=on_event)
+
+        if _wants_stream(request):
+            return RunStreamResponse(start)
+        return RunResponse.of(await _cancel_on_disconnect(request, start(None)))
+
+    @app.post("/v1/cleanrooms/terminate", response_model=TerminateResponse, responses=_RUN_ERRORS)
+    async def terminate(body: TerminateRequest) -> TerminateResponse:
+        await _guard(service.terminate(body.cleanroom_id))
+        return TerminateResponse()
+
+    @app.post("/v1/exec", response_model=RunResponse, responses={**_LAUNCH_ERRORS, 200: _STREAMING})
+    async def exec_(body: ExecRequest, request: Request) -> Any:
+        cwd = _absolute("cwd", body.cwd)
+        options = _launch_options(body.options)
+
+        def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
+            return service.exec(
+                cwd, body.command, backend=body.backend, options=options, on_event=on_event
+            )
+
+        if _wants_stream(request):
+            return RunStreamResponse(start)
+        return RunResponse.of(await _cancel_on_disconnect(request, start(None)))
+
+    @app.get("/v1/cleanrooms", response_model=CleanroomsResponse, responses=_GET_ERRORS)
+    async def list_cleanrooms() -> CleanroomsResponse:
+        infos = _guard_sync(service.list_cleanrooms)
+        return CleanroomsResponse(cleanrooms=[CleanroomModel.of(i) for i in infos])
+
+    @app.get(
+        "/v1/runs/{run_id}",
+        response_model=dict[str, Any],
+        responses=_errors(400, 404, 500),
+        description="The run record (`run-observability.json`).",
+    )
+    async def run_record(run_id: str) -> dict[str, Any]:
+        return _guard_sync(lambda: service.run_record(run_id))
+
+    @app.get("/v1/doctor", response_model=DoctorResponse, responses=_GET_ERRORS)
+    async def doctor() -> DoctorResponse:
+        checks = await _guard(service.doctor())
+        return DoctorResponse(
+            ok=all(c.status != "fail" for c in checks),
+            checks=[DoctorCheckModel.of(c) for c in checks],
+        )
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_cleanroom_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CleanroomError)
+        if exc.status >= 500:
+            _log.warning("request_failed", code=exc.code, message=exc.message)
+        return _error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:3])
+        if "json" not in request.headers.get("content-type", ""):
+            summary = "the body must be JSON sent with Content-Type: application/json"
+        return _error_response(
+            InvalidRequest(f"invalid request: {summary}", details={"errors": errors})
+        )
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        error: CleanroomError
+        if exc.status_code == 404:
+            error = NotFound("no such endpoint")
+        else:
+            error = InvalidRequest(str(exc.detail))
+        return _error_response(error, exc.status_code)
+
+    app.add_exception_handler(CleanroomError, on_cleanroom_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

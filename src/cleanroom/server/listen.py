@@ -1,0 +1,208 @@
+"""Listen addresses and the sockets the server binds itself.
+
+``unix:///path`` sockets are created 0600 (bound under a 0177 umask, so no
+other user can ever connect, not even briefly) in a 0700 directory. A lock file
+next to the socket makes "one server per socket" race-free: the lock holder
+may replace a stale socket file left by a dead server; a second server exits
+with ``server_unavailable``. ``tcp://HOST:PORT`` binds loopback only unless
+remote listening is explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from cleanroom.errors import InvalidRequest, ServerUnavailable
+
+__all__ = ["BoundListener", "ListenAddress", "bind", "parse_listen"]
+
+_BACKLOG = 128
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """Where to listen: a unix socket path, or a TCP host and port."""
+
+    scheme: Literal["unix", "tcp"]
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def url(self) -> str:
+        """The address as a ``unix://`` or ``tcp://`` URL."""
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_listen(url: str) -> ListenAddress:
+    """Parse ``unix:///abs/path`` or ``tcp://HOST:PORT``; raises ``InvalidRequest``."""
+    if url.startswith("unix://"):
+        path = Path(url[len("unix://") :])
+        if not path.is_absolute():
+            raise InvalidRequest(f"unix socket path must be absolute: {url!r}")
+        return ListenAddress(scheme="unix", path=path)
+    if url.startswith("tcp://"):
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid port in {url!r}") from exc
+        if not parts.hostname or port is None or parts.path not in ("", "/"):
+            raise InvalidRequest(f"expected tcp://HOST:PORT, got {url!r}")
+        return ListenAddress(scheme="tcp", host=parts.hostname, port=port)
+    raise InvalidRequest(
+        f"unsupported listen address {url!r} (use unix:///path or tcp://HOST:PORT)"
+    )
+
+
+@dataclass
+class BoundListener:
+    """A bound, listening socket plus what must be undone when the server stops."""
+
+    address: ListenAddress
+    sock: socket.socket
+    lock_fd: int | None = None
+    inode: int | None = None
+    closed: bool = field(default=False)
+
+    def url(self) -> str:
+        """The actual address (with the kernel-chosen port for ``tcp://...:0``)."""
+        if self.address.scheme == "tcp":
+            host, port = self.sock.getsockname()[:2]
+            return ListenAddress(scheme="tcp", host=host, port=port).url()
+        return self.address.url()
+
+    def close(self) -> None:
+        """Close the socket, remove the socket file if it is still ours, release the lock."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        path = self.address.path
+        if path is not None and self.inode is not None:
+            with contextlib.suppress(OSError):
+                if path.lstat().st_ino == self.inode:  # never remove a successor's socket
+                    path.unlink()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+
+
+def bind(address: ListenAddress, *, allow_remote: bool = False) -> BoundListener:
+    """Bind and listen on ``address``.
+
+    Raises ``ServerUnavailable`` when another server already holds the socket,
+    ``InvalidRequest`` for a non-loopback TCP host without ``allow_remote`` or a
+    non-socket file in the way.
+    """
+    if address.scheme == "unix":
+        assert address.path is not None
+        return _bind_unix(address, address.path)
+    assert address.host is not None
+    assert address.port is not None
+    return _bind_tcp(address, address.host, address.port, allow_remote=allow_remote)
+
+
+def _already(path: Path) -> ServerUnavailable:
+    return ServerUnavailable(
+        f"a cleanroom server is already listening on unix://{path}",
+        details={"address": f"unix://{path}", "reason": "address_in_use"},
+    )
+
+
+def _bind_unix(address: ListenAddress, path: Path) -> BoundListener:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot use {path.parent}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(lock_fd)
+        raise _already(path) from exc
+    try:
+        _remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(_BACKLOG)
+        return BoundListener(address, sock, lock_fd=lock_fd, inode=path.lstat().st_ino)
+    except OSError as exc:
+        os.close(lock_fd)
+        raise InvalidRequest(f"cannot listen on unix://{path}: {exc.strerror}") from exc
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _remove_stale(path: Path) -> None:
+    """Unlink a socket file nobody answers on; refuse to touch anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InvalidRequest(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        path.unlink(missing_ok=True)  # stale: its server is gone
+        return
+    finally:
+        probe.close()
+    raise _already(path)  # something answers but does not hold the lock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind_tcp(address: ListenAddress, host: str, port: int, *, allow_remote: bool) -> BoundListener:
+    if not allow_remote and not _is_loopback(host):
+        raise InvalidRequest(
+            f"refusing to listen on non-loopback address {host!r} without --allow-remote",
+            details={"host": host},
+        )
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+            sock.listen(_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerUnavailable(
+                f"address {address.url()} is already in use",
+                details={"address": address.url(), "reason": "address_in_use"},
+            ) from exc
+        raise InvalidRequest(f"cannot listen on {address.url()}: {exc}") from exc
+    return BoundListener(address, sock)
