@@ -157,8 +157,9 @@ def parse_host(raw: str, *, allow_wildcard: bool = True) -> HostSpec:
         raise InvalidHost(f"{raw!r}: a host must not contain a path")
     if ":" in text:
         raise InvalidHost(f"{raw!r}: give ports in 'ports', not as host:port")
+    text = text.removesuffix(".")  # the root label: "example.test." is "example.test"
     if text.endswith("."):
-        text = text[:-1]
+        raise InvalidHost(f"{raw!r} has an empty label")
     wildcard = text.startswith("*.")
     if wildcard:
         if not allow_wildcard:

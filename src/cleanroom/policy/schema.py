@@ -9,10 +9,10 @@
         allow:                      # optional list
           - host: api.example.test  # name, *.wildcard, IP or CIDR
             ports: [443]            # optional, default [80, 443]
-            reason: "why"           # optional
+            reason: "why"           # optional (null: none)
         deny:                       # optional list
           - host: evil.example.test
-            ports: [22]             # optional, default: every port
+            ports: [22]             # optional; omitted or null: every port
 
 :func:`read_policy` walks the located YAML tree and records every problem it
 finds (it does not stop at the first); rules come back in file order with
@@ -27,6 +27,7 @@ from cleanroom._yaml import (
     Problems,
     YamlEntry,
     YamlNode,
+    YamlScalar,
     describe,
     join_index,
     join_key,
@@ -119,6 +120,11 @@ def _read_network(
     return tuple(allow), tuple(deny)
 
 
+def _is_null(node: YamlNode) -> bool:
+    """An explicit ``null``: accepted as "not given" where the canonical form writes it."""
+    return isinstance(node, YamlScalar) and node.value is None
+
+
 def _read_default(node: YamlNode, path: str, problems: Problems) -> None:
     value = getattr(node, "value", None)
     if value == "deny":
@@ -150,7 +156,7 @@ def _read_allow(node: YamlNode, path: str, problems: Problems) -> AllowRule | No
         )
     reason: str | None = None
     reason_entry = entries.get("reason")
-    if reason_entry is not None:
+    if reason_entry is not None and not _is_null(reason_entry.value):
         reason = read_str(reason_entry.value, join_key(path, "reason"), problems)
         reason = reason.strip() if reason is not None else None
     if host is None or ports is None:
@@ -165,12 +171,12 @@ def _read_deny(node: YamlNode, path: str, problems: Problems) -> DenyRule | None
     host = _read_host(node, entries.get("host"), path, problems)
     ports: tuple[int, ...] | None = None
     ports_entry = entries.get("ports")
-    if ports_entry is not None:
+    if ports_entry is not None and not _is_null(ports_entry.value):
         ports = _read_ports(
             ports_entry.value,
             join_key(path, "ports"),
             problems,
-            empty_hint="omit 'ports' to deny every port",
+            empty_hint="omit 'ports' (or write null) to deny every port",
         )
         if ports is None:
             return None
