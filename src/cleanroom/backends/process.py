@@ -1,0 +1,128 @@
+"""Start, watch and kill one VMM process.
+
+Lifetime guarantee: a VMM never outlives the server. Every VMM is started
+through ``setpriv --pdeathsig KILL`` (util-linux), which sets
+``PR_SET_PDEATHSIG`` and then execs the VMM in the same process, so the kernel
+kills the VMM when the thread that started it dies, even if the server is
+SIGKILLed. This avoids ``preexec_fn``, which is unsafe in a threaded process.
+Because the death signal follows the *thread* that forked, VMMs must be
+started from the event-loop thread (which lives as long as the server).
+Each VMM also gets its own session (``setsid``) so a terminal's Ctrl-C
+reaches the server, which then destroys its guests in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cleanroom.errors import RuntimeLaunchFailed
+
+__all__ = ["VmmProcess", "console_tail", "pdeathsig_prefix"]
+
+_SETPRIV = "setpriv"
+
+
+def pdeathsig_prefix() -> list[str]:
+    """The argv prefix that makes the following command die with its parent."""
+    path = shutil.which(_SETPRIV)
+    if path is None:
+        raise RuntimeLaunchFailed(
+            "setpriv (util-linux) is required to tie VMM lifetime to the server",
+            details={"missing": _SETPRIV},
+        )
+    return [path, "--pdeathsig", "KILL", "--"]
+
+
+def console_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last ``lines`` lines of a (possibly huge, possibly missing) log file."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    out = [line for line in text.split("\n") if line.strip()]
+    return out[-lines:] if lines > 0 else []
+
+
+class VmmProcess:
+    """A VMM child process: spawned with a death signal, killed by PID, always reaped."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], start_ms: float) -> None:
+        self._popen = popen
+        self.start_ms = start_ms
+        """Milliseconds ``spawn`` took (fork + exec of the wrapper)."""
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        stdout: Path,
+        stderr: Path,
+        pass_fds: Sequence[int] = (),
+        cwd: Path | None = None,
+    ) -> VmmProcess:
+        """Start ``argv`` (already including any wrapper prefix) with stdin closed and
+        stdout/stderr appended to files. Raises ``RuntimeLaunchFailed`` if exec fails."""
+        started = time.perf_counter()
+        try:
+            with stdout.open("ab") as out, stderr.open("ab") as err:
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    pass_fds=tuple(pass_fds),
+                    cwd=cwd,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as exc:
+            raise RuntimeLaunchFailed(
+                f"could not start {argv[0]}: {exc.strerror or exc}",
+                details={"argv0": argv[0]},
+            ) from exc
+        return cls(popen, round((time.perf_counter() - started) * 1000, 3))
+
+    @property
+    def pid(self) -> int:
+        """The VMM's PID (the wrappers exec in place, so this is the VMM itself)."""
+        return self._popen.pid
+
+    def exited(self) -> int | None:
+        """The exit status (negative: killed by that signal) or None while running."""
+        return self._popen.poll()
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to exit; its status or None."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        delay = 0.002
+        while True:
+            status = self._popen.poll()
+            if status is not None or loop.time() >= end:
+                return status
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def kill(self) -> int:
+        """SIGKILL the process by PID (the guest is disposable) and reap it; idempotent."""
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._popen.pid, signal.SIGKILL)
+        status = await self.wait_exit(10.0)
+        if status is None:  # uninterruptible sleep in the kernel; reap without the loop
+            status = await asyncio.to_thread(self._popen.wait)
+        return status

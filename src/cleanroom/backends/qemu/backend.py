@@ -1,0 +1,234 @@
+"""The QEMU microvm backend: resolve binary, image and accelerator; launch guests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cleanroom.backends.base import Capabilities, GuestSpec
+from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity, host_tsc_khz
+from cleanroom.backends.images import resolve_image
+from cleanroom.backends.process import pdeathsig_prefix
+from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
+from cleanroom.backends.qemu.argv import Accel
+from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
+from cleanroom.config import QemuConfig
+from cleanroom.errors import BackendUnavailable, CleanroomError, RuntimeLaunchFailed
+from cleanroom.images import GuestImage, verify_image
+from cleanroom.service.types import DoctorCheck
+
+__all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
+
+DEFAULT_QEMU_BINARY = "qemu-system-x86_64"
+KVM_CANARY_SECONDS = 20.0
+
+_VERSION = re.compile(r"version\s+([0-9][^\s(]*)")
+
+
+def qemu_version(binary: str) -> str:
+    """``X.Y.Z`` from ``binary --version``; ``BackendUnavailable`` if it does not run."""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BackendUnavailable(
+            f"cannot run {binary} --version: {exc}", details={"binary": binary}
+        ) from exc
+    found = _VERSION.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise BackendUnavailable(
+            f"{binary} --version failed: {done.stderr.strip() or done.stdout.strip()}",
+            details={"binary": binary},
+        )
+    return found.group(1)
+
+
+class QemuBackend:
+    """``qemu-system-x86_64 -M microvm``; implements ``cleanroom.backends.base.Backend``."""
+
+    name = "qemu"
+
+    def __init__(self, config: QemuConfig, *, verdicts: VerdictCache | None = None) -> None:
+        self._config = config
+        self._verdicts = verdicts if verdicts is not None else VerdictCache()
+        self._lock = asyncio.Lock()
+        self._machine: QemuMachine | None = None
+        self._caps: Capabilities | None = None
+        self.verdict: AccelVerdict | None = None
+        """The KVM canary verdict behind the chosen accel (None if none was needed)."""
+
+    def _binary(self) -> str:
+        if self._config.binary_path is not None:
+            path = self._config.binary_path
+            if not path.is_file():
+                raise BackendUnavailable(
+                    f"configured qemu binary {path} does not exist",
+                    details={"missing": str(path)},
+                )
+            return str(path)
+        found = shutil.which(DEFAULT_QEMU_BINARY)
+        if found is None:
+            raise BackendUnavailable(
+                f"{DEFAULT_QEMU_BINARY} is not on PATH (install qemu-system-x86)",
+                details={"missing": DEFAULT_QEMU_BINARY},
+            )
+        return found
+
+    def _image(self) -> GuestImage:
+        c = self._config
+        return resolve_image("qemu", c.kernel_image, c.initrd, c.rootfs)
+
+    def _qemu_img(self, binary: str) -> str:
+        sibling = Path(binary).with_name("qemu-img")
+        return str(sibling) if sibling.is_file() else "qemu-img"
+
+    async def _kvm_canary(self, binary: str, image: GuestImage) -> tuple[bool, str]:
+        machine = QemuMachine(
+            binary=binary,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            rootfs=image.rootfs,
+            accel="kvm",
+            memory_mib=self._config.memory_mib,
+            qemu_img=self._qemu_img(binary),
+        )
+        run_dir = Path(tempfile.mkdtemp(prefix="cleanroom-kvm-canary-"))
+        guest: QemuGuest | None = None
+        started = time.monotonic()
+        try:
+            spec = GuestSpec("kvm-canary", run_dir, KVM_CANARY_SECONDS)
+            guest = await QemuGuest.start(machine, spec)
+            loop = asyncio.get_running_loop()
+            await guest.open_channel(loop.time() + KVM_CANARY_SECONDS)
+        except RuntimeLaunchFailed as exc:
+            tail = exc.details.get("console_tail") or exc.details.get("vmm_log_tail") or []
+            last = f" (last output: {tail[-1]})" if tail else ""
+            return False, f"KVM canary failed: {exc.message}{last}"
+        else:
+            ms = round((time.monotonic() - started) * 1000)
+            return True, f"guest agent ready under KVM in {ms} ms"
+        finally:
+            if guest is not None:
+                await guest.destroy()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def prepare(self) -> Capabilities:
+        async with self._lock:
+            if self._caps is not None:
+                return self._caps
+            binary = self._binary()
+            pdeathsig_prefix()  # fails early, naming setpriv, if it is missing
+            version = await asyncio.to_thread(qemu_version, binary)
+            image = await asyncio.to_thread(self._image)
+            accel: Accel
+            accel, self.verdict = await resolve_accel(
+                self._config.accel,
+                qemu_version=version,
+                image_digest=image.digest,
+                canary=lambda: self._kvm_canary(binary, image),
+                cache=self._verdicts,
+            )
+            tsc = await asyncio.to_thread(host_tsc_khz) if accel == "tcg" else None
+            self._machine = QemuMachine(
+                binary=binary,
+                kernel=image.kernel,
+                initrd=image.initrd,
+                rootfs=image.rootfs,
+                accel=accel,
+                vcpus=self._config.vcpus,
+                memory_mib=self._config.memory_mib,
+                tsc_khz=tsc,
+                qemu_img=self._qemu_img(binary),
+            )
+            self._caps = Capabilities(
+                backend_name="qemu",
+                backend_version=version,
+                isolation="qemu-kvm" if accel == "kvm" else "qemu-tcg",
+                # The guest has no NIC unless the network layer attaches a TAP
+                # inside the run's namespace, where its ruleset applies.
+                network_default_deny=True,
+                network_host_port_filtering=True,
+                dns_control=True,
+                policy_immutability=True,
+                audit_event_emission=True,
+            )
+            return self._caps
+
+    @property
+    def machine(self) -> QemuMachine | None:
+        """The resolved machine after ``prepare`` (for diagnostics and tests)."""
+        return self._machine
+
+    async def launch(self, spec: GuestSpec) -> QemuGuest:
+        if self._machine is None:
+            await self.prepare()
+        assert self._machine is not None
+        return await QemuGuest.start(self._machine, spec)
+
+    async def doctor(self) -> list[DoctorCheck]:
+        checks: list[DoctorCheck] = []
+        binary: str | None = None
+        version: str | None = None
+        try:
+            binary = self._binary()
+            version = await asyncio.to_thread(qemu_version, binary)
+            checks.append(
+                DoctorCheck("qemu.binary", "pass", f"{binary} {version}", {"version": version})
+            )
+        except BackendUnavailable as exc:
+            checks.append(DoctorCheck("qemu.binary", "fail", exc.message, exc.details))
+        identity = host_kvm_identity()
+        if identity is None:
+            checks.append(
+                DoctorCheck("qemu.kvm", "warn", f"{KVM_DEVICE} unavailable; guests use TCG")
+            )
+        else:
+            checks.append(DoctorCheck("qemu.kvm", "pass", f"{KVM_DEVICE} present ({identity})"))
+        image: GuestImage | None = None
+        try:
+            image = await asyncio.to_thread(self._image)
+            await asyncio.to_thread(verify_image, image)
+            checks.append(
+                DoctorCheck(
+                    "qemu.image",
+                    "pass",
+                    f"image {image.digest[:12]} verified (kernel {image.kernel_version})",
+                    {"digest": image.digest, "path": str(image.path)},
+                )
+            )
+        except CleanroomError as exc:
+            checks.append(DoctorCheck("qemu.image", "fail", exc.message, exc.details))
+        checks.append(self._accel_check(identity, version, image))
+        return checks
+
+    def _accel_check(
+        self, identity: str | None, version: str | None, image: GuestImage | None
+    ) -> DoctorCheck:
+        requested = self._config.accel
+        if requested != "auto":
+            return DoctorCheck("qemu.accel", "pass", f"accel {requested} (configured)")
+        if identity is None:
+            return DoctorCheck("qemu.accel", "pass", "accel tcg (no KVM)")
+        if version is None or image is None:
+            return DoctorCheck("qemu.accel", "warn", "KVM canary not possible yet")
+        verdict = self._verdicts.get(verdict_key(identity, version, image.digest))
+        if verdict is None:
+            return DoctorCheck(
+                "qemu.accel", "warn", "KVM canary not run yet (runs on first launch)"
+            )
+        chosen = "kvm" if verdict.kvm_works else "tcg"
+        return DoctorCheck(
+            "qemu.accel",
+            "pass",
+            f"accel {chosen}: {verdict.reason}",
+            {"checked_at": verdict.checked_at, "kvm_works": verdict.kvm_works},
+        )
+
+    async def close(self) -> None:
+        """Nothing backend-wide to release (guests are owned by their runs)."""
