@@ -1,0 +1,214 @@
+"""Runtime config: defaults, every key, strict located errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cleanroom.config import (
+    FirecrackerConfig,
+    NetworkConfig,
+    PoolConfig,
+    QemuConfig,
+    RuntimeConfig,
+    WorkspaceConfig,
+    load_config,
+    parse_config_text,
+)
+from cleanroom.errors import ConfigInvalid
+
+FULL = """\
+default_backend: qemu
+workspace:
+  access: ro
+backends:
+  firecracker:
+    binary_path: /opt/fc/firecracker
+    kernel_image: /images/vmlinux
+    initrd: /images/initrd.img
+    rootfs: /images/rootfs.ext4
+    vcpus: 2
+    memory_mib: 512
+    guest_cid: 7
+    launch_seconds: 30
+  qemu:
+    binary_path: ~/bin/qemu-system-x86_64
+    kernel_image: /images/bzImage
+    initrd: /images/initrd.img
+    rootfs: /images/rootfs.ext4
+    vcpus: 4
+    memory_mib: 1024
+    accel: tcg
+    launch_seconds: 120.5
+network:
+  uplink_netns: test-internet
+  resolvers: [192.0.2.53, "2001:DB8::53"]
+pool:
+  size: 3
+"""
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config_text(text, "config.yaml")
+    assert info.value.code == "config_invalid"
+    problems = info.value.details["problems"]
+    assert isinstance(problems, list)
+    return problems
+
+
+def test_missing_file_gives_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path / "absent.yaml")
+    assert config == RuntimeConfig()
+    assert config.default_backend == "auto"
+    assert config.workspace == WorkspaceConfig(access="rw")
+    assert config.qemu == QemuConfig(
+        binary_path=None,
+        kernel_image=None,
+        initrd=None,
+        rootfs=None,
+        vcpus=1,
+        memory_mib=256,
+        accel="auto",
+        launch_seconds=60.0,
+    )
+    assert config.firecracker.guest_cid == 3
+    assert config.firecracker.launch_seconds == 60.0
+    assert config.network == NetworkConfig(uplink_netns=None, resolvers=None)
+    assert config.pool == PoolConfig(size=0)
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("# nothing configured\n")
+    config = load_config(path)
+    assert config == RuntimeConfig()
+    assert config.source == path
+
+
+def test_default_path_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "cleanroom").mkdir()
+    (tmp_path / "cleanroom" / "config.yaml").write_text("pool: {size: 2}\n")
+    assert load_config().pool.size == 2
+
+
+def test_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(FULL)
+    config = load_config(path)
+    assert config.default_backend == "qemu"
+    assert config.workspace.access == "ro"
+    assert config.firecracker == FirecrackerConfig(
+        binary_path=Path("/opt/fc/firecracker"),
+        kernel_image=Path("/images/vmlinux"),
+        initrd=Path("/images/initrd.img"),
+        rootfs=Path("/images/rootfs.ext4"),
+        vcpus=2,
+        memory_mib=512,
+        guest_cid=7,
+        launch_seconds=30.0,
+    )
+    assert config.qemu == QemuConfig(
+        binary_path=Path("~/bin/qemu-system-x86_64").expanduser(),
+        kernel_image=Path("/images/bzImage"),
+        initrd=Path("/images/initrd.img"),
+        rootfs=Path("/images/rootfs.ext4"),
+        vcpus=4,
+        memory_mib=1024,
+        accel="tcg",
+        launch_seconds=120.5,
+    )
+    assert config.network == NetworkConfig(
+        uplink_netns="test-internet", resolvers=("192.0.2.53", "2001:db8::53")
+    )
+    assert config.pool.size == 3
+
+
+def test_null_paths_mean_defaults() -> None:
+    config = parse_config_text(
+        "backends:\n  qemu:\n    binary_path: null\n    rootfs: ~\nnetwork:\n  resolvers: null\n",
+        "config.yaml",
+    )
+    assert config.qemu.binary_path is None
+    assert config.qemu.rootfs is None
+    assert config.network.resolvers is None
+
+
+def test_unknown_keys_are_located() -> None:
+    assert problems_of("pool:\n  size: 1\n  max: 2\nbackend: qemu\n") == [
+        "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: size)",
+        "config.yaml:4:1: backend: unknown key 'backend' "
+        "(expected one of: backends, default_backend, network, pool, workspace)",
+    ]
+
+
+def test_backend_sections_only_take_their_own_keys() -> None:
+    problems = problems_of("backends:\n  qemu:\n    guest_cid: 5\n  firecracker:\n    accel: tcg\n")
+    assert [p.split(": ")[:2] for p in problems] == [
+        ["config.yaml:3:5", "backends.qemu.guest_cid"],
+        ["config.yaml:5:5", "backends.firecracker.accel"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("default_backend: kvm\n", "config.yaml:1:18: default_backend: expected one of"),
+        ("workspace: {access: rwx}\n", "config.yaml:1:21: workspace.access: expected one of"),
+        ("backends: {qemu: {accel: fast}}\n", "config.yaml:1:26: backends.qemu.accel:"),
+        ("backends: {qemu: {vcpus: 0}}\n", "backends.qemu.vcpus: must be between 1 and 32"),
+        ("backends: {qemu: {vcpus: '2'}}\n", "backends.qemu.vcpus: expected an integer"),
+        ("backends: {qemu: {memory_mib: 1.5}}\n", "backends.qemu.memory_mib: expected an integer"),
+        ("backends: {qemu: {launch_seconds: 0}}\n", "launch_seconds: must be a finite number"),
+        ("backends: {qemu: {launch_seconds: .inf}}\n", "launch_seconds: must be a finite number"),
+        ("backends: {qemu: {launch_seconds: yes}}\n", "launch_seconds: expected a number"),
+        ("backends: {qemu: {rootfs: images/rootfs}}\n", "rootfs: must be an absolute path"),
+        ("backends: {firecracker: {guest_cid: 2}}\n", "guest_cid: must be between 3 and"),
+        ("network: {uplink_netns: a/b}\n", "network.uplink_netns: not a network namespace name"),
+        ("network: {resolvers: [dns.example]}\n", "network.resolvers[0]: not an IP address"),
+        ("network: {resolvers: []}\n", "network.resolvers: must list at least one address"),
+        ("network: {resolvers: 192.0.2.53}\n", "network.resolvers: expected a list"),
+        ("pool: {size: -1}\n", "config.yaml:1:14: pool.size: must be at least 0"),
+        ("pool: 3\n", "config.yaml:1:7: pool: expected a mapping"),
+        ("pool: {size: 1}\npool: {size: 2}\n", "config.yaml:2:1: pool: duplicate key"),
+        ("pool:\n\tsize: 1\n", "config.yaml:2:1: tab character"),
+        ("pool: {size: 1\n", "YAML syntax error"),
+        ("- 1\n", "config.yaml:1:1: (document): expected a mapping"),
+    ],
+)
+def test_invalid_values(text: str, expected: str) -> None:
+    problems = problems_of(text)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_all_problems_at_once() -> None:
+    text = "default_backend: kvm\nworkspace: {access: x}\npool: {size: -2}\n"
+    assert len(problems_of(text)) == 3
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("pool: {size: x}\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_config(path)
+    assert info.value.details["problems"] == [
+        "config.yaml:1:14: pool.size: expected an integer, got a string ('x')"
+    ]
+
+
+def test_non_utf8_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"pool: \xfe\n")
+    with pytest.raises(ConfigInvalid):
+        load_config(path)
+
+
+def test_unreadable_config_is_translated(tmp_path: Path) -> None:
+    # A directory where the file should be: reading it fails with an OSError.
+    path = tmp_path / "config.yaml"
+    path.mkdir()
+    with pytest.raises(ConfigInvalid) as info:
+        load_config(path)
+    assert isinstance(info.value.__cause__, OSError)
