@@ -1,0 +1,173 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from cleanroom.client._wire import (
+    DEFAULT_TIMEOUT,
+    NDJSON,
+    DoctorReport,
+    Endpoint,
+    Health,
+    LaunchResult,
+    StreamState,
+    check,
+    command_list,
+    connection_error,
+    error_from_body,
+    launch_body,
+    long_timeout,
+    parse_cleanroom,
+    parse_doctor,
+    parse_launch,
+    parse_run,
+    resolve_endpoint,
+)
+from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A blocking client for the cleanroom server API.
+
+    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http://h:p``; default
+    ``$CLEANROOM_HOST``, else the default local socket. Errors are raised as
+    the :mod:`cleanroom.errors` class the server reported (by code);
+    an unreachable server raises ``ServerUnavailable``. Launch, run, exec and
+    terminate have no read timeout (runs can take minutes); other calls give
+    up after ``timeout`` seconds.
+    """
+
+    def __init__(self, host: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint: Endpoint = resolve_endpoint(host)
+        self._timeout = timeout
+        transport = httpx.HTTPTransport(uds=str(self.endpoint.uds)) if self.endpoint.uds else None
+        self._http = httpx.Client(
+            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, *, json: Any = None, long: bool = False
+    ) -> dict[str, Any]:
+        timeout = long_timeout(self._timeout) if long else self._timeout
+        try:
+            response = self._http.request(method, path, json=json, timeout=timeout)
+        except httpx.TransportError as exc:
+            raise connection_error(self.endpoint, exc) from exc
+        return check(response)
+
+    def health(self) -> Health:
+        """``GET /healthz``."""
+        body = self._request("GET", "/healthz")
+        return Health(ok=bool(body["ok"]), version=str(body["version"]))
+
+    def launch(
+        self,
+        cwd: Path | str,
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+    ) -> LaunchResult:
+        """Launch a context from ``cwd``'s policy."""
+        body = launch_body(cwd, backend, options)
+        return parse_launch(self._request("POST", "/v1/cleanrooms/launch", json=body, long=True))
+
+    def run(self, cleanroom_id: str, command: Sequence[str]) -> RunResult:
+        """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
+        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        return parse_run(self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
+
+    def terminate(self, cleanroom_id: str) -> None:
+        """Terminate the context (idempotent)."""
+        self._request(
+            "POST", "/v1/cleanrooms/terminate", json={"cleanroom_id": cleanroom_id}, long=True
+        )
+
+    def exec(
+        self,
+        cwd: Path | str,
+        command: Sequence[str],
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+    ) -> RunResult:
+        """Launch, run once, terminate."""
+        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        return parse_run(self._request("POST", "/v1/exec", json=body, long=True))
+
+    def list_cleanrooms(self) -> list[CleanroomInfo]:
+        """The live contexts, oldest first."""
+        body = self._request("GET", "/v1/cleanrooms")
+        return [parse_cleanroom(item) for item in body["cleanrooms"]]
+
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """The run's record (``run-observability.json``)."""
+        return self._request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+
+    def doctor(self) -> DoctorReport:
+        """The server's readiness checks."""
+        return parse_doctor(self._request("GET", "/v1/doctor", long=True))
+
+    def run_stream(self, cleanroom_id: str, command: Sequence[str]) -> Iterator[RunEvent]:
+        """Run ``command`` and yield ``RunStarted``, ``RunOutput``…, ``RunExit`` as they happen.
+
+        A failed run raises its error (with ``details['run_id']`` once known).
+        Closing the iterator early disconnects, which cancels the run.
+        """
+        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        return self._stream("/v1/cleanrooms/run", body)
+
+    def exec_stream(
+        self,
+        cwd: Path | str,
+        command: Sequence[str],
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+    ) -> Iterator[RunEvent]:
+        """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
+        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        return self._stream("/v1/exec", body)
+
+    def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:
+        state = StreamState()
+        try:
+            with self._http.stream(
+                "POST",
+                path,
+                json=body,
+                headers={"accept": NDJSON},
+                timeout=long_timeout(self._timeout),
+            ) as response:
+                if response.status_code >= 400:
+                    raise error_from_body(response.status_code, response.read())
+                for line in response.iter_lines():
+                    event = state.event(line)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise connection_error(self.endpoint, exc) from exc
+        state.ended(self.endpoint)
