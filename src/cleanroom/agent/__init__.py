@@ -1,0 +1,49 @@
+"""The guest agent and its framed protocol (both ends).
+
+Stdlib only, and importing nothing from ``cleanroom`` outside this package: the
+guest image carries exactly these files. The host client (:mod:`.host`, which
+pulls in asyncio) is loaded on first use so the guest's cold start stays lean.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cleanroom.agent.errors import (
+    AgentDisconnected,
+    AgentError,
+    AgentNotReady,
+    AgentProtocolError,
+    AgentRemoteError,
+    AgentTimeout,
+)
+from cleanroom.agent.messages import ExitStatus, GuestInfo, GuestNetwork, WorkspaceStats
+from cleanroom.agent.protocol import AGENT_VERSION, PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from cleanroom.agent.host import AgentClient, OutputCallback
+
+__all__ = [
+    "AGENT_VERSION",
+    "PROTOCOL_VERSION",
+    "AgentClient",
+    "AgentDisconnected",
+    "AgentError",
+    "AgentNotReady",
+    "AgentProtocolError",
+    "AgentRemoteError",
+    "AgentTimeout",
+    "ExitStatus",
+    "GuestInfo",
+    "GuestNetwork",
+    "OutputCallback",
+    "WorkspaceStats",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AgentClient", "OutputCallback"):
+        from cleanroom.agent import host  # noqa: PLC0415 -- deferred: asyncio is not for the guest
+
+        return getattr(host, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,358 @@
+"""The guest agent: ``python3 -m cleanroom.agent.guest [--channel SPEC] [--workspace DIR]``.
+
+Stdlib only, and nothing from ``cleanroom`` outside ``cleanroom.agent``: the
+image copies exactly this package into the guest.
+
+As PID 1 (inside the VM after ``switch_root``) it mounts the pseudo
+filesystems, sets the hostname, then forks: the child serves the session, the
+parent stays init -- it reaps every orphan (so the agent's own ``waitpid`` on
+its commands never loses a status to a global reaper) and, when the agent
+child exits for any reason, syncs and powers the VM off.
+
+Anywhere else (tests on the host) it serves one session and exits. It then
+changes nothing system-wide: entropy is mixed in uncredited, and read-only
+workspaces (bind mounts) and network settings are applied only when the agent
+runs as root in a mount namespace of its own (``unshare -m ...``).
+
+Session rules: the host's HELLO comes first; malformed, oversized, unknown or
+out-of-place frames get an ERROR ``protocol_error`` and end the session (exit
+status 3); a failed operation (configure, workspace) gets an ERROR with its
+code and the session goes on; STDIN/SIGNAL frames that arrive when no command
+runs are ignored (they can cross an EXIT in flight); EXEC while a command
+runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
+"""
+
+# raw system files (/proc, /dev); os-level calls mirror the syscalls
+# ruff: noqa: PTH115, PTH123
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from cleanroom.agent import sysops
+from cleanroom.agent.channel import Channel, channel_spec_from_cmdline, open_channel
+from cleanroom.agent.command import RunningCommand
+from cleanroom.agent.errors import (
+    AgentDisconnected,
+    AgentError,
+    AgentProtocolError,
+    GuestOperationFailed,
+)
+from cleanroom.agent.messages import (
+    ErrorMessage,
+    GuestInfo,
+    parse_configure,
+    parse_exec,
+    parse_host_hello,
+    parse_signal,
+    parse_workspace_begin,
+)
+from cleanroom.agent.protocol import (
+    AGENT_VERSION,
+    ERR_BUSY,
+    ERR_CONFIGURE,
+    ERR_INTERNAL,
+    ERR_PROTOCOL,
+    ERR_VERSION,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+from cleanroom.agent.workspace import WorkspaceReceiver
+
+__all__ = ["EXIT_OK", "EXIT_PROTOCOL", "Session", "main"]
+
+EXIT_OK = 0
+EXIT_PROTOCOL = 3
+EXIT_SETUP = 4
+_EOF_POLL = 0.02
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"cleanroom-agent: {message}\n")
+    sys.stderr.flush()
+
+
+class _EndSession(Exception):
+    """Stop serving; ``status`` is the agent's exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _own_mount_namespace() -> bool:
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False
+
+
+class Session:
+    """One host session over ``channel`` (see the module docstring for its rules)."""
+
+    def __init__(self, channel: Channel, workspace: str, *, init_mode: bool) -> None:
+        self._ch = channel
+        self._workspace = workspace
+        self._init = init_mode
+        self._privileged = init_mode or (os.geteuid() == 0 and _own_mount_namespace())
+        self._greeted = False
+        self._receiver: WorkspaceReceiver | None = None
+        self._ro_bound = False
+        self._command: RunningCommand | None = None
+        self._receiver_read_only = False
+        self._refused: GuestOperationFailed | None = None
+
+    def run(self) -> int:
+        """Serve until end of stream, SHUTDOWN or a protocol error; return the exit status."""
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = self._ch.read()
+                if not data:
+                    if not self._greeted and self._ch.eof_until_first_data:
+                        time.sleep(_EOF_POLL)  # virtio port: host end not connected yet
+                        continue
+                    return EXIT_OK
+                try:
+                    frames = decoder.feed(data)
+                except AgentProtocolError as exc:
+                    return self._protocol_failure(exc)
+                for frame in frames:
+                    try:
+                        self._handle(frame)
+                    except _EndSession as end:
+                        return end.status
+                    except AgentProtocolError as exc:  # parsing or state
+                        return self._protocol_failure(exc)
+        except AgentDisconnected as exc:
+            log(str(exc))
+            return EXIT_OK
+        finally:
+            self._cleanup()
+
+    def _protocol_failure(self, exc: AgentProtocolError) -> int:
+        log(f"protocol error: {exc.message}")
+        self._error(ERR_PROTOCOL, exc.message)
+        return EXIT_PROTOCOL
+
+    def _error(self, code: str, message: str) -> None:
+        with contextlib.suppress(AgentDisconnected):  # peer gone: the read loop ends anyway
+            self._ch.send(ErrorMessage(code, message).to_frame())
+
+    def _cleanup(self) -> None:
+        if self._command is not None:
+            self._command.kill_and_wait()
+            self._command = None
+        if self._receiver is not None:
+            self._receiver.abort()
+            self._receiver = None
+        self._ch.close()
+
+    def _running(self) -> RunningCommand | None:
+        cmd = self._command
+        return None if cmd is None or cmd.done.is_set() else cmd
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _handle(self, frame: Frame) -> None:
+        try:
+            self._dispatch(frame)
+        except GuestOperationFailed as exc:
+            log(f"{exc.wire_code}: {exc.message}")
+            self._error(exc.wire_code, exc.message)
+        except OSError as exc:  # an operation failed in a way nobody planned for
+            log(f"internal error: {exc!r}")
+            self._error(ERR_INTERNAL, str(exc))
+
+    def _dispatch(self, frame: Frame) -> None:
+        t = frame.type
+        if not self._greeted:
+            if t is not FrameType.HELLO:
+                raise AgentProtocolError(f"expected HELLO first, got {t.name}")
+            self._hello(frame.payload)
+        elif self._receiver is not None or self._refused is not None:
+            if t is FrameType.WORKSPACE_CHUNK:
+                if self._receiver is not None:
+                    self._receiver.feed(frame.payload)
+            elif t is FrameType.WORKSPACE_END:
+                self._workspace_end()
+            else:
+                raise AgentProtocolError(f"{t.name} during a workspace transfer")
+        elif t is FrameType.EXEC:
+            self._exec(frame.payload)
+        elif t is FrameType.STDIN:
+            if (cmd := self._running()) is not None:
+                cmd.stdin_data(frame.payload)
+        elif t is FrameType.STDIN_EOF:
+            if (cmd := self._running()) is not None:
+                cmd.stdin_eof()
+        elif t is FrameType.SIGNAL:
+            req = parse_signal(frame.payload)
+            if (cmd := self._running()) is not None:
+                cmd.signal(req.signal)
+        elif t is FrameType.CONFIGURE:
+            self._configure(frame.payload)
+        elif t is FrameType.WORKSPACE_BEGIN:
+            self._workspace_begin(frame.payload)
+        elif t is FrameType.SHUTDOWN:
+            self._shutdown()
+        else:
+            raise AgentProtocolError(f"unexpected {t.name} frame from the host")
+
+    def _hello(self, payload: bytes) -> None:
+        hello = parse_host_hello(payload)
+        if hello.protocol_version != PROTOCOL_VERSION:
+            self._error(
+                ERR_VERSION,
+                f"host speaks protocol {hello.protocol_version}, agent {PROTOCOL_VERSION}",
+            )
+            raise _EndSession(EXIT_PROTOCOL)
+        self._greeted = True
+        info = GuestInfo(
+            agent_version=AGENT_VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            kernel=os.uname().release,
+            python=platform.python_version(),
+        )
+        self._ch.send(info.to_frame())
+
+    def _idle_or_fail(self, what: str) -> None:
+        if self._running() is not None:
+            raise GuestOperationFailed(ERR_BUSY, f"{what} while a command runs")
+
+    def _configure(self, payload: bytes) -> None:
+        req = parse_configure(payload)
+        self._idle_or_fail("configure")
+        if req.entropy_seed is not None:
+            sysops.add_entropy(req.entropy_seed, credit=self._init)
+        if req.network is not None:
+            if not self._privileged:
+                raise GuestOperationFailed(
+                    ERR_CONFIGURE, "network setup needs the VM (or a private namespace)"
+                )
+            sysops.configure_network(req.network)
+        self._ch.send(encode_frame(FrameType.CONFIGURED, b"{}"))
+
+    def _workspace_begin(self, payload: bytes) -> None:
+        begin = parse_workspace_begin(payload)
+        try:
+            self._idle_or_fail("workspace")
+            receiver = WorkspaceReceiver(
+                self._workspace,
+                read_only=begin.read_only,
+                can_mount=self._privileged,
+                unbind_first=self._ro_bound,
+            )
+        except GuestOperationFailed as exc:
+            # The host sends its chunks regardless: swallow them, answer at the end.
+            self._refused = exc
+            return
+        self._ro_bound = False
+        self._receiver = receiver
+        self._receiver_read_only = begin.read_only
+
+    def _workspace_end(self) -> None:
+        receiver, refused = self._receiver, self._refused
+        self._receiver = self._refused = None
+        if refused is not None:
+            raise refused
+        assert receiver is not None
+        stats = receiver.finish()
+        self._ro_bound = self._receiver_read_only
+        self._ch.send(stats.to_frame())
+
+    def _exec(self, payload: bytes) -> None:
+        req = parse_exec(payload)
+        self._idle_or_fail("exec")
+        if self._command is not None:
+            self._command.kill_and_wait()  # finished; joins its threads
+        self._command = RunningCommand(req, self._ch.send, log)
+        self._command.start()
+
+    def _shutdown(self) -> None:
+        if self._command is not None:
+            self._command.kill_and_wait()
+            self._command = None
+        os.sync()
+        self._ch.send(encode_frame(FrameType.GOODBYE))
+        raise _EndSession(EXIT_OK)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cleanroom-agent", description="cleanroom guest agent")
+    parser.add_argument("--channel", help="virtio-serial:NAME | vsock:PORT | stdio")
+    parser.add_argument("--workspace", default="/workspace", help="extraction directory")
+    return parser.parse_args(argv)
+
+
+def _channel_spec(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    try:
+        with open("/proc/cmdline", encoding="utf-8") as fh:
+            return channel_spec_from_cmdline(fh.read())
+    except OSError:
+        return None
+
+
+def serve(spec: str | None, workspace: str, *, init_mode: bool) -> int:
+    """Open the channel and serve one session; the agent's exit status."""
+    if spec is None:
+        log("no channel: pass --channel or cleanroom.channel= on the kernel command line")
+        return EXIT_SETUP
+    try:
+        channel = open_channel(spec)
+    except AgentError as exc:
+        log(exc.message)
+        return EXIT_SETUP
+    return Session(channel, workspace, init_mode=init_mode).run()
+
+
+def _init(args: argparse.Namespace) -> int:
+    """PID 1: prepare the system, run the agent as a child, reap orphans, power off."""
+    for problem in sysops.init_mounts():
+        log(f"mount {problem}")
+    try:
+        sysops.set_hostname("cleanroom")
+    except OSError as exc:
+        log(f"hostname: {exc}")
+    spec = _channel_spec(args.channel)
+    agent = os.fork()
+    if agent == 0:
+        status = 70
+        try:
+            status = serve(spec, args.workspace, init_mode=True)
+        except BaseException:  # noqa: BLE001 -- the child must reach os._exit
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    while True:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            break
+        if pid == agent:
+            break
+    log("agent finished; powering off")
+    sysops.power_off()
+    return EXIT_SETUP  # reached only if the kernel refused to power off
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if os.getpid() == 1:
+        return _init(args)
+    return serve(_channel_spec(args.channel), args.workspace, init_mode=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

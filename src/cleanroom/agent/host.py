@@ -1,0 +1,296 @@
+"""The host end of the guest-agent protocol: an asyncio client over one byte stream.
+
+Used by the service once a backend has connected the agent channel (a
+virtio-serial socket, a vsock connection, or a socketpair in tests). One
+request runs at a time; :meth:`AgentClient.signal` may be called while
+:meth:`AgentClient.exec` runs. Memory is bounded: frames are decoded as they
+arrive and output chunks are handed to the caller's callback one by one
+(awaiting it is the backpressure: while it runs, nothing more is read).
+
+Failures raise :class:`~cleanroom.agent.errors.AgentError` subclasses; the
+service translates them to cleanroom errors by class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal as _signal
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Literal
+
+from cleanroom.agent.errors import (
+    AgentDisconnected,
+    AgentError,
+    AgentNotReady,
+    AgentProtocolError,
+    AgentRemoteError,
+    AgentTimeout,
+)
+from cleanroom.agent.messages import (
+    ConfigureRequest,
+    ExecRequest,
+    ExitStatus,
+    GuestInfo,
+    GuestNetwork,
+    HostHello,
+    SignalRequest,
+    WorkspaceBegin,
+    WorkspaceStats,
+    parse_configured,
+    parse_error,
+    parse_exit,
+    parse_guest_hello,
+    parse_workspace_done,
+)
+from cleanroom.agent.protocol import (
+    MAX_DATA_CHUNK,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+
+__all__ = [
+    "EXEC_GRACE",
+    "AgentClient",
+    "ExitStatus",
+    "GuestInfo",
+    "GuestNetwork",
+    "OutputCallback",
+    "WorkspaceStats",
+]
+
+OutputCallback = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
+"""Receives each output chunk, in order per stream, as it arrives."""
+
+EXEC_GRACE = 30.0
+"""Seconds beyond an exec's timeout the host waits for the guest's EXIT frame."""
+
+_READ_SIZE = 256 * 1024
+
+
+def _chunks(data: bytes) -> Iterable[bytes]:
+    for start in range(0, len(data), MAX_DATA_CHUNK):
+        yield data[start : start + MAX_DATA_CHUNK]
+
+
+async def _aiter_chunks(
+    source: AsyncIterator[bytes] | Iterable[bytes] | bytes,
+) -> AsyncIterator[bytes]:
+    """Yield ``source`` re-cut to at most MAX_DATA_CHUNK bytes per piece, skipping empties."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        for piece in _chunks(bytes(source)):
+            yield piece
+    elif isinstance(source, AsyncIterator):
+        async for chunk in source:
+            for piece in _chunks(bytes(chunk)):
+                yield piece
+    else:
+        for chunk in source:
+            for piece in _chunks(bytes(chunk)):
+                yield piece
+
+
+class AgentClient:
+    """Client for one agent session over ``reader``/``writer``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder()
+        self._frames: deque[Frame] = deque()
+        self._write_lock = asyncio.Lock()
+        self._op_lock = asyncio.Lock()
+        self._exec_running = False
+        self._stale_exec = False  # an exec was abandoned: skip its frames up to its EXIT
+
+    # -- framing -----------------------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        async with self._write_lock:
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise AgentDisconnected(f"channel write failed: {exc}") from exc
+
+    async def _recv(self) -> Frame:
+        while not self._frames:
+            try:
+                data = await self._reader.read(_READ_SIZE)
+            except (ConnectionError, OSError) as exc:
+                raise AgentDisconnected(f"channel read failed: {exc}") from exc
+            if not data:
+                raise AgentDisconnected("the guest agent closed the channel")
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.popleft()
+
+    async def _reply(self, *types: FrameType) -> Frame:
+        """The next frame, which must be one of ``types``; an ERROR frame raises."""
+        frame = await self._recv()
+        if frame.type is FrameType.ERROR:
+            err = parse_error(frame.payload)
+            raise AgentRemoteError(err.code, err.message)
+        if frame.type not in types:
+            names = "/".join(t.name for t in types)
+            raise AgentProtocolError(f"expected {names}, got {frame.type.name}")
+        return frame
+
+    async def _skip_stale(self) -> None:
+        while self._stale_exec:
+            frame = await self._recv()
+            if frame.type in (FrameType.EXIT, FrameType.ERROR):
+                self._stale_exec = False
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def hello(self, timeout: float) -> GuestInfo:
+        """Greet the guest and wait up to ``timeout`` seconds for its answer.
+
+        The guest may not be reading yet; the hello waits in the channel.
+        Raises AgentNotReady on timeout, AgentProtocolError on a version mismatch.
+        """
+        async with self._op_lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._send(HostHello(PROTOCOL_VERSION).to_frame())
+                    frame = await self._reply(FrameType.HELLO)
+            except TimeoutError as exc:
+                raise AgentNotReady(f"no hello from the guest agent in {timeout:g} s") from exc
+        info = parse_guest_hello(frame.payload)
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise AgentProtocolError(
+                f"guest speaks protocol {info.protocol_version}, host {PROTOCOL_VERSION}"
+            )
+        return info
+
+    async def configure(
+        self, *, entropy_seed: bytes | None = None, network: GuestNetwork | None = None
+    ) -> None:
+        """Seed the guest's entropy pool and/or configure its eth0 and DNS."""
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(ConfigureRequest(entropy_seed, network).to_frame())
+            parse_configured((await self._reply(FrameType.CONFIGURED)).payload)
+
+    async def send_workspace(
+        self, chunks: AsyncIterator[bytes] | Iterable[bytes], *, read_only: bool
+    ) -> WorkspaceStats:
+        """Stream a tar archive into the guest's workspace; the guest's extraction stats.
+
+        A refused archive raises AgentRemoteError (``workspace_failed``).
+        """
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(WorkspaceBegin(read_only).to_frame())
+            async for piece in _aiter_chunks(chunks):
+                await self._send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
+            await self._send(encode_frame(FrameType.WORKSPACE_END))
+            return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "/workspace",
+        timeout: float | None = None,
+        stdin: bytes | AsyncIterator[bytes] | None = None,
+        on_output: OutputCallback,
+    ) -> ExitStatus:
+        """Run ``argv`` in the guest; output goes to ``on_output`` as it is produced.
+
+        The guest enforces ``timeout`` (the result then has ``timed_out``); the
+        host waits :data:`EXEC_GRACE` more before raising AgentTimeout. A
+        command that cannot start exits 127/126 with a message on stderr.
+        """
+        request = ExecRequest(
+            argv=tuple(argv),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            timeout=timeout,
+            stdin="none" if stdin is None else "stream",
+        )
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(request.to_frame())
+            self._exec_running = True
+            self._stale_exec = True
+            pump_error: list[BaseException] = []
+            pump = None
+            if stdin is not None:
+                pump = asyncio.create_task(self._pump_stdin(stdin, pump_error))
+            try:
+                async with asyncio.timeout(None if timeout is None else timeout + EXEC_GRACE):
+                    status = await self._exec_loop(on_output)
+            except TimeoutError as exc:
+                msg = f"no exit from the guest {EXEC_GRACE:g} s past the timeout"
+                raise AgentTimeout(msg) from exc
+            finally:
+                self._exec_running = False
+                if self._stale_exec:
+                    # Abandoned (cancelled, timed out, broken): do not leave it running.
+                    # A plain write() is atomic with respect to other frames.
+                    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                        self._writer.write(SignalRequest(_signal.SIGKILL).to_frame())
+                if pump is not None:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+        if pump_error:
+            raise pump_error[0]
+        return status
+
+    async def _exec_loop(self, on_output: OutputCallback) -> ExitStatus:
+        while True:
+            frame = await self._reply(FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT)
+            if frame.type is FrameType.STDOUT:
+                await on_output("stdout", frame.payload)
+            elif frame.type is FrameType.STDERR:
+                await on_output("stderr", frame.payload)
+            else:
+                self._stale_exec = False
+                return parse_exit(frame.payload)
+
+    async def _pump_stdin(
+        self, stdin: bytes | AsyncIterator[bytes], errors: list[BaseException]
+    ) -> None:
+        try:
+            async for piece in _aiter_chunks(stdin):
+                await self._send(encode_frame(FrameType.STDIN, piece))
+            await self._send(encode_frame(FrameType.STDIN_EOF))
+        except AgentDisconnected:
+            pass  # the exec loop reports the broken channel
+        except Exception as exc:  # noqa: BLE001 -- the caller's stdin source failed
+            # Truncated input must not pass for a clean EOF: kill the command instead.
+            errors.append(exc)
+            with contextlib.suppress(AgentError):
+                await self._send(SignalRequest(_signal.SIGKILL).to_frame())
+
+    async def signal(self, signum: int) -> None:
+        """Send ``signum`` to the running command's process group (no-op when none runs)."""
+        if self._exec_running:
+            await self._send(SignalRequest(int(signum)).to_frame())
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask the guest to stop its command, sync and power off; wait at most ``timeout``.
+
+        Never raises for a guest that is already gone or does not answer.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(encode_frame(FrameType.SHUTDOWN))
+                async with self._op_lock:
+                    while (await self._recv()).type is not FrameType.GOODBYE:
+                        pass  # leftovers of an abandoned exec
+        except (TimeoutError, AgentError):
+            pass  # a guest that is gone or wedged is powered off by its backend
+
+    async def close(self) -> None:
+        """Close the channel (idempotent)."""
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()

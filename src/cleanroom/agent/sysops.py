@@ -1,0 +1,183 @@
+"""Linux system operations the guest agent needs (mounts, power-off, entropy, network).
+
+Stdlib only: this module runs inside the guest. Syscalls without a Python
+wrapper go through ``ctypes`` on the C library; failures raise
+:class:`GuestOperationFailed` (or ``OSError`` where the caller translates).
+"""
+
+# raw system files (/proc, /dev); os-level calls mirror the syscalls
+# ruff: noqa: PTH103, PTH123
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import subprocess
+from collections.abc import Sequence
+
+from cleanroom.agent.errors import GuestOperationFailed
+from cleanroom.agent.messages import GuestNetwork
+from cleanroom.agent.protocol import ERR_CONFIGURE
+
+__all__ = [
+    "add_entropy",
+    "bind_read_only",
+    "configure_network",
+    "init_mounts",
+    "is_mount_point",
+    "mount",
+    "power_off",
+    "set_hostname",
+    "unmount",
+]
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+RB_POWER_OFF = 0x4321FEDC
+# _IOW('R', 0x03, int[2]): credit entropy to the kernel pool (CAP_SYS_ADMIN).
+RNDADDENTROPY = 0x40085203
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL:
+    global _libc  # noqa: PLW0603 -- loaded once, lazily: most sessions never mount
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    """mount(2); raises OSError."""
+    enc = os.fsencode
+    rc = _c().mount(
+        None if source is None else enc(source),
+        enc(target),
+        None if fstype is None else enc(fstype),
+        ctypes.c_ulong(flags),
+        enc(data) if data else None,
+    )
+    _check(rc, f"mount {target}")
+
+
+def unmount(target: str) -> None:
+    """umount2(target, MNT_DETACH); raises OSError."""
+    _check(_c().umount2(os.fsencode(target), MNT_DETACH), f"umount {target}")
+
+
+def is_mount_point(path: str) -> bool:
+    return os.path.ismount(path)
+
+
+def bind_read_only(path: str) -> None:
+    """Bind-mount ``path`` on itself, then remount that bind read-only (writes: EROFS)."""
+    mount(path, path, None, MS_BIND)
+    try:
+        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    except OSError:
+        unmount(path)
+        raise
+
+
+_INIT_MOUNTS: Sequence[tuple[str, str, str, int, str]] = (
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"),
+    ("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),  # noqa: S108
+    ("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),  # noqa: S108
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+)
+
+
+def init_mounts() -> list[str]:
+    """Mount the pseudo filesystems PID 1 needs, skipping those already mounted.
+
+    Returns the problems met (logged by the caller; a missing /dev/shm must not
+    stop the agent from answering).
+    """
+    problems: list[str] = []
+    for source, target, fstype, flags, data in _INIT_MOUNTS:
+        try:
+            os.makedirs(target, exist_ok=True)
+            if not os.path.ismount(target):
+                mount(source, target, fstype, flags, data)
+        except OSError as exc:
+            problems.append(f"{target}: {exc}")
+    return problems
+
+
+def set_hostname(name: str) -> None:
+    socket.sethostname(name)
+
+
+def power_off() -> None:
+    """sync(2) then reboot(RB_POWER_OFF). Returns only if the kernel refused."""
+    os.sync()
+    _c().reboot(ctypes.c_int(RB_POWER_OFF))
+
+
+def add_entropy(seed: bytes, *, credit: bool) -> None:
+    """Mix ``seed`` into the kernel pool; with ``credit`` also count it as entropy.
+
+    Crediting (ioctl RNDADDENTROPY) unblocks getrandom() early in a fresh VM;
+    it needs CAP_SYS_ADMIN, so only the VM's init uses it.
+    """
+    try:
+        with open("/dev/random", "wb", buffering=0) as dev:
+            if credit:
+                info = struct.pack("ii", len(seed) * 8, len(seed)) + seed
+                fcntl.ioctl(dev.fileno(), RNDADDENTROPY, info)
+            else:
+                dev.write(seed)
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"entropy seed: {exc}") from exc
+
+
+def _ip(*args: str) -> None:
+    try:
+        proc = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"ip {' '.join(args)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise GuestOperationFailed(
+            ERR_CONFIGURE, f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}"
+        )
+
+
+def configure_network(
+    net: GuestNetwork, *, device: str = "eth0", resolv_conf: str = "/etc/resolv.conf"
+) -> None:
+    """Give ``device`` its address, bring it up, route by default via the gateway, set DNS."""
+    for value in (net.address, net.gateway, net.dns):
+        try:
+            socket.inet_pton(socket.AF_INET, value)
+        except OSError as exc:
+            raise GuestOperationFailed(ERR_CONFIGURE, f"not an IPv4 address: {value!r}") from exc
+    _ip("link", "set", "dev", "lo", "up")
+    if net.mac is not None:
+        _ip("link", "set", "dev", device, "address", net.mac)
+    _ip("addr", "flush", "dev", device)
+    _ip("addr", "add", f"{net.address}/{net.prefix}", "dev", device)
+    _ip("link", "set", "dev", device, "up")
+    _ip("route", "replace", "default", "via", net.gateway, "dev", device)
+    try:
+        with open(resolv_conf, "w", encoding="ascii") as fh:
+            fh.write(f"nameserver {net.dns}\n")
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"{resolv_conf}: {exc}") from exc
