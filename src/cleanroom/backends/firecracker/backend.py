@@ -1,0 +1,240 @@
+"""The Firecracker backend: needs a ``firecracker`` binary, a working /dev/kvm and
+an ELF vmlinux; proven usable by a canary boot whose verdict is cached."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cleanroom.backends.base import Capabilities, GuestSpec
+from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
+from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity
+from cleanroom.backends.images import resolve_image
+from cleanroom.backends.process import pdeathsig_prefix
+from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
+from cleanroom.config import FirecrackerConfig
+from cleanroom.errors import (
+    BackendUnavailable,
+    CleanroomError,
+    ImageUnavailable,
+    RuntimeLaunchFailed,
+)
+from cleanroom.images import GuestImage, verify_image
+from cleanroom.service.types import DoctorCheck
+
+__all__ = [
+    "DEFAULT_FIRECRACKER_BINARY",
+    "FIRECRACKER_CANARY_SECONDS",
+    "FirecrackerBackend",
+    "find_firecracker",
+    "firecracker_verdict_key",
+    "is_elf",
+]
+
+DEFAULT_FIRECRACKER_BINARY = "firecracker"
+FIRECRACKER_CANARY_SECONDS = 20.0
+_VERSION = re.compile(r"Firecracker\s+v?([0-9][^\s]*)")
+
+
+def find_firecracker(config: FirecrackerConfig) -> str:
+    """The binary to run; ``BackendUnavailable`` naming exactly what is missing."""
+    if config.binary_path is not None:
+        if not config.binary_path.is_file():
+            raise BackendUnavailable(
+                f"configured firecracker binary {config.binary_path} does not exist",
+                details={"missing": str(config.binary_path)},
+            )
+        return str(config.binary_path)
+    found = shutil.which(DEFAULT_FIRECRACKER_BINARY)
+    if found is None:
+        raise BackendUnavailable(
+            "firecracker binary not found: not on PATH and backends.firecracker.binary_path "
+            "is not set",
+            details={"missing": DEFAULT_FIRECRACKER_BINARY},
+        )
+    return found
+
+
+def is_elf(path: Path) -> bool:
+    """Whether ``path`` starts with the ELF magic (Firecracker on x86_64 boots ELF only)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def firecracker_verdict_key(kvm_identity: str, version: str, image_digest: str) -> str:
+    """Cache key of a Firecracker canary verdict."""
+    return f"firecracker|{kvm_identity}|fc:{version}|image:{image_digest}"
+
+
+def _firecracker_version(binary: str) -> str:
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BackendUnavailable(
+            f"cannot run {binary} --version: {exc}", details={"binary": binary}
+        ) from exc
+    found = _VERSION.search(done.stdout + done.stderr)
+    if done.returncode != 0 or found is None:
+        raise BackendUnavailable(
+            f"{binary} --version failed: {(done.stderr or done.stdout).strip()}",
+            details={"binary": binary},
+        )
+    return found.group(1)
+
+
+class FirecrackerBackend:
+    """Implements ``cleanroom.backends.base.Backend`` with Firecracker."""
+
+    name = "firecracker"
+
+    def __init__(self, config: FirecrackerConfig, *, verdicts: VerdictCache | None = None) -> None:
+        self._config = config
+        self._verdicts = verdicts if verdicts is not None else VerdictCache()
+        self._lock = asyncio.Lock()
+        self._machine: FirecrackerMachine | None = None
+        self._caps: Capabilities | None = None
+
+    def _image(self) -> GuestImage:
+        c = self._config
+        image = resolve_image("firecracker", c.kernel_image, c.initrd, c.rootfs, c.kernel_image)
+        if not is_elf(image.vmlinux):
+            raise ImageUnavailable(
+                f"firecracker needs an uncompressed ELF vmlinux; {image.vmlinux} is not ELF",
+                details={"file": str(image.vmlinux)},
+            )
+        return image
+
+    def _kvm(self) -> str:
+        identity = host_kvm_identity()
+        if identity is None:
+            raise BackendUnavailable(
+                f"firecracker needs {KVM_DEVICE} (missing or not accessible read-write)",
+                details={"missing": str(KVM_DEVICE)},
+            )
+        return identity
+
+    def _machine_for(self, binary: str, image: GuestImage) -> FirecrackerMachine:
+        return FirecrackerMachine(
+            binary=binary,
+            vmlinux=image.vmlinux,
+            initrd=image.initrd,
+            rootfs=image.rootfs,
+            vcpus=self._config.vcpus,
+            memory_mib=self._config.memory_mib,
+            guest_cid=self._config.guest_cid,
+        )
+
+    async def _canary(self, machine: FirecrackerMachine) -> tuple[bool, str]:
+        run_dir = Path(tempfile.mkdtemp(prefix="cleanroom-fc-canary-"))
+        guest: FirecrackerGuest | None = None
+        started = time.monotonic()
+        try:
+            guest = await FirecrackerGuest.start(
+                machine, GuestSpec("fc-canary", run_dir, FIRECRACKER_CANARY_SECONDS)
+            )
+            loop = asyncio.get_running_loop()
+            await guest.open_channel(loop.time() + FIRECRACKER_CANARY_SECONDS)
+        except RuntimeLaunchFailed as exc:
+            tail = exc.details.get("console_tail") or exc.details.get("vmm_log_tail") or []
+            last = f" (last output: {tail[-1]})" if tail else ""
+            return False, f"firecracker canary failed: {exc.message}{last}"
+        else:
+            ms = round((time.monotonic() - started) * 1000)
+            return True, f"guest agent ready under firecracker in {ms} ms"
+        finally:
+            if guest is not None:
+                await guest.destroy()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def prepare(self) -> Capabilities:
+        async with self._lock:
+            if self._caps is not None:
+                return self._caps
+            binary = find_firecracker(self._config)
+            identity = self._kvm()
+            pdeathsig_prefix()
+            version = await asyncio.to_thread(_firecracker_version, binary)
+            image = await asyncio.to_thread(self._image)
+            machine = self._machine_for(binary, image)
+            key = firecracker_verdict_key(identity, version, image.digest)
+            verdict = self._verdicts.get(key)
+            if verdict is None:
+                booted, reason = await self._canary(machine)
+                verdict = AccelVerdict(
+                    key=key,
+                    kvm_works=booted,
+                    reason=reason,
+                    checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                )
+                self._verdicts.put(verdict)
+            if not verdict.kvm_works:
+                raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
+            self._machine = machine
+            self._caps = Capabilities(
+                backend_name="firecracker",
+                backend_version=version,
+                isolation="firecracker-kvm",
+                network_default_deny=True,
+                network_host_port_filtering=True,
+                dns_control=True,
+                policy_immutability=True,
+                audit_event_emission=True,
+            )
+            return self._caps
+
+    async def launch(self, spec: GuestSpec) -> FirecrackerGuest:
+        if self._machine is None:
+            await self.prepare()
+        assert self._machine is not None
+        return await FirecrackerGuest.start(self._machine, spec)
+
+    def cached_usable(self) -> bool:
+        """Cheap check used by backend auto-selection: binary, /dev/kvm, and a cached
+        passing canary verdict for the current image (no boot, no build)."""
+        try:
+            binary = find_firecracker(self._config)
+            identity = self._kvm()
+            version = _firecracker_version(binary)
+            image = self._image()
+        except CleanroomError:
+            return False
+        verdict = self._verdicts.get(firecracker_verdict_key(identity, version, image.digest))
+        return verdict is not None and verdict.kvm_works
+
+    async def doctor(self) -> list[DoctorCheck]:
+        checks: list[DoctorCheck] = []
+        try:
+            binary = find_firecracker(self._config)
+            version = await asyncio.to_thread(_firecracker_version, binary)
+            checks.append(DoctorCheck("firecracker.binary", "pass", f"{binary} {version}"))
+        except BackendUnavailable as exc:
+            checks.append(DoctorCheck("firecracker.binary", "warn", exc.message, exc.details))
+        try:
+            identity = self._kvm()
+            checks.append(DoctorCheck("firecracker.kvm", "pass", f"{KVM_DEVICE} ({identity})"))
+        except BackendUnavailable as exc:
+            checks.append(DoctorCheck("firecracker.kvm", "warn", exc.message, exc.details))
+        try:
+            image = await asyncio.to_thread(self._image)
+            checks.append(DoctorCheck("firecracker.kernel", "pass", f"ELF vmlinux {image.vmlinux}"))
+            await asyncio.to_thread(verify_image, image)
+            checks.append(
+                DoctorCheck("firecracker.rootfs", "pass", f"rootfs {image.rootfs} verified")
+            )
+        except CleanroomError as exc:
+            checks.append(DoctorCheck("firecracker.image", "warn", exc.message, exc.details))
+        return checks
+
+    async def close(self) -> None:
+        """Nothing backend-wide to release."""
