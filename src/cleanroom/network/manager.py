@@ -171,7 +171,6 @@ class _Live:
     upstream: UpstreamClient | None = None
     dns: DnsFilter | None = None
     sockets: list[socket.socket] = field(default_factory=list)
-    summary: NetworkSummary | None = None
 
 
 def system_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
@@ -242,12 +241,14 @@ class NetworkManager:
         self._slot_lock = asyncio.Lock()
         self._uplink_ready = False
         self._live: dict[str, _Live] = {}
+        self._finished: dict[str, NetworkSummary] = {}
 
     # -- naming -------------------------------------------------------------------------
 
     def netns_name(self, run_id: str) -> str:
-        """The run's namespace name: the prefix and the run id's last 12 letters/digits."""
-        short = re.sub(r"[^a-z0-9]", "", run_id.lower())[-12:]
+        """The run's namespace name: the prefix and the last 12 letters/digits of the run id
+        (without its ``run-``)."""
+        short = re.sub(r"[^a-z0-9]", "", run_id.lower().removeprefix("run-"))[-12:]
         if not short:
             raise NetworkSetupFailed(f"run id {run_id!r} has no usable characters")
         return f"{self.prefix}{short}"
@@ -527,11 +528,12 @@ class NetworkManager:
         Idempotent: a second call returns the first summary. Never raises for
         cleanup trouble (it is logged); the namespace is always deleted.
         """
+        done = self._finished.get(rn.run_id)
+        if done is not None:
+            return done
         live = self._live.get(rn.run_id)
         if live is None:
             return await self._teardown_unknown(rn)
-        if live.summary is not None:
-            return live.summary
         started = time.monotonic()
         counts = await self._collect(live)
         await self._destroy(live)
@@ -545,7 +547,7 @@ class NetworkManager:
             network_cleanup_ms=round((time.monotonic() - started) * 1000, 3),
             events_path=str(live.audit.path),
         )
-        live.summary = summary
+        self._finished[rn.run_id] = summary
         return summary
 
     async def _teardown_unknown(self, rn: RunNetwork) -> NetworkSummary:
@@ -597,12 +599,7 @@ class NetworkManager:
         for sock in live.sockets:
             sock.close()
         live.audit.close()
-        result = await run_command(["ip", "netns", "del", live.netns], check=False)
-        if result.returncode != 0 and "No such file" not in result.stderr:
-            log.warning("cannot delete namespace %s: %s", live.netns, result.stderr.strip())
-        if live.link is not None:
-            # The uplink end goes with its peer; this only matters if the namespace survived.
-            await run_command(self._uplink(["link", "del", live.link.uplink_veth]), check=False)
+        await _delete_netns(live.netns)
         self._live.pop(live.run_id, None)
 
     # -- reconcile ----------------------------------------------------------------------
@@ -620,11 +617,24 @@ class NetworkManager:
         removed: list[str] = []
         for name in names:
             if name.startswith(self.prefix) and name not in owned:
-                result = await run_command(["ip", "netns", "del", name], check=False)
-                if result.returncode == 0:
+                if await _delete_netns(name):
                     removed.append(name)
                     log.warning("removed leftover network namespace %s", name)
         return removed
+
+
+async def _delete_netns(name: str) -> bool:
+    """Delete a run namespace; True if it existed and is gone.
+
+    The run-side veth is deleted first: that removes both ends at once,
+    whereas the kernel tears a deleted namespace's devices down asynchronously,
+    which would leave the uplink end visible for a moment.
+    """
+    await run_command(["ip", "-n", name, "link", "del", "veth0"], check=False)
+    result = await run_command(["ip", "netns", "del", name], check=False)
+    if result.returncode != 0 and "No such file" not in result.stderr:
+        log.warning("cannot delete namespace %s: %s", name, result.stderr.strip())
+    return result.returncode == 0
 
 
 def _elements_for(
