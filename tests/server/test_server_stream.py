@@ -185,7 +185,8 @@ async def test_parallel_runs_through_the_server(
                 "POST", "/v1/cleanrooms/run", json=body, headers=NDJSON
             ) as response:
                 lines = [json.loads(line) async for line in response.aiter_lines() if line]
-            return lines[-1]
+            last: dict[str, Any] = lines[-1]
+            return last
 
         results = await asyncio.gather(*(one(i) for i in range(8)))
     for i, result in enumerate(results):

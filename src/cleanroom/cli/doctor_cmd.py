@@ -1,0 +1,110 @@
+"""``cleanroom doctor``: is this host (and this directory) ready to run cleanrooms?
+
+Client-side checks (the server answers; the policy in the directory compiles)
+followed by the server's host checks (``GET /v1/doctor``) when a server
+answers. Exits 1 when any check fails.
+"""
+
+# The client, the policy compiler and rich load only when the command runs.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from cleanroom.cli.exec_cmd import HostOption
+from cleanroom.cli.output import print_json
+from cleanroom.errors import CleanroomError, PolicyNotFound
+from cleanroom.service.types import DoctorCheck
+
+__all__ = ["client_checks", "register"]
+
+_MARK = {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
+
+
+def _policy_check(directory: Path) -> DoctorCheck:
+    from cleanroom.policy import load_policy
+
+    try:
+        policy = load_policy(directory)
+    except PolicyNotFound as exc:
+        return DoctorCheck("policy", "warn", f"no policy in {directory}", exc.details)
+    except CleanroomError as exc:
+        return DoctorCheck("policy", "fail", exc.message, exc.details)
+    summary = f"{policy.source} compiles ({len(policy.allow)} allow rules), {policy.policy_hash}"
+    return DoctorCheck("policy", "pass", summary, {"warnings": list(policy.warnings)})
+
+
+def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck], bool]:
+    """The client-side checks, then the server's; and whether a server answered."""
+    from cleanroom.client import Client
+
+    checks: list[DoctorCheck] = []
+    answered = False
+    try:
+        with Client(host) as client:
+            health = client.health()
+            checks.append(
+                DoctorCheck("server", "pass", f"{client.endpoint.url} answers (v{health.version})")
+            )
+            answered = True
+            checks.append(_policy_check(directory))
+            checks.extend(client.doctor().checks)
+    except CleanroomError as exc:
+        if not answered:
+            from cleanroom.client import resolve_endpoint
+
+            endpoint = resolve_endpoint(host)
+            # With no address configured, `cleanroom exec` starts a server itself.
+            status: Literal["warn", "fail"] = "warn" if endpoint.is_default else "fail"
+            reason = f"no server answers at {endpoint.url}"
+            if endpoint.is_default:
+                reason += " (cleanroom exec starts one)"
+            checks.append(DoctorCheck("server", status, reason, exc.details))
+            checks.append(_policy_check(directory))
+        else:
+            checks.append(DoctorCheck("server-checks", "fail", exc.message, exc.details))
+    return checks, answered
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``doctor``."""
+
+    @app.command(help="Check that this host and directory are ready; exit 1 if a check fails.")
+    def doctor(
+        host: HostOption = None,
+        cwd: Annotated[Path, typer.Option("-c", "--cwd", help="Directory to check.")] = Path(),
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        checks, _ = client_checks(host, cwd.absolute())
+        ok = all(c.status != "fail" for c in checks)
+        if as_json:
+            print_json(
+                {
+                    "ok": ok,
+                    "checks": [
+                        {
+                            "name": c.name,
+                            "status": c.status,
+                            "reason": c.reason,
+                            "details": c.details,
+                        }
+                        for c in checks
+                    ],
+                }
+            )
+        else:
+            from rich.console import Console
+            from rich.markup import escape
+
+            console = Console(file=sys.stdout, highlight=False)
+            for check in checks:
+                console.print(
+                    f"{_MARK[check.status]}  {escape(check.name)}: {escape(check.reason)}"
+                )
+        if not ok:
+            raise typer.Exit(1)

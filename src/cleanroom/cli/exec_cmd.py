@@ -1,0 +1,212 @@
+"""``cleanroom exec``: launch, run one command, terminate, with output streamed live.
+
+One argument after ``--`` runs under ``sh -lc ARG``; several run as argv. The
+process exits with the command's exit code. On the default local socket a
+server is started on demand (after making sure the guest image exists).
+First Ctrl-C cancels the run (the stream is closed, so the server cancels it)
+and waits for the server to clean up; a second Ctrl-C stops waiting.
+
+Import cost matters here: this module loads only typer and, when run, the
+client (httpx); never fastapi, uvicorn or rich.
+"""
+
+# Heavy modules (the client and httpx, the image builder) are imported inside
+# the functions that use them, to keep every CLI command's start-up fast.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cleanroom.cli.output import print_json, report_error
+from cleanroom.errors import CleanroomError
+from cleanroom.paths import state_dir
+from cleanroom.service.types import (
+    LaunchOptions,
+    RunEvent,
+    RunExit,
+    RunOutput,
+    RunResult,
+    RunStarted,
+)
+
+if TYPE_CHECKING:
+    from cleanroom.client import Client, Endpoint
+
+__all__ = ["register", "result_to_dict", "shell_command", "stream_run"]
+
+_CANCEL_WAIT_SECONDS = 30.0
+
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        help="Server address: unix:///path, tcp://HOST:PORT or http://HOST:PORT "
+        "(default: $CLEANROOM_HOST, else the local socket).",
+    ),
+]
+
+
+def shell_command(args: list[str]) -> list[str]:
+    """One argument runs under ``sh -lc``; several are an argv."""
+    return ["sh", "-lc", args[0]] if len(args) == 1 else list(args)
+
+
+def result_to_dict(result: RunResult) -> dict[str, Any]:
+    """The API's run result object."""
+    return {
+        "run_id": result.run_id,
+        "cleanroom_id": result.cleanroom_id,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "run_dir": str(result.run_dir),
+        "plan_path": str(result.plan_path),
+        "signal": result.signal,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+    }
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"cleanroom: {message}\n")
+    sys.stderr.flush()
+
+
+def _report(exc: CleanroomError, run_id: str | None) -> int:
+    code = report_error(exc)
+    run_id = run_id or exc.details.get("run_id")
+    if isinstance(run_id, str):
+        sys.stderr.write(f"run id: {run_id} (details: cleanroom status --run-id {run_id})\n")
+    return code
+
+
+def stream_run(
+    events: Iterator[RunEvent], *, wait_cancelled: Callable[[str], bool] | None = None
+) -> int:
+    """Copy a streamed run to this terminal (bytes as produced); the exit status.
+
+    On Ctrl-C the stream is closed (the server cancels the run); then, if given,
+    ``wait_cancelled(cleanroom_id)`` is polled until it is true, a second
+    Ctrl-C, or a time limit.
+    """
+    run_id: str | None = None
+    cleanroom_id: str | None = None
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        for event in events:
+            if isinstance(event, RunOutput):
+                target = out if event.stream == "stdout" else err
+                target.write(event.data)
+                target.flush()
+            elif isinstance(event, RunStarted):
+                run_id, cleanroom_id = event.run_id, event.cleanroom_id
+            elif isinstance(event, RunExit):
+                return event.result.exit_code
+    except CleanroomError as exc:
+        return _report(exc, run_id)
+    except KeyboardInterrupt:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # drops the connection: the server cancels the run
+        _say(f"cancelling run {run_id or '(not started yet)'} (Ctrl-C again to stop waiting)")
+        if wait_cancelled is not None and cleanroom_id is not None:
+            _wait(lambda: wait_cancelled(cleanroom_id))
+        return 130
+    _say("the stream ended without a result")
+    return 70
+
+
+def _wait(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if done():
+                    _say("cancelled")
+                    return
+            except CleanroomError:
+                return
+            time.sleep(0.2)
+        _say("the server is still cleaning up; not waiting any longer")
+    except KeyboardInterrupt:
+        _say("detached; the server finishes cleaning up on its own")
+
+
+def _context_gone(client: Client) -> Callable[[str], bool]:
+    def gone(cleanroom_id: str) -> bool:
+        return all(c.cleanroom_id != cleanroom_id for c in client.list_cleanrooms())
+
+    return gone
+
+
+def _prepare_local(endpoint: Endpoint) -> None:
+    """Start a local server if none answers, building the guest image first."""
+    from cleanroom.cli.autostart import ensure_local_server, server_answers
+
+    if server_answers(endpoint):
+        return
+    _ensure_image()
+    if ensure_local_server(endpoint, log_path=state_dir() / "server.log") is not None:
+        _say(f"started a server on {endpoint.url} (log: {state_dir() / 'server.log'})")
+
+
+def _ensure_image() -> None:
+    from cleanroom.images import PlainProgress, RichProgress, ensure_image
+
+    if sys.stderr.isatty():
+        with RichProgress() as progress:
+            ensure_image(progress=progress)
+    else:
+        ensure_image(progress=PlainProgress(sys.stderr))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``exec``."""
+
+    @app.command(
+        "exec",
+        context_settings={"allow_interspersed_args": False},
+        help="Run one command in a fresh cleanroom (launch, run, terminate) and exit with "
+        "its exit code. One argument after -- runs under `sh -lc`; several run as argv.",
+    )
+    def exec_(
+        command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+        host: HostOption = None,
+        cwd: Annotated[
+            Path, typer.Option("-c", "--cwd", help="Repository directory (holds the policy).")
+        ] = Path(),
+        backend: Annotated[str | None, typer.Option(help="Backend (default: config).")] = None,
+        read_only: Annotated[
+            bool, typer.Option("--read-only", help="Mount the workspace read-only.")
+        ] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the result object instead of streaming.")
+        ] = False,
+        no_autostart: Annotated[
+            bool, typer.Option("--no-autostart", help="Do not start a local server.")
+        ] = False,
+    ) -> None:
+        from cleanroom.client import Client, resolve_endpoint
+
+        endpoint = resolve_endpoint(host)
+        argv = shell_command(command)
+        options = LaunchOptions(read_only_workspace=True) if read_only else None
+        try:
+            if endpoint.is_default and not no_autostart:
+                _prepare_local(endpoint)
+            with Client(endpoint.url) as client:
+                if as_json:
+                    result = client.exec(cwd, argv, backend=backend, options=options)
+                    print_json(result_to_dict(result))
+                    raise typer.Exit(result.exit_code)
+                events = client.exec_stream(cwd, argv, backend=backend, options=options)
+                raise typer.Exit(stream_run(events, wait_cancelled=_context_gone(client)))
+        except CleanroomError as exc:
+            raise typer.Exit(report_error(exc, as_json=as_json)) from exc
