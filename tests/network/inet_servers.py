@@ -30,7 +30,7 @@ class _Tcp(socketserver.BaseRequestHandler):
 class _Udp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         _, sock = self.request
-        host, port = self.server.server_address
+        host, port = self.request[1].getsockname()
         sock.sendto(f"udp:{host}:{port}".encode(), self.client_address)
 
 

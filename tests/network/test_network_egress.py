@@ -7,6 +7,8 @@ checks both the outcome and the audit trail (``network-events.jsonl``).
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,22 +127,27 @@ async def test_allowed_host_and_port_reachable_other_port_and_unlisted_blocked(
 ) -> None:
     sb: Sandbox = await sandbox_factory()
     dns = await sb.aprobe("dns", sb.rn.dns, "allowed.example.test")
-    assert dns["rcode"] == "NOERROR" and dns["answers"] == ["192.0.2.10"]
+    assert dns["rcode"] == "NOERROR"
+    assert dns["answers"] == ["192.0.2.10"]
     ok = await sb.aprobe("tcp", "192.0.2.10", "8080")
     assert ok == {"ok": True, "reply": "tcp:192.0.2.10:8080"}
     other_port = await sb.aprobe("tcp", "192.0.2.10", "8081")
     unlisted = await sb.aprobe("tcp", "192.0.2.30", "8080")
     udp_other = await sb.aprobe("udp", "192.0.2.10", "5000")
-    assert not other_port["ok"] and not unlisted["ok"] and not udp_other["ok"]
+    assert not other_port["ok"]
+    assert not unlisted["ok"]
+    assert not udp_other["ok"]
     summary, events = await sb.finish()
     _blocked(events, "192.0.2.10", 8081, "tcp")
     _blocked(events, "192.0.2.30", 8080, "tcp")
     _blocked(events, "192.0.2.10", 5000, "udp")
     (answer,) = _dns(events, "allowed.example.test")
-    assert answer["decision"] == "allowed" and answer["answers"] == ["192.0.2.10"]
+    assert answer["decision"] == "allowed"
+    assert answer["answers"] == ["192.0.2.10"]
     assert "allowed.example.test" in answer["rule"]
     assert all(e["run_id"] == sb.rn.run_id and e["ts"] for e in events)
-    assert summary.connections_allowed >= 1 and summary.connections_blocked >= 3
+    assert summary.connections_allowed >= 1
+    assert summary.connections_blocked >= 3
     assert summary.dns_allowed == 1
 
 
@@ -160,8 +167,10 @@ async def test_wildcard_allows_subdomain_not_apex_and_unknown_names_refused(
     sub = await sb.aprobe("dns", sb.rn.dns, "a.wild.example.test")
     apex = await sb.aprobe("dns", sb.rn.dns, "wild.example.test")
     other = await sb.aprobe("dns", sb.rn.dns, "blocked.example.test", "A", "tcp")
-    assert sub["rcode"] == "NOERROR" and sub["answers"] == ["192.0.2.20"]
-    assert apex["rcode"] == "REFUSED" and other["rcode"] == "REFUSED"
+    assert sub["rcode"] == "NOERROR"
+    assert sub["answers"] == ["192.0.2.20"]
+    assert apex["rcode"] == "REFUSED"
+    assert other["rcode"] == "REFUSED"
     assert (await sb.aprobe("tcp", "192.0.2.20", "8080"))["ok"]
     assert not (await sb.aprobe("tcp", "192.0.2.21", "8080"))["ok"]
     _, events = await sb.finish()
@@ -182,7 +191,8 @@ async def test_deny_rule_beats_matching_allow(sandbox_factory: Callable[..., Any
     assert (await sb.aprobe("tcp", "203.0.113.5", "9090"))["ok"]
     _, events = await sb.finish()
     (refusal,) = _dns(events, "evil.wild.example.test")
-    assert refusal["decision"] == "refused" and refusal["rule"].startswith("deny[")
+    assert refusal["decision"] == "refused"
+    assert refusal["rule"].startswith("deny[")
     _blocked(events, "192.0.2.66", 8080, "tcp")
     _blocked(events, "203.0.113.9", 9090, "tcp")
 
@@ -204,7 +214,8 @@ async def test_direct_dns_to_upstream_blocked(sandbox_factory: Callable[..., Any
     sb: Sandbox = await sandbox_factory()
     udp = await sb.aprobe("dns", DNS_ADDR, "allowed.example.test")
     tcp = await sb.aprobe("dns", DNS_ADDR, "allowed.example.test", "A", "tcp")
-    assert not udp["ok"] and not tcp["ok"]
+    assert not udp["ok"]
+    assert not tcp["ok"]
     _, events = await sb.finish()
     _blocked(events, DNS_ADDR, 53, "udp")
     _blocked(events, DNS_ADDR, 53, "tcp")
@@ -248,7 +259,8 @@ def _uplink_address(sb: Sandbox) -> str:
 async def test_ipv6_blocked(sandbox_factory: Callable[..., Any]) -> None:
     sb: Sandbox = await sandbox_factory()
     aaaa = await sb.aprobe("dns", sb.rn.dns, "allowed.example.test", "AAAA")
-    assert aaaa["rcode"] == "NOERROR" and aaaa["answers"] == []
+    assert aaaa["rcode"] == "NOERROR"
+    assert aaaa["answers"] == []
     # A guest that configures IPv6 itself still gets nowhere: the run namespace drops it.
     gw_mac = _run_side_mac(sb)
     for args in (
@@ -264,15 +276,10 @@ async def test_ipv6_blocked(sandbox_factory: Callable[..., Any]) -> None:
 
 
 def _ipn(netns: str, *args: str) -> None:
-    import subprocess
-
     subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
 
 
 def _run_side_mac(sb: Sandbox) -> str:
-    import json
-    import subprocess
-
     out = subprocess.run(
         ["ip", "-j", "-n", sb.rn.netns, "link", "show", "dev", "gst0"],
         check=True,
@@ -308,7 +315,8 @@ async def test_exact_hosts_resolved_at_setup(sandbox_factory: Callable[..., Any]
     sb: Sandbox = await sandbox_factory()
     # No query by the guest: the address learned at setup is already open.
     assert (await sb.aprobe("tcp", "192.0.2.10", "8080"))["ok"]
-    assert sb.rn.policy_resolution_ms >= 0 and sb.rn.network_setup_ms >= sb.rn.policy_resolution_ms
+    assert sb.rn.policy_resolution_ms >= 0
+    assert sb.rn.network_setup_ms >= sb.rn.policy_resolution_ms
     _, events = await sb.finish()
     resolved = [e for e in events if e["event"] == "resolved" and e["purpose"] == "allow"]
     assert {e["name"] for e in resolved} == {"allowed.example.test", "changing.example.test"}
@@ -328,9 +336,6 @@ async def test_teardown_is_idempotent_and_leaves_nothing(
 
 
 def _links(netns: str) -> list[str]:
-    import json
-    import subprocess
-
     out = subprocess.run(
         ["ip", "-j", "-n", netns, "link", "show"], check=True, capture_output=True, text=True
     ).stdout

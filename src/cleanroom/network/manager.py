@@ -616,10 +616,10 @@ class NetworkManager:
         owned = {live.netns for live in self._live.values()}
         removed: list[str] = []
         for name in names:
-            if name.startswith(self.prefix) and name not in owned:
-                if await _delete_netns(name):
-                    removed.append(name)
-                    log.warning("removed leftover network namespace %s", name)
+            owned_by_us = name.startswith(self.prefix) and name not in owned
+            if owned_by_us and await _delete_netns(name):
+                removed.append(name)
+                log.warning("removed leftover network namespace %s", name)
         return removed
 
 
