@@ -41,7 +41,9 @@ class Agent:
     client: AgentClient
     proc: asyncio.subprocess.Process
     workspace: Path
-    _stderr: bytes | None = field(default=None, repr=False)
+    reader: asyncio.StreamReader
+    """The raw channel (for tests that speak bytes); normally only ``client`` uses it."""
+    writer: asyncio.StreamWriter
 
     @property
     def pid(self) -> int:
@@ -96,7 +98,7 @@ class AgentFactory:
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
-        agent = Agent(AgentClient(reader, writer), proc, ws)
+        agent = Agent(AgentClient(reader, writer), proc, ws, reader, writer)
         self.started.append(agent)
         if greet:
             await agent.client.hello(timeout=30)

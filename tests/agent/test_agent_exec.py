@@ -32,6 +32,12 @@ def _hwm_kib(pid: int | str) -> int:
     raise AssertionError("no VmHWM")
 
 
+def _reset_hwm() -> int:
+    """Reset this process's VmHWM to its current RSS; returns that RSS in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _hwm_kib("self")
+
+
 async def test_hello_reports_versions(agents: AgentFactory) -> None:
     agent = await agents.start(greet=False)
     info = await agent.client.hello(timeout=30)
@@ -173,7 +179,8 @@ async def test_signal_reaches_the_process_group(agent: Agent, tmp_path: Path) ->
             ready.set()
 
     script = f"sleep 300 & echo $! > {pidfile}; echo ready; wait"
-    task = asyncio.create_task(agent.client.exec(["sh", "-c", script], cwd="/", on_output=on_output))
+    run = agent.client.exec(["sh", "-c", script], cwd="/", on_output=on_output)
+    task = asyncio.create_task(run)
     await asyncio.wait_for(ready.wait(), 30)
     await agent.client.signal(signal.SIGINT)
     status = await asyncio.wait_for(task, 30)
@@ -200,7 +207,7 @@ async def test_200_mb_output_bounded_memory(agent: Agent) -> None:
     async def count(stream: str, data: bytes) -> None:
         counts[stream] += len(data)
 
-    Path("/proc/self/clear_refs").write_text("5")  # reset this process's VmHWM
+    baseline_mib = _reset_hwm() / 1024
     status = await agent.client.exec(
         ["sh", "-c", f"head -c {total} /dev/zero; echo done >&2"], cwd="/", on_output=count
     )
@@ -211,6 +218,7 @@ async def test_200_mb_output_bounded_memory(agent: Agent) -> None:
     print(f"peak RSS: agent {agent_hwm_mib:.1f} MiB, host test process {own_hwm_mib:.1f} MiB")
     assert agent_hwm_mib < 100
     assert own_hwm_mib < 100
+    assert own_hwm_mib - baseline_mib < 50
 
 
 async def test_agent_death_mid_exec_raises_disconnected(agent: Agent) -> None:

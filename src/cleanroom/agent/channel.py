@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cleanroom.agent.errors import AgentDisconnected, AgentError
 
@@ -79,6 +80,19 @@ def channel_spec_from_cmdline(cmdline: str) -> str | None:
     return None
 
 
+def _virtio_port_device(name: str, default: str) -> str:
+    """``/dev/vportNpM`` for the port called ``name``: the /dev/virtio-ports/NAME
+    symlink is made by udev, which the guest does not run, so look in sysfs."""
+    if Path(default).exists():
+        return default
+    with contextlib.suppress(OSError):
+        for dev in Path("/sys/class/virtio-ports").iterdir():
+            with contextlib.suppress(OSError):
+                if (dev / "name").read_text().strip() == name:
+                    return f"/dev/{dev.name}"
+    return default
+
+
 def open_channel(spec: str, *, wait_seconds: float = 10.0) -> Channel:
     """Open the channel named by ``spec``; raises :class:`AgentError` if impossible."""
     kind, _, arg = spec.partition(":")
@@ -94,7 +108,7 @@ def open_channel(spec: str, *, wait_seconds: float = 10.0) -> Channel:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+                fd = os.open(_virtio_port_device(arg, path), os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
                 break
             except FileNotFoundError as exc:
                 if time.monotonic() > deadline:

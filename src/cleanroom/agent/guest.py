@@ -12,7 +12,8 @@ child exits for any reason, syncs and powers the VM off.
 Anywhere else (tests on the host) it serves one session and exits. It then
 changes nothing system-wide: entropy is mixed in uncredited, and read-only
 workspaces (bind mounts) and network settings are applied only when the agent
-runs as root in a mount namespace of its own (``unshare -m ...``).
+runs as root in a mount namespace of its own (``unshare -m ...``: not
+shared with its parent process).
 
 Session rules: the host's HELLO comes first; malformed, oversized, unknown or
 out-of-place frames get an ERROR ``protocol_error`` and end the session (exit
@@ -90,8 +91,13 @@ class _EndSession(Exception):
 
 
 def _own_mount_namespace() -> bool:
+    """Whether this process got a mount namespace of its own (e.g. ``unshare -m agent``).
+
+    Compared with the parent's, not PID 1's: PID 1 may itself live elsewhere.
+    """
     try:
-        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+        mine = os.readlink("/proc/self/ns/mnt")
+        return mine != os.readlink(f"/proc/{os.getppid()}/ns/mnt")
     except OSError:
         return False
 
@@ -122,17 +128,14 @@ class Session:
                         time.sleep(_EOF_POLL)  # virtio port: host end not connected yet
                         continue
                     return EXIT_OK
+                decoder.push(data)
                 try:
-                    frames = decoder.feed(data)
-                except AgentProtocolError as exc:
-                    return self._protocol_failure(exc)
-                for frame in frames:
-                    try:
+                    while (frame := decoder.pop()) is not None:
                         self._handle(frame)
-                    except _EndSession as end:
-                        return end.status
-                    except AgentProtocolError as exc:  # parsing or state
-                        return self._protocol_failure(exc)
+                except _EndSession as end:
+                    return end.status
+                except AgentProtocolError as exc:  # framing, parsing or state
+                    return self._protocol_failure(exc)
         except AgentDisconnected as exc:
             log(str(exc))
             return EXIT_OK

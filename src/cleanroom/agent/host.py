@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal as _signal
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -101,7 +100,6 @@ class AgentClient:
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder()
-        self._frames: deque[Frame] = deque()
         self._write_lock = asyncio.Lock()
         self._op_lock = asyncio.Lock()
         self._exec_running = False
@@ -118,15 +116,15 @@ class AgentClient:
                 raise AgentDisconnected(f"channel write failed: {exc}") from exc
 
     async def _recv(self) -> Frame:
-        while not self._frames:
+        while (frame := self._decoder.pop()) is None:
             try:
                 data = await self._reader.read(_READ_SIZE)
             except (ConnectionError, OSError) as exc:
                 raise AgentDisconnected(f"channel read failed: {exc}") from exc
             if not data:
                 raise AgentDisconnected("the guest agent closed the channel")
-            self._frames.extend(self._decoder.feed(data))
-        return self._frames.popleft()
+            self._decoder.push(data)
+        return frame
 
     async def _reply(self, *types: FrameType) -> Frame:
         """The next frame, which must be one of ``types``; an ERROR frame raises."""

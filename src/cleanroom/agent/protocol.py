@@ -157,47 +157,70 @@ def encode_frame(ftype: FrameType, payload: bytes = b"") -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: :meth:`feed` bytes as they arrive, get whole frames back.
+    """Incremental decoder: :meth:`push` bytes as they arrive, :meth:`pop` whole frames.
 
     Holds at most one partial frame (header + up to :data:`MAX_PAYLOAD` bytes)
-    plus the bytes of the last feed. The header is validated as soon as it is
+    plus the bytes of the last push. A header is validated as soon as it is
     complete, so an oversized length or unknown type fails before its payload
-    is buffered. After an error the decoder is unusable (the stream position is
-    lost); every later :meth:`feed` raises again.
+    is buffered. Errors surface in stream order: every frame before a bad one
+    is popped first, then :meth:`pop` raises :class:`AgentProtocolError`. After
+    that the decoder is unusable (the stream position is lost) and raises again.
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
+        self._pos = 0
         self._max = max_payload
         self._failed: AgentProtocolError | None = None
 
     @property
     def pending(self) -> int:
-        """Bytes buffered that do not yet form a whole frame."""
-        return len(self._buf)
+        """Bytes buffered that have not been popped as frames."""
+        return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add ``data`` and return every frame it completes, in order."""
+    def push(self, data: bytes) -> None:
+        """Add received bytes."""
         if self._failed is not None:
             raise self._failed
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > MAX_PAYLOAD:
+            del self._buf[: self._pos]  # compact now and then, not per frame
+            self._pos = 0
         self._buf += data
-        frames: list[Frame] = []
-        pos = 0
-        buf = self._buf
+
+    def pop(self) -> Frame | None:
+        """The next whole frame, or None until more bytes arrive; raises on a bad frame."""
+        if self._failed is not None:
+            raise self._failed
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        length, tbyte = _HEADER.unpack_from(buf, pos)
         try:
-            while len(buf) - pos >= HEADER_SIZE:
-                length, tbyte = _HEADER.unpack_from(buf, pos)
-                ftype = self._check_header(length, tbyte)
-                end = pos + HEADER_SIZE + length
-                if len(buf) < end:
-                    break
-                frames.append(Frame(ftype, bytes(buf[pos + HEADER_SIZE : end])))
-                pos = end
+            ftype = self._check_header(length, tbyte)
         except AgentProtocolError as exc:
             self._failed = exc
             self._buf = bytearray()
+            self._pos = 0
             raise
-        del buf[:pos]
+        end = pos + HEADER_SIZE + length
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return Frame(ftype, bytes(buf[pos + HEADER_SIZE : end]))
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """:meth:`push` ``data`` and :meth:`pop` every frame it completes.
+
+        If a bad frame follows good ones, the good ones are lost with the
+        raise; code that must answer them first uses push/pop.
+        """
+        self.push(data)
+        frames: list[Frame] = []
+        while (frame := self.pop()) is not None:
+            frames.append(frame)
         return frames
 
     def _check_header(self, length: int, tbyte: int) -> FrameType:
