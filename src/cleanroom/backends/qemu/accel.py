@@ -103,17 +103,18 @@ async def resolve_accel(
     image_digest: str,
     canary: Canary,
     cache: VerdictCache,
-    kvm_identity: str | None = None,
+    kvm_identity: Callable[[], str | None] = host_kvm_identity,
 ) -> tuple[Literal["kvm", "tcg"], AccelVerdict | None]:
     """Pick ``kvm`` or ``tcg`` for ``requested`` (``auto``, ``kvm`` or ``tcg``).
 
     ``tcg`` needs nothing. ``kvm`` is taken as an explicit order (only
     /dev/kvm must exist; the operator asked for it). ``auto`` returns ``kvm``
     only if the cached or fresh canary verdict says KVM booted this image.
+    ``kvm_identity`` names this host's KVM (None: no usable /dev/kvm).
     """
     if requested == "tcg":
         return "tcg", None
-    identity = kvm_identity if kvm_identity is not None else host_kvm_identity()
+    identity = kvm_identity()
     if requested == "kvm":
         if identity is None:
             raise BackendUnavailable(
