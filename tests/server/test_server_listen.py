@@ -21,7 +21,9 @@ def mode(path: Path) -> int:
 
 
 def test_parse_listen() -> None:
-    assert parse_listen("unix:///run/x.sock") == ListenAddress(scheme="unix", path=Path("/run/x.sock"))
+    assert parse_listen("unix:///run/x.sock") == ListenAddress(
+        scheme="unix", path=Path("/run/x.sock")
+    )
     assert parse_listen("tcp://127.0.0.1:8080") == ListenAddress(
         scheme="tcp", host="127.0.0.1", port=8080
     )

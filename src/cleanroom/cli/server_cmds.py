@@ -82,7 +82,12 @@ def _status_table(record: dict[str, Any]) -> None:
     fields.add_column("value", overflow="fold")
     for key, value in record.items():
         if key.endswith("_ms"):
-            shown = f"{value:,.1f}" if isinstance(value, int | float) else str(value)
+            if value is None:
+                shown = "-"  # the run ended before this step
+            elif isinstance(value, int | float):
+                shown = f"{value:,.1f}"
+            else:
+                shown = str(value)
             timings.add_row(key.removesuffix("_ms"), shown)
         else:
             fields.add_row(key, value if isinstance(value, str) else _compact(value))
@@ -157,8 +162,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command(
         "run",
-        context_settings={"allow_interspersed_args": False},
-        help="Run a command in a launched context (streams output; exits with its code).",
+        help="Run a command in a launched context (streams output; exits with its code). "
+        "Put the command after --.",
     )
     def run_(
         cleanroom_id: Annotated[str, typer.Argument(help="The context id from `launch`.")],

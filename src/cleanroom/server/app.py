@@ -150,6 +150,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(AccessLog)  # added last: outermost, so it sees every response
     _install_error_handlers(app)
+    _install_openapi(app)
 
     @app.get("/healthz", response_model=HealthResponse, responses=_GET_ERRORS)
     async def healthz() -> HealthResponse:
@@ -217,6 +218,33 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
         )
 
     return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Drop FastAPI's generated 422 validation responses: this API answers 400 instead."""
+    from fastapi.openapi.utils import get_openapi  # noqa: PLC0415 - only when served
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for item in doc.get("paths", {}).values():
+                for operation in item.values():
+                    responses = operation.get("responses", {})
+                    ref = str(responses.get("422", {}).get("content", {}))
+                    if "HTTPValidationError" in ref:
+                        del responses["422"]
+            schemas = doc.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,71 @@
+"""The OpenAPI document matches what the server does (property-based, against a live server)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import checks as st_checks
+from schemathesis.specs.openapi import checks as oa_checks
+
+from cleanroom.server import create_app, parse_listen
+from cleanroom.server.testing import FakeService, ServerThread
+
+DOC: dict[str, Any] = create_app(FakeService(Path("/nonexistent"))).openapi()
+schema = schemathesis.openapi.from_dict(DOC)
+
+CHECKS = [
+    st_checks.not_a_server_error,
+    oa_checks.status_code_conformance,
+    oa_checks.content_type_conformance,
+    oa_checks.response_schema_conformance,
+    oa_checks.negative_data_rejection,
+]
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="crs-oa-"))
+    try:
+        with ServerThread(FakeService(root), parse_listen("tcp://127.0.0.1:0")) as running:
+            yield "http://" + running.url.removeprefix("tcp://")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_document_shape() -> None:
+    paths = DOC["paths"]
+    assert set(paths) == {
+        "/healthz",
+        "/v1/cleanrooms/launch",
+        "/v1/cleanrooms/run",
+        "/v1/cleanrooms/terminate",
+        "/v1/exec",
+        "/v1/cleanrooms",
+        "/v1/runs/{run_id}",
+        "/v1/doctor",
+    }
+    run = paths["/v1/cleanrooms/run"]["post"]["responses"]
+    assert "application/x-ndjson" in run["200"]["content"]
+    assert run["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "422" not in run  # validation failures are 400 invalid_request, not FastAPI's 422
+    launch_body = DOC["components"]["schemas"]["LaunchRequest"]
+    assert launch_body["additionalProperties"] is False
+
+
+@schema.parametrize()
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_api_conforms_to_its_schema(case: Any, base_url: str) -> None:
+    case.call_and_validate(base_url=base_url, checks=CHECKS)
