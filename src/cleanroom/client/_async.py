@@ -28,6 +28,7 @@ from cleanroom.client._wire import (
     parse_doctor,
     parse_launch,
     parse_run,
+    precheck,
     resolve_endpoint,
 )
 from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
@@ -75,6 +76,7 @@ class AsyncClient:
         self, method: str, path: str, *, json: Any = None, long: bool = False
     ) -> dict[str, Any]:
         timeout = long_timeout(self._timeout) if long else self._timeout
+        precheck(self.endpoint)
         try:
             response = await self._http.request(method, path, json=json, timeout=timeout)
         except httpx.TransportError as exc:
@@ -158,6 +160,7 @@ class AsyncClient:
 
     async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[RunEvent]:
         state = StreamState()
+        precheck(self.endpoint)
         try:
             async with self._http.stream(
                 "POST",

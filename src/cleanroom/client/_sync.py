@@ -28,6 +28,7 @@ from cleanroom.client._wire import (
     parse_doctor,
     parse_launch,
     parse_run,
+    precheck,
     resolve_endpoint,
 )
 from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
@@ -73,6 +74,7 @@ class Client:
         self, method: str, path: str, *, json: Any = None, long: bool = False
     ) -> dict[str, Any]:
         timeout = long_timeout(self._timeout) if long else self._timeout
+        precheck(self.endpoint)
         try:
             response = self._http.request(method, path, json=json, timeout=timeout)
         except httpx.TransportError as exc:
@@ -154,6 +156,7 @@ class Client:
 
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:
         state = StreamState()
+        precheck(self.endpoint)
         try:
             with self._http.stream(
                 "POST",

@@ -163,6 +163,16 @@ def connection_error(endpoint: Endpoint, exc: Exception) -> ServerUnavailable:
     )
 
 
+def precheck(endpoint: Endpoint) -> None:
+    """Fail fast (``ServerUnavailable``) when the endpoint's unix socket does not exist.
+
+    Besides being quicker, this avoids a socket leak in httpcore, which does not
+    close its unix socket when connecting fails.
+    """
+    if endpoint.uds is not None and not endpoint.uds.exists():
+        raise connection_error(endpoint, httpx.ConnectError(f"{endpoint.uds} does not exist"))
+
+
 def error_from_body(status: int, content: bytes) -> CleanroomError:
     """The error class the server raised (by code), with its details."""
     try:

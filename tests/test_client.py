@@ -1,0 +1,215 @@
+"""The Python client (sync and async) against a real server on a unix socket."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cleanroom.client import AsyncClient, Client, LaunchResult, resolve_endpoint
+from cleanroom.errors import (
+    BackendUnavailable,
+    CleanroomNotFound,
+    InvalidRequest,
+    NotFound,
+    PolicyInvalid,
+    PolicyNotFound,
+    RunCancelled,
+    RunNotFound,
+    RunTimeout,
+    ServerUnavailable,
+)
+from cleanroom.server import ListenAddress
+from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.service.types import LaunchOptions, RunExit, RunOutput, RunResult, RunStarted
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="crc-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def repo(root: Path) -> Path:
+    path = root / "repo"
+    path.mkdir()
+    (path / "cleanroom.yaml").write_text("\n")
+    return path
+
+
+@pytest.fixture
+def fake(root: Path) -> FakeService:
+    return FakeService(root / "state")
+
+
+@pytest.fixture
+def host(fake: FakeService, root: Path) -> Iterator[str]:
+    sock = root / "run" / "c.sock"
+    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)):
+        yield f"unix://{sock}"
+
+
+def test_endpoint_resolution(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(root))
+    monkeypatch.delenv("CLEANROOM_HOST", raising=False)
+    default = resolve_endpoint()
+    assert default.is_default
+    assert default.uds == root / "cleanroom" / "cleanroom.sock"
+    monkeypatch.setenv("CLEANROOM_HOST", "tcp://127.0.0.1:7000")
+    from_env = resolve_endpoint()
+    assert (from_env.base_url, from_env.uds, from_env.is_default) == (
+        "http://127.0.0.1:7000",
+        None,
+        False,
+    )
+    explicit = resolve_endpoint("unix:///x/y.sock")
+    assert explicit.uds == Path("/x/y.sock")
+    assert resolve_endpoint("http://127.0.0.1:9/").base_url == "http://127.0.0.1:9"
+    for bad in ("unix://rel.sock", "ftp://h", "localhost:80"):
+        with pytest.raises(InvalidRequest):
+            resolve_endpoint(bad)
+
+
+def test_typed_results(host: str, repo: Path) -> None:
+    with Client(host) as client:
+        assert client.health().ok
+        launched = client.launch(repo, options=LaunchOptions(read_only_workspace=True))
+        assert isinstance(launched, LaunchResult)
+        assert launched.policy_source == repo / "cleanroom.yaml"
+        result = client.run(launched.cleanroom_id, ["sh", "-c", "echo hi; exit 5"])
+        assert isinstance(result, RunResult)
+        assert (result.exit_code, result.stdout, result.cleanroom_id) == (
+            5,
+            "hi\n",
+            launched.cleanroom_id,
+        )
+        assert result.run_dir.is_dir()
+        [info] = client.list_cleanrooms()
+        assert info.read_only_workspace is True
+        assert info.runs == (result.run_id,)
+        assert client.run_record(result.run_id)["exit_code"] == 5
+        client.terminate(launched.cleanroom_id)
+        client.terminate(launched.cleanroom_id)
+        assert client.list_cleanrooms() == []
+        report = client.doctor()
+        assert report.ok
+        assert [c.status for c in report.checks] == ["pass", "warn"]
+
+
+def test_errors_are_raised_as_their_classes(host: str, repo: Path, root: Path) -> None:
+    with Client(host) as client:
+        with pytest.raises(CleanroomNotFound):
+            client.run("cr-nope", ["true"])
+        with pytest.raises(RunNotFound):
+            client.run_record("run-nope")
+        with pytest.raises(NotFound):
+            client.run_record("../../etc/passwd")  # no route matches: never a file read
+        with pytest.raises(PolicyNotFound):
+            client.launch(root)
+        with pytest.raises(BackendUnavailable) as unavailable:
+            client.launch(repo, backend="qemu")
+        assert unavailable.value.details["backend"] == "qemu"
+        with pytest.raises(InvalidRequest):
+            client.exec(repo, [])
+        with pytest.raises(InvalidRequest):
+            client.exec(repo, "echo hi")  # a bare string is not an argv
+        (repo / "cleanroom.yaml").write_text("bogus: 1\n")
+        with pytest.raises(PolicyInvalid) as invalid:
+            client.exec(repo, ["true"])
+        assert invalid.value.details["problems"] == ["cleanroom.yaml:1: unknown key 'bogus'"]
+
+
+def test_unreachable_server(root: Path) -> None:
+    with Client(f"unix://{root}/missing.sock") as client, pytest.raises(ServerUnavailable):
+        client.health()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound but not listening: connections are refused
+        with Client(f"tcp://127.0.0.1:{port}") as client, pytest.raises(ServerUnavailable) as err:
+            client.exec(root, ["true"])
+    assert err.value.details["address"] == f"tcp://127.0.0.1:{port}"
+
+
+def test_stream_events(host: str, repo: Path) -> None:
+    code = (
+        "import sys; sys.stdout.buffer.write(b'\\xff\\x00'); sys.stdout.flush(); "
+        "sys.stderr.write('warn\\n')"
+    )
+    with Client(host) as client:
+        events = list(client.exec_stream(repo, [sys.executable, "-c", code]))
+    assert isinstance(events[0], RunStarted)
+    assert isinstance(events[-1], RunExit)
+    outputs = [e for e in events if isinstance(e, RunOutput)]
+    assert b"".join(e.data for e in outputs if e.stream == "stdout") == b"\xff\x00"
+    assert b"".join(e.data for e in outputs if e.stream == "stderr") == b"warn\n"
+    assert events[-1].result.run_id == events[0].run_id
+
+
+def test_stream_errors(host: str, repo: Path) -> None:
+    with Client(host) as client:
+        with pytest.raises(CleanroomNotFound):
+            list(client.run_stream("cr-nope", ["true"]))
+        (repo / "cleanroom.yaml").write_text("timeout_seconds: 0.5\n")
+        seen: list[object] = []
+        with pytest.raises(RunTimeout) as caught:
+            seen.extend(client.exec_stream(repo, ["sleep", "30"]))
+        assert caught.value.details["run_id"].startswith("run-")
+
+
+def test_closing_a_stream_cancels_the_run(host: str, repo: Path, fake: FakeService) -> None:
+    with Client(host) as client:
+        launched = client.launch(repo)
+        events = client.run_stream(launched.cleanroom_id, ["sleep", "60"])
+        started = next(events)
+        assert isinstance(started, RunStarted)
+        events.close()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while started.run_id not in fake.cancelled_runs:
+            assert time.monotonic() < deadline, "the run was not cancelled"
+            time.sleep(0.05)
+
+
+def test_terminate_during_run_raises_run_cancelled(host: str, repo: Path) -> None:
+    with Client(host) as client, Client(host) as other:
+        launched = client.launch(repo)
+        events = client.run_stream(launched.cleanroom_id, ["sleep", "60"])
+        next(events)
+        other.terminate(launched.cleanroom_id)
+        with pytest.raises(RunCancelled):
+            list(events)
+
+
+async def test_async_client(host: str, repo: Path) -> None:
+    async with AsyncClient(host) as client:
+        assert (await client.health()).ok
+        launched = await client.launch(repo)
+        result = await client.run(launched.cleanroom_id, ["sh", "-c", "echo a"])
+        assert result.stdout == "a\n"
+        kinds = [
+            type(e).__name__
+            async for e in client.run_stream(launched.cleanroom_id, ["sh", "-c", "echo b"])
+        ]
+        assert kinds[0] == "RunStarted"
+        assert "RunOutput" in kinds
+        assert kinds[-1] == "RunExit"
+        exec_result = await client.exec(repo, ["true"])
+        assert exec_result.exit_code == 0
+        assert [c.cleanroom_id for c in await client.list_cleanrooms()] == [launched.cleanroom_id]
+        assert (await client.run_record(result.run_id))["run_id"] == result.run_id
+        await client.terminate(launched.cleanroom_id)
+        with pytest.raises(CleanroomNotFound):
+            await client.run("cr-nope", ["true"])
+        assert (await client.doctor()).ok
+    async with AsyncClient(f"unix://{repo}/none.sock") as dead:
+        with pytest.raises(ServerUnavailable):
+            await dead.health()
