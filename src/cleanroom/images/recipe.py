@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Bump whenever the build steps change in a way that changes the artifacts.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 
@@ -88,7 +88,9 @@ OPTIONAL_MODULES: tuple[str, ...] = (
     "vmw_vsock_virtio_transport",
 )
 
-#: Whether the initramfs is gzip-compressed (see the builder's notes on boot time).
+#: Whether the initramfs is gzip-compressed. Measured under TCG: the kernel
+#: unpacks the 2.7 MiB plain cpio in 0.22-0.34 s and the 1.2 MiB gzip one in
+#: 0.39-0.60 s, so the plain archive boots faster.
 INITRAMFS_COMPRESS = False
 
 

@@ -180,7 +180,8 @@ def make_ext4(tree: Path, out: Path, *, label: str = "cleanroom-root") -> int:
     """Build an ext4 image of ``tree`` at ``out`` (no journal, ~30 % headroom); returns its size."""
     used, inodes = tree_usage(tree)
     mib = 1 << 20
-    size = max(64 * mib, int(used * 1.3) + 16 * mib)
+    # 30 % headroom for the guest's own writes, plus a little for ext4 metadata.
+    size = max(64 * mib, int(used * 1.3) + 4 * mib)
     size = -(-size // mib) * mib
     inode_count = max(8192, int(inodes * 1.5))
     with out.open("wb") as f:
