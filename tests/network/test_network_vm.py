@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DNS_ADDR, PROBE, Internet, netns_names
 
 from cleanroom.config import NetworkConfig, QemuConfig, RuntimeConfig
 from cleanroom.network import read_events
 from cleanroom.service import LaunchOptions, Service
+from conftest import DNS_ADDR, PROBE, Internet, netns_names
 
 pytestmark = [pytest.mark.vm, pytest.mark.image, pytest.mark.network]
 
@@ -57,7 +57,8 @@ def emit(label, result):
 
 def resolve(name):
     try:
-        return {"ok": True, "addrs": sorted({a[4][0] for a in socket.getaddrinfo(name, 8080, socket.AF_INET)})}
+        infos = socket.getaddrinfo(name, 8080, socket.AF_INET)
+        return {"ok": True, "addrs": sorted({a[4][0] for a in infos})}
     except OSError as exc:
         return {"ok": False, "error": str(exc)}
 
