@@ -48,6 +48,7 @@ class QemuMachine:
     tsc_khz: int | None = None
     qemu_img: str = "qemu-img"
     debug: bool = False
+    extra_kernel_args: tuple[str, ...] = ()
 
 
 class QemuGuest:
@@ -113,6 +114,7 @@ class QemuGuest:
                 tsc_khz=machine.tsc_khz,
                 network=spec.network,
                 debug=machine.debug,
+                extra_kernel_args=machine.extra_kernel_args,
             )
             argv = build_argv(launch, prefix=pdeathsig_prefix())
             plan = {
