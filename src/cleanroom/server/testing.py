@@ -3,8 +3,9 @@
 :class:`FakeService` implements :class:`~cleanroom.service.ServiceAPI` faithfully
 but runs each command as a plain local subprocess (no guest, no isolation), so
 streaming, cancellation and concurrency are exercised for real. It is for tests
-only. Its "policy" is ``cleanroom.yaml`` holding ``key: value`` lines; the only
-key is ``timeout_seconds``; anything else is a ``policy_invalid`` problem.
+only. Its "policy" is ``cleanroom.yaml`` holding ``key: value`` lines; the keys
+are ``timeout_seconds`` and ``version`` (ignored); anything else is a
+``policy_invalid`` problem.
 
 ``python -m cleanroom.server.testing --listen unix:///path`` serves a
 FakeService (used to test autostart and signal handling from subprocesses).
@@ -341,6 +342,8 @@ def _parse_policy(path: Path, text: str) -> float | None:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition(":")
+        if sep and key.strip() == "version":
+            continue  # accepted so that a file can be valid for the real loader too
         if not sep or key.strip() != "timeout_seconds":
             problems.append(f"{path.name}:{number}: unknown key {key.strip()!r}")
             continue
