@@ -39,6 +39,8 @@ _APT_STATE_PATHS = (
     Path("/etc/apt/preferences"),
     Path("/etc/apt/preferences.d"),
     Path("/etc/apt/apt.conf.d"),
+    # An installed version can be the candidate, so dpkg's state counts too.
+    Path("/var/lib/dpkg/status"),
 )
 
 
@@ -98,7 +100,14 @@ def _parse_stanzas(text: str) -> list[dict[str, str]]:
 
 
 def _show(names: Sequence[str]) -> list[DebPackage]:
-    proc = run_tool(["apt-cache", "show", "--no-all-versions", *names])
+    try:
+        proc = run_tool(["apt-cache", "show", "--no-all-versions", *names])
+    except ImageUnavailable as exc:
+        # apt-cache fails outright when it has no package lists at all.
+        raise ImageUnavailable(
+            f"apt-cache knows none of {', '.join(names)}: {exc.message}",
+            details={"missing_packages": list(names), "hint": "run apt-get update"},
+        ) from exc
     found: dict[str, DebPackage] = {}
     for stanza in _parse_stanzas(proc.stdout.decode(errors="replace")):
         name = stanza.get("Package", "")
