@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from cleanroom.errors import (
 )
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.output import OutputCapture
+from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
 from cleanroom.service.workspace import archive_workspace, iter_file_chunks
@@ -84,6 +86,7 @@ async def execute_run(
     backend: Backend,
     network: NetworkProvider | None,
     on_event: EventSink | None,
+    pool: WarmPool | None = None,
 ) -> RunResult:
     """Run ``plan`` in a fresh guest and return its result.
 
@@ -105,12 +108,12 @@ async def execute_run(
     try:
         if on_event is not None:
             await on_event(RunStarted(plan.run_id, plan.cleanroom_id, plan.run_dir))
-        status = await _run_in_guest(plan, backend, network, rec, capture, state)
+        status = await _run_in_guest(plan, backend, network, pool, rec, capture, state)
     except asyncio.CancelledError:
         await _shielded_cleanup(state, network, rec)
         capture.close()
-        err = RunCancelled("the run was cancelled", details={"run_id": plan.run_id})
-        rec.finish(status="cancelled", error=_err_dict(err))
+        cancelled = RunCancelled("the run was cancelled", details={"run_id": plan.run_id})
+        rec.finish(status="cancelled", error=_err_dict(cancelled))
         raise
     except CleanroomError as exc:
         await _shielded_cleanup(state, network, rec)
@@ -160,17 +163,19 @@ class _RunState:
         self.client: AgentClient | None = None
         self.plan_path: Path | None = None
         self.archive: Path | None = None
+        self.warm: WarmGuest | None = None
+        self.run_dir: Path | None = None
 
 
 async def _run_in_guest(
     plan: RunPlan,
     backend: Backend,
     network: NetworkProvider | None,
+    pool: WarmPool | None,
     rec: RunRecorder,
     capture: OutputCapture,
     state: _RunState,
 ) -> ExitStatus:
-    loop = asyncio.get_running_loop()
     # The workspace archive is prepared while the network is set up and the guest boots.
     state.archive = plan.run_dir / "workspace.tar"
     archive_task = asyncio.create_task(_prepare_archive(plan.cwd, state.archive))
@@ -189,30 +194,11 @@ async def _run_in_guest(
     else:
         rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
 
-    spec = GuestSpec(
-        run_id=plan.run_id,
-        run_dir=plan.run_dir,
-        launch_seconds=plan.launch_seconds,
-        network=attachment,
-    )
-    launch_start = loop.time()
-    deadline = launch_start + plan.launch_seconds
-    state.guest = guest = await backend.launch(spec)
-    state.plan_path = guest.plan_path
-    rec.set(isolation=guest.isolation)
-    rec.data["artifacts"]["plan"] = guest.plan_path.name
-    _copy_guest_timings(guest, rec)
-
-    reader, writer = await guest.open_channel(deadline)
-    channel_open = loop.time()
-    rec.timing("agent_connect_wait_ms", (channel_open - launch_start) * 1000)
-    client = state.client = AgentClient(reader, writer)
-    try:
-        info = await client.hello(timeout=max(0.1, deadline - loop.time()))
-    except (AgentError, TimeoutError) as exc:
-        raise _launch_failed(guest, plan, f"the guest agent did not answer: {exc}") from exc
-    rec.timing("vm_ready_ms", (loop.time() - launch_start) * 1000)
-    rec.set(guest={"agent_version": info.agent_version, "kernel": info.kernel})
+    warm = pool.take() if pool is not None and attachment is None else None
+    if warm is not None:
+        guest, client = await _claim_warm(warm, plan, rec, state)
+    else:
+        guest, client = await _boot_cold(plan, backend, attachment, rec, state)
 
     try:
         await client.configure(entropy_seed=os.urandom(64), network=guest_net)
@@ -259,6 +245,67 @@ async def _run_in_guest(
         if not archive_task.done():
             archive_task.cancel()
     return status
+
+
+async def _boot_cold(
+    plan: RunPlan,
+    backend: Backend,
+    attachment: NetworkAttachment | None,
+    rec: RunRecorder,
+    state: _RunState,
+) -> tuple[Guest, AgentClient]:
+    loop = asyncio.get_running_loop()
+    spec = GuestSpec(
+        run_id=plan.run_id,
+        run_dir=plan.run_dir,
+        launch_seconds=plan.launch_seconds,
+        network=attachment,
+    )
+    launch_start = loop.time()
+    deadline = launch_start + plan.launch_seconds
+    state.guest = guest = await backend.launch(spec)
+    state.plan_path = guest.plan_path
+    rec.set(isolation=guest.isolation, pool="miss")
+    rec.data["artifacts"]["plan"] = guest.plan_path.name
+    _copy_guest_timings(guest, rec)
+
+    reader, writer = await guest.open_channel(deadline)
+    rec.timing("agent_connect_wait_ms", (loop.time() - launch_start) * 1000)
+    client = state.client = AgentClient(reader, writer)
+    try:
+        info = await client.hello(timeout=max(0.1, deadline - loop.time()))
+    except (AgentError, TimeoutError) as exc:
+        raise _launch_failed(guest, plan, f"the guest agent did not answer: {exc}") from exc
+    rec.timing("vm_ready_ms", (loop.time() - launch_start) * 1000)
+    rec.set(guest={"agent_version": info.agent_version, "kernel": info.kernel})
+    return guest, client
+
+
+async def _claim_warm(
+    warm: WarmGuest, plan: RunPlan, rec: RunRecorder, state: _RunState
+) -> tuple[Guest, AgentClient]:
+    """Adopt a pooled guest: its artifacts move into the run directory at cleanup."""
+    state.warm = warm
+    state.guest = warm.guest
+    state.client = warm.client
+    state.run_dir = plan.run_dir
+    plan_copy = plan.run_dir / warm.guest.plan_path.name
+    await asyncio.to_thread(shutil.copyfile, warm.guest.plan_path, plan_copy)
+    state.plan_path = plan_copy
+    rec.data["artifacts"]["plan"] = plan_copy.name
+    rec.set(
+        isolation=warm.guest.isolation,
+        pool="hit",
+        pool_guest={
+            "boot_ms": round(warm.boot_ms, 1),
+            "idle_ms": round((time.monotonic() - warm.ready_at) * 1000, 1),
+        },
+        guest={"agent_version": warm.agent_version, "kernel": warm.kernel},
+    )
+    _copy_guest_timings(warm.guest, rec)
+    rec.timing("vm_ready_ms", 0.0)
+    rec.timing("agent_connect_wait_ms", 0.0)
+    return warm.guest, warm.client
 
 
 def _launch_failed(guest: Guest, plan: RunPlan, message: str) -> RuntimeLaunchFailed:
@@ -318,6 +365,13 @@ async def _cleanup(state: _RunState, network: NetworkProvider | None, rec: RunRe
         await state.guest.destroy()
         rec.timing("guest_teardown_ms", (time.monotonic() - t) * 1000)
         state.guest = None
+    if state.warm is not None:
+        # A pooled guest lived in its own directory: keep its console log with the run.
+        console = state.warm.guest.console_path
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(shutil.copyfile, console, rec.run_dir / console.name)
+        state.warm.discard_dir()
+        state.warm = None
     if state.lease is not None and network is not None:
         t = time.monotonic()
         summary = await network.teardown(state.lease)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -25,6 +26,7 @@ from cleanroom.errors import (
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
@@ -62,6 +64,7 @@ class Service:
         self._terminated: set[str] = set()
         self._runs: dict[str, Path] = {}
         self._lock = asyncio.Lock()
+        self._pools: dict[str, WarmPool] = {}
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -82,6 +85,36 @@ class Service:
             removed = await reconcile()
             if removed:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
+        # Pool directories of a previous server hold only dead guests' files.
+        shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
+        if self._config.pool.size > 0:
+            name = resolve_backend_name(None, self._config)
+            try:
+                be = await self._backend(name)
+                await be.prepare()
+            except CleanroomError as exc:
+                log.warning("warm pool not started", backend=name, code=exc.code, error=exc.message)
+            else:
+                self._pool_for(name, be)
+
+    def pool(self, backend: str) -> WarmPool | None:
+        """The warm pool of ``backend`` (None when pooling is off or not started)."""
+        return self._pools.get(backend)
+
+    def _pool_for(self, name: str, be: Backend) -> WarmPool | None:
+        if self._config.pool.size <= 0 or self._closed:
+            return None
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = WarmPool(
+                be,
+                size=self._config.pool.size,
+                root=paths.state_dir() / "pool" / name,
+                launch_seconds=self._backend_launch_seconds(name),
+            )
+            self._pools[name] = pool
+            pool.start()
+        return pool
 
     async def close(self) -> None:
         """Cancel every run, wait for their cleanup, close the backends. Idempotent."""
@@ -91,6 +124,8 @@ class Service:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for pool in self._pools.values():
+            await pool.close()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -208,7 +243,8 @@ class Service:
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
         # cancellation; cancelling the caller cancels the run too.
-        task = asyncio.create_task(execute_run(plan, ctx.backend, self._network, on_event))
+        pool = self._pool_for(ctx.info.backend, ctx.backend)
+        task = asyncio.create_task(execute_run(plan, ctx.backend, self._network, on_event, pool))
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
         try:
@@ -261,7 +297,7 @@ class Service:
                 be = await self._backend(be_name)
                 checks.extend(await be.doctor())
             except CleanroomError as exc:
-                status = "fail" if be_name == name else "warn"
+                status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
         if self._network is None:
             checks.append(

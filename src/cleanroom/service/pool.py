@@ -1,0 +1,191 @@
+"""The warm pool: guests booted ahead of time, each used by exactly one run.
+
+A pooled guest is an ordinary guest of its backend (own fresh copy-on-write
+rootfs, no NIC, so no network path at all) that has already answered the agent
+hello. A run takes one, sends its workspace and command, and destroys it
+afterwards exactly as it would a cold guest, so every run still gets a fresh
+guest and a fresh rootfs. Taking never waits: an empty pool is a miss and the
+run boots cold. Each take starts a refill in the background.
+
+The pool belongs to one backend instance, whose image digest, vCPUs and memory
+are fixed for the server's lifetime, so that instance is the pool's key.
+Runs whose policy needs a network interface boot cold (the TAP must exist in
+the run's namespace before the VMM starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cleanroom.agent import AgentClient
+from cleanroom.backends.base import Backend, Guest, GuestSpec
+from cleanroom.errors import CleanroomError
+from cleanroom.service.ids import new_run_id
+
+__all__ = ["WarmGuest", "WarmPool"]
+
+log = structlog.get_logger("cleanroom.pool")
+
+_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class WarmGuest:
+    """A booted guest whose agent has answered, waiting for a run."""
+
+    guest: Guest
+    client: AgentClient
+    guest_dir: Path
+    boot_ms: float
+    """Launch to agent hello, spent in the background."""
+    ready_at: float
+    """``time.monotonic()`` when it became ready."""
+    agent_version: str
+    kernel: str
+
+    def discard_dir(self) -> None:
+        """Remove the guest's private directory (call after ``guest.destroy()``)."""
+        shutil.rmtree(self.guest_dir, ignore_errors=True)
+
+
+class WarmPool:
+    """Keeps up to ``size`` ready guests of ``backend``. Use from one asyncio loop."""
+
+    def __init__(self, backend: Backend, *, size: int, root: Path, launch_seconds: float) -> None:
+        self._backend = backend
+        self._size = size
+        self._root = root
+        self._launch_seconds = launch_seconds
+        self._ready: list[WarmGuest] = []
+        self._booting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._changed = asyncio.Event()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size(self) -> int:
+        """The configured number of warm guests."""
+        return self._size
+
+    @property
+    def ready(self) -> int:
+        """How many guests are ready right now."""
+        return len(self._ready)
+
+    def start(self) -> None:
+        """Begin filling the pool in the background."""
+        self._refill()
+
+    def take(self) -> WarmGuest | None:
+        """A ready guest (removed from the pool), or None on a miss. Never waits."""
+        while self._ready:
+            warm = self._ready.pop(0)
+            if warm.guest.exited() is None:
+                self.hits += 1
+                self._refill()
+                return warm
+            log.warning("warm guest died while idle", guest_dir=str(warm.guest_dir))
+            self._spawn(self._discard(warm))
+        self.misses += 1
+        self._refill()
+        return None
+
+    async def wait_ready(self, count: int | None = None, timeout: float = 120.0) -> None:
+        """Wait until ``count`` (default: ``size``) guests are ready (for tests, benchmarks)."""
+        want = self._size if count is None else count
+        async with asyncio.timeout(timeout):
+            while len(self._ready) < want:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        """Stop refilling and destroy every pooled guest. Idempotent."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        ready, self._ready = self._ready, []
+        await asyncio.gather(*(self._discard(w) for w in ready), return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        if self._closed:
+            return
+        # One boot at a time: boots are CPU-bound and must not starve the runs.
+        if self._booting == 0 and len(self._ready) < self._size:
+            self._booting += 1
+            self._spawn(self._fill())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self) -> None:
+        try:
+            while not self._closed and len(self._ready) < self._size:
+                try:
+                    warm = await self._boot()
+                except CleanroomError as exc:
+                    log.warning("warm guest failed to boot", code=exc.code, error=exc.message)
+                    await asyncio.sleep(_RETRY_SECONDS)
+                    continue
+                if self._closed:
+                    await self._discard(warm)
+                    return
+                self._ready.append(warm)
+                self._changed.set()
+        finally:
+            self._booting -= 1
+
+    async def _boot(self) -> WarmGuest:
+        guest_id = "pool-" + new_run_id().removeprefix("run-")
+        guest_dir = self._root / guest_id
+        guest_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self._launch_seconds
+        spec = GuestSpec(run_id=guest_id, run_dir=guest_dir, launch_seconds=self._launch_seconds)
+        guest: Guest | None = None
+        try:
+            guest = await self._backend.launch(spec)
+            reader, writer = await guest.open_channel(deadline)
+            client = AgentClient(reader, writer)
+            info = await client.hello(timeout=max(0.1, deadline - loop.time()))
+        except BaseException as exc:
+            if guest is not None:
+                await asyncio.shield(guest.destroy())
+            shutil.rmtree(guest_dir, ignore_errors=True)
+            if isinstance(exc, CleanroomError | asyncio.CancelledError):
+                raise
+            if isinstance(exc, Exception):
+                raise CleanroomError(f"warm guest failed: {exc}") from exc
+            raise
+        return WarmGuest(
+            guest=guest,
+            client=client,
+            guest_dir=guest_dir,
+            boot_ms=(loop.time() - start) * 1000,
+            ready_at=time.monotonic(),
+            agent_version=info.agent_version,
+            kernel=info.kernel,
+        )
+
+    async def _discard(self, warm: WarmGuest) -> None:
+        with contextlib.suppress(Exception):
+            await warm.client.close()
+        await warm.guest.destroy()
+        warm.discard_dir()
