@@ -127,3 +127,14 @@ def test_build_json_is_a_cache_hit_for_the_session_image(built_image: GuestImage
     verify = runner.invoke(app, ["image", "verify"])
     assert verify.exit_code == 0, verify.output
     assert "verified" in verify.stdout
+
+
+def test_prune_json_removes_non_current_images(private_cache: Path) -> None:
+    result = runner.invoke(app, ["image", "prune", "--keep", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert last_json(result.stdout) == {"removed": []}
+    assert private_cache.is_dir()
+    result = runner.invoke(app, ["image", "prune", "--keep", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert last_json(result.stdout) == {"removed": [private_cache.name]}
+    assert not private_cache.exists()

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from cleanroom.images import RichProgress, current_image, ensure_image, image_digest, list_images
+from cleanroom.images import (
+    RichProgress,
+    current_image,
+    ensure_image,
+    image_digest,
+    list_images,
+    prune_images,
+)
 from cleanroom.images import cache as cache_module
 from cleanroom.images.manifest import ARTIFACTS, MANIFEST_SCHEMA, file_sha256, write_manifest
 from cleanroom.images.recipe import BuildInputs
@@ -137,3 +144,28 @@ def test_rich_progress_renders_steps() -> None:
     text = out.getvalue()
     assert "download" in text
     assert "image abc is cached" in text
+
+
+def test_prune_keeps_current_and_newest(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "build_artifacts", fake_build)
+    current = ensure_image()
+    # Three older images with distinct build times.
+    for n, stamp in enumerate(("2025-01-01", "2025-02-01", "2025-03-01")):
+        digest = f"{n}" * 64
+        inputs = cache_module._inputs()
+        staging = private_cache / f"tmp{n}"
+        staging.mkdir()
+        manifest = fake_build(inputs, staging, staging, None)
+        manifest["digest"] = digest
+        manifest["built_at"] = f"{stamp}T00:00:00+00:00"
+        write_manifest(staging, manifest)
+        staging.rename(private_cache / digest)
+    assert len(list_images()) == 4
+    removed = prune_images(keep=1)
+    assert sorted(removed) == ["0" * 64, "1" * 64]
+    assert {i.digest for i in list_images()} == {current.digest, "2" * 64}
+    assert prune_images(keep=0) == ["2" * 64]
+    assert [i.digest for i in list_images()] == [current.digest]
+    assert not [p for p in private_cache.iterdir() if p.name.startswith(".build-")]

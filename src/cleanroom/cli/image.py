@@ -5,7 +5,8 @@ is cached (progress on stderr: a live bar on a terminal, plain lines
 otherwise; with ``--json`` every progress event and the result are JSON lines
 on stdout). ``ls [--json]`` lists cached images, marking the current one.
 ``verify [DIGEST] [--json]`` re-hashes every file of the current (or the
-named) image. Errors print their stable code; the exit status is the error's
+named) image. ``prune [--keep N] [--json]`` deletes all but the current image
+and the N newest others. Errors print their stable code; the exit status is the error's
 ``exit_code``.
 """
 
@@ -28,6 +29,7 @@ from cleanroom.images import (
     current_image,
     ensure_image,
     list_images,
+    prune_images,
     verify_image,
 )
 
@@ -161,6 +163,26 @@ def verify(
         print_json({"verified": True, "image": image_to_dict(image)})
     else:
         sys.stdout.write(f"image {image.digest[:12]} verified: every file matches its sha256\n")
+
+
+@image_app.command("prune")
+def prune(
+    keep: Annotated[
+        int, typer.Option("--keep", min=0, help="Older images to keep besides the current one.")
+    ] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete cached images except the current one and the KEEP newest others."""
+    try:
+        removed = prune_images(keep=keep)
+    except CleanroomError as exc:
+        raise typer.Exit(report_error(exc, as_json=as_json)) from exc
+    if as_json:
+        print_json({"removed": removed})
+    else:
+        for digest in removed:
+            sys.stdout.write(f"removed {digest[:12]}\n")
+        sys.stdout.write(f"{len(removed)} image(s) removed\n")
 
 
 def register(app: typer.Typer) -> None:

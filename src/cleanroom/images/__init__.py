@@ -7,7 +7,13 @@ the content-addressed cache ``cleanroom.paths.images_dir()/<digest>/``.
 
 from __future__ import annotations
 
-from cleanroom.images.cache import current_image, ensure_image, image_digest, list_images
+from cleanroom.images.cache import (
+    current_image,
+    ensure_image,
+    image_digest,
+    list_images,
+    prune_images,
+)
 from cleanroom.images.manifest import GuestImage, image_from_paths, verify_image
 from cleanroom.images.progress import (
     JsonProgress,
@@ -29,5 +35,6 @@ __all__ = [
     "image_digest",
     "image_from_paths",
     "list_images",
+    "prune_images",
     "verify_image",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "ensure_image",
     "image_digest",
     "list_images",
+    "prune_images",
 ]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -160,3 +161,26 @@ def ensure_image(
         finally:
             shutil.rmtree(staging_root, ignore_errors=True)
         return load_image(final)
+
+
+def prune_images(*, keep: int = 1, progress: Progress | None = None) -> list[str]:
+    """Delete cached images except the current one and the ``keep`` newest others.
+
+    Runs under the build lock; returns the removed digests. Images already
+    handed to a running VM stay usable: open files survive their deletion.
+    """
+    progress = progress if progress is not None else NullProgress()
+    root = images_dir()
+    if not root.is_dir():
+        return []
+    current = current_image()
+    removed: list[str] = []
+    with _build_lock(root, progress):
+        others = [i for i in list_images() if current is None or i.digest != current.digest]
+        for image in others[max(keep, 0) :]:
+            # Rename first so a half-deleted directory never looks like an image.
+            doomed = root / f"{_BUILD_PREFIX}prune-{image.digest}"
+            image.path.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(image.digest)
+    return removed
