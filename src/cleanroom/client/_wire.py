@@ -52,6 +52,11 @@ class Endpoint:
     is_default: bool = False
     """True when no host was given anywhere (the default local socket)."""
 
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS (``https://`` endpoints only)."""
+        return self.base_url.startswith("https://")
+
 
 def resolve_endpoint(host: str | None = None) -> Endpoint:
     """Explicit ``host`` > ``$CLEANROOM_HOST`` > the default unix socket.
