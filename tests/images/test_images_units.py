@@ -362,3 +362,33 @@ def test_progress_renderers(tmp_path: Path) -> None:
     assert lines[0] == "[rootfs] make ext4"
     assert lines[1].startswith("[rootfs] done in ")
     assert lines[1].endswith(": 94 MiB")
+
+
+def test_download_retries_after_apt_get_update(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = debian.DebPackage(name="libc6", version="2.36-9", sha256="bb", size=5)
+    calls: list[list[str]] = []
+
+    def fake_run_tool(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(list(argv))
+        downloads = sum(1 for c in calls if c[:2] == ["apt-get", "download"])
+        if argv[:2] == ["apt-get", "download"] and downloads == 1:
+            raise ImageUnavailable("apt-get download failed: Unable to locate package")
+        if argv[:2] == ["apt-get", "download"]:
+            cwd = kwargs["cwd"]
+            assert isinstance(cwd, Path)
+            (cwd / "libc6_2.36-9_amd64.deb").write_bytes(b"12345")
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    monkeypatch.setattr(debian, "run_tool", fake_run_tool)
+    out = io.StringIO()
+    debs = debian.download_packages([package], tmp_path, JsonProgress(out), "download")
+    assert debs == {"libc6": tmp_path / "libc6_2.36-9_amd64.deb"}
+    assert [c[:2] for c in calls] == [
+        ["apt-get", "download"],
+        ["apt-get", "update"],
+        ["apt-get", "download"],
+    ]
+    assert "libc6=2.36-9" in calls[0]
+    assert "running apt-get update" in out.getvalue()
