@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from agent_harness import Agent, AgentFactory, Output
 
-from cleanroom.agent import AgentDisconnected, GuestInfo
+from cleanroom.agent import AgentDisconnected, ExitStatus, GuestInfo
 from cleanroom.agent.protocol import AGENT_VERSION, PROTOCOL_VERSION
 
 
@@ -168,9 +168,8 @@ async def test_timeout_escalates_to_sigkill(agent: Agent) -> None:
     assert status.signal_name == "SIGKILL"
 
 
-async def test_signal_reaches_the_process_group(agent: Agent, tmp_path: Path) -> None:
-    pidfile = tmp_path / "child.pid"
-    out = Output()
+async def _exec_until_ready(agent: Agent, script: str, out: Output) -> asyncio.Task[ExitStatus]:
+    """Start ``script``; return its exec task once it printed ``ready``."""
     ready = asyncio.Event()
 
     async def on_output(stream: str, data: bytes) -> None:
@@ -178,16 +177,36 @@ async def test_signal_reaches_the_process_group(agent: Agent, tmp_path: Path) ->
         if b"ready" in out.stdout:
             ready.set()
 
-    script = f"sleep 300 & echo $! > {pidfile}; echo ready; wait"
     run = agent.client.exec(["sh", "-c", script], cwd="/", on_output=on_output)
     task = asyncio.create_task(run)
     await asyncio.wait_for(ready.wait(), 30)
-    await agent.client.signal(signal.SIGINT)
+    return task
+
+
+async def test_signal_terminates_the_command(agent: Agent) -> None:
+    task = await _exec_until_ready(agent, "echo ready; exec sleep 300", Output())
+    await agent.client.signal(signal.SIGTERM)
     status = await asyncio.wait_for(task, 30)
-    assert status.signal == signal.SIGINT
-    assert status.exit_code == 130
+    assert (status.exit_code, status.signal, status.signal_name) == (143, 15, "SIGTERM")
     assert not status.timed_out
-    assert not _pid_alive(int(pidfile.read_text()))
+
+
+async def test_signal_reaches_the_whole_process_group(agent: Agent, tmp_path: Path) -> None:
+    marker = tmp_path / "got"
+    # "ready" comes from the child once its own trap is set (a signal earlier could
+    # still find the leader's trap inherited across the fork).
+    script = f"""
+trap 'echo leader >> {marker}' USR1
+( trap 'echo child >> {marker}; exit 3' USR1; echo ready; while :; do sleep 0.05; done ) &
+wait $!; wait $!; echo "child rc=$?"
+"""
+    out = Output()
+    task = await _exec_until_ready(agent, script, out)
+    await agent.client.signal(signal.SIGUSR1)
+    status = await asyncio.wait_for(task, 30)
+    assert status.exit_code == 0, bytes(out.stderr)
+    assert b"child rc=3" in out.stdout
+    assert sorted(marker.read_text().split()) == ["child", "leader"]
 
 
 async def test_background_job_does_not_hold_the_exit(agent: Agent) -> None:
