@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -268,3 +270,37 @@ def test_help_mentions_loopback(env: dict[str, str]) -> None:
     assert done.returncode == 0
     assert "loopback" in done.stdout.decode()
     assert started  # the help text, not its speed, is what this checks
+
+
+def _peer_pid(sock_path: Path) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(sock_path))
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
+
+
+@pytest.mark.vm
+@pytest.mark.image
+def test_exec_autostarts_a_real_server(root: Path, env: dict[str, str]) -> None:
+    """No server and no host configured: exec starts `cleanroom serve` and uses it."""
+    env = {**env, "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))}
+    work = root / "work"
+    work.mkdir()
+    (work / "cleanroom.yaml").write_text("version: 1\n")
+    sock = root / "xdg-run" / "cleanroom" / "cleanroom.sock"
+    done = cli("exec", "-c", str(work), "--", "echo from-guest", env=env)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"from-guest\n"
+        assert b"started a server" in done.stderr
+        assert sock.exists()
+        assert (root / "xdg-state" / "cleanroom" / "server.log").is_file()
+    finally:
+        if sock.exists():
+            pid = _peer_pid(sock)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    assert not sock.exists()
