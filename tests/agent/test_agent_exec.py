@@ -137,6 +137,19 @@ async def test_stdin_async_iterator(agent: Agent) -> None:
     assert bytes(out.stdout).strip() == b"5"
 
 
+async def test_stdin_larger_than_the_command_reads(agent: Agent) -> None:
+    # The command stops reading early: the guest must drop the rest, not deadlock.
+    payload = os.urandom(1 << 20) * 8
+    out = Output()
+    status = await agent.client.exec(["head", "-c", "10"], cwd="/", stdin=payload, on_output=out)
+    assert status.exit_code == 0
+    assert bytes(out.stdout) == payload[:10]
+    status = await agent.client.exec(["sleep", "0.2"], cwd="/", stdin=payload, on_output=out)
+    assert status.exit_code == 0
+    status = await agent.client.exec(["echo", "next"], cwd="/", on_output=out)
+    assert status.exit_code == 0
+
+
 async def test_no_stdin_reads_eof(agent: Agent) -> None:
     out = Output()
     status = await agent.client.exec(["cat"], cwd="/", on_output=out)

@@ -201,6 +201,10 @@ class AgentClient:
     ) -> ExitStatus:
         """Run ``argv`` in the guest; output goes to ``on_output`` as it is produced.
 
+        ``env`` is laid over the guest defaults (PATH, HOME=/root, LANG=C.UTF-8).
+        ``stdin`` None gives the command /dev/null; bytes or an async iterator
+        are streamed, then EOF. A killed command reports ``exit_code`` 128+N.
+
         The guest enforces ``timeout`` (the result then has ``timed_out``); the
         host waits :data:`EXEC_GRACE` more before raising AgentTimeout. A
         command that cannot start exits 127/126 with a message on stderr.

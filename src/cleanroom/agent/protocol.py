@@ -40,6 +40,12 @@ versions. Then, in any order, one at a time::
 While a command runs the host may send ``STDIN``/``STDIN_EOF`` (when the exec
 asked for streamed stdin) and ``SIGNAL`` at any time; the guest sends output
 chunks as the command produces them, each stream in order, and ``EXIT`` last.
+``CONFIGURED`` carries ``{}``. JSON fields of each message are defined in
+:mod:`cleanroom.agent.messages`.
+
+ERROR codes (stable): ``protocol_error`` (the session then ends),
+``version_mismatch`` (ends too), ``busy`` (exec/configure/workspace while a
+command runs), ``workspace_failed``, ``configure_failed``, ``internal_error``.
 """
 
 from __future__ import annotations

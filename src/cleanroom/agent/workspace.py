@@ -196,6 +196,7 @@ def extract_tar_stream(stream: IO[bytes], dest: str) -> WorkspaceStats:
             elif member.isdir() and _parts(member.name):
                 dirs.append((_dir_path(root, member.name), member.mode & 0o777, member.mtime))
     # Directory modes last (deepest first), so a read-only directory still got its files.
+    # chmod may follow: these paths stay real directories (nothing replaces a directory).
     for path, mode, mtime in reversed(dirs):
         os.chmod(path, mode)
         os.utime(path, (mtime, mtime))
