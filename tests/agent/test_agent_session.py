@@ -17,6 +17,7 @@ from cleanroom.agent import (
     AgentNotReady,
     AgentProtocolError,
     AgentRemoteError,
+    AgentTimeout,
     GuestNetwork,
 )
 from cleanroom.agent.host import AgentClient
@@ -155,10 +156,10 @@ async def test_shutdown_during_exec_ends_the_command(agent: Agent) -> None:
         assert await agent.proc.wait() == 0
 
 
-async def _client_pair() -> tuple[AgentClient, socket.socket]:
+async def _client_pair(**kwargs: float) -> tuple[AgentClient, socket.socket]:
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    return AgentClient(reader, writer), theirs
+    return AgentClient(reader, writer, **kwargs), theirs
 
 
 async def test_hello_timeout_is_not_ready() -> None:
@@ -225,3 +226,38 @@ async def test_network_configuration_in_private_namespace(
     status_code, stderr = await agent.finish()
     assert status_code == 0
     assert "Traceback" not in stderr
+
+
+async def test_guest_silent_past_the_deadline_is_agent_timeout() -> None:
+    client, peer = await _client_pair(exec_grace=0.2)
+    try:
+        with pytest.raises(AgentTimeout):
+            await client.exec(["sleep", "1"], timeout=0.1, on_output=Output())
+    finally:
+        await client.close()
+        peer.close()
+
+
+async def test_cancelled_exec_is_killed_and_skipped(agent: Agent) -> None:
+    out = Output()
+    started = asyncio.Event()
+
+    async def on_output(stream: str, data: bytes) -> None:
+        await out(stream, data)
+        started.set()
+
+    run = agent.client.exec(
+        ["sh", "-c", "echo first; exec sleep 300"], cwd="/", on_output=on_output
+    )
+    task = asyncio.create_task(run)
+    await asyncio.wait_for(started.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The abandoned command is killed; its EXIT is skipped; the next exec is clean.
+    nxt = Output()
+    status = await asyncio.wait_for(
+        agent.client.exec(["echo", "second"], cwd="/", on_output=nxt), 30
+    )
+    assert (status.exit_code, bytes(nxt.stdout)) == (0, b"second\n")
+    assert bytes(out.stdout) == b"first\n"

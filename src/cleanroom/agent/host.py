@@ -96,7 +96,14 @@ async def _aiter_chunks(
 class AgentClient:
     """Client for one agent session over ``reader``/``writer``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        exec_grace: float = EXEC_GRACE,
+    ) -> None:
+        self._exec_grace = exec_grace
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder()
@@ -206,7 +213,9 @@ class AgentClient:
         are streamed, then EOF. A killed command reports ``exit_code`` 128+N.
 
         The guest enforces ``timeout`` (the result then has ``timed_out``); the
-        host waits :data:`EXEC_GRACE` more before raising AgentTimeout. A
+        host waits ``exec_grace`` (default :data:`EXEC_GRACE`) more before
+        raising AgentTimeout. Cancelling the call sends SIGKILL to the command;
+        the next request skips whatever the abandoned command still sends. A
         command that cannot start exits 127/126 with a message on stderr.
         """
         request = ExecRequest(
@@ -226,10 +235,11 @@ class AgentClient:
             if stdin is not None:
                 pump = asyncio.create_task(self._pump_stdin(stdin, pump_error))
             try:
-                async with asyncio.timeout(None if timeout is None else timeout + EXEC_GRACE):
+                deadline = None if timeout is None else timeout + self._exec_grace
+                async with asyncio.timeout(deadline):
                     status = await self._exec_loop(on_output)
             except TimeoutError as exc:
-                msg = f"no exit from the guest {EXEC_GRACE:g} s past the timeout"
+                msg = f"no exit from the guest {self._exec_grace:g} s past the timeout"
                 raise AgentTimeout(msg) from exc
             finally:
                 self._exec_running = False
