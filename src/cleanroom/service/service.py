@@ -299,6 +299,21 @@ class Service:
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
+        for be_name, pool in self._pools.items():
+            checks.append(
+                DoctorCheck(
+                    f"pool.{be_name}",
+                    "pass" if pool.ready else "warn",
+                    f"{pool.ready}/{pool.size} warm guests ready "
+                    f"({pool.hits} hits, {pool.misses} misses)",
+                    details={
+                        "ready": pool.ready,
+                        "size": pool.size,
+                        "hits": pool.hits,
+                        "misses": pool.misses,
+                    },
+                )
+            )
         if self._network is None:
             checks.append(
                 DoctorCheck(

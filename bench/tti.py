@@ -1,0 +1,159 @@
+"""Time to first command, side by side in one run.
+
+1. floor: the same kernel, initramfs and rootfs booted by a minimal QEMU
+   command line (written out here, no cleanroom server, service or backend
+   code) to agent ready plus one ``true``. The only cleanroom code used is the
+   agent protocol client, because the guest only speaks that protocol.
+2. cold: ``POST /v1/exec`` of ``true`` through a running server, pool disabled.
+3. warm: the same with the warm pool (the pool is refilled between samples).
+4. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+
+Usage: ``python bench/tti.py [-n N] [--accel tcg|kvm|auto] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import CLI, emit_json, host_facts, make_workspace, print_table, serve, summarize
+
+from cleanroom.agent import AgentClient
+from cleanroom.backends.hostinfo import host_tsc_khz
+from cleanroom.images import ensure_image
+
+
+async def _floor_once(tmp: Path, accel: str) -> float:
+    image = ensure_image()
+    sock_path = tmp / "floor.sock"
+    sock_path.unlink(missing_ok=True)
+    tsc = host_tsc_khz()
+    append = (
+        "console=hvc0 quiet panic=-1 cleanroom.root=/dev/vda "
+        "cleanroom.channel=virtio-serial:org.cleanroom.agent"
+        + (f" tsc_early_khz={tsc}" if tsc and accel == "tcg" else "")
+    )
+    accel_args = (
+        ["-accel", "tcg,tb-size=32", "-cpu", "max"]
+        if accel == "tcg"
+        else ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+    )
+    argv = [
+        "qemu-system-x86_64",
+        "-M", "microvm,acpi=on,pit=off,pic=off,isa-serial=off,rtc=on",
+        *accel_args,
+        "-m", "256", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
+        "-drive", f"id=root,file={image.rootfs},format=raw,if=none,snapshot=on",
+        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
+        "-device", "virtserialport,chardev=agent,name=org.cleanroom.agent",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.005)
+        client = AgentClient(reader, writer)
+        await client.hello(timeout=120)
+
+        async def sink(stream: str, data: bytes) -> None:
+            return None
+
+        status = await client.exec(["true"], cwd="/", on_output=sink)
+        elapsed = (time.perf_counter() - t0) * 1000
+        assert status.exit_code == 0
+        await client.close()
+        return elapsed
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _cli_once(host: str, ws: Path) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [CLI, "exec", "--host", host, "-c", str(ws), "--", "true"],
+        capture_output=True,
+        check=False,
+    )
+    elapsed = (time.perf_counter() - t0) * 1000
+    if out.returncode != 0:
+        raise RuntimeError(f"cleanroom exec failed: {out.stderr.decode()}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=5, help="iterations per mode")
+    ap.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    floor_accel = "tcg" if args.accel == "auto" else args.accel
+    ensure_image()
+    results: dict[str, list[float]] = {"floor": [], "cold": [], "warm": [], "cli_warm": []}
+    pool_hits = 0
+    with tempfile.TemporaryDirectory(prefix="cleanroom-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        ws = make_workspace(tmp)
+        for _ in range(args.n):
+            results["floor"].append(asyncio.run(_floor_once(tmp, floor_accel)))
+        with serve(tmp / "cold", pool_size=0, accel=args.accel) as server, server.client() as c:
+            for _ in range(args.n):
+                t0 = time.perf_counter()
+                r = c.exec(ws, ["true"])
+                results["cold"].append((time.perf_counter() - t0) * 1000)
+                assert r.exit_code == 0
+        with serve(tmp / "warm", pool_size=1, accel=args.accel) as server:
+            with server.client() as c:
+                for _ in range(args.n):
+                    server.wait_pool()
+                    t0 = time.perf_counter()
+                    r = c.exec(ws, ["true"])
+                    results["warm"].append((time.perf_counter() - t0) * 1000)
+                    pool_hits += c.run_record(r.run_id)["pool"] == "hit"
+            for _ in range(args.n):
+                server.wait_pool()
+                results["cli_warm"].append(_cli_once(server.host, ws))
+    stats = {k: summarize(v) for k, v in results.items()}
+    out: dict[str, Any] = {
+        "floor_ms": stats["floor"]["median"],
+        "cold_ms": stats["cold"]["median"],
+        "warm_ms": stats["warm"]["median"],
+        "cli_warm_ms": stats["cli_warm"]["median"],
+        "cold_over_floor": round(stats["cold"]["median"] / stats["floor"]["median"], 3),
+        "warm_over_cold": round(stats["warm"]["median"] / stats["cold"]["median"], 4),
+        "warm_pool_hits": pool_hits,
+        "runs": args.n,
+        "accel": args.accel,
+        "host": host_facts(),
+        "stats": stats,
+    }
+    if args.json:
+        emit_json(out)
+        return
+    print_table(
+        f"time to first command ({args.n} runs each, accel={args.accel})",
+        [(k, stats[k]) for k in ("floor", "cold", "warm", "cli_warm")],
+    )
+    print(
+        f"\ncold/floor {out['cold_over_floor']}   warm/cold {out['warm_over_cold']}   "
+        f"warm pool hits {pool_hits}/{args.n}   host {out['host']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
