@@ -12,6 +12,7 @@ import io
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -48,10 +49,13 @@ def image() -> GuestImage:
 
 
 class Guest:
-    def __init__(self, proc: asyncio.subprocess.Process, client: AgentClient, console: Path):
+    def __init__(
+        self, proc: asyncio.subprocess.Process, client: AgentClient, console: Path, ready_s: float
+    ):
         self.proc = proc
         self.client = client
         self.console = console
+        self.ready_s = ready_s
 
     async def run(self, script: str, cwd: str = "/workspace") -> tuple[int, str, str]:
         out = Output()
@@ -77,6 +81,7 @@ async def guest(image: GuestImage, tmp_path: Path) -> AsyncIterator[Guest]:
         *("-device", f"virtserialport,chardev=agent,name={PORT}"),
         *("-serial", f"file:{console}"),
     ]
+    started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
@@ -89,7 +94,7 @@ async def guest(image: GuestImage, tmp_path: Path) -> AsyncIterator[Guest]:
         reader, writer = await asyncio.open_unix_connection(str(sock))
         client = AgentClient(reader, writer)
         await client.hello(timeout=240)
-        yield Guest(proc, client, console)
+        yield Guest(proc, client, console, time.monotonic() - started)
     finally:
         if client is not None:
             await client.close()
@@ -107,6 +112,17 @@ WRITE_PROBE = (
 async def test_agent_as_pid1_full_session(guest: Guest) -> None:
     client = guest.client
     await client.configure(entropy_seed=bytes(range(64)))
+    echo_ms = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        code, out, _ = await guest.run("echo hi", cwd="/")
+        echo_ms.append((time.monotonic() - t0) * 1000)
+        assert (code, out) == (0, "hi\n")
+    # A second, warm-cache import: the agent's own import cost in the guest.
+    probe = "python3 -X importtime -c 'import cleanroom.agent.guest' 2>&1 | tail -1"
+    code, out, err = await guest.run(f"cd /opt/cleanroom/lib && {probe} && {probe}", cwd="/")
+    print(f"QEMU start to agent hello {guest.ready_s:.2f} s; echo round trips {echo_ms} ms")
+    print(f"agent import in the guest (cold, warm):\n{out.strip()}")
 
     code, out, _ = await guest.run("hostname; cat /proc/sys/kernel/random/entropy_avail", cwd="/")
     assert code == 0

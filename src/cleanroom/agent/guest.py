@@ -27,13 +27,10 @@ runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
 # ruff: noqa: PTH115, PTH123
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 
 from cleanroom.agent import sysops
@@ -224,7 +221,7 @@ class Session:
             agent_version=AGENT_VERSION,
             protocol_version=PROTOCOL_VERSION,
             kernel=os.uname().release,
-            python=platform.python_version(),
+            python="{}.{}.{}".format(*sys.version_info[:3]),
         )
         self._ch.send(info.to_frame())
 
@@ -290,11 +287,34 @@ class Session:
         raise _EndSession(EXIT_OK)
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cleanroom-agent", description="cleanroom guest agent")
-    parser.add_argument("--channel", help="virtio-serial:NAME | vsock:PORT | stdio")
-    parser.add_argument("--workspace", default="/workspace", help="extraction directory")
-    return parser.parse_args(argv)
+USAGE = "usage: python3 -m cleanroom.agent.guest [--channel SPEC] [--workspace DIR]"
+
+
+class _Args:
+    """Command line options (parsed by hand: argparse costs a cold start ~50 ms)."""
+
+    def __init__(self) -> None:
+        self.channel: str | None = None
+        self.workspace = "/workspace"
+
+
+def _parse_args(argv: Sequence[str]) -> _Args:
+    """``--channel SPEC`` and ``--workspace DIR`` (also as ``--opt=value``); else ValueError."""
+    args = _Args()
+    items = list(argv)
+    while items:
+        opt, eq, value = items.pop(0).partition("=")
+        if opt not in ("--channel", "--workspace"):
+            raise ValueError(f"unknown argument {opt!r}")
+        if not eq:
+            if not items:
+                raise ValueError(f"{opt} needs a value")
+            value = items.pop(0)
+        if opt == "--channel":
+            args.channel = value
+        else:
+            args.workspace = value
+    return args
 
 
 def _channel_spec(arg: str | None) -> str | None:
@@ -320,7 +340,7 @@ def serve(spec: str | None, workspace: str, *, init_mode: bool) -> int:
     return Session(channel, workspace, init_mode=init_mode).run()
 
 
-def _init(args: argparse.Namespace) -> int:
+def _init(args: _Args) -> int:
     """PID 1: prepare the system, run the agent as a child, reap orphans, power off."""
     for problem in sysops.init_mounts():
         log(f"mount {problem}")
@@ -335,7 +355,7 @@ def _init(args: argparse.Namespace) -> int:
         try:
             status = serve(spec, args.workspace, init_mode=True)
         except BaseException:  # noqa: BLE001 -- the child must reach os._exit
-            traceback.print_exc()
+            sys.excepthook(*sys.exc_info())
         finally:
             os._exit(status)
     while True:
@@ -351,7 +371,11 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
+    try:
+        args = _parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        log(f"{exc}\n{USAGE}")
+        return 2
     if os.getpid() == 1:
         return _init(args)
     return serve(_channel_spec(args.channel), args.workspace, init_mode=False)
