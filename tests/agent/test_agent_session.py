@@ -261,3 +261,16 @@ async def test_cancelled_exec_is_killed_and_skipped(agent: Agent) -> None:
     )
     assert (status.exit_code, bytes(nxt.stdout)) == (0, b"second\n")
     assert bytes(out.stdout) == b"first\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [([], None), (["true"], {"A=B": "x"}), (["true"], {"": "x"})],
+)
+async def test_invalid_exec_arguments_fail_locally(
+    agent: Agent, argv: list[str], env: dict[str, str] | None
+) -> None:
+    with pytest.raises(ValueError, match="invalid request"):
+        await agent.client.exec(argv, env=env, cwd="/", on_output=Output())
+    status = await agent.client.exec(["true"], cwd="/", on_output=Output())
+    assert status.exit_code == 0

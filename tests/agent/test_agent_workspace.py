@@ -265,3 +265,24 @@ async def test_read_only_workspace_rejects_writes(agents: AgentFactory, tmp_path
     status, stderr = await agent.finish()
     assert status == 0
     assert "Traceback" not in stderr
+
+
+async def test_failing_archive_source_aborts_and_session_goes_on(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(200_000))
+    data = _tar_of(src)
+
+    def source() -> Iterator[bytes]:
+        yield data[:70_000]
+        raise OSError("the archive source broke")
+
+    agent = await agents.start()
+    with pytest.raises(OSError, match="source broke"):
+        await agent.client.send_workspace(source(), read_only=False)
+    # The guest dropped the transfer; a complete one then works.
+    stats = await agent.client.send_workspace(_pieces(data), read_only=False)
+    assert (stats.files, stats.bytes) == (1, 200_000)
+    assert (agent.workspace / "f").read_bytes() == (src / "f").read_bytes()

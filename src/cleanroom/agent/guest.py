@@ -58,6 +58,7 @@ from cleanroom.agent.protocol import (
     ERR_INTERNAL,
     ERR_PROTOCOL,
     ERR_VERSION,
+    ERR_WORKSPACE,
     PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
@@ -185,6 +186,8 @@ class Session:
                     self._receiver.feed(frame.payload)
             elif t is FrameType.WORKSPACE_END:
                 self._workspace_end()
+            elif t is FrameType.WORKSPACE_ABORT:
+                self._workspace_abort()
             else:
                 raise AgentProtocolError(f"{t.name} during a workspace transfer")
         elif t is FrameType.EXEC:
@@ -269,6 +272,13 @@ class Session:
         stats = receiver.finish()
         self._ro_bound = self._receiver_read_only
         self._ch.send(stats.to_frame())
+
+    def _workspace_abort(self) -> None:
+        receiver = self._receiver
+        self._receiver = self._refused = None
+        if receiver is not None:
+            receiver.cancel()
+        raise GuestOperationFailed(ERR_WORKSPACE, "transfer aborted by the host")
 
     def _exec(self, payload: bytes) -> None:
         req = parse_exec(payload)

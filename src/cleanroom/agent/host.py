@@ -37,8 +37,10 @@ from cleanroom.agent.messages import (
     SignalRequest,
     WorkspaceBegin,
     WorkspaceStats,
+    parse_configure,
     parse_configured,
     parse_error,
+    parse_exec,
     parse_exit,
     parse_guest_hello,
     parse_workspace_done,
@@ -69,6 +71,8 @@ EXEC_GRACE = 30.0
 """Seconds beyond an exec's timeout the host waits for the guest's EXIT frame."""
 
 _READ_SIZE = 256 * 1024
+_EXEC_REPLIES = frozenset({FrameType.EXIT, FrameType.ERROR})
+_ABORT_REPLIES = frozenset({FrameType.ERROR, FrameType.WORKSPACE_DONE})
 
 
 def _chunks(data: bytes) -> Iterable[bytes]:
@@ -93,6 +97,23 @@ async def _aiter_chunks(
                 yield piece
 
 
+_PARSERS = {FrameType.EXEC: parse_exec, FrameType.CONFIGURE: parse_configure}
+
+
+def _checked(frame: bytes) -> bytes:
+    """``frame`` if the guest would accept it; else ValueError, raised here.
+
+    A request the guest refuses to parse ends the whole session, so a bad
+    argument (empty argv, ``=`` in an env name, prefix 33) fails locally.
+    """
+    (decoded,) = FrameDecoder().feed(frame)
+    try:
+        _PARSERS[decoded.type](decoded.payload)
+    except AgentProtocolError as exc:
+        raise ValueError(f"invalid request: {exc.message}") from exc
+    return frame
+
+
 class AgentClient:
     """Client for one agent session over ``reader``/``writer``."""
 
@@ -110,7 +131,8 @@ class AgentClient:
         self._write_lock = asyncio.Lock()
         self._op_lock = asyncio.Lock()
         self._exec_running = False
-        self._stale_exec = False  # an exec was abandoned: skip its frames up to its EXIT
+        # An abandoned request: skip the guest's frames up to one of these (its last reply).
+        self._stale: frozenset[FrameType] = frozenset()
 
     # -- framing -----------------------------------------------------------------------------
 
@@ -136,6 +158,8 @@ class AgentClient:
     async def _reply(self, *types: FrameType) -> Frame:
         """The next frame, which must be one of ``types``; an ERROR frame raises."""
         frame = await self._recv()
+        if frame.type in self._stale:
+            self._stale = frozenset()  # the pending request got its last reply
         if frame.type is FrameType.ERROR:
             err = parse_error(frame.payload)
             raise AgentRemoteError(err.code, err.message)
@@ -145,10 +169,9 @@ class AgentClient:
         return frame
 
     async def _skip_stale(self) -> None:
-        while self._stale_exec:
-            frame = await self._recv()
-            if frame.type in (FrameType.EXIT, FrameType.ERROR):
-                self._stale_exec = False
+        while self._stale:
+            if (await self._recv()).type in self._stale:
+                self._stale = frozenset()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -178,7 +201,7 @@ class AgentClient:
         """Seed the guest's entropy pool and/or configure its eth0 and DNS."""
         async with self._op_lock:
             await self._skip_stale()
-            await self._send(ConfigureRequest(entropy_seed, network).to_frame())
+            await self._send(_checked(ConfigureRequest(entropy_seed, network).to_frame()))
             parse_configured((await self._reply(FrameType.CONFIGURED)).payload)
 
     async def send_workspace(
@@ -191,8 +214,16 @@ class AgentClient:
         async with self._op_lock:
             await self._skip_stale()
             await self._send(WorkspaceBegin(read_only).to_frame())
-            async for piece in _aiter_chunks(chunks):
-                await self._send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
+            try:
+                async for piece in _aiter_chunks(chunks):
+                    await self._send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
+            except BaseException:
+                # The archive source failed (or we were cancelled): tell the guest to
+                # drop the transfer; its ERROR reply is skipped by the next request.
+                self._stale = _ABORT_REPLIES
+                with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                    self._writer.write(encode_frame(FrameType.WORKSPACE_ABORT))
+                raise
             await self._send(encode_frame(FrameType.WORKSPACE_END))
             return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
 
@@ -227,9 +258,9 @@ class AgentClient:
         )
         async with self._op_lock:
             await self._skip_stale()
-            await self._send(request.to_frame())
+            await self._send(_checked(request.to_frame()))
             self._exec_running = True
-            self._stale_exec = True
+            self._stale = _EXEC_REPLIES
             pump_error: list[BaseException] = []
             pump = None
             if stdin is not None:
@@ -243,7 +274,7 @@ class AgentClient:
                 raise AgentTimeout(msg) from exc
             finally:
                 self._exec_running = False
-                if self._stale_exec:
+                if self._stale:
                     # Abandoned (cancelled, timed out, broken): do not leave it running.
                     # A plain write() is atomic with respect to other frames.
                     with contextlib.suppress(ConnectionError, OSError, RuntimeError):
@@ -264,7 +295,7 @@ class AgentClient:
             elif frame.type is FrameType.STDERR:
                 await on_output("stderr", frame.payload)
             else:
-                self._stale_exec = False
+                self._stale = frozenset()
                 return parse_exit(frame.payload)
 
     async def _pump_stdin(

@@ -34,13 +34,15 @@ versions. Then, in any order, one at a time::
 
     CONFIGURE                                  -> CONFIGURED | ERROR
     WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_END -> WORKSPACE_DONE | ERROR
+    WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_ABORT -> ERROR workspace_failed
     EXEC, (STDIN* STDIN_EOF)?, SIGNAL*         -> (STDOUT | STDERR)*, EXIT | ERROR
     SHUTDOWN                                   -> GOODBYE, then power-off / exit
 
 While a command runs the host may send ``STDIN``/``STDIN_EOF`` (when the exec
 asked for streamed stdin) and ``SIGNAL`` at any time; the guest sends output
 chunks as the command produces them, each stream in order, and ``EXIT`` last.
-``CONFIGURED`` carries ``{}``. JSON fields of each message are defined in
+``CONFIGURED`` carries ``{}``. An aborted transfer (the host's archive source
+failed) may leave part of the archive extracted. JSON fields of each message are defined in
 :mod:`cleanroom.agent.messages`.
 
 ERROR codes (stable): ``protocol_error`` (the session then ends),
@@ -111,6 +113,7 @@ class FrameType(enum.IntEnum):
     WORKSPACE_CHUNK = 0x11
     WORKSPACE_END = 0x12
     WORKSPACE_DONE = 0x13
+    WORKSPACE_ABORT = 0x14
     EXEC = 0x20
     STDIN = 0x21
     STDIN_EOF = 0x22
@@ -140,7 +143,13 @@ DATA_TYPES = frozenset(
     {FrameType.WORKSPACE_CHUNK, FrameType.STDIN, FrameType.STDOUT, FrameType.STDERR}
 )
 EMPTY_TYPES = frozenset(
-    {FrameType.WORKSPACE_END, FrameType.STDIN_EOF, FrameType.SHUTDOWN, FrameType.GOODBYE}
+    {
+        FrameType.WORKSPACE_END,
+        FrameType.WORKSPACE_ABORT,
+        FrameType.STDIN_EOF,
+        FrameType.SHUTDOWN,
+        FrameType.GOODBYE,
+    }
 )
 _KNOWN = {int(t) for t in FrameType}
 

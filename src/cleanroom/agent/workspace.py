@@ -270,6 +270,11 @@ class WorkspaceReceiver:
                 raise GuestOperationFailed(ERR_WORKSPACE, f"read-only mount: {exc}") from exc
         return self._stats
 
+    def cancel(self) -> None:
+        """Give up: end the stream and wait for the extractor, ignoring its outcome."""
+        self.abort()
+        self._thread.join()
+
     def abort(self) -> None:
         """Close the stream (the extractor sees EOF); safe to call twice."""
         if self._wfd >= 0:
