@@ -24,7 +24,7 @@ runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
-# ruff: noqa: PTH115, PTH123
+# ruff: noqa: PTH103, PTH115, PTH123
 from __future__ import annotations
 
 import contextlib
@@ -113,6 +113,10 @@ class Session:
         self._ro_bound = False
         self._command: RunningCommand | None = None
         self._receiver_read_only = False
+        if init_mode:
+            # Commands default to cwd /workspace, also before any workspace arrives.
+            with contextlib.suppress(OSError):
+                os.makedirs(workspace, exist_ok=True)
         self._refused: GuestOperationFailed | None = None
 
     def run(self) -> int:
