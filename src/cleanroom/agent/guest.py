@@ -21,6 +21,8 @@ status 3); a failed operation (configure, workspace) gets an ERROR with its
 code and the session goes on; STDIN/SIGNAL frames that arrive when no command
 runs are ignored (they can cross an EXIT in flight); EXEC while a command
 runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
+
+Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
@@ -67,7 +69,7 @@ from cleanroom.agent.protocol import (
 )
 from cleanroom.agent.workspace import WorkspaceReceiver
 
-__all__ = ["EXIT_OK", "EXIT_PROTOCOL", "Session", "main"]
+__all__ = ["EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP", "Session", "main", "serve"]
 
 EXIT_OK = 0
 EXIT_PROTOCOL = 3
