@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cleanroom.cli.app import app
+from cleanroom.cli.testing import invoke
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.images.manifest import ARTIFACTS, MANIFEST_SCHEMA, file_sha256, write_manifest
 from cleanroom.paths import images_dir
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -59,7 +56,7 @@ def last_json(output: str) -> dict[str, object]:
 
 
 def test_ls_json_lists_cached_images(private_cache: Path) -> None:
-    result = runner.invoke(app, ["image", "ls", "--json"])
+    result = invoke(["image", "ls", "--json"])
     assert result.exit_code == 0, result.output
     body = last_json(result.stdout)
     images = body["images"]
@@ -70,21 +67,21 @@ def test_ls_json_lists_cached_images(private_cache: Path) -> None:
 
 
 def test_ls_text(private_cache: Path) -> None:
-    result = runner.invoke(app, ["image", "ls"])
+    result = invoke(["image", "ls"])
     assert result.exit_code == 0, result.output
     assert private_cache.name[:12] in result.stdout
     assert "6.1.0-test" in result.stdout
 
 
 def test_verify_by_digest_ok_then_corrupt(private_cache: Path) -> None:
-    result = runner.invoke(app, ["image", "verify", "ccc", "--json"])
+    result = invoke(["image", "verify", "ccc", "--json"])
     assert result.exit_code == 0, result.output
     assert last_json(result.stdout)["verified"] is True
     rootfs = private_cache / "rootfs.ext4"
     data = bytearray(rootfs.read_bytes())
     data[0] ^= 1
     rootfs.write_bytes(bytes(data))
-    result = runner.invoke(app, ["image", "verify", "ccc", "--json"])
+    result = invoke(["image", "verify", "ccc", "--json"])
     assert result.exit_code == 69
     error = last_json(result.stdout)["error"]
     assert isinstance(error, dict)
@@ -93,7 +90,7 @@ def test_verify_by_digest_ok_then_corrupt(private_cache: Path) -> None:
 
 
 def test_verify_unknown_digest_fails(private_cache: Path) -> None:
-    result = runner.invoke(app, ["image", "verify", "0123"])
+    result = invoke(["image", "verify", "0123"])
     assert result.exit_code == 69
     assert "image_unavailable" in result.stderr
 
@@ -104,7 +101,7 @@ def test_build_without_tools_names_them(
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    result = runner.invoke(app, ["image", "build", "--json"])
+    result = invoke(["image", "build", "--json"])
     assert result.exit_code == 69
     error = last_json(result.stdout)["error"]
     assert isinstance(error, dict)
@@ -117,24 +114,24 @@ def test_build_without_tools_names_them(
 
 @pytest.mark.image
 def test_build_json_is_a_cache_hit_for_the_session_image(built_image: GuestImage) -> None:
-    result = runner.invoke(app, ["image", "build", "--json"])
+    result = invoke(["image", "build", "--json"])
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert {"event": "info", "message": f"image {built_image.digest[:12]} is cached"} in events
     final = events[-1]
     assert final["event"] == "image"
     assert final["image"]["digest"] == built_image.digest
-    verify = runner.invoke(app, ["image", "verify"])
+    verify = invoke(["image", "verify"])
     assert verify.exit_code == 0, verify.output
     assert "verified" in verify.stdout
 
 
 def test_prune_json_removes_non_current_images(private_cache: Path) -> None:
-    result = runner.invoke(app, ["image", "prune", "--keep", "1", "--json"])
+    result = invoke(["image", "prune", "--keep", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert last_json(result.stdout) == {"removed": []}
     assert private_cache.is_dir()
-    result = runner.invoke(app, ["image", "prune", "--keep", "0", "--json"])
+    result = invoke(["image", "prune", "--keep", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert last_json(result.stdout) == {"removed": [private_cache.name]}
     assert not private_cache.exists()

@@ -1,4 +1,4 @@
-"""``cleanroom policy validate``: in-process through the Typer app and as a real subprocess."""
+"""``cleanroom policy validate``: in-process and as a real subprocess."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cleanroom.cli.app import app
+from cleanroom.cli.testing import invoke
 
 VALID = """\
 version: 1
@@ -44,7 +43,7 @@ def write(directory: Path, text: str, name: str = "cleanroom.yaml") -> Path:
 
 def test_validate_prints_hash_and_rules(tmp_path: Path) -> None:
     path = write(tmp_path, VALID)
-    result = CliRunner().invoke(app, ["policy", "validate", "-c", str(tmp_path)])
+    result = invoke(["policy", "validate", "-c", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"source: {path.resolve()}" in result.stdout
     assert "policy_hash: " in result.stdout
@@ -55,7 +54,7 @@ def test_validate_prints_hash_and_rules(tmp_path: Path) -> None:
 def test_validate_json(tmp_path: Path) -> None:
     path = write(tmp_path, VALID)
     write(tmp_path, "version: 1\n", ".buildkite/cleanroom.yaml")
-    result = CliRunner().invoke(app, ["policy", "validate", "-c", str(tmp_path), "--json"])
+    result = invoke(["policy", "validate", "-c", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert body["valid"] is True
@@ -70,7 +69,7 @@ def test_validate_json(tmp_path: Path) -> None:
 
 def test_validate_reports_every_problem(tmp_path: Path) -> None:
     write(tmp_path, INVALID)
-    result = CliRunner().invoke(app, ["policy", "validate", "-c", str(tmp_path)])
+    result = invoke(["policy", "validate", "-c", str(tmp_path)])
     assert result.exit_code == 65
     assert "error[policy_invalid]" in result.stderr
     assert "cleanroom.yaml:4:14: sandbox.network.default:" in result.stderr
@@ -79,7 +78,7 @@ def test_validate_reports_every_problem(tmp_path: Path) -> None:
 
 def test_validate_json_error_body(tmp_path: Path) -> None:
     write(tmp_path, INVALID)
-    result = CliRunner().invoke(app, ["policy", "validate", "-c", str(tmp_path), "--json"])
+    result = invoke(["policy", "validate", "-c", str(tmp_path), "--json"])
     assert result.exit_code == 65
     body = json.loads(result.stdout)
     assert body["error"]["code"] == "policy_invalid"
@@ -87,7 +86,7 @@ def test_validate_json_error_body(tmp_path: Path) -> None:
 
 
 def test_validate_without_policy(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["policy", "validate", "-c", str(tmp_path)])
+    result = invoke(["policy", "validate", "-c", str(tmp_path)])
     assert result.exit_code == 66
     assert "error[policy_not_found]" in result.stderr
 
@@ -97,7 +96,7 @@ def test_validate_defaults_to_current_directory(
 ) -> None:
     write(tmp_path, VALID)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["policy", "validate"])
+    result = invoke(["policy", "validate"])
     assert result.exit_code == 0, result.output
     assert "policy_hash: " in result.stdout
 

@@ -10,13 +10,12 @@ answers. Exits 1 when any check fails.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-import typer
-
-from cleanroom.cli.exec_cmd import HostOption
+from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json
 from cleanroom.errors import CleanroomError, PolicyNotFound
 from cleanroom.service.types import DoctorCheck
@@ -71,40 +70,42 @@ def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck],
     return checks, answered
 
 
-def register(app: typer.Typer) -> None:
+def _doctor(args: argparse.Namespace) -> int:
+    checks, _ = client_checks(args.host, Path(args.cwd).absolute())
+    ok = all(c.status != "fail" for c in checks)
+    if args.as_json:
+        print_json(
+            {
+                "ok": ok,
+                "checks": [
+                    {
+                        "name": c.name,
+                        "status": c.status,
+                        "reason": c.reason,
+                        "details": c.details,
+                    }
+                    for c in checks
+                ],
+            }
+        )
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console(file=sys.stdout, highlight=False)
+        for check in checks:
+            console.print(f"{_MARK[check.status]}  {escape(check.name)}: {escape(check.reason)}")
+    return 0 if ok else 1
+
+
+def register(commands: Subcommands) -> None:
     """Add ``doctor``."""
-
-    @app.command(help="Check that this host and directory are ready; exit 1 if a check fails.")
-    def doctor(
-        host: HostOption = None,
-        cwd: Annotated[Path, typer.Option("-c", "--cwd", help="Directory to check.")] = Path(),
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    ) -> None:
-        checks, _ = client_checks(host, cwd.absolute())
-        ok = all(c.status != "fail" for c in checks)
-        if as_json:
-            print_json(
-                {
-                    "ok": ok,
-                    "checks": [
-                        {
-                            "name": c.name,
-                            "status": c.status,
-                            "reason": c.reason,
-                            "details": c.details,
-                        }
-                        for c in checks
-                    ],
-                }
-            )
-        else:
-            from rich.console import Console
-            from rich.markup import escape
-
-            console = Console(file=sys.stdout, highlight=False)
-            for check in checks:
-                console.print(
-                    f"{_MARK[check.status]}  {escape(check.name)}: {escape(check.reason)}"
-                )
-        if not ok:
-            raise typer.Exit(1)
+    parser = add_command(
+        commands,
+        "doctor",
+        _doctor,
+        "Check that this host and directory are ready; exit 1 if a check fails.",
+    )
+    add_host(parser)
+    add_cwd(parser, "Directory to check.")
+    add_json(parser)

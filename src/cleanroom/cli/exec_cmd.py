@@ -6,24 +6,23 @@ server is started on demand (after making sure the guest image exists).
 First Ctrl-C cancels the run (the stream is closed, so the server cancels it)
 and waits for the server to clean up; a second Ctrl-C stops waiting.
 
-Import cost matters here: this module loads only typer and, when run, the
-client (httpx); never fastapi, uvicorn or rich.
+Import cost matters here: this module loads only the standard library and,
+when run, the client; never fastapi, uvicorn, rich or the image builder.
 """
 
-# Heavy modules (the client and httpx, the image builder) are imported inside
-# the functions that use them, to keep every CLI command's start-up fast.
+# Heavy modules (the client, the image builder) are imported inside the
+# functions that use them, to keep every CLI command's start-up fast.
 # ruff: noqa: PLC0415
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
+from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json, report_error
 from cleanroom.errors import CleanroomError
 from cleanroom.paths import state_dir
@@ -39,18 +38,9 @@ from cleanroom.service.types import (
 if TYPE_CHECKING:
     from cleanroom.client import Client, Endpoint
 
-__all__ = ["register", "result_to_dict", "shell_command", "stream_run"]
+__all__ = ["command_argv", "register", "result_to_dict", "shell_command", "stream_run"]
 
 _CANCEL_WAIT_SECONDS = 30.0
-
-HostOption = Annotated[
-    str | None,
-    typer.Option(
-        "--host",
-        help="Server address: unix:///path, tcp://HOST:PORT or http://HOST:PORT "
-        "(default: $CLEANROOM_HOST, else the local socket).",
-    ),
-]
 
 
 def shell_command(args: list[str]) -> list[str]:
@@ -167,46 +157,51 @@ def _ensure_image() -> None:
         ensure_image(progress=PlainProgress(sys.stderr))
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``exec``."""
+def command_argv(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """The command after ``--`` (or after the options), as it will run; a usage error if empty."""
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        parser.error("missing the command to run (put it after --)")
+    return shell_command(args)
 
-    @app.command(
+
+def _exec(args: argparse.Namespace) -> int:
+    from cleanroom.client import Client, resolve_endpoint
+
+    endpoint = resolve_endpoint(args.host)
+    argv = command_argv(args.parser, args.command)
+    options = LaunchOptions(read_only_workspace=True) if args.read_only else None
+    try:
+        if endpoint.is_default and not args.no_autostart:
+            _prepare_local(endpoint)
+        with Client(endpoint.url) as client:
+            if args.as_json:
+                result = client.exec(args.cwd, argv, backend=args.backend, options=options)
+                print_json(result_to_dict(result))
+                return result.exit_code
+            events = client.exec_stream(args.cwd, argv, backend=args.backend, options=options)
+            return stream_run(events, wait_cancelled=_context_gone(client))
+    except CleanroomError as exc:
+        return report_error(exc, as_json=args.as_json)
+
+
+def register(commands: Subcommands) -> None:
+    """Add ``exec``."""
+    parser = add_command(
+        commands,
         "exec",
-        context_settings={"allow_interspersed_args": False},
-        help="Run one command in a fresh cleanroom (launch, run, terminate) and exit with "
+        _exec,
+        "Run one command in a fresh cleanroom (launch, run, terminate) and exit with "
         "its exit code. One argument after -- runs under `sh -lc`; several run as argv.",
     )
-    def exec_(
-        command: Annotated[list[str], typer.Argument(help="The command (after --).")],
-        host: HostOption = None,
-        cwd: Annotated[
-            Path, typer.Option("-c", "--cwd", help="Repository directory (holds the policy).")
-        ] = Path(),
-        backend: Annotated[str | None, typer.Option(help="Backend (default: config).")] = None,
-        read_only: Annotated[
-            bool, typer.Option("--read-only", help="Mount the workspace read-only.")
-        ] = False,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the result object instead of streaming.")
-        ] = False,
-        no_autostart: Annotated[
-            bool, typer.Option("--no-autostart", help="Do not start a local server.")
-        ] = False,
-    ) -> None:
-        from cleanroom.client import Client, resolve_endpoint
-
-        endpoint = resolve_endpoint(host)
-        argv = shell_command(command)
-        options = LaunchOptions(read_only_workspace=True) if read_only else None
-        try:
-            if endpoint.is_default and not no_autostart:
-                _prepare_local(endpoint)
-            with Client(endpoint.url) as client:
-                if as_json:
-                    result = client.exec(cwd, argv, backend=backend, options=options)
-                    print_json(result_to_dict(result))
-                    raise typer.Exit(result.exit_code)
-                events = client.exec_stream(cwd, argv, backend=backend, options=options)
-                raise typer.Exit(stream_run(events, wait_cancelled=_context_gone(client)))
-        except CleanroomError as exc:
-            raise typer.Exit(report_error(exc, as_json=as_json)) from exc
+    add_host(parser)
+    add_cwd(parser, "Repository directory (holds the policy).")
+    parser.add_argument("--backend", help="Backend (default: config).")
+    parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    add_json(parser, "Print the result object instead of streaming.")
+    parser.add_argument("--no-autostart", action="store_true", help="Do not start a local server.")
+    # REMAINDER: everything from the first non-option on is the command, so
+    # its own options (`exec ls -l`) are never taken for ours.
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="The command (after --).")
+    parser.set_defaults(parser=parser)

@@ -10,38 +10,32 @@ and the N newest others. Errors print their stable code; the exit status is the 
 ``exit_code``.
 """
 
+# The image builder (and rich, for the progress bar) load only when a command runs.
+# ruff: noqa: PLC0415
+
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from cleanroom.cli.output import print_json, report_error
-from cleanroom.errors import CleanroomError, ImageUnavailable
-from cleanroom.images import (
-    GuestImage,
-    JsonProgress,
-    PlainProgress,
-    Progress,
-    RichProgress,
-    current_image,
-    ensure_image,
-    list_images,
-    prune_images,
-    verify_image,
+from cleanroom.cli.options import (
+    Subcommands,
+    add_command,
+    add_group,
+    add_json,
+    non_negative_int,
 )
+from cleanroom.cli.output import print_json
+from cleanroom.errors import ImageUnavailable
+
+if TYPE_CHECKING:
+    from cleanroom.images import GuestImage, Progress
 
 __all__ = ["image_to_dict", "register"]
 
-image_app = typer.Typer(
-    name="image",
-    help="Build, list and verify the guest image (kernel, initramfs, rootfs).",
-    no_args_is_help=True,
-)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")]
+_JSON_HELP = "Print JSON lines instead of text."
 
 
 def image_to_dict(image: GuestImage) -> dict[str, Any]:
@@ -73,50 +67,43 @@ def _print_image(image: GuestImage) -> None:
         out.write(f"  {role:8} {size / (1 << 20):7.1f} MiB\n")
 
 
-@image_app.command("build")
-def build(
-    force: Annotated[
-        bool, typer.Option("--force", help="Rebuild even if the image is cached.")
-    ] = False,
-    as_json: JsonFlag = False,
-) -> None:
-    """Build the guest image for the current inputs (a cache hit if it exists)."""
+def _build(args: argparse.Namespace) -> int:
+    from cleanroom.images import JsonProgress, PlainProgress, RichProgress, ensure_image
+
+    # Leaving the stack stops a live progress bar before an error is printed.
     with contextlib.ExitStack() as stack:
         progress: Progress
-        if as_json:
+        if args.as_json:
             progress = JsonProgress(sys.stdout)
         elif sys.stderr.isatty():
             progress = stack.enter_context(RichProgress())
         else:
             progress = PlainProgress(sys.stderr)
-        try:
-            image = ensure_image(force=force, progress=progress)
-        except CleanroomError as exc:
-            stack.close()
-            raise typer.Exit(report_error(exc, as_json=as_json)) from exc
-    if as_json:
+        image = ensure_image(force=args.force, progress=progress)
+    if args.as_json:
         print_json({"event": "image", "image": image_to_dict(image)})
     else:
         _print_image(image)
+    return 0
 
 
-@image_app.command("ls")
-def ls(as_json: JsonFlag = False) -> None:
-    """List the cached images, newest first; ``*`` marks the one for the current inputs."""
+def _ls(args: argparse.Namespace) -> int:
+    from cleanroom.images import current_image, list_images
+
     images = list_images()
     current = current_image()
     current_digest = current.digest if current is not None else None
-    if as_json:
+    if args.as_json:
         print_json(
             {
                 "current": current_digest,
                 "images": [image_to_dict(i) for i in images],
             }
         )
-        return
+        return 0
     if not images:
         sys.stdout.write("no images (run: cleanroom image build)\n")
-        return
+        return 0
     for image in images:
         mark = "*" if image.digest == current_digest else " "
         size = sum(int(e["size"]) for e in image.manifest["artifacts"].values())
@@ -125,9 +112,12 @@ def ls(as_json: JsonFlag = False) -> None:
             f"kernel {image.kernel_version}  agent {image.agent_version}  "
             f"{size / (1 << 20):.0f} MiB\n"
         )
+    return 0
 
 
 def _select(digest: str | None) -> GuestImage:
+    from cleanroom.images import current_image, list_images
+
     if digest is None:
         image = current_image()
         if image is None:
@@ -145,46 +135,70 @@ def _select(digest: str | None) -> GuestImage:
     return matches[0]
 
 
-@image_app.command("verify")
-def verify(
-    digest: Annotated[
-        str | None,
-        typer.Argument(help="Digest (or unique prefix) of the image; default: the current one."),
-    ] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Re-hash every file of the image against its manifest."""
-    try:
-        image = _select(digest)
-        verify_image(image)
-    except CleanroomError as exc:
-        raise typer.Exit(report_error(exc, as_json=as_json)) from exc
-    if as_json:
+def _verify(args: argparse.Namespace) -> int:
+    from cleanroom.images import verify_image
+
+    image = _select(args.digest)
+    verify_image(image)
+    if args.as_json:
         print_json({"verified": True, "image": image_to_dict(image)})
     else:
         sys.stdout.write(f"image {image.digest[:12]} verified: every file matches its sha256\n")
+    return 0
 
 
-@image_app.command("prune")
-def prune(
-    keep: Annotated[
-        int, typer.Option("--keep", min=0, help="Older images to keep besides the current one.")
-    ] = 1,
-    as_json: JsonFlag = False,
-) -> None:
-    """Delete cached images except the current one and the KEEP newest others."""
-    try:
-        removed = prune_images(keep=keep)
-    except CleanroomError as exc:
-        raise typer.Exit(report_error(exc, as_json=as_json)) from exc
-    if as_json:
+def _prune(args: argparse.Namespace) -> int:
+    from cleanroom.images import prune_images
+
+    removed = prune_images(keep=args.keep)
+    if args.as_json:
         print_json({"removed": removed})
     else:
         for digest in removed:
             sys.stdout.write(f"removed {digest[:12]}\n")
         sys.stdout.write(f"{len(removed)} image(s) removed\n")
+    return 0
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``image`` command group to ``app``."""
-    app.add_typer(image_app, name="image")
+def register(commands: Subcommands) -> None:
+    """Add the ``image`` command group."""
+    group = add_group(
+        commands, "image", "Build, list and verify the guest image (kernel, initramfs, rootfs)."
+    )
+    build = add_command(
+        group,
+        "build",
+        _build,
+        "Build the guest image for the current inputs (a cache hit if it exists).",
+    )
+    build.add_argument("--force", action="store_true", help="Rebuild even if the image is cached.")
+    add_json(build, _JSON_HELP)
+    ls = add_command(
+        group,
+        "ls",
+        _ls,
+        "List the cached images, newest first; `*` marks the one for the current inputs.",
+    )
+    add_json(ls, _JSON_HELP)
+    verify = add_command(
+        group, "verify", _verify, "Re-hash every file of the image against its manifest."
+    )
+    verify.add_argument(
+        "digest",
+        nargs="?",
+        help="Digest (or unique prefix) of the image; default: the current one.",
+    )
+    add_json(verify, _JSON_HELP)
+    prune = add_command(
+        group,
+        "prune",
+        _prune,
+        "Delete cached images except the current one and the KEEP newest others.",
+    )
+    prune.add_argument(
+        "--keep",
+        type=non_negative_int,
+        default=1,
+        help="Older images to keep besides the current one. [default: 1]",
+    )
+    add_json(prune, _JSON_HELP)

@@ -6,25 +6,23 @@ directory's policy and prints its source, warnings, hash and normalised rules
 the error's ``exit_code``).
 """
 
+# The policy compiler loads only when the command runs.
+# ruff: noqa: PLC0415
+
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
+from cleanroom.cli.options import Subcommands, add_command, add_group, add_json
+from cleanroom.cli.output import print_json
 
-from cleanroom.cli.output import print_json, report_error
-from cleanroom.errors import CleanroomError
-from cleanroom.policy import CompiledPolicy, load_policy
+if TYPE_CHECKING:
+    from cleanroom.policy import CompiledPolicy
 
 __all__ = ["register"]
-
-policy_app = typer.Typer(
-    name="policy",
-    help="Inspect and validate a repository's cleanroom.yaml.",
-    no_args_is_help=True,
-)
 
 
 def _print_human(policy: CompiledPolicy) -> None:
@@ -45,28 +43,18 @@ def _print_human(policy: CompiledPolicy) -> None:
     out.write("valid\n")
 
 
-@policy_app.command("validate")
-def validate(
-    directory: Annotated[
-        Path,
-        typer.Option(
-            "-c",
-            "--chdir",
-            "--directory",
-            help="Repository directory holding cleanroom.yaml (default: the current directory).",
-            file_okay=False,
-        ),
-    ] = Path(),
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of text.")
-    ] = False,
-) -> None:
-    """Compile the directory's policy; print its hash and normalised rules, or every problem."""
-    try:
-        policy = load_policy(directory)
-    except CleanroomError as exc:
-        raise typer.Exit(report_error(exc, as_json=as_json)) from exc
-    if as_json:
+def _directory(text: str) -> Path:
+    path = Path(text)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return path
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cleanroom.policy import load_policy
+
+    policy = load_policy(args.directory)
+    if args.as_json:
         print_json(
             {
                 "valid": True,
@@ -78,8 +66,28 @@ def validate(
         )
     else:
         _print_human(policy)
+    return 0
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``policy`` command group to ``app``."""
-    app.add_typer(policy_app, name="policy")
+def register(commands: Subcommands) -> None:
+    """Add the ``policy`` command group."""
+    policy_commands = add_group(
+        commands, "policy", "Inspect and validate a repository's cleanroom.yaml."
+    )
+    validate = add_command(
+        policy_commands,
+        "validate",
+        _validate,
+        "Compile the directory's policy; print its hash and normalised rules, or every problem.",
+    )
+    validate.add_argument(
+        "-c",
+        "--chdir",
+        "--directory",
+        dest="directory",
+        type=_directory,
+        default=Path(),
+        metavar="DIR",
+        help="Repository directory holding cleanroom.yaml (default: the current directory).",
+    )
+    add_json(validate, "Print one JSON object instead of text.")

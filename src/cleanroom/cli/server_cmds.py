@@ -13,24 +13,19 @@ error's documented status.
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from cleanroom.cli import doctor_cmd, exec_cmd
-from cleanroom.cli.exec_cmd import HostOption, result_to_dict, shell_command, stream_run
-from cleanroom.cli.output import print_json, report_error
-from cleanroom.errors import CleanroomError
+from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
+from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
+from cleanroom.cli.output import print_json
 from cleanroom.service.types import CleanroomInfo, LaunchOptions
 
 if TYPE_CHECKING:
     from cleanroom.client import Client
 
 __all__ = ["register"]
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _client(host: str | None) -> Client:
@@ -51,10 +46,6 @@ def _info_to_dict(info: CleanroomInfo) -> dict[str, Any]:
         "created_at": info.created_at,
         "runs": list(info.runs),
     }
-
-
-def _fail(exc: CleanroomError, *, as_json: bool) -> typer.Exit:
-    return typer.Exit(report_error(exc, as_json=as_json))
 
 
 def _serve(listen: list[str] | None, allow_remote: bool) -> None:
@@ -103,129 +94,134 @@ def _compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the server and client commands to ``app``."""
-    exec_cmd.register(app)
-    doctor_cmd.register(app)
+def _serve_cmd(args: argparse.Namespace) -> int:
+    _serve(args.listen, args.allow_remote)
+    return 0
 
-    @app.command(help="Run the cleanroom server (foreground; SIGTERM/Ctrl-C stop it cleanly).")
-    def serve(
-        listen: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--listen",
-                help="unix:///path (default: the per-user socket) or tcp://HOST:PORT. "
-                "TCP listens on loopback addresses only unless --allow-remote is given. "
-                "Repeat to listen on several addresses.",
-            ),
-        ] = None,
-        allow_remote: Annotated[
-            bool,
-            typer.Option(
-                "--allow-remote",
-                help="Allow a non-loopback TCP address. The API has no authentication: "
-                "anyone who can reach it can run commands.",
-            ),
-        ] = False,
-    ) -> None:
-        try:
-            _serve(listen, allow_remote)
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=False) from exc
 
-    @app.command(help="Launch a cleanroom context from a directory's policy; prints its id.")
-    def launch(
-        host: HostOption = None,
-        cwd: Annotated[Path, typer.Option("-c", "--cwd", help="Repository directory.")] = Path(),
-        backend: Annotated[str | None, typer.Option(help="Backend (default: config).")] = None,
-        read_only: Annotated[bool, typer.Option("--read-only")] = False,
-        as_json: JsonOption = False,
-    ) -> None:
-        options = LaunchOptions(read_only_workspace=True) if read_only else None
-        try:
-            with _client(host) as client:
-                result = client.launch(cwd, backend=backend, options=options)
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=as_json) from exc
-        if as_json:
-            print_json(
-                {
-                    "cleanroom_id": result.cleanroom_id,
-                    "backend": result.backend,
-                    "policy_source": str(result.policy_source),
-                    "policy_hash": result.policy_hash,
-                    "run_dir_root": str(result.run_dir_root),
-                }
-            )
-        else:
-            sys.stdout.write(result.cleanroom_id + "\n")
+def _launch(args: argparse.Namespace) -> int:
+    options = LaunchOptions(read_only_workspace=True) if args.read_only else None
+    with _client(args.host) as client:
+        result = client.launch(args.cwd, backend=args.backend, options=options)
+    if args.as_json:
+        print_json(
+            {
+                "cleanroom_id": result.cleanroom_id,
+                "backend": result.backend,
+                "policy_source": str(result.policy_source),
+                "policy_hash": result.policy_hash,
+                "run_dir_root": str(result.run_dir_root),
+            }
+        )
+    else:
+        sys.stdout.write(result.cleanroom_id + "\n")
+    return 0
 
-    @app.command(
+
+def _run(args: argparse.Namespace) -> int:
+    argv = command_argv(args.parser, args.command)
+    with _client(args.host) as client:
+        if args.as_json:
+            result = client.run(args.cleanroom_id, argv)
+            print_json(result_to_dict(result))
+            return result.exit_code
+        return stream_run(client.run_stream(args.cleanroom_id, argv))
+
+
+def _terminate(args: argparse.Namespace) -> int:
+    with _client(args.host) as client:
+        client.terminate(args.cleanroom_id)
+    if args.as_json:
+        print_json({"terminated": True})
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with _client(args.host) as client:
+        infos = client.list_cleanrooms()
+    if args.as_json:
+        print_json({"cleanrooms": [_info_to_dict(i) for i in infos]})
+        return 0
+    for info in infos:
+        sys.stdout.write(
+            f"{info.cleanroom_id}\t{info.backend}\t{len(info.runs)} runs\t"
+            f"{info.created_at}\t{info.cwd}\n"
+        )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args.host) as client:
+        record = client.run_record(args.run_id)
+    if args.as_json:
+        print_json(record)
+    else:
+        _status_table(record)
+    return 0
+
+
+def register(commands: Subcommands) -> None:
+    """Add the server and client commands (``exec`` and ``doctor`` register themselves)."""
+    serve = add_command(
+        commands,
+        "serve",
+        _serve_cmd,
+        "Run the cleanroom server (foreground; SIGTERM/Ctrl-C stop it cleanly).",
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help="unix:///path (default: the per-user socket) or tcp://HOST:PORT. "
+        "TCP listens on loopback addresses only unless --allow-remote is given. "
+        "Repeat to listen on several addresses.",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="Allow a non-loopback TCP address. The API has no authentication: "
+        "anyone who can reach it can run commands.",
+    )
+
+    launch = add_command(
+        commands,
+        "launch",
+        _launch,
+        "Launch a cleanroom context from a directory's policy; prints its id.",
+    )
+    add_host(launch)
+    add_cwd(launch, "Repository directory.")
+    launch.add_argument("--backend", help="Backend (default: config).")
+    launch.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    add_json(launch)
+
+    run = add_command(
+        commands,
         "run",
-        help="Run a command in a launched context (streams output; exits with its code). "
+        _run,
+        "Run a command in a launched context (streams output; exits with its code). "
         "Put the command after --.",
     )
-    def run_(
-        cleanroom_id: Annotated[str, typer.Argument(help="The context id from `launch`.")],
-        command: Annotated[list[str], typer.Argument(help="The command (after --).")],
-        host: HostOption = None,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the result object instead of streaming.")
-        ] = False,
-    ) -> None:
-        argv = shell_command(command)
-        try:
-            with _client(host) as client:
-                if as_json:
-                    result = client.run(cleanroom_id, argv)
-                    print_json(result_to_dict(result))
-                    raise typer.Exit(result.exit_code)
-                raise typer.Exit(stream_run(client.run_stream(cleanroom_id, argv)))
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=as_json) from exc
+    run.add_argument("cleanroom_id", metavar="CLEANROOM_ID", help="The context id from `launch`.")
+    run.add_argument("command", nargs="+", help="The command (after --).")
+    add_host(run)
+    add_json(run, "Print the result object instead of streaming.")
+    run.set_defaults(parser=run)
 
-    @app.command(help="Terminate a context (cancels its runs). Idempotent.")
-    def terminate(
-        cleanroom_id: Annotated[str, typer.Argument(help="The context id.")],
-        host: HostOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        try:
-            with _client(host) as client:
-                client.terminate(cleanroom_id)
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=as_json) from exc
-        if as_json:
-            print_json({"terminated": True})
+    terminate = add_command(
+        commands, "terminate", _terminate, "Terminate a context (cancels its runs). Idempotent."
+    )
+    terminate.add_argument("cleanroom_id", metavar="CLEANROOM_ID", help="The context id.")
+    add_host(terminate)
+    add_json(terminate)
 
-    @app.command("ls", help="List the live contexts.")
-    def ls(host: HostOption = None, as_json: JsonOption = False) -> None:
-        try:
-            with _client(host) as client:
-                infos = client.list_cleanrooms()
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=as_json) from exc
-        if as_json:
-            print_json({"cleanrooms": [_info_to_dict(i) for i in infos]})
-            return
-        for info in infos:
-            sys.stdout.write(
-                f"{info.cleanroom_id}\t{info.backend}\t{len(info.runs)} runs\t"
-                f"{info.created_at}\t{info.cwd}\n"
-            )
+    ls = add_command(commands, "ls", _ls, "List the live contexts.")
+    add_host(ls)
+    add_json(ls)
 
-    @app.command(help="Show a run's record: every timing and field.")
-    def status(
-        run_id: Annotated[str, typer.Option("--run-id", help="The run id.")],
-        host: HostOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        try:
-            with _client(host) as client:
-                record = client.run_record(run_id)
-        except CleanroomError as exc:
-            raise _fail(exc, as_json=as_json) from exc
-        if as_json:
-            print_json(record)
-        else:
-            _status_table(record)
+    status = add_command(
+        commands, "status", _status, "Show a run's record: every timing and field."
+    )
+    status.add_argument("--run-id", required=True, help="The run id.")
+    add_host(status)
+    add_json(status)
