@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cleanroom.client import Client
 from cleanroom.errors import CleanroomError
+
+if TYPE_CHECKING:
+    from cleanroom.client import Client
 
 __all__ = [
     "CLI",
@@ -67,6 +69,8 @@ class Server:
     home: Path
 
     def client(self) -> Client:
+        from cleanroom.client import Client  # noqa: PLC0415 - keep the other benches light
+
         return Client(self.host)
 
     def pool_ready(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ packs as many checks into one command as it can.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -234,3 +235,34 @@ async def test_bad_input_errors(service: Service, workspace: Path, tmp_path: Pat
     with pytest.raises(CleanroomNotFound):
         await service.terminate("cr-doesnotexist")
     await service.terminate(info.cleanroom_id)
+
+
+async def test_large_workspace_is_copied_on_a_host_made_disk(
+    service: Service, workspace: Path
+) -> None:
+    blob = os.urandom(1 << 20) * 48  # 48 MiB: more than the root filesystem has free
+    (workspace / "blob.bin").write_bytes(blob)
+    digest = hashlib.sha256(blob).hexdigest()
+    result = await service.exec(
+        workspace, ["sh", "-c", "sha256sum /workspace/blob.bin; ls -a /workspace"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split()[0] == digest
+    assert "lost+found" not in result.stdout
+    record = service.run_record(result.run_id)
+    assert record["workspace"]["method"] == "disk"
+    assert record["workspace"]["bytes"] >= 48 << 20
+    assert isinstance(record["workspace_disk_ms"], float)
+
+
+async def test_special_files_are_skipped_and_reported(service: Service, workspace: Path) -> None:
+    os.mkfifo(workspace / "a-fifo")
+    result = await service.exec(
+        workspace, ["sh", "-c", "ls /workspace"], options=LaunchOptions(read_only_workspace=True)
+    )
+    assert result.exit_code == 0
+    assert "a-fifo" not in result.stdout.split()
+    assert "data.txt" in result.stdout.split()
+    workspace_info = service.run_record(result.run_id)["workspace"]
+    assert workspace_info["method"] == "stream"
+    assert workspace_info["skipped"] == ["a-fifo"]

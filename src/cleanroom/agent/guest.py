@@ -361,6 +361,10 @@ def _init(args: _Args) -> int:
     for problem in sysops.init_mounts():
         log(f"mount {problem}")
     try:
+        sysops.mount_workspace_disk(args.workspace)
+    except OSError as exc:
+        log(f"workspace disk: {exc}")
+    try:
         sysops.set_hostname("cleanroom")
     except OSError as exc:
         log(f"hostname: {exc}")

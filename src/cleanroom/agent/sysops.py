@@ -6,7 +6,7 @@ wrapper go through ``ctypes`` on the C library; failures raise
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
-# ruff: noqa: PTH103, PTH123
+# ruff: noqa: PTH103, PTH118, PTH123, PTH208
 from __future__ import annotations
 
 import ctypes
@@ -25,9 +25,11 @@ __all__ = [
     "add_entropy",
     "bind_read_only",
     "configure_network",
+    "find_labelled_disk",
     "init_mounts",
     "is_mount_point",
     "mount",
+    "mount_workspace_disk",
     "power_off",
     "set_hostname",
     "unmount",
@@ -118,6 +120,50 @@ def init_mounts() -> list[str]:
         except OSError as exc:
             problems.append(f"{target}: {exc}")
     return problems
+
+
+WORKSPACE_LABEL = b"cleanroom-ws"
+"""Label of the per-run workspace disk (see ``cleanroom.backends.workspace_disk``)."""
+_EXT_SUPERBLOCK = 1024
+_EXT_MAGIC_AT = 0x38
+_EXT_LABEL_AT = 0x78
+
+
+def find_labelled_disk(
+    label: bytes, sys_block: str = "/sys/block", dev: str = "/dev"
+) -> str | None:
+    """The /dev path of the virtio disk whose ext2/3/4 volume label is ``label``, or None."""
+    try:
+        names = sorted(n for n in os.listdir(sys_block) if n.startswith("vd"))
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(dev, name)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(_EXT_SUPERBLOCK)
+                sb = fh.read(_EXT_LABEL_AT + 16)
+        except OSError:
+            continue
+        if len(sb) < _EXT_LABEL_AT + 16 or sb[_EXT_MAGIC_AT : _EXT_MAGIC_AT + 2] != b"\x53\xef":
+            continue
+        if sb[_EXT_LABEL_AT : _EXT_LABEL_AT + 16].rstrip(b"\x00") == label:
+            return path
+    return None
+
+
+def mount_workspace_disk(target: str) -> str | None:
+    """Mount the workspace disk (if the VMM attached one) at ``target``; returns its device.
+
+    ``noinit_itable``: the disk is a fresh sparse file, so zeroing its inode
+    tables in the background would only cost the host writes and CPU.
+    """
+    device = find_labelled_disk(WORKSPACE_LABEL)
+    if device is None:
+        return None
+    os.makedirs(target, exist_ok=True)
+    mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
+    return device
 
 
 def set_hostname(name: str) -> None:

@@ -75,6 +75,11 @@ class GuestSpec:
     """Deadline for the guest to boot and its agent channel to open."""
     network: NetworkAttachment | None = None
     """None: the guest gets no NIC at all (nothing to reach)."""
+    workspace: Path | None = None
+    """A host directory to copy into the guest's /workspace disk before boot (no
+    special files in it); None: the disk starts empty and the service streams
+    the workspace through the agent. ``Guest.timings['workspace_seeded']`` says
+    which happened."""
 
 
 class Guest(Protocol):

@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 TIMING_KEYS = (
     "policy_resolution_ms",
     "rootfs_prepare_ms",
+    "workspace_disk_ms",
     "vmm_start_ms",
     "workspace_archive_ms",
     "network_setup_ms",

@@ -39,9 +39,17 @@ from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
-from cleanroom.service.workspace import archive_workspace, iter_file_chunks
+from cleanroom.service.workspace import archive_workspace, iter_file_chunks, scan_workspace
 
-__all__ = ["NetworkLease", "NetworkProvider", "RunPlan", "execute_run"]
+__all__ = ["WARM_STREAM_LIMIT", "NetworkLease", "NetworkProvider", "RunPlan", "execute_run"]
+
+WARM_STREAM_LIMIT = 16 << 20
+"""Workspaces larger than this (bytes) boot cold with a host-made disk instead of
+taking a warm guest and streaming: streaming through the agent runs at a few
+MiB/s under emulation, a cold boot with the disk costs a few seconds."""
+
+EMPTY_TAR = bytes(1024)
+"""An empty tar archive (two zero blocks)."""
 
 
 class NetworkLease(Protocol):
@@ -176,10 +184,7 @@ async def _run_in_guest(
     capture: OutputCapture,
     state: _RunState,
 ) -> ExitStatus:
-    # The workspace archive is prepared while the network is set up and the guest boots.
-    state.archive = plan.run_dir / "workspace.tar"
-    archive_task = asyncio.create_task(_prepare_archive(plan.cwd, state.archive))
-
+    scan = await asyncio.to_thread(scan_workspace, plan.cwd)
     attachment: NetworkAttachment | None = None
     guest_net: GuestNetwork | None = None
     if network is not None and plan.policy.allow:
@@ -194,32 +199,49 @@ async def _run_in_guest(
     else:
         rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
 
-    warm = pool.take() if pool is not None and attachment is None else None
+    # A pooled guest has an empty workspace disk, so its workspace is streamed
+    # through the agent; above a size where a cold boot with a host-made disk
+    # is faster than that stream, skip the pool.
+    warm = None
+    if pool is not None and attachment is None and scan.bytes <= WARM_STREAM_LIMIT:
+        warm = pool.take()
     if warm is not None:
         guest, client = await _claim_warm(warm, plan, rec, state)
     else:
-        guest, client = await _boot_cold(plan, backend, attachment, rec, state)
+        # Special files cannot be left out of a host-made disk: stream those workspaces.
+        seed = plan.cwd if not scan.skipped else None
+        guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
+    seeded = warm is None and bool(guest.timings.get("workspace_seeded"))
 
     try:
         await client.configure(entropy_seed=os.urandom(64), network=guest_net)
-        stats = await archive_task
         t = time.monotonic()
-        ws = await client.send_workspace(
-            _async_chunks(state.archive), read_only=plan.read_only_workspace
-        )
+        if seeded:
+            # Already on the guest's disk; an empty stream only applies read-only.
+            ws = await client.send_workspace([EMPTY_TAR], read_only=plan.read_only_workspace)
+            archive_bytes = 0
+        else:
+            state.archive = plan.run_dir / "workspace.tar"
+            stats = await asyncio.to_thread(archive_workspace, plan.cwd, state.archive)
+            rec.timing("workspace_archive_ms", (time.monotonic() - t) * 1000)
+            archive_bytes = stats.archive_bytes
+            ws = await client.send_workspace(
+                _async_chunks(state.archive), read_only=plan.read_only_workspace
+            )
+            _remove(state.archive)
         rec.timing("workspace_transfer_ms", (time.monotonic() - t) * 1000)
         rec.set(
             workspace={
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "archive_bytes": stats.archive_bytes,
-                "skipped": list(stats.skipped),
+                "method": "disk" if seeded else "stream",
+                "files": scan.files,
+                "bytes": scan.bytes,
+                "archive_bytes": archive_bytes,
+                "skipped": list(scan.skipped),
                 "extracted_files": ws.files,
                 "refused": ws.skipped,
                 "read_only": plan.read_only_workspace,
             }
         )
-        _remove(state.archive)
         t = time.monotonic()
         status = await client.exec(
             list(plan.command),
@@ -241,9 +263,6 @@ async def _run_in_guest(
         ) from exc
     except AgentError as exc:
         raise GuestAgentFailed(f"guest agent protocol failure: {exc}") from exc
-    finally:
-        if not archive_task.done():
-            archive_task.cancel()
     return status
 
 
@@ -251,6 +270,7 @@ async def _boot_cold(
     plan: RunPlan,
     backend: Backend,
     attachment: NetworkAttachment | None,
+    seed: Path | None,
     rec: RunRecorder,
     state: _RunState,
 ) -> tuple[Guest, AgentClient]:
@@ -260,6 +280,7 @@ async def _boot_cold(
         run_dir=plan.run_dir,
         launch_seconds=plan.launch_seconds,
         network=attachment,
+        workspace=seed,
     )
     launch_start = loop.time()
     deadline = launch_start + plan.launch_seconds
@@ -318,10 +339,6 @@ def _launch_failed(guest: Guest, plan: RunPlan, message: str) -> RuntimeLaunchFa
     )
 
 
-async def _prepare_archive(cwd: Path, dest: Path) -> Any:
-    return await asyncio.to_thread(archive_workspace, cwd, dest)
-
-
 async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
     it = iter_file_chunks(path)
     while True:
@@ -333,7 +350,7 @@ async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
 
 def _copy_guest_timings(guest: Guest, rec: RunRecorder) -> None:
     timings = dict(guest.timings)
-    for key in ("rootfs_prepare_ms", "vmm_start_ms"):
+    for key in ("rootfs_prepare_ms", "workspace_disk_ms", "vmm_start_ms"):
         value = timings.get(key)
         if isinstance(value, int | float):
             rec.timing(key, float(value))

@@ -13,12 +13,12 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cleanroom.errors import InvalidRequest
 
-__all__ = ["ArchiveStats", "archive_workspace", "iter_file_chunks"]
+__all__ = ["ArchiveStats", "archive_workspace", "iter_file_chunks", "scan_workspace"]
 
 CHUNK = 256 * 1024
 
@@ -33,8 +33,17 @@ class ArchiveStats:
     bytes: int
     """Sum of regular file sizes."""
     archive_bytes: int
+    """Size of the tar file (0 for a scan)."""
     skipped: tuple[str, ...]
     """Relative paths of special files that were left out."""
+
+
+def scan_workspace(source: Path) -> ArchiveStats:
+    """Count what :func:`archive_workspace` would archive, without writing anything.
+
+    Raises ``InvalidRequest`` when ``source`` is not a readable directory.
+    """
+    return _walk_tree(source, None)
 
 
 def archive_workspace(source: Path, dest: Path) -> ArchiveStats:
@@ -42,12 +51,21 @@ def archive_workspace(source: Path, dest: Path) -> ArchiveStats:
 
     Raises ``InvalidRequest`` when ``source`` is not a readable directory.
     """
+    try:
+        with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+            stats = _walk_tree(source, tar)
+        return replace(stats, archive_bytes=dest.stat().st_size)
+    except OSError as exc:
+        raise _unreadable(source, exc) from exc
+
+
+def _walk_tree(source: Path, tar: tarfile.TarFile | None) -> ArchiveStats:
     if not source.is_dir():
         raise InvalidRequest(f"workspace {source} is not a directory", details={"cwd": str(source)})
     counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0}
     skipped: list[str] = []
 
-    def walk(tar: tarfile.TarFile, directory: str, prefix: str) -> None:
+    def walk(directory: str, prefix: str) -> None:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
@@ -55,8 +73,9 @@ def archive_workspace(source: Path, dest: Path) -> ArchiveStats:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 counts["dirs"] += 1
-                tar.add(entry.path, arcname=rel, recursive=False)
-                walk(tar, entry.path, rel + "/")
+                if tar is not None:
+                    tar.add(entry.path, arcname=rel, recursive=False)
+                walk(entry.path, rel + "/")
                 continue
             if stat.S_ISREG(st.st_mode):
                 counts["files"] += 1
@@ -66,23 +85,27 @@ def archive_workspace(source: Path, dest: Path) -> ArchiveStats:
             else:
                 skipped.append(rel)
                 continue
-            tar.add(entry.path, arcname=rel, recursive=False)
+            if tar is not None:
+                tar.add(entry.path, arcname=rel, recursive=False)
 
     try:
-        with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-            walk(tar, str(source), "")
+        walk(str(source), "")
     except OSError as exc:
-        raise InvalidRequest(
-            f"cannot archive workspace {source}: {exc.strerror or exc}",
-            details={"cwd": str(source), "path": exc.filename},
-        ) from exc
+        raise _unreadable(source, exc) from exc
     return ArchiveStats(
         files=counts["files"],
         directories=counts["dirs"],
         symlinks=counts["links"],
         bytes=counts["bytes"],
-        archive_bytes=dest.stat().st_size,
+        archive_bytes=0,
         skipped=tuple(skipped),
+    )
+
+
+def _unreadable(source: Path, exc: OSError) -> InvalidRequest:
+    return InvalidRequest(
+        f"cannot archive workspace {source}: {exc.strerror or exc}",
+        details={"cwd": str(source), "path": exc.filename},
     )
 
 

@@ -45,6 +45,8 @@ class FirecrackerLaunch:
     guest_cid: int = 3
     agent_port: int = AGENT_VSOCK_PORT
     network: NetworkAttachment | None = None
+    workspace_disk: Path | None = None
+    """A second drive the guest mounts at /workspace (found by its label)."""
     debug: bool = False
 
 
@@ -92,6 +94,16 @@ def build_config(launch: FirecrackerLaunch) -> dict[str, Any]:
         "vsock": {"guest_cid": launch.guest_cid, "uds_path": VSOCK_SOCKET_NAME},
         "entropy": {},
     }
+    if launch.workspace_disk is not None:
+        config["drives"].append(
+            {
+                "drive_id": "workspace",
+                "path_on_host": str(launch.workspace_disk),
+                "is_root_device": False,
+                "is_read_only": False,
+                "cache_type": "Unsafe",
+            }
+        )
     if launch.network is not None:
         config["network-interfaces"] = [
             {

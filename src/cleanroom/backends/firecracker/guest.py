@@ -28,6 +28,7 @@ from cleanroom.backends.firecracker.vsock import (
 )
 from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefix
 from cleanroom.backends.rootfs import RootfsMethod, prepare_rootfs, remove_rootfs
+from cleanroom.backends.workspace_disk import create_workspace_disk, remove_workspace_disk
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = ["FIRECRACKER_ROOTFS_METHODS", "FirecrackerGuest", "FirecrackerMachine"]
@@ -80,6 +81,11 @@ class FirecrackerGuest:
             prepare_rootfs, machine.rootfs, run_dir, FIRECRACKER_ROOTFS_METHODS
         )
         try:
+            ws_disk = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
+        except BaseException:
+            remove_rootfs(run_dir)
+            raise
+        try:
             launch = FirecrackerLaunch(
                 vmlinux=machine.vmlinux,
                 initrd=machine.initrd,
@@ -88,6 +94,7 @@ class FirecrackerGuest:
                 memory_mib=machine.memory_mib,
                 guest_cid=machine.guest_cid,
                 network=spec.network,
+                workspace_disk=ws_disk.path,
                 debug=machine.debug,
             )
             config = build_config(launch)
@@ -118,6 +125,7 @@ class FirecrackerGuest:
             )
         except BaseException as exc:
             remove_rootfs(run_dir)
+            remove_workspace_disk(run_dir)
             if isinstance(exc, OSError):
                 raise RuntimeLaunchFailed(f"could not start Firecracker: {exc}") from exc
             raise
@@ -125,6 +133,8 @@ class FirecrackerGuest:
             "rootfs_method": rootfs.method,
             "rootfs_prepare_ms": rootfs.prepare_ms,
             "vmm_start_ms": process.start_ms,
+            "workspace_disk_ms": ws_disk.prepare_ms,
+            "workspace_seeded": ws_disk.seeded,
         }
         return cls(spec=spec, process=process, agent_port=launch.agent_port, timings=timings)
 
@@ -202,3 +212,4 @@ class FirecrackerGuest:
         for name in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
             (self._spec.run_dir / name).unlink(missing_ok=True)
         remove_rootfs(self._spec.run_dir)
+        remove_workspace_disk(self._spec.run_dir)

@@ -53,6 +53,8 @@ class QemuLaunch:
     tsc_khz: int | None = None
     """Host TSC kHz; passed as ``tsc_early_khz`` under TCG."""
     network: NetworkAttachment | None = None
+    workspace_disk: Path | None = None
+    """A second virtio-blk disk the guest mounts at /workspace (found by its label)."""
     debug: bool = False
     """Console on an emulated UART (``ttyS0``) so the earliest kernel messages are kept."""
     extra_kernel_args: tuple[str, ...] = ()
@@ -120,6 +122,14 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
         "-device",
         "virtio-blk-device,drive=root",
     ]
+    if launch.workspace_disk is not None:
+        # Listed after the root disk so that the root stays /dev/vda.
+        argv += [
+            "-drive",
+            f"id=ws,file={_opt(launch.workspace_disk)},format=raw,if=none,cache=unsafe",
+            "-device",
+            "virtio-blk-device,drive=ws",
+        ]
     argv += [
         "-object",
         "rng-random,id=rng0,filename=/dev/urandom",

@@ -23,6 +23,11 @@ from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefi
 from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, build_argv
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
+from cleanroom.backends.workspace_disk import (
+    WorkspaceDisk,
+    create_workspace_disk,
+    remove_workspace_disk,
+)
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = ["QEMU_ROOTFS_METHODS", "QemuGuest", "QemuMachine"]
@@ -65,6 +70,7 @@ class QemuGuest:
         accel: Accel,
         plan_path: Path,
         console_path: Path,
+        workspace_disk: WorkspaceDisk | None = None,
     ) -> None:
         self._spec = spec
         self._process = process
@@ -79,6 +85,8 @@ class QemuGuest:
             "rootfs_method": rootfs.method,
             "rootfs_prepare_ms": rootfs.prepare_ms,
             "vmm_start_ms": process.start_ms,
+            "workspace_disk_ms": workspace_disk.prepare_ms if workspace_disk else None,
+            "workspace_seeded": workspace_disk.seeded if workspace_disk else False,
         }
         self._spawned_at = time.monotonic()
         self._destroyed = False
@@ -94,6 +102,11 @@ class QemuGuest:
         rootfs = await asyncio.to_thread(
             prepare_rootfs, machine.rootfs, run_dir, QEMU_ROOTFS_METHODS, qemu_img=machine.qemu_img
         )
+        try:
+            ws_disk = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
+        except BaseException:
+            remove_rootfs(run_dir)
+            raise
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_path = run_dir / "console.log"
@@ -113,6 +126,7 @@ class QemuGuest:
                 memory_mib=machine.memory_mib,
                 tsc_khz=machine.tsc_khz,
                 network=spec.network,
+                workspace_disk=ws_disk.path,
                 debug=machine.debug,
                 extra_kernel_args=machine.extra_kernel_args,
             )
@@ -144,6 +158,7 @@ class QemuGuest:
             for sock in (qmp_host, agent_host):
                 sock.close()
             remove_rootfs(run_dir)
+            remove_workspace_disk(run_dir)
             if isinstance(exc, OSError):
                 raise RuntimeLaunchFailed(f"could not start QEMU: {exc}") from exc
             raise
@@ -159,6 +174,7 @@ class QemuGuest:
             accel=machine.accel,
             plan_path=plan_path,
             console_path=console_path,
+            workspace_disk=ws_disk,
         )
 
     @property
@@ -265,3 +281,4 @@ class QemuGuest:
                 await self._writer.wait_closed()
             self._writer = None
         remove_rootfs(self._spec.run_dir)
+        remove_workspace_disk(self._spec.run_dir)
