@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +216,143 @@ async def test_async_client(host: str, repo: Path) -> None:
     async with AsyncClient(f"unix://{repo}/none.sock") as dead:
         with pytest.raises(ServerUnavailable):
             await dead.health()
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one whole request: closing with unread data would reset the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return  # the client gave up
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+@contextlib.contextmanager
+def raw_server(path: Path, reply: bytes | None) -> Iterator[None]:
+    """A unix-socket peer that reads a request and sends ``reply`` then closes
+    (``None``: it never answers until the test ends)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    done = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed
+            accepted.append(conn)
+            _read_request(conn)
+            if reply is not None:
+                conn.sendall(reply)
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(10)
+        for conn in accepted:
+            conn.close()
+
+
+def test_silent_server_times_out(root: Path) -> None:
+    sock = root / "silent.sock"
+    with (
+        raw_server(sock, None),
+        Client(f"unix://{sock}", timeout=0.3) as client,
+        pytest.raises(ServerUnavailable) as err,
+    ):
+        client.health()
+    assert "did not answer in time" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"this is not HTTP\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"ok": ',
+    ],
+)
+def test_broken_responses_are_a_lost_connection(root: Path, reply: bytes) -> None:
+    sock = root / "broken.sock"
+    with (
+        raw_server(sock, reply),
+        Client(f"unix://{sock}") as client,
+        pytest.raises(ServerUnavailable) as err,
+    ):
+        client.health()
+    assert "was lost" in err.value.message
+
+
+def test_stream_cut_mid_chunk(root: Path, repo: Path) -> None:
+    started = b'{"type": "started", "run_id": "run-1", "cleanroom_id": "cr-1", "run_dir": "/r"}\n'
+    reply = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+        b"content-type: application/x-ndjson\r\n\r\n"
+        + f"{len(started):x}\r\n".encode()
+        + started
+        + b'\r\n40\r\n{"type": "std'
+    )
+    sock = root / "cut.sock"
+    events: list[object] = []
+    with (
+        raw_server(sock, reply),
+        Client(f"unix://{sock}") as client,
+        pytest.raises(ServerUnavailable) as err,
+    ):
+        events.extend(client.exec_stream(repo, ["true"]))
+    assert [type(e) for e in events] == [RunStarted]
+    assert "was lost" in err.value.message
+
+
+def test_stream_ended_without_a_result(root: Path, repo: Path) -> None:
+    reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    sock = root / "empty.sock"
+    with (
+        raw_server(sock, reply),
+        Client(f"unix://{sock}") as client,
+        pytest.raises(ServerUnavailable) as err,
+    ):
+        list(client.exec_stream(repo, ["true"]))
+    assert "closed the stream before the run ended" in err.value.message
+
+
+def test_tcp_endpoint(fake: FakeService, repo: Path) -> None:
+    address = ListenAddress(scheme="tcp", host="127.0.0.1", port=0)
+    with ServerThread(fake, address) as server, Client(server.url) as client:
+        assert client.health().ok
+        assert client.exec(repo, ["sh", "-c", "echo tcp"]).stdout == "tcp\n"
+        kinds = [type(e) for e in client.exec_stream(repo, ["true"])]
+    assert kinds[0] is RunStarted
+    assert kinds[-1] is RunExit
+
+
+def test_sync_client_import_is_light() -> None:
+    probe = (
+        "import sys\n"
+        "import cleanroom.client\n"
+        "heavy = ('httpx', 'httpcore', 'anyio', 'rich', 'click', 'pydantic', 'fastapi')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "from cleanroom.client import AsyncClient\n"
+        "print(AsyncClient.__name__, 'httpx' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["[]", "AsyncClient True"]

@@ -250,18 +250,71 @@ def test_serve_refuses_remote_tcp_without_flag(env: dict[str, str]) -> None:
     assert "--allow-remote" in done.stderr.decode()
 
 
-def test_exec_does_not_import_the_server_stack(host: str, repo: Path, env: dict[str, str]) -> None:
+# What `cleanroom exec` must not load: its start-up is part of every run's latency.
+EXEC_MUST_NOT_IMPORT = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "rich",
+    "cleanroom.images",
+    "cleanroom.policy",
+    "cleanroom.server",
+    "httpx",
+    "pydantic",
+    "typer",
+)
+
+
+def test_exec_imports_only_what_it_needs(host: str, repo: Path, env: dict[str, str]) -> None:
     probe = (
         "import sys\n"
         "from cleanroom.cli.app import main\n"
         f"sys.argv = ['cleanroom', 'exec', '--host', {host!r}, '-c', {str(repo)!r}, '--', 'true']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print(code, sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))\n"
+        f"print(code, sorted(m for m in {EXEC_MUST_NOT_IMPORT!r} if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, timeout=60, check=False
     )
-    assert done.stdout.decode().split("\n")[0] == "0 []"
+    assert done.stdout.decode().split("\n")[0] == "0 []", done.stderr
+
+
+def test_help_lists_every_command(env: dict[str, str]) -> None:
+    done = cli("--help", env=env)
+    assert done.returncode == 0
+    listed = done.stdout.decode()
+    for command in (
+        "exec",
+        "doctor",
+        "serve",
+        "launch",
+        "run",
+        "terminate",
+        "ls",
+        "status",
+        "policy",
+        "image",
+    ):
+        assert f"\n    {command} " in listed or f"\n    {command}\n" in listed, command
+    assert cli(env=env).returncode == 2  # no command: the help, as a usage error
+    version = cli("--version", env=env)
+    assert (version.returncode, version.stdout) == (0, b"cleanroom 0.1.0\n")
+
+
+def test_usage_errors_exit_2(env: dict[str, str], repo: Path) -> None:
+    missing = cli("exec", "--host", "unix:///nonexistent", env=env)
+    assert missing.returncode == 2
+    assert b"missing the command" in missing.stderr
+    assert cli("status", env=env).returncode == 2  # --run-id is required
+    assert cli("image", "prune", "--keep", "-1", env=env).returncode == 2
+    assert cli("frobnicate", env=env).returncode == 2
+
+
+def test_exec_takes_options_after_the_command_as_the_commands(
+    host: str, repo: Path, env: dict[str, str]
+) -> None:
+    done = cli("exec", "--host", host, "-c", str(repo), "echo", "--json", "-c", env=env)
+    assert (done.returncode, done.stdout) == (0, b"--json -c\n")
 
 
 def test_help_mentions_loopback(env: dict[str, str]) -> None:

@@ -4,11 +4,15 @@ Results are frozen dataclasses (``LaunchResult``, and the service's
 ``RunResult``, ``CleanroomInfo``, ``DoctorCheck``); streamed runs yield the
 service's ``RunStarted``/``RunOutput``/``RunExit`` events; errors are raised as
 the :mod:`cleanroom.errors` class matching the server's error code.
+
+``Client`` speaks HTTP through the standard library (fast to import, for the
+CLI); ``AsyncClient`` through httpx, loaded on first use.
 """
 
 from __future__ import annotations
 
-from cleanroom.client._async import AsyncClient
+from typing import TYPE_CHECKING, Any
+
 from cleanroom.client._sync import Client
 from cleanroom.client._wire import (
     HOST_ENV,
@@ -18,6 +22,9 @@ from cleanroom.client._wire import (
     LaunchResult,
     resolve_endpoint,
 )
+
+if TYPE_CHECKING:
+    from cleanroom.client._async import AsyncClient
 
 __all__ = [
     "HOST_ENV",
@@ -29,3 +36,13 @@ __all__ = [
     "LaunchResult",
     "resolve_endpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio client runs on httpx, whose import costs more than the rest
+    # of a CLI process; load it only when asked for.
+    if name == "AsyncClient":
+        from cleanroom.client._async import AsyncClient  # noqa: PLC0415
+
+        return AsyncClient
+    raise AttributeError(name)

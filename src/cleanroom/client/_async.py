@@ -23,7 +23,6 @@ from cleanroom.client._wire import (
     connection_error,
     error_from_body,
     launch_body,
-    long_timeout,
     parse_cleanroom,
     parse_doctor,
     parse_launch,
@@ -31,9 +30,15 @@ from cleanroom.client._wire import (
     precheck,
     resolve_endpoint,
 )
+from cleanroom.errors import ServerUnavailable
 from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
 
 __all__ = ["AsyncClient"]
+
+
+def _long_timeout(connect: float) -> httpx.Timeout:
+    """No read limit (runs take minutes), bounded connect/write/pool waits."""
+    return httpx.Timeout(connect, read=None)
 
 
 class AsyncClient:
@@ -78,16 +83,25 @@ class AsyncClient:
     ) -> None:
         await self.aclose()
 
+    def _unavailable(self, exc: httpx.TransportError) -> ServerUnavailable:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            kind = "connect"
+        elif isinstance(exc, httpx.TimeoutException):
+            kind = "timeout"
+        else:
+            kind = "lost"
+        return connection_error(self.endpoint, kind, str(exc) or type(exc).__name__)
+
     async def _request(
         self, method: str, path: str, *, json: Any = None, long: bool = False
     ) -> dict[str, Any]:
-        timeout = long_timeout(self._timeout) if long else self._timeout
+        timeout = _long_timeout(self._timeout) if long else self._timeout
         precheck(self.endpoint)
         try:
             response = await self._http.request(method, path, json=json, timeout=timeout)
         except httpx.TransportError as exc:
-            raise connection_error(self.endpoint, exc) from exc
-        return check(response)
+            raise self._unavailable(exc) from exc
+        return check(response.status_code, response.content)
 
     async def health(self) -> Health:
         """``GET /healthz``."""
@@ -173,7 +187,7 @@ class AsyncClient:
                 path,
                 json=body,
                 headers={"accept": NDJSON},
-                timeout=long_timeout(self._timeout),
+                timeout=_long_timeout(self._timeout),
             ) as response:
                 if response.status_code >= 400:
                     raise error_from_body(response.status_code, await response.aread())
@@ -182,5 +196,5 @@ class AsyncClient:
                     if event is not None:
                         yield event
         except httpx.TransportError as exc:
-            raise connection_error(self.endpoint, exc) from exc
+            raise self._unavailable(exc) from exc
         state.ended(self.endpoint)

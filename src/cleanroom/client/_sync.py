@@ -1,4 +1,4 @@
-"""The synchronous client."""
+"""The synchronous client (over the standard library's HTTP; see ``_http``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
+from cleanroom.client._http import Failure, Response, open_request
 from cleanroom.client._wire import (
     DEFAULT_TIMEOUT,
     NDJSON,
@@ -23,7 +22,6 @@ from cleanroom.client._wire import (
     connection_error,
     error_from_body,
     launch_body,
-    long_timeout,
     parse_cleanroom,
     parse_doctor,
     parse_launch,
@@ -50,22 +48,9 @@ class Client:
     def __init__(self, host: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.endpoint: Endpoint = resolve_endpoint(host)
         self._timeout = timeout
-        # Plain HTTP (unix socket or http://) needs no TLS context, and building
-        # one (loading the CA bundle) costs ~100 ms of every CLI command.
-        transport = (
-            None
-            if self.endpoint.tls
-            else httpx.HTTPTransport(
-                uds=str(self.endpoint.uds) if self.endpoint.uds else None, verify=False
-            )
-        )
-        self._http = httpx.Client(
-            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
-        )
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Release the client (each request has its own connection: nothing stays open)."""
 
     def __enter__(self) -> Client:
         return self
@@ -78,16 +63,33 @@ class Client:
     ) -> None:
         self.close()
 
+    def _open(
+        self, method: str, path: str, body: Any, *, long: bool, accept: str = "application/json"
+    ) -> Response:
+        precheck(self.endpoint)
+        try:
+            return open_request(
+                self.endpoint.base_url,
+                self.endpoint.uds,
+                method,
+                path,
+                json_body=body,
+                accept=accept,
+                connect_timeout=self._timeout,
+                read_timeout=None if long else self._timeout,
+            )
+        except Failure as exc:
+            raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
+
     def _request(
         self, method: str, path: str, *, json: Any = None, long: bool = False
     ) -> dict[str, Any]:
-        timeout = long_timeout(self._timeout) if long else self._timeout
-        precheck(self.endpoint)
-        try:
-            response = self._http.request(method, path, json=json, timeout=timeout)
-        except httpx.TransportError as exc:
-            raise connection_error(self.endpoint, exc) from exc
-        return check(response)
+        with self._open(method, path, json, long=long) as response:
+            try:
+                content = response.read()
+            except Failure as exc:
+                raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
+        return check(response.status, content)
 
     def health(self) -> Health:
         """``GET /healthz``."""
@@ -164,21 +166,14 @@ class Client:
 
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:
         state = StreamState()
-        precheck(self.endpoint)
-        try:
-            with self._http.stream(
-                "POST",
-                path,
-                json=body,
-                headers={"accept": NDJSON},
-                timeout=long_timeout(self._timeout),
-            ) as response:
-                if response.status_code >= 400:
-                    raise error_from_body(response.status_code, response.read())
-                for line in response.iter_lines():
+        with self._open("POST", path, body, long=True, accept=NDJSON) as response:
+            try:
+                if response.status >= 400:
+                    raise error_from_body(response.status, response.read())
+                for line in response.lines():
                     event = state.event(line)
                     if event is not None:
                         yield event
-        except httpx.TransportError as exc:
-            raise connection_error(self.endpoint, exc) from exc
+            except Failure as exc:
+                raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
         state.ended(self.endpoint)

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from cleanroom.errors import CleanroomError, InvalidRequest, ServerUnavailable, error_class_for_code
 from cleanroom.paths import default_socket_path
 from cleanroom.service.types import (
@@ -111,11 +109,6 @@ class DoctorReport:
     checks: tuple[DoctorCheck, ...]
 
 
-def long_timeout(connect: float) -> httpx.Timeout:
-    """No read limit (runs take minutes), bounded connect/write/pool waits."""
-    return httpx.Timeout(connect, read=None)
-
-
 def options_body(options: LaunchOptions | None) -> dict[str, Any] | None:
     """The ``options`` object of a launch or exec request."""
     if options is None:
@@ -150,11 +143,12 @@ def command_list(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
-def connection_error(endpoint: Endpoint, exc: Exception) -> ServerUnavailable:
-    """The error for an unreachable or vanished server."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+def connection_error(endpoint: Endpoint, kind: str, cause: str) -> ServerUnavailable:
+    """The error for an unreachable (``kind`` ``connect``), silent (``timeout``) or
+    vanished (anything else) server; ``cause`` says what the transport saw."""
+    if kind == "connect":
         message = f"no cleanroom server answers at {endpoint.url}"
-    elif isinstance(exc, httpx.TimeoutException):
+    elif kind == "timeout":
         message = f"the server at {endpoint.url} did not answer in time"
     else:
         message = f"the connection to the server at {endpoint.url} was lost"
@@ -162,7 +156,7 @@ def connection_error(endpoint: Endpoint, exc: Exception) -> ServerUnavailable:
         message,
         details={
             "address": endpoint.url,
-            "cause": str(exc) or type(exc).__name__,
+            "cause": cause,
             "hint": "start one with `cleanroom serve`",
         },
     )
@@ -171,11 +165,11 @@ def connection_error(endpoint: Endpoint, exc: Exception) -> ServerUnavailable:
 def precheck(endpoint: Endpoint) -> None:
     """Fail fast (``ServerUnavailable``) when the endpoint's unix socket does not exist.
 
-    Besides being quicker, this avoids a socket leak in httpcore, which does not
-    close its unix socket when connecting fails.
+    Besides being quicker, this avoids a socket leak in httpcore (the asyncio
+    client's transport), which does not close its unix socket when connecting fails.
     """
     if endpoint.uds is not None and not endpoint.uds.exists():
-        raise connection_error(endpoint, httpx.ConnectError(f"{endpoint.uds} does not exist"))
+        raise connection_error(endpoint, "connect", f"{endpoint.uds} does not exist")
 
 
 def error_from_body(status: int, content: bytes) -> CleanroomError:
@@ -190,12 +184,12 @@ def error_from_body(status: int, content: bytes) -> CleanroomError:
     return error_class_for_code(code)(message, details=dict(details))
 
 
-def check(response: httpx.Response) -> dict[str, Any]:
+def check(status: int, content: bytes) -> dict[str, Any]:
     """The JSON body of a successful response; raises the server's error otherwise."""
-    if response.status_code >= 400:
-        raise error_from_body(response.status_code, response.content)
+    if status >= 400:
+        raise error_from_body(status, content)
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError as exc:
         raise CleanroomError("the server sent a response that is not JSON") from exc
     if not isinstance(body, dict):
@@ -263,7 +257,7 @@ class StreamState:
         self.run_id: str | None = None
         self.finished = False
 
-    def event(self, line: str) -> RunEvent | None:
+    def event(self, line: str | bytes) -> RunEvent | None:
         """The event on ``line`` (``None`` for blank lines); raises the ``error`` event."""
         if not line.strip():
             return None
