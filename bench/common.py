@@ -93,12 +93,15 @@ class Server:
 
 
 @contextmanager
-def serve(home: Path, *, pool_size: int, accel: str) -> Iterator[Server]:
+def serve(
+    home: Path, *, pool_size: int, accel: str, launch_seconds: float = 60
+) -> Iterator[Server]:
     """Start ``cleanroom serve`` with its own config (pool size, accel) and socket."""
     config_home = home / "config"
     (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
     (config_home / "cleanroom" / "config.yaml").write_text(
-        f"pool: {{size: {pool_size}}}\nbackends: {{qemu: {{accel: {accel}}}}}\n"
+        f"pool: {{size: {pool_size}}}\n"
+        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}}}}}\n"
     )
     sock = home / "cleanroom.sock"
     env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
