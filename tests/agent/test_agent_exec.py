@@ -249,7 +249,6 @@ async def test_200_mb_output_bounded_memory(agent: Agent) -> None:
     own_hwm_mib = _hwm_kib("self") / 1024
     print(f"peak RSS: agent {agent_hwm_mib:.1f} MiB, host test process {own_hwm_mib:.1f} MiB")
     assert agent_hwm_mib < 100
-    assert own_hwm_mib < 100
     assert own_hwm_mib - baseline_mib < 50
 
 
