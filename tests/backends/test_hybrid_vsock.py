@@ -37,7 +37,7 @@ async def peer(path: Path, handler: Handler) -> AsyncIterator[list[bytes]]:
     finally:
         server.close()
         await server.wait_closed()
-        path.unlink(missing_ok=True)  # noqa: ASYNC240 - a tiny local unlink in teardown
+        path.unlink(missing_ok=True)
 
 
 async def echo_after_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
