@@ -1,13 +1,22 @@
-"""Host TSC frequency detection (pure parsers plus the real host)."""
+"""Host facts: TSC frequency (pure parsers plus the real host), KVM, VMM versions."""
 
 from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
 
 from cleanroom.backends.hostinfo import (
     host_kvm_identity,
     host_tsc_khz,
     parse_cpuinfo_tsc_khz,
     parse_dmesg_tsc_khz,
+    vmm_version,
 )
+from cleanroom.backends.qemu import qemu_version
+from cleanroom.errors import BackendUnavailable
 
 DMESG = """\
 [    0.000019] tsc: Detected 2100.000 MHz processor
@@ -46,3 +55,35 @@ def test_kvm_identity_names_kernel_and_device() -> None:
     identity = host_kvm_identity()
     if identity is not None:
         assert "|kvm:" in identity
+
+
+_SEMVER = re.compile(r"Tool\s+v?([0-9][^\s]*)")
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "tool"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_vmm_version_from_stdout_or_stderr(tmp_path: Path) -> None:
+    assert vmm_version(_script(tmp_path, 'echo "Tool v1.2.3"'), _SEMVER) == "1.2.3"
+    assert vmm_version(_script(tmp_path, 'echo "Tool 4.5" >&2'), _SEMVER) == "4.5"
+
+
+def test_vmm_version_failures_are_backend_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="broken") as info:
+        vmm_version(_script(tmp_path, 'echo "Tool v1.0"; echo broken >&2; exit 3'), _SEMVER)
+    assert info.value.details == {"binary": str(tmp_path / "tool")}
+    with pytest.raises(BackendUnavailable, match="--version failed"):
+        vmm_version(_script(tmp_path, "echo no version here"), _SEMVER)
+    with pytest.raises(BackendUnavailable, match="cannot run"):
+        vmm_version(str(tmp_path / "missing"), _SEMVER)
+
+
+def test_qemu_version_of_the_installed_qemu() -> None:
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 not installed")
+    assert re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?\S*", qemu_version(binary))

@@ -1,4 +1,5 @@
-"""Facts about the host that VMM command lines depend on (TSC frequency, KVM).
+"""Facts about the host that VMM command lines depend on (TSC frequency, KVM,
+the VMM binary's version).
 
 Parsing is pure (``parse_*`` take text); reading the host is cached per process
 because the answers do not change while the server runs.
@@ -13,11 +14,14 @@ import re
 import subprocess
 from pathlib import Path
 
+from cleanroom.errors import BackendUnavailable
+
 __all__ = [
     "host_kvm_identity",
     "host_tsc_khz",
     "parse_cpuinfo_tsc_khz",
     "parse_dmesg_tsc_khz",
+    "vmm_version",
 ]
 
 KVM_DEVICE = Path("/dev/kvm")
@@ -95,3 +99,26 @@ def host_kvm_identity() -> str | None:
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return None
     return f"{platform.release()}|kvm:{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def vmm_version(binary: str, pattern: re.Pattern[str]) -> str:
+    """Group 1 of ``pattern`` searched in ``binary --version``'s stdout, then stderr.
+
+    Raises ``BackendUnavailable`` (details: ``binary``) if the binary cannot be
+    run, exits non-zero, or prints nothing that matches.
+    """
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BackendUnavailable(
+            f"cannot run {binary} --version: {exc}", details={"binary": binary}
+        ) from exc
+    found = pattern.search(done.stdout) or pattern.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise BackendUnavailable(
+            f"{binary} --version failed: {done.stderr.strip() or done.stdout.strip()}",
+            details={"binary": binary},
+        )
+    return found.group(1)

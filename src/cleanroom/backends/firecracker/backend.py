@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
-from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity
+from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity, vmm_version
 from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
@@ -76,21 +75,7 @@ def firecracker_verdict_key(kvm_identity: str, version: str, image_digest: str) 
 
 
 def _firecracker_version(binary: str) -> str:
-    try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BackendUnavailable(
-            f"cannot run {binary} --version: {exc}", details={"binary": binary}
-        ) from exc
-    found = _VERSION.search(done.stdout + done.stderr)
-    if done.returncode != 0 or found is None:
-        raise BackendUnavailable(
-            f"{binary} --version failed: {(done.stderr or done.stdout).strip()}",
-            details={"binary": binary},
-        )
-    return found.group(1)
+    return vmm_version(binary, _VERSION)
 
 
 class FirecrackerBackend:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
-from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity, host_tsc_khz
+from cleanroom.backends.hostinfo import (
+    KVM_DEVICE,
+    host_kvm_identity,
+    host_tsc_khz,
+    vmm_version,
+)
 from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
@@ -35,21 +39,7 @@ _VERSION = re.compile(r"version\s+([0-9][^\s(]*)")
 
 def qemu_version(binary: str) -> str:
     """``X.Y.Z`` from ``binary --version``; ``BackendUnavailable`` if it does not run."""
-    try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BackendUnavailable(
-            f"cannot run {binary} --version: {exc}", details={"binary": binary}
-        ) from exc
-    found = _VERSION.search(done.stdout)
-    if done.returncode != 0 or found is None:
-        raise BackendUnavailable(
-            f"{binary} --version failed: {done.stderr.strip() or done.stdout.strip()}",
-            details={"binary": binary},
-        )
-    return found.group(1)
+    return vmm_version(binary, _VERSION)
 
 
 class QemuBackend:
