@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.firecracker.config import (
@@ -26,9 +21,17 @@ from cleanroom.backends.firecracker.vsock import (
     HybridVsockTimeout,
     connect_hybrid_vsock,
 )
-from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefix
-from cleanroom.backends.rootfs import RootfsMethod, prepare_rootfs, remove_rootfs
-from cleanroom.backends.workspace_disk import create_workspace_disk, remove_workspace_disk
+from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
+from cleanroom.backends.rootfs import RootfsMethod
+from cleanroom.backends.vmguest import (
+    CONSOLE_LOG_NAME,
+    PLAN_FILE_NAME,
+    VMM_LOG_NAME,
+    RunDisks,
+    VmGuest,
+    prepare_run_disks,
+    removing_disks_on_failure,
+)
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = ["FIRECRACKER_ROOTFS_METHODS", "FirecrackerGuest", "FirecrackerMachine"]
@@ -51,24 +54,14 @@ class FirecrackerMachine:
     debug: bool = False
 
 
-class FirecrackerGuest:
+class FirecrackerGuest(VmGuest):
     """A running Firecracker guest; implements ``cleanroom.backends.base.Guest``."""
 
     def __init__(
-        self,
-        *,
-        spec: GuestSpec,
-        process: VmmProcess,
-        agent_port: int,
-        timings: dict[str, Any],
+        self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks, agent_port: int
     ) -> None:
-        self._spec = spec
-        self._process = process
+        super().__init__(spec=spec, process=process, disks=disks)
         self._agent_port = agent_port
-        self._timings = timings
-        self._spawned_at = time.monotonic()
-        self._writer: asyncio.StreamWriter | None = None
-        self._destroyed = False
 
     @classmethod
     async def start(cls, machine: FirecrackerMachine, spec: GuestSpec) -> FirecrackerGuest:
@@ -77,15 +70,9 @@ class FirecrackerGuest:
         Raises ``RuntimeLaunchFailed``; on failure the per-run disk is removed.
         """
         run_dir = spec.run_dir
-        rootfs = await asyncio.to_thread(
-            prepare_rootfs, machine.rootfs, run_dir, FIRECRACKER_ROOTFS_METHODS
-        )
-        try:
-            ws_disk = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
-        except BaseException:
-            remove_rootfs(run_dir)
-            raise
-        try:
+        disks = await prepare_run_disks(spec, machine.rootfs, FIRECRACKER_ROOTFS_METHODS)
+        rootfs = disks.rootfs
+        with removing_disks_on_failure(run_dir, "Firecracker"):
             launch = FirecrackerLaunch(
                 vmlinux=machine.vmlinux,
                 initrd=machine.initrd,
@@ -94,7 +81,7 @@ class FirecrackerGuest:
                 memory_mib=machine.memory_mib,
                 guest_cid=machine.guest_cid,
                 network=spec.network,
-                workspace_disk=ws_disk.path,
+                workspace_disk=disks.workspace.path,
                 debug=machine.debug,
             )
             config = build_config(launch)
@@ -114,67 +101,20 @@ class FirecrackerGuest:
                     "base": str(machine.rootfs),
                 },
             }
-            (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+            (run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
             for stale in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
                 (run_dir / stale).unlink(missing_ok=True)
             process = VmmProcess.spawn(
                 argv,
-                stdout=run_dir / "console.log",
-                stderr=run_dir / "vmm.log",
+                stdout=run_dir / CONSOLE_LOG_NAME,
+                stderr=run_dir / VMM_LOG_NAME,
                 cwd=run_dir,
             )
-        except BaseException as exc:
-            remove_rootfs(run_dir)
-            remove_workspace_disk(run_dir)
-            if isinstance(exc, OSError):
-                raise RuntimeLaunchFailed(f"could not start Firecracker: {exc}") from exc
-            raise
-        timings: dict[str, Any] = {
-            "rootfs_method": rootfs.method,
-            "rootfs_prepare_ms": rootfs.prepare_ms,
-            "vmm_start_ms": process.start_ms,
-            "workspace_disk_ms": ws_disk.prepare_ms,
-            "workspace_seeded": ws_disk.seeded,
-        }
-        return cls(spec=spec, process=process, agent_port=launch.agent_port, timings=timings)
+        return cls(spec=spec, process=process, disks=disks, agent_port=launch.agent_port)
 
     @property
     def isolation(self) -> Isolation:
         return "firecracker-kvm"
-
-    @property
-    def plan_path(self) -> Path:
-        return self._spec.run_dir / "plan.json"
-
-    @property
-    def console_path(self) -> Path:
-        return self._spec.run_dir / "console.log"
-
-    @property
-    def timings(self) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self._timings))
-
-    @property
-    def pid(self) -> int:
-        """The Firecracker process id."""
-        return self._process.pid
-
-    def console_tail(self, lines: int = 20) -> list[str]:
-        return console_tail(self.console_path, lines)
-
-    def exited(self) -> int | None:
-        return self._process.exited()
-
-    def _failed(self, message: str) -> RuntimeLaunchFailed:
-        return RuntimeLaunchFailed(
-            message,
-            details={
-                "run_id": self._spec.run_id,
-                "console_tail": self.console_tail(),
-                "vmm_log_tail": console_tail(self._spec.run_dir / "vmm.log", 10),
-                "exit_status": self._process.exited(),
-            },
-        )
 
     async def open_channel(
         self, deadline: float
@@ -197,19 +137,10 @@ class FirecrackerGuest:
         except HybridVsockError as exc:
             await self._process.wait_exit(1.0)
             raise self._failed(f"guest agent channel failed: {exc}") from exc
-        self._timings["channel_ready_ms"] = round((time.monotonic() - self._spawned_at) * 1000, 3)
-        self._writer = writer
+        self._channel_opened(writer)
         return reader, writer
 
-    async def destroy(self) -> None:
-        """Kill Firecracker by PID, reap it, remove its sockets and the per-run disk."""
-        self._destroyed = True
-        await self._process.kill()
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._writer.wait_closed()
+    async def _release_vmm_handles(self) -> None:
+        """Remove Firecracker's API and vsock sockets from the run directory."""
         for name in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
             (self._spec.run_dir / name).unlink(missing_ok=True)
-        remove_rootfs(self._spec.run_dir)
-        remove_workspace_disk(self._spec.run_dir)

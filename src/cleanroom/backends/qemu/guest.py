@@ -8,25 +8,24 @@ written to the channel before that wait in QEMU until the agent reads them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 from cleanroom.backends.base import GuestSpec, Isolation
-from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefix
+from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
 from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, build_argv
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
-from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
-from cleanroom.backends.workspace_disk import (
-    WorkspaceDisk,
-    create_workspace_disk,
-    remove_workspace_disk,
+from cleanroom.backends.rootfs import RootfsMethod
+from cleanroom.backends.vmguest import (
+    CONSOLE_LOG_NAME,
+    PLAN_FILE_NAME,
+    VMM_LOG_NAME,
+    RunDisks,
+    VmGuest,
+    prepare_run_disks,
+    removing_disks_on_failure,
 )
 from cleanroom.errors import RuntimeLaunchFailed
 
@@ -56,7 +55,7 @@ class QemuMachine:
     extra_kernel_args: tuple[str, ...] = ()
 
 
-class QemuGuest:
+class QemuGuest(VmGuest):
     """A running QEMU guest; implements ``cleanroom.backends.base.Guest``."""
 
     def __init__(
@@ -64,32 +63,16 @@ class QemuGuest:
         *,
         spec: GuestSpec,
         process: VmmProcess,
+        disks: RunDisks,
         qmp_sock: socket.socket,
         agent_sock: socket.socket,
-        rootfs: RootfsCopy,
         accel: Accel,
-        plan_path: Path,
-        console_path: Path,
-        workspace_disk: WorkspaceDisk | None = None,
     ) -> None:
-        self._spec = spec
-        self._process = process
+        super().__init__(spec=spec, process=process, disks=disks)
         self._qmp_sock: socket.socket | None = qmp_sock
         self._agent_sock: socket.socket | None = agent_sock
         self._qmp: QmpClient | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self._accel = accel
-        self._plan_path = plan_path
-        self._console_path = console_path
-        self._timings: dict[str, Any] = {
-            "rootfs_method": rootfs.method,
-            "rootfs_prepare_ms": rootfs.prepare_ms,
-            "vmm_start_ms": process.start_ms,
-            "workspace_disk_ms": workspace_disk.prepare_ms if workspace_disk else None,
-            "workspace_seeded": workspace_disk.seeded if workspace_disk else False,
-        }
-        self._spawned_at = time.monotonic()
-        self._destroyed = False
 
     @classmethod
     async def start(cls, machine: QemuMachine, spec: GuestSpec) -> QemuGuest:
@@ -99,68 +82,60 @@ class QemuGuest:
         the per-run disk is removed.
         """
         run_dir = spec.run_dir
-        rootfs = await asyncio.to_thread(
-            prepare_rootfs, machine.rootfs, run_dir, QEMU_ROOTFS_METHODS, qemu_img=machine.qemu_img
+        disks = await prepare_run_disks(
+            spec, machine.rootfs, QEMU_ROOTFS_METHODS, qemu_img=machine.qemu_img
         )
-        try:
-            ws_disk = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
-        except BaseException:
-            remove_rootfs(run_dir)
-            raise
+        rootfs = disks.rootfs
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        console_path = run_dir / "console.log"
-        plan_path = run_dir / "plan.json"
+        console_path = run_dir / CONSOLE_LOG_NAME
         try:
-            launch = QemuLaunch(
-                binary=machine.binary,
-                kernel=machine.kernel,
-                initrd=machine.initrd,
-                rootfs=rootfs.path,
-                rootfs_format=rootfs.format,
-                console_log=console_path,
-                agent_fd=agent_vm.fileno(),
-                qmp_fd=qmp_vm.fileno(),
-                accel=machine.accel,
-                vcpus=machine.vcpus,
-                memory_mib=machine.memory_mib,
-                tsc_khz=machine.tsc_khz,
-                network=spec.network,
-                workspace_disk=ws_disk.path,
-                debug=machine.debug,
-                extra_kernel_args=machine.extra_kernel_args,
-            )
-            argv = build_argv(launch, prefix=pdeathsig_prefix())
-            plan = {
-                "backend": "qemu",
-                "run_id": spec.run_id,
-                "isolation": f"qemu-{machine.accel}",
-                "argv": argv,
-                "inherited_fds": {
-                    str(launch.qmp_fd): "QMP monitor (socketpair)",
-                    str(launch.agent_fd): "agent channel (socketpair)",
-                },
-                "rootfs": {
-                    "path": str(rootfs.path),
-                    "method": rootfs.method,
-                    "base": str(machine.rootfs),
-                },
-            }
-            plan_path.write_text(json.dumps(plan, indent=2) + "\n")
-            console_path.touch()
-            process = VmmProcess.spawn(
-                argv,
-                stdout=run_dir / "vmm.log",
-                stderr=run_dir / "vmm.log",
-                pass_fds=(launch.qmp_fd, launch.agent_fd),
-            )
-        except BaseException as exc:
-            for sock in (qmp_host, agent_host):
-                sock.close()
-            remove_rootfs(run_dir)
-            remove_workspace_disk(run_dir)
-            if isinstance(exc, OSError):
-                raise RuntimeLaunchFailed(f"could not start QEMU: {exc}") from exc
+            with removing_disks_on_failure(run_dir, "QEMU"):
+                launch = QemuLaunch(
+                    binary=machine.binary,
+                    kernel=machine.kernel,
+                    initrd=machine.initrd,
+                    rootfs=rootfs.path,
+                    rootfs_format=rootfs.format,
+                    console_log=console_path,
+                    agent_fd=agent_vm.fileno(),
+                    qmp_fd=qmp_vm.fileno(),
+                    accel=machine.accel,
+                    vcpus=machine.vcpus,
+                    memory_mib=machine.memory_mib,
+                    tsc_khz=machine.tsc_khz,
+                    network=spec.network,
+                    workspace_disk=disks.workspace.path,
+                    debug=machine.debug,
+                    extra_kernel_args=machine.extra_kernel_args,
+                )
+                argv = build_argv(launch, prefix=pdeathsig_prefix())
+                plan = {
+                    "backend": "qemu",
+                    "run_id": spec.run_id,
+                    "isolation": f"qemu-{machine.accel}",
+                    "argv": argv,
+                    "inherited_fds": {
+                        str(launch.qmp_fd): "QMP monitor (socketpair)",
+                        str(launch.agent_fd): "agent channel (socketpair)",
+                    },
+                    "rootfs": {
+                        "path": str(rootfs.path),
+                        "method": rootfs.method,
+                        "base": str(machine.rootfs),
+                    },
+                }
+                (run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
+                console_path.touch()
+                process = VmmProcess.spawn(
+                    argv,
+                    stdout=run_dir / VMM_LOG_NAME,
+                    stderr=run_dir / VMM_LOG_NAME,
+                    pass_fds=(launch.qmp_fd, launch.agent_fd),
+                )
+        except BaseException:
+            qmp_host.close()
+            agent_host.close()
             raise
         finally:
             qmp_vm.close()
@@ -168,54 +143,15 @@ class QemuGuest:
         return cls(
             spec=spec,
             process=process,
+            disks=disks,
             qmp_sock=qmp_host,
             agent_sock=agent_host,
-            rootfs=rootfs,
             accel=machine.accel,
-            plan_path=plan_path,
-            console_path=console_path,
-            workspace_disk=ws_disk,
         )
 
     @property
     def isolation(self) -> Isolation:
         return "qemu-kvm" if self._accel == "kvm" else "qemu-tcg"
-
-    @property
-    def plan_path(self) -> Path:
-        return self._plan_path
-
-    @property
-    def console_path(self) -> Path:
-        return self._console_path
-
-    @property
-    def timings(self) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self._timings))
-
-    @property
-    def pid(self) -> int:
-        """The QEMU process id."""
-        return self._process.pid
-
-    def console_tail(self, lines: int = 20) -> list[str]:
-        return console_tail(self._console_path, lines)
-
-    def exited(self) -> int | None:
-        return self._process.exited()
-
-    def _failed(self, message: str, **details: Any) -> RuntimeLaunchFailed:
-        vmm_log = console_tail(self._spec.run_dir / "vmm.log", 10)
-        return RuntimeLaunchFailed(
-            message,
-            details={
-                "run_id": self._spec.run_id,
-                "console_tail": self.console_tail(),
-                "vmm_log_tail": vmm_log,
-                "exit_status": self._process.exited(),
-                **details,
-            },
-        )
 
     async def _exit_failure(self) -> RuntimeLaunchFailed:
         status = await self._process.wait_exit(1.0)
@@ -258,16 +194,13 @@ class QemuGuest:
             raise await self._exit_failure() from exc
         except TimeoutError as exc:
             raise self._failed(timeout_msg) from exc
-        self._timings["channel_ready_ms"] = round((time.monotonic() - self._spawned_at) * 1000, 3)
         sock, self._agent_sock = self._agent_sock, None
         reader, writer = await asyncio.open_connection(sock=sock)
-        self._writer = writer
+        self._channel_opened(writer)
         return reader, writer
 
-    async def destroy(self) -> None:
-        """Kill QEMU by PID, reap it, close its sockets and remove the per-run disk."""
-        self._destroyed = True
-        await self._process.kill()
+    async def _release_vmm_handles(self) -> None:
+        """Close the QMP client and any socket not yet handed over."""
         if self._qmp is not None:
             await self._qmp.close()
             self._qmp = None
@@ -275,10 +208,3 @@ class QemuGuest:
             if sock is not None:
                 sock.close()
         self._qmp_sock = self._agent_sock = None
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._writer.wait_closed()
-            self._writer = None
-        remove_rootfs(self._spec.run_dir)
-        remove_workspace_disk(self._spec.run_dir)

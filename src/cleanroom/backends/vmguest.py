@@ -1,0 +1,171 @@
+"""What every VMM-backed guest shares: its per-run disks, its VMM process, the
+agent stream's writer, launch timings, and failure details.
+
+A run directory holds ``plan.json`` (the launch plan), ``console.log`` (the
+guest console) and ``vmm.log`` (the VMM's own messages), whatever the VMM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cleanroom.backends.base import GuestSpec
+from cleanroom.backends.process import VmmProcess, console_tail
+from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
+from cleanroom.backends.workspace_disk import (
+    WorkspaceDisk,
+    create_workspace_disk,
+    remove_workspace_disk,
+)
+from cleanroom.errors import RuntimeLaunchFailed
+
+__all__ = [
+    "CONSOLE_LOG_NAME",
+    "PLAN_FILE_NAME",
+    "VMM_LOG_NAME",
+    "RunDisks",
+    "VmGuest",
+    "prepare_run_disks",
+    "removing_disks_on_failure",
+]
+
+PLAN_FILE_NAME = "plan.json"
+CONSOLE_LOG_NAME = "console.log"
+VMM_LOG_NAME = "vmm.log"
+
+
+@dataclass(frozen=True)
+class RunDisks:
+    """One run's private disks: the rootfs copy and the workspace disk."""
+
+    rootfs: RootfsCopy
+    workspace: WorkspaceDisk
+
+
+async def prepare_run_disks(
+    spec: GuestSpec,
+    base_rootfs: Path,
+    methods: Sequence[RootfsMethod],
+    *,
+    qemu_img: str = "qemu-img",
+) -> RunDisks:
+    """Make the run's rootfs copy and workspace disk in ``spec.run_dir``.
+
+    Raises ``RuntimeLaunchFailed``; on failure neither disk is left behind.
+    """
+    run_dir = spec.run_dir
+    rootfs = await asyncio.to_thread(
+        prepare_rootfs, base_rootfs, run_dir, methods, qemu_img=qemu_img
+    )
+    try:
+        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
+    except BaseException:
+        remove_rootfs(run_dir)
+        raise
+    return RunDisks(rootfs, workspace)
+
+
+def _remove_run_disks(run_dir: Path) -> None:
+    remove_rootfs(run_dir)
+    remove_workspace_disk(run_dir)
+
+
+@contextlib.contextmanager
+def removing_disks_on_failure(run_dir: Path, vmm: str) -> Iterator[None]:
+    """Remove the run's disks if the block raises; an ``OSError`` (writing the plan,
+    say) becomes ``RuntimeLaunchFailed`` naming ``vmm``, anything else passes as is."""
+    try:
+        yield
+    except OSError as exc:
+        _remove_run_disks(run_dir)
+        raise RuntimeLaunchFailed(f"could not start {vmm}: {exc}") from exc
+    except BaseException:
+        _remove_run_disks(run_dir)
+        raise
+
+
+class VmGuest:
+    """The VMM-independent half of a ``cleanroom.backends.base.Guest``.
+
+    Subclasses add ``isolation`` and ``open_channel`` (which calls
+    ``_channel_opened``), and release their own VMM handles in
+    ``_release_vmm_handles``.
+    """
+
+    def __init__(self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks) -> None:
+        self._spec = spec
+        self._process = process
+        self._timings: dict[str, Any] = {
+            "rootfs_method": disks.rootfs.method,
+            "rootfs_prepare_ms": disks.rootfs.prepare_ms,
+            "vmm_start_ms": process.start_ms,
+            "workspace_disk_ms": disks.workspace.prepare_ms,
+            "workspace_seeded": disks.workspace.seeded,
+        }
+        self._spawned_at = time.monotonic()
+        self._writer: asyncio.StreamWriter | None = None
+        self._destroyed = False
+
+    @property
+    def plan_path(self) -> Path:
+        return self._spec.run_dir / PLAN_FILE_NAME
+
+    @property
+    def console_path(self) -> Path:
+        return self._spec.run_dir / CONSOLE_LOG_NAME
+
+    @property
+    def timings(self) -> Mapping[str, Any]:
+        return MappingProxyType(dict(self._timings))
+
+    @property
+    def pid(self) -> int:
+        """The VMM's process id."""
+        return self._process.pid
+
+    def console_tail(self, lines: int = 20) -> list[str]:
+        return console_tail(self.console_path, lines)
+
+    def exited(self) -> int | None:
+        return self._process.exited()
+
+    def _failed(self, message: str, **details: Any) -> RuntimeLaunchFailed:
+        """A launch failure carrying the console and VMM log tails and exit status."""
+        return RuntimeLaunchFailed(
+            message,
+            details={
+                "run_id": self._spec.run_id,
+                "console_tail": self.console_tail(),
+                "vmm_log_tail": console_tail(self._spec.run_dir / VMM_LOG_NAME, 10),
+                "exit_status": self._process.exited(),
+                **details,
+            },
+        )
+
+    def _channel_opened(self, writer: asyncio.StreamWriter) -> None:
+        """Record the agent stream (closed by ``destroy``) and when it became ready."""
+        self._timings["channel_ready_ms"] = round((time.monotonic() - self._spawned_at) * 1000, 3)
+        self._writer = writer
+
+    async def _release_vmm_handles(self) -> None:
+        """Close or remove what only this VMM has (monitor sockets etc.); idempotent."""
+
+    async def destroy(self) -> None:
+        """Kill the VMM by PID, reap it, release its handles and the agent stream,
+        and remove the per-run disks; safe to call at any time, repeatedly."""
+        self._destroyed = True
+        await self._process.kill()
+        await self._release_vmm_handles()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                await self._writer.wait_closed()
+            self._writer = None
+        _remove_run_disks(self._spec.run_dir)
