@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -19,16 +18,19 @@ from cleanroom.client._wire import (
     LaunchResult,
     StreamState,
     check,
-    command_list,
     connection_error,
     error_from_body,
+    exec_body,
     launch_body,
     parse_cleanroom,
     parse_doctor,
+    parse_health,
     parse_launch,
     parse_run,
     precheck,
     resolve_endpoint,
+    run_body,
+    run_record_path,
 )
 from cleanroom.errors import ServerUnavailable
 from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
@@ -105,8 +107,7 @@ class AsyncClient:
 
     async def health(self) -> Health:
         """``GET /healthz``."""
-        body = await self._request("GET", "/healthz")
-        return Health(ok=bool(body["ok"]), version=str(body["version"]))
+        return parse_health(await self._request("GET", "/healthz"))
 
     async def launch(
         self,
@@ -123,7 +124,7 @@ class AsyncClient:
 
     async def run(self, cleanroom_id: str, command: Sequence[str]) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        body = run_body(cleanroom_id, command)
         return parse_run(await self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
 
     async def terminate(self, cleanroom_id: str) -> None:
@@ -141,7 +142,7 @@ class AsyncClient:
         options: LaunchOptions | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        body = exec_body(cwd, command, backend, options)
         return parse_run(await self._request("POST", "/v1/exec", json=body, long=True))
 
     async def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -151,7 +152,7 @@ class AsyncClient:
 
     async def run_record(self, run_id: str) -> dict[str, Any]:
         """The run's record (``run-observability.json``)."""
-        return await self._request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+        return await self._request("GET", run_record_path(run_id))
 
     async def doctor(self) -> DoctorReport:
         """The server's readiness checks."""
@@ -163,7 +164,7 @@ class AsyncClient:
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early (``aclose``) disconnects, which cancels the run.
         """
-        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        body = run_body(cleanroom_id, command)
         return self._stream("/v1/cleanrooms/run", body)
 
     def exec_stream(
@@ -175,7 +176,7 @@ class AsyncClient:
         options: LaunchOptions | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        body = exec_body(cwd, command, backend, options)
         return self._stream("/v1/exec", body)
 
     async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[RunEvent]:

@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 from cleanroom.client._http import Failure, Response, open_request
 from cleanroom.client._wire import (
@@ -18,16 +17,19 @@ from cleanroom.client._wire import (
     LaunchResult,
     StreamState,
     check,
-    command_list,
     connection_error,
     error_from_body,
+    exec_body,
     launch_body,
     parse_cleanroom,
     parse_doctor,
+    parse_health,
     parse_launch,
     parse_run,
     precheck,
     resolve_endpoint,
+    run_body,
+    run_record_path,
 )
 from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
 
@@ -93,8 +95,7 @@ class Client:
 
     def health(self) -> Health:
         """``GET /healthz``."""
-        body = self._request("GET", "/healthz")
-        return Health(ok=bool(body["ok"]), version=str(body["version"]))
+        return parse_health(self._request("GET", "/healthz"))
 
     def launch(
         self,
@@ -109,7 +110,7 @@ class Client:
 
     def run(self, cleanroom_id: str, command: Sequence[str]) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        body = run_body(cleanroom_id, command)
         return parse_run(self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
 
     def terminate(self, cleanroom_id: str) -> None:
@@ -127,7 +128,7 @@ class Client:
         options: LaunchOptions | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        body = exec_body(cwd, command, backend, options)
         return parse_run(self._request("POST", "/v1/exec", json=body, long=True))
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -137,7 +138,7 @@ class Client:
 
     def run_record(self, run_id: str) -> dict[str, Any]:
         """The run's record (``run-observability.json``)."""
-        return self._request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+        return self._request("GET", run_record_path(run_id))
 
     def doctor(self) -> DoctorReport:
         """The server's readiness checks."""
@@ -149,7 +150,7 @@ class Client:
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early disconnects, which cancels the run.
         """
-        body = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+        body = run_body(cleanroom_id, command)
         return self._stream("/v1/cleanrooms/run", body)
 
     def exec_stream(
@@ -161,7 +162,7 @@ class Client:
         options: LaunchOptions | None = None,
     ) -> Iterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+        body = exec_body(cwd, command, backend, options)
         return self._stream("/v1/exec", body)
 
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cleanroom.errors import CleanroomError, InvalidRequest, ServerUnavailable, error_class_for_code
 from cleanroom.paths import default_socket_path
@@ -143,6 +144,23 @@ def command_list(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
+def run_body(cleanroom_id: str, command: Sequence[str]) -> dict[str, Any]:
+    """A run request (``POST /v1/cleanrooms/run``)."""
+    return {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+
+
+def exec_body(
+    cwd: Path | str, command: Sequence[str], backend: str | None, options: LaunchOptions | None
+) -> dict[str, Any]:
+    """An exec request (``POST /v1/exec``): a launch request plus the command."""
+    return {**launch_body(cwd, backend, options), "command": command_list(command)}
+
+
+def run_record_path(run_id: str) -> str:
+    """The URL path of a run's record (the id quoted as one path segment)."""
+    return f"/v1/runs/{quote(run_id, safe='')}"
+
+
 def connection_error(endpoint: Endpoint, kind: str, cause: str) -> ServerUnavailable:
     """The error for an unreachable (``kind`` ``connect``), silent (``timeout``) or
     vanished (anything else) server; ``cause`` says what the transport saw."""
@@ -195,6 +213,11 @@ def check(status: int, content: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise CleanroomError("the server sent an unexpected JSON response")
     return body
+
+
+def parse_health(body: dict[str, Any]) -> Health:
+    """A ``Health`` from ``GET /healthz``."""
+    return Health(ok=bool(body["ok"]), version=str(body["version"]))
 
 
 def parse_launch(body: dict[str, Any]) -> LaunchResult:
