@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cleanroom.backends.base import GuestSpec
+from cleanroom.backends.base import Guest, GuestSpec
 from cleanroom.backends.process import VmmProcess, console_tail
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
 from cleanroom.backends.workspace_disk import (
@@ -32,6 +34,7 @@ __all__ = [
     "VMM_LOG_NAME",
     "RunDisks",
     "VmGuest",
+    "boot_canary",
     "prepare_run_disks",
     "removing_disks_on_failure",
 ]
@@ -169,3 +172,33 @@ class VmGuest:
                 await self._writer.wait_closed()
             self._writer = None
         _remove_run_disks(self._spec.run_dir)
+
+
+async def boot_canary(
+    start: Callable[[GuestSpec], Awaitable[Guest]], *, name: str, label: str, seconds: float
+) -> tuple[bool, str]:
+    """Boot one throwaway guest (run id ``name``, in a temporary run directory)
+    until its agent channel opens, within ``seconds``.
+
+    Returns ``(True, how long it took)`` or ``(False, why not)``, the reason
+    naming ``label`` and the last console or VMM log line. The guest and its
+    directory are always removed. Errors other than ``RuntimeLaunchFailed`` propagate.
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix=f"cleanroom-{name}-"))
+    guest: Guest | None = None
+    started = time.monotonic()
+    try:
+        guest = await start(GuestSpec(name, run_dir, seconds))
+        loop = asyncio.get_running_loop()
+        await guest.open_channel(loop.time() + seconds)
+    except RuntimeLaunchFailed as exc:
+        tail = exc.details.get("console_tail") or exc.details.get("vmm_log_tail") or []
+        last = f" (last output: {tail[-1]})" if tail else ""
+        return False, f"{label} canary failed: {exc.message}{last}"
+    else:
+        ms = round((time.monotonic() - started) * 1000)
+        return True, f"guest agent ready under {label} in {ms} ms"
+    finally:
+        if guest is not None:
+            await guest.destroy()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,12 +15,12 @@ from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity, vmm_versi
 from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
+from cleanroom.backends.vmguest import boot_canary
 from cleanroom.config import FirecrackerConfig
 from cleanroom.errors import (
     BackendUnavailable,
     CleanroomError,
     ImageUnavailable,
-    RuntimeLaunchFailed,
 )
 from cleanroom.images import GuestImage, verify_image
 from cleanroom.service.types import DoctorCheck
@@ -121,26 +119,12 @@ class FirecrackerBackend:
         )
 
     async def _canary(self, machine: FirecrackerMachine) -> tuple[bool, str]:
-        run_dir = Path(tempfile.mkdtemp(prefix="cleanroom-fc-canary-"))
-        guest: FirecrackerGuest | None = None
-        started = time.monotonic()
-        try:
-            guest = await FirecrackerGuest.start(
-                machine, GuestSpec("fc-canary", run_dir, FIRECRACKER_CANARY_SECONDS)
-            )
-            loop = asyncio.get_running_loop()
-            await guest.open_channel(loop.time() + FIRECRACKER_CANARY_SECONDS)
-        except RuntimeLaunchFailed as exc:
-            tail = exc.details.get("console_tail") or exc.details.get("vmm_log_tail") or []
-            last = f" (last output: {tail[-1]})" if tail else ""
-            return False, f"firecracker canary failed: {exc.message}{last}"
-        else:
-            ms = round((time.monotonic() - started) * 1000)
-            return True, f"guest agent ready under firecracker in {ms} ms"
-        finally:
-            if guest is not None:
-                await guest.destroy()
-            shutil.rmtree(run_dir, ignore_errors=True)
+        return await boot_canary(
+            lambda spec: FirecrackerGuest.start(machine, spec),
+            name="fc-canary",
+            label="firecracker",
+            seconds=FIRECRACKER_CANARY_SECONDS,
+        )
 
     async def prepare(self) -> Capabilities:
         async with self._lock:

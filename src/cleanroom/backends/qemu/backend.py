@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
@@ -21,8 +19,9 @@ from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
+from cleanroom.backends.vmguest import boot_canary
 from cleanroom.config import QemuConfig
-from cleanroom.errors import BackendUnavailable, CleanroomError, RuntimeLaunchFailed
+from cleanroom.errors import BackendUnavailable, CleanroomError
 from cleanroom.images import GuestImage, verify_image
 from cleanroom.service.types import DoctorCheck
 
@@ -91,25 +90,12 @@ class QemuBackend:
             memory_mib=self._config.memory_mib,
             qemu_img=self._qemu_img(binary),
         )
-        run_dir = Path(tempfile.mkdtemp(prefix="cleanroom-kvm-canary-"))
-        guest: QemuGuest | None = None
-        started = time.monotonic()
-        try:
-            spec = GuestSpec("kvm-canary", run_dir, KVM_CANARY_SECONDS)
-            guest = await QemuGuest.start(machine, spec)
-            loop = asyncio.get_running_loop()
-            await guest.open_channel(loop.time() + KVM_CANARY_SECONDS)
-        except RuntimeLaunchFailed as exc:
-            tail = exc.details.get("console_tail") or exc.details.get("vmm_log_tail") or []
-            last = f" (last output: {tail[-1]})" if tail else ""
-            return False, f"KVM canary failed: {exc.message}{last}"
-        else:
-            ms = round((time.monotonic() - started) * 1000)
-            return True, f"guest agent ready under KVM in {ms} ms"
-        finally:
-            if guest is not None:
-                await guest.destroy()
-            shutil.rmtree(run_dir, ignore_errors=True)
+        return await boot_canary(
+            lambda spec: QemuGuest.start(machine, spec),
+            name="kvm-canary",
+            label="KVM",
+            seconds=KVM_CANARY_SECONDS,
+        )
 
     async def prepare(self) -> Capabilities:
         async with self._lock:
