@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cleanroom.backends.hostinfo import (
+    find_vmm_binary,
     host_kvm_identity,
     host_tsc_khz,
     parse_cpuinfo_tsc_khz,
@@ -87,3 +88,16 @@ def test_qemu_version_of_the_installed_qemu() -> None:
     if binary is None:
         pytest.skip("qemu-system-x86_64 not installed")
     assert re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?\S*", qemu_version(binary))
+
+
+def test_find_vmm_binary_configured_then_path(tmp_path: Path) -> None:
+    tool = _script(tmp_path, "true")
+    assert find_vmm_binary(Path(tool), "no-such-vmm", not_on_path="unused") == tool
+    assert find_vmm_binary(None, "sh", not_on_path="unused") == shutil.which("sh")
+    missing = tmp_path / "absent"
+    with pytest.raises(BackendUnavailable, match="does not exist") as info:
+        find_vmm_binary(missing, "sh", not_on_path="unused")
+    assert info.value.details == {"missing": str(missing)}
+    with pytest.raises(BackendUnavailable, match="install it") as info:
+        find_vmm_binary(None, "no-such-vmm-here", not_on_path="install it")
+    assert info.value.details == {"missing": "no-such-vmm-here"}

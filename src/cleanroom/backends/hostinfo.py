@@ -1,5 +1,5 @@
 """Facts about the host that VMM command lines depend on (TSC frequency, KVM,
-the VMM binary's version).
+the VMM binary and its version).
 
 Parsing is pure (``parse_*`` take text); reading the host is cached per process
 because the answers do not change while the server runs.
@@ -11,12 +11,14 @@ import functools
 import os
 import platform
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from cleanroom.errors import BackendUnavailable
 
 __all__ = [
+    "find_vmm_binary",
     "host_kvm_identity",
     "host_tsc_khz",
     "parse_cpuinfo_tsc_khz",
@@ -122,3 +124,22 @@ def vmm_version(binary: str, pattern: re.Pattern[str]) -> str:
             details={"binary": binary},
         )
     return found.group(1)
+
+
+def find_vmm_binary(configured: Path | None, default: str, *, not_on_path: str) -> str:
+    """``configured`` if set (it must exist), else ``default`` looked up on PATH.
+
+    Raises ``BackendUnavailable`` with ``details['missing']`` naming the path or
+    program; ``not_on_path`` is the message when the PATH lookup fails.
+    """
+    if configured is not None:
+        if not configured.is_file():
+            raise BackendUnavailable(
+                f"configured {default} binary {configured} does not exist",
+                details={"missing": str(configured)},
+            )
+        return str(configured)
+    found = shutil.which(default)
+    if found is None:
+        raise BackendUnavailable(not_on_path, details={"missing": default})
+    return found

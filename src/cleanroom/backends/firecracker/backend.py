@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
-from cleanroom.backends.hostinfo import KVM_DEVICE, host_kvm_identity, vmm_version
+from cleanroom.backends.hostinfo import (
+    KVM_DEVICE,
+    find_vmm_binary,
+    host_kvm_identity,
+    vmm_version,
+)
 from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
@@ -41,21 +45,12 @@ _VERSION = re.compile(r"Firecracker\s+v?([0-9][^\s]*)")
 
 def find_firecracker(config: FirecrackerConfig) -> str:
     """The binary to run; ``BackendUnavailable`` naming exactly what is missing."""
-    if config.binary_path is not None:
-        if not config.binary_path.is_file():
-            raise BackendUnavailable(
-                f"configured firecracker binary {config.binary_path} does not exist",
-                details={"missing": str(config.binary_path)},
-            )
-        return str(config.binary_path)
-    found = shutil.which(DEFAULT_FIRECRACKER_BINARY)
-    if found is None:
-        raise BackendUnavailable(
-            "firecracker binary not found: not on PATH and backends.firecracker.binary_path "
-            "is not set",
-            details={"missing": DEFAULT_FIRECRACKER_BINARY},
-        )
-    return found
+    return find_vmm_binary(
+        config.binary_path,
+        DEFAULT_FIRECRACKER_BINARY,
+        not_on_path="firecracker binary not found: not on PATH and "
+        "backends.firecracker.binary_path is not set",
+    )
 
 
 def is_elf(path: Path) -> bool:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
+    find_vmm_binary,
     host_kvm_identity,
     host_tsc_khz,
     vmm_version,
@@ -56,21 +56,11 @@ class QemuBackend:
         """The KVM canary verdict behind the chosen accel (None if none was needed)."""
 
     def _binary(self) -> str:
-        if self._config.binary_path is not None:
-            path = self._config.binary_path
-            if not path.is_file():
-                raise BackendUnavailable(
-                    f"configured qemu binary {path} does not exist",
-                    details={"missing": str(path)},
-                )
-            return str(path)
-        found = shutil.which(DEFAULT_QEMU_BINARY)
-        if found is None:
-            raise BackendUnavailable(
-                f"{DEFAULT_QEMU_BINARY} is not on PATH (install qemu-system-x86)",
-                details={"missing": DEFAULT_QEMU_BINARY},
-            )
-        return found
+        return find_vmm_binary(
+            self._config.binary_path,
+            DEFAULT_QEMU_BINARY,
+            not_on_path=f"{DEFAULT_QEMU_BINARY} is not on PATH (install qemu-system-x86)",
+        )
 
     def _image(self) -> GuestImage:
         c = self._config
