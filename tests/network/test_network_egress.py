@@ -357,7 +357,8 @@ async def test_reconcile_removes_leftovers_after_crash(
             live.upstream.close()
         for sock in live.sockets:
             sock.close()
-        live.audit.close()
+        if live.audit is not None:
+            live.audit.close()
     del crashed
     fresh = NetworkManager(Settings(internet.netns, (DNS_ADDR,)), prefix=TEST_PREFIX)
     removed = await fresh.reconcile()

@@ -1,17 +1,20 @@
-"""Per-run egress isolation: namespace, links, firewall, resolver, audit, cleanup.
+"""Per-run egress isolation in two phases: reserve a slot, activate it for a run.
 
-:class:`NetworkManager` gives each run its own network namespace
-(``<prefix><short run id>``) holding the VMM's TAP device, a veth link to the
-uplink (the host namespace, or ``network.uplink_netns``), the run's nftables
-table (see :mod:`cleanroom.network.ruleset`) and the run's DNS filter (see
-:mod:`cleanroom.network.dns`). Teardown deletes the namespace, which takes the
-TAP, both veth ends and the table with it.
+:class:`NetworkManager` gives each slot its own network namespace
+(``<prefix><short owner id>``) holding the VMM's TAP device and a veth link to
+the uplink (the host namespace, or ``network.uplink_netns``); see
+:mod:`cleanroom.network.links`. A reserved slot's nftables table drops
+everything (:func:`~cleanroom.network.ruleset.drop_all_ruleset`) and no
+resolver runs, so a guest booted on it has no network path at all. Activation
+replaces that table with the run's ruleset in one transaction, starts the
+run's DNS filter (:mod:`cleanroom.network.dns`) and opens the audit log.
+Teardown deletes the namespace, which takes the TAP, both veth ends and the
+table with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -20,46 +23,28 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from cleanroom.agent.messages import GuestNetwork
 from cleanroom.backends.base import NetworkAttachment
 from cleanroom.errors import CleanroomError, NetworkSetupFailed
-from cleanroom.network.addressing import (
-    DEFAULT_POOL,
-    GUEST_PREFIX,
-    UPLINK_VETH_PREFIX,
-    LinkPlan,
-    guest_mac,
-    plan_slot,
-    slot_count,
-)
+from cleanroom.network.addressing import DEFAULT_POOL, GUEST_PREFIX, LinkPlan, guest_mac
 from cleanroom.network.audit import EVENTS_FILE, AuditLog
+from cleanroom.network.cleanup import NetworkSummary, collect_counters, delete_netns
 from cleanroom.network.commands import in_netns, run_command
-from cleanroom.network.dns import DnsFilter, UpstreamClient, UpstreamFailed
-from cleanroom.network.egress import (
-    PROTOCOLS,
-    Element,
-    allowed_elements,
-    denied_elements,
-    denied_names,
-    exact_allowed_names,
-    name_verdict,
-)
+from cleanroom.network.dns import DnsFilter, UpstreamClient
+from cleanroom.network.egress import allowed_elements, denied_elements
+from cleanroom.network.links import FAKE_GUEST_IF, Links, make_sockets, system_resolvers
 from cleanroom.network.netns import call_in_netns
-from cleanroom.network.ruleset import (
-    RUN_TABLE,
-    RunRules,
-    add_elements,
-    run_ruleset,
-    uplink_ruleset,
-)
+from cleanroom.network.resolution import elements_for, resolve_policy_names
+from cleanroom.network.ruleset import RunRules, add_elements, drop_all_ruleset, run_ruleset
 from cleanroom.policy import CompiledPolicy
 
 __all__ = [
     "DEFAULT_PREFIX",
     "NetworkManager",
     "NetworkSettings",
+    "NetworkSlot",
     "NetworkSummary",
     "RunNetwork",
     "system_resolvers",
@@ -68,8 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "crn-"
-_FAKE_GUEST_IF = "gst0"
-_MAX_SLOT_TRIES = 64
 
 
 class NetworkSettings(Protocol):
@@ -80,6 +63,22 @@ class NetworkSettings(Protocol):
 
     @property
     def resolvers(self) -> tuple[str, ...] | None: ...
+
+
+@dataclass(frozen=True)
+class NetworkSlot:
+    """A reserved namespace with its TAP and links, behind a drop-everything table.
+
+    Hand ``attachment`` to the backend at boot; :meth:`NetworkManager.activate`
+    opens it for one run, :meth:`NetworkManager.teardown` removes it.
+    """
+
+    owner_id: str
+    netns: str
+    attachment: NetworkAttachment
+    link: LinkPlan
+    guest_if: str
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -119,103 +118,22 @@ class RunNetwork:
         }
 
 
-@dataclass(frozen=True)
-class NetworkSummary:
-    """What the run's network saw, for ``run-observability.json``."""
-
-    run_id: str
-    dns_allowed: int
-    dns_refused: int
-    connections_allowed: int
-    """New flows (first packets) the firewall accepted."""
-    connections_blocked: int
-    """Blocked packets towards any destination (retries count again)."""
-    blocked_destinations: int
-    network_cleanup_ms: float
-    events_path: str
-
-    @property
-    def allowed(self) -> int:
-        """Allowed DNS answers plus accepted new flows."""
-        return self.dns_allowed + self.connections_allowed
-
-    @property
-    def blocked(self) -> int:
-        """Refused DNS queries plus blocked packets."""
-        return self.dns_refused + self.connections_blocked
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as JSON-ready values."""
-        return {
-            "mode": "filtered",
-            "allowed": self.allowed,
-            "blocked": self.blocked,
-            "dns_allowed": self.dns_allowed,
-            "dns_refused": self.dns_refused,
-            "connections_allowed": self.connections_allowed,
-            "connections_blocked": self.connections_blocked,
-            "blocked_destinations": self.blocked_destinations,
-            "network_cleanup_ms": self.network_cleanup_ms,
-            "events": self.events_path,
-        }
-
-
 @dataclass
 class _Live:
-    """Mutable state of one run's network while it exists (private to the manager)."""
+    """Mutable state of one namespace while it exists (private to the manager)."""
 
-    run_id: str
+    owner_id: str
     netns: str
-    audit: AuditLog
-    link: LinkPlan | None = None
+    run_id: str | None = None
+    """Set by activation; None while the slot is only reserved."""
+    audit: AuditLog | None = None
     upstream: UpstreamClient | None = None
     dns: DnsFilter | None = None
     sockets: list[socket.socket] = field(default_factory=list)
 
 
-def system_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
-    """IPv4 ``nameserver`` entries of ``resolv_conf`` (empty if unreadable)."""
-    try:
-        text = resolv_conf.read_text(encoding="utf-8")
-    except OSError:
-        return ()
-    out: list[str] = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver":
-            with contextlib.suppress(ValueError):
-                if isinstance(ipaddress.ip_address(parts[1]), ipaddress.IPv4Address):
-                    out.append(parts[1])
-    return tuple(out)
-
-
-def _make_sockets(gateway: str) -> list[socket.socket]:
-    """Inside the run namespace: turn on forwarding and open the resolver's sockets."""
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    made: list[socket.socket] = []
-    try:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(udp)
-        udp.bind((gateway, 53))
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        made.append(tcp)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((gateway, 53))
-        tcp.listen(64)
-        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(upstream)
-        upstream.bind(("0.0.0.0", 0))  # noqa: S104 - inside the run namespace only
-        for sock in made:
-            sock.setblocking(False)  # noqa: FBT003 - stdlib signature
-    except BaseException:
-        for sock in made:
-            sock.close()
-        raise
-    return made
-
-
 class NetworkManager:
-    """Sets up and tears down run networks (one instance per server).
+    """Reserves, activates and tears down run networks (one instance per server).
 
     ``pool`` is the private IPv4 block run links are carved from; ``prefix``
     names everything this manager owns (namespaces), so :meth:`reconcile` can
@@ -238,26 +156,18 @@ class NetworkManager:
         self.pool = pool
         self.prefix = prefix
         self.ttl_floor = ttl_floor
-        self._slot_lock = asyncio.Lock()
-        self._uplink_ready = False
+        self._links = Links(config.uplink_netns, pool)
         self._live: dict[str, _Live] = {}
+        """By namespace name."""
         self._finished: dict[str, NetworkSummary] = {}
 
-    # -- naming -------------------------------------------------------------------------
-
-    def netns_name(self, run_id: str) -> str:
-        """The run's namespace name: the prefix and the last 12 letters/digits of the run id
-        (without its ``run-``)."""
-        short = re.sub(r"[^a-z0-9]", "", run_id.lower().removeprefix("run-"))[-12:]
+    def netns_name(self, owner_id: str) -> str:
+        """The namespace name: the prefix and the last 12 letters/digits of the owner
+        id (a run id without its ``run-``, or a pooled guest's id)."""
+        short = re.sub(r"[^a-z0-9]", "", owner_id.lower().removeprefix("run-"))[-12:]
         if not short:
-            raise NetworkSetupFailed(f"run id {run_id!r} has no usable characters")
+            raise NetworkSetupFailed(f"id {owner_id!r} has no usable characters")
         return f"{self.prefix}{short}"
-
-    def _uplink(self, argv: list[str]) -> list[str]:
-        """An ``ip`` argv aimed at the uplink namespace."""
-        if self.uplink_netns is None:
-            return ["ip", *argv]
-        return ["ip", "-n", self.uplink_netns, *argv]
 
     # -- setup --------------------------------------------------------------------------
 
@@ -269,101 +179,122 @@ class NetworkManager:
         *,
         fake_guest_netns: str | None = None,
     ) -> RunNetwork:
-        """Create the run's namespace, links, firewall and resolver.
+        """:meth:`reserve` a slot for ``run_id`` and :meth:`activate` it at once.
 
-        ``fake_guest_netns`` is for tests only: besides the TAP (created as in
-        production), a veth pair links the run namespace to that existing
-        namespace, whose ``eth0`` gets the guest's address, MAC and route, and
-        the firewall treats it as the guest interface. Raises
-        ``NetworkSetupFailed``; on any failure (or cancellation) everything
-        created so far is removed.
+        ``network_setup_ms`` covers both phases. Raises ``NetworkSetupFailed``;
+        on any failure (or cancellation) everything created is removed.
         """
         started = time.monotonic()
-        netns = self.netns_name(run_id)
+        slot = await self.reserve(run_id, fake_guest_netns=fake_guest_netns)
+        return await self._activate(slot, run_id, policy, run_dir, started)
+
+    async def reserve(self, owner_id: str, *, fake_guest_netns: str | None = None) -> NetworkSlot:
+        """Create a namespace with its links and TAP behind a table that drops everything.
+
+        No resolver runs and forwarding stays off until :meth:`activate`.
+        ``fake_guest_netns`` is for tests only: besides the TAP (created as in
+        production), a veth pair links the namespace to that existing
+        namespace, whose ``eth0`` gets the guest's address, MAC and route, and
+        the firewall treats it as the guest interface. Raises
+        ``NetworkSetupFailed``; on failure (or cancellation) everything
+        created so far is removed.
+        """
+        netns = self.netns_name(owner_id)
         if netns in self._live:
-            raise NetworkSetupFailed(
-                f"run {run_id} already has a network", details={"netns": netns}
-            )
-        live = _Live(run_id, netns, AuditLog(run_id, run_dir / EVENTS_FILE))
+            raise NetworkSetupFailed(f"{owner_id} already has a network", details={"netns": netns})
+        live = _Live(owner_id, netns)
         try:
-            return await self._setup(live, policy, fake_guest_netns, started)
+            await run_command(["ip", "netns", "add", netns])
+            self._live[netns] = live
+            # The table goes in before any link exists, so nothing passes even for a moment.
+            await run_command(in_netns(netns, ["nft", "-f", "-"]), stdin=drop_all_ruleset())
+            mac = guest_mac(owner_id)
+            link = await self._links.build(netns, mac, fake_guest_netns)
         except BaseException as exc:
             await asyncio.shield(self._destroy(live))
-            if isinstance(exc, CleanroomError | asyncio.CancelledError):
-                raise
-            if isinstance(exc, OSError | ValueError):
-                raise NetworkSetupFailed(
-                    f"network setup for run {run_id} failed: {exc}", details={"netns": netns}
-                ) from exc
-            raise
-
-    async def _setup(
-        self, live: _Live, policy: CompiledPolicy, fake_guest: str | None, started: float
-    ) -> RunNetwork:
-        netns = live.netns
-        await run_command(["ip", "netns", "add", netns])
-        self._live[live.run_id] = live
-        await self._ensure_uplink()
-        link = await self._claim_slot(netns)
-        live.link = link
-        mac = guest_mac(live.run_id)
-        guest_if = _FAKE_GUEST_IF if fake_guest else link.tap
-        await run_command(
-            self._uplink(
-                ["addr", "add", f"{link.uplink_address}/{GUEST_PREFIX}", "dev", link.uplink_veth]
-            )
+            raise _translated(exc, f"network reservation for {owner_id} failed", netns) from exc
+        return NetworkSlot(
+            owner_id=owner_id,
+            netns=netns,
+            attachment=NetworkAttachment(netns=netns, tap=link.tap, mac=mac),
+            link=link,
+            guest_if=FAKE_GUEST_IF if fake_guest_netns else link.tap,
+            mac=mac,
         )
-        await run_command(self._uplink(["link", "set", link.uplink_veth, "up"]))
-        batch = [
-            "link set lo up",
-            f"addr add {link.run_address}/{GUEST_PREFIX} dev {link.run_veth}",
-            f"link set {link.run_veth} up",
-            f"route add default via {link.uplink_address}",
-            f"tuntap add dev {link.tap} mode tap",
-            f"link set {link.tap} up",
-        ]
-        if fake_guest:
-            batch.append(f"link add {_FAKE_GUEST_IF} type veth peer name eth0 netns {fake_guest}")
-            batch.append(f"link set {_FAKE_GUEST_IF} up")
-        batch.append(f"addr add {link.gateway}/{GUEST_PREFIX} dev {guest_if}")
-        await run_command(["ip", "-n", netns, "-batch", "-"], stdin="\n".join(batch) + "\n")
-        if fake_guest:
-            await run_command(
-                ["ip", "-n", fake_guest, "-batch", "-"],
-                stdin=(
-                    f"link set eth0 address {mac}\nlink set eth0 up\nlink set lo up\n"
-                    f"addr add {link.guest}/{GUEST_PREFIX} dev eth0\n"
-                    f"route add default via {link.gateway}\n"
-                ),
+
+    async def activate(
+        self, slot: NetworkSlot, run_id: str, policy: CompiledPolicy, run_dir: Path
+    ) -> RunNetwork:
+        """Open ``slot`` for one run: install ``policy``'s ruleset atomically in place of
+        the drop-all table, start the DNS filter, resolve allowed names, open the audit
+        log (``run_dir/network-events.jsonl``).
+
+        ``network_setup_ms`` is this call's duration. Raises ``NetworkSetupFailed``
+        (also for a slot that is not reserved or already active); on failure the
+        whole slot is removed.
+        """
+        return await self._activate(slot, run_id, policy, run_dir, time.monotonic())
+
+    async def _activate(
+        self, slot: NetworkSlot, run_id: str, policy: CompiledPolicy, run_dir: Path, started: float
+    ) -> RunNetwork:
+        live = self._live.get(slot.netns)
+        if live is None or live.run_id is not None:
+            raise NetworkSetupFailed(
+                f"network slot {slot.netns} is not reserved or already active",
+                details={"netns": slot.netns},
             )
+        live.run_id = run_id
+        live.audit = AuditLog(run_id, run_dir / EVENTS_FILE)
+        try:
+            return await self._open(live, slot, policy, started)
+        except BaseException as exc:
+            await asyncio.shield(self._destroy(live))
+            raise _translated(exc, f"network setup for run {run_id} failed", slot.netns) from exc
+
+    async def _open(
+        self, live: _Live, slot: NetworkSlot, policy: CompiledPolicy, started: float
+    ) -> RunNetwork:
+        assert live.run_id is not None
+        assert live.audit is not None
+        netns = live.netns
+        link = slot.link
         gateway = str(link.gateway)
-        live.sockets = await call_in_netns(netns, lambda: _make_sockets(gateway))
+        live.sockets = await call_in_netns(netns, lambda: make_sockets(gateway))
         udp_sock, tcp_sock, upstream_sock = live.sockets
         resolvers = self._checked_resolvers(policy)
         live.upstream = UpstreamClient(resolvers)
         await live.upstream.start(upstream_sock)
 
-        resolution_started = time.monotonic()
-        learned, learned_denied = await self._resolve_at_setup(live, policy)
-        resolution_ms = (time.monotonic() - resolution_started) * 1000
-
         rules = RunRules(
             link=link,
-            guest_if=guest_if,
+            guest_if=slot.guest_if,
             pool=self.pool,
             resolvers=tuple(ipaddress.IPv4Address(r) for r in resolvers),
-            uplink_local=await self._uplink_addresses(),
+            uplink_local=await self._links.uplink_addresses(),
             allowed=allowed_elements(policy),
             denied=denied_elements(policy),
-            learned=learned,
-            learned_denied=learned_denied,
         )
+        # run_ruleset deletes and recreates the table in one transaction: an atomic swap
+        # of the drop-all table. It must precede resolution, which needs its output rule.
         await run_command(in_netns(netns, ["nft", "-f", "-"]), stdin=run_ruleset(rules))
+
+        resolution_started = time.monotonic()
+        learned, learned_denied = await resolve_policy_names(
+            live.upstream, policy, live.audit, self.ttl_floor
+        )
+        if learned or learned_denied:
+            # One transaction, so a learned deny is never missing while its allow exists.
+            await run_command(
+                in_netns(netns, ["nft", "-f", "-"]),
+                stdin=add_elements("denied", learned_denied) + add_elements("allowed", learned),
+            )
+        resolution_ms = (time.monotonic() - resolution_started) * 1000
 
         async def learn(
             addresses: tuple[ipaddress.IPv4Address, ...], ports: tuple[int, ...], ttl: int
         ) -> None:
-            timed = [(e, ttl) for e in _elements_for(addresses, ports)]
+            timed = [(e, ttl) for e in elements_for(addresses, ports)]
             await run_command(
                 in_netns(netns, ["nft", "-f", "-"]), stdin=add_elements("allowed", timed)
             )
@@ -374,12 +305,12 @@ class NetworkManager:
         return RunNetwork(
             run_id=live.run_id,
             netns=netns,
-            attachment=NetworkAttachment(netns=netns, tap=link.tap, mac=mac),
+            attachment=slot.attachment,
             address=str(link.guest),
             prefix=GUEST_PREFIX,
             gateway=gateway,
             dns=gateway,
-            mac=mac,
+            mac=slot.mac,
             resolver=gateway,
             policy_resolution_ms=round(resolution_ms, 3),
             network_setup_ms=round(setup_ms, 3),
@@ -396,146 +327,31 @@ class NetworkManager:
             )
         return usable
 
-    async def _resolve_at_setup(
-        self, live: _Live, policy: CompiledPolicy
-    ) -> tuple[tuple[tuple[Element, int], ...], tuple[tuple[Element, int], ...]]:
-        """Resolve allowed exact names (and denied exact names) once, so the first
-        connection needs no query and denied names stay blocked by address."""
-        assert live.upstream is not None
-        upstream = live.upstream
-        allowed_names = exact_allowed_names(policy)
-        denied = denied_names(policy)
-
-        async def one(name: str) -> tuple[str, Any]:
-            try:
-                return name, await upstream.query(name, "A")
-            except UpstreamFailed as exc:
-                return name, exc
-
-        results = await asyncio.gather(*(one(n) for n in (*allowed_names, *(n for n, _ in denied))))
-        answers = dict(results)
-        learned: list[tuple[Element, int]] = []
-        for name in allowed_names:
-            verdict = name_verdict(policy, name)
-            answer = answers[name]
-            if isinstance(answer, UpstreamFailed):
-                live.audit.write(
-                    "resolved", name=name, answers=[], error=str(answer), purpose="allow"
-                )
-                continue
-            ttl = max(answer.ttl, self.ttl_floor)
-            if verdict.allowed:
-                learned += [(e, ttl) for e in _elements_for(answer.addresses, verdict.ports)]
-            live.audit.write(
-                "resolved",
-                name=name,
-                answers=[str(a) for a in answer.addresses],
-                ports=list(verdict.ports),
-                rule=verdict.rule,
-                purpose="allow",
-            )
-        learned_denied: list[tuple[Element, int]] = []
-        for name, ports in denied:
-            answer = answers[name]
-            if isinstance(answer, UpstreamFailed):
-                continue
-            ttl = max(answer.ttl, self.ttl_floor)
-            for address in answer.addresses:
-                net = ipaddress.IPv4Network(address)
-                for proto in PROTOCOLS:
-                    if ports is None:
-                        learned_denied.append((Element(net, proto, 0, 65535), ttl))
-                    else:
-                        learned_denied += [(Element(net, proto, p, p), ttl) for p in ports]
-            live.audit.write(
-                "resolved", name=name, answers=[str(a) for a in answer.addresses], purpose="deny"
-            )
-        return tuple(learned), tuple(learned_denied)
-
-    async def _ensure_uplink(self) -> None:
-        """Apply the uplink table and turn on forwarding there (once per manager)."""
-        if self._uplink_ready:
-            return
-        await run_command(
-            in_netns(self.uplink_netns, ["nft", "-f", "-"]), stdin=uplink_ruleset(self.pool)
-        )
-        await run_command(
-            in_netns(self.uplink_netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        )
-        self._uplink_ready = True
-
-    async def _claim_slot(self, netns: str) -> LinkPlan:
-        """Create the veth pair for the lowest free slot; the uplink-side name is the claim."""
-        async with self._slot_lock:
-            listing = await run_command(self._uplink(["-j", "link", "show"]))
-            taken = {
-                int(m.group(1))
-                for entry in json.loads(listing.stdout or "[]")
-                if (m := re.fullmatch(rf"{UPLINK_VETH_PREFIX}(\d+)", entry.get("ifname", "")))
-            }
-            free = (s for s in range(slot_count(self.pool)) if s not in taken)
-            for _ in range(_MAX_SLOT_TRIES):
-                slot = next(free, None)
-                if slot is None:
-                    break
-                link = plan_slot(self.pool, slot)
-                result = await run_command(
-                    self._uplink(
-                        [
-                            "link",
-                            "add",
-                            link.uplink_veth,
-                            "type",
-                            "veth",
-                            "peer",
-                            "name",
-                            link.run_veth,
-                            "netns",
-                            netns,
-                        ]
-                    ),
-                    check=False,
-                )
-                if result.returncode == 0:
-                    return link
-                # Another process may have claimed this slot meanwhile: try the next one;
-                # anything else is a real failure.
-                exists = await run_command(
-                    self._uplink(["link", "show", "dev", link.uplink_veth]), check=False
-                )
-                if exists.returncode != 0:
-                    raise NetworkSetupFailed(
-                        f"cannot create veth {link.uplink_veth}: {result.stderr.strip()}",
-                        details={"netns": netns, "stderr": result.stderr},
-                    )
-        raise NetworkSetupFailed(f"no free network slot in {self.pool}", details={"netns": netns})
-
-    async def _uplink_addresses(self) -> tuple[ipaddress.IPv4Address, ...]:
-        """The uplink namespace's own IPv4 addresses (guarded from every run)."""
-        listing = await run_command(self._uplink(["-j", "-4", "addr", "show"]))
-        out: list[ipaddress.IPv4Address] = []
-        for entry in json.loads(listing.stdout or "[]"):
-            for info in entry.get("addr_info", []):
-                if info.get("family") == "inet" and "local" in info:
-                    out.append(ipaddress.IPv4Address(info["local"]))
-        return tuple(dict.fromkeys(out))
-
     # -- teardown -----------------------------------------------------------------------
 
-    async def teardown(self, rn: RunNetwork) -> NetworkSummary:
-        """Remove everything of the run and write its blocked-traffic events.
+    async def teardown(self, target: RunNetwork | NetworkSlot) -> NetworkSummary:
+        """Remove a run's network (or a slot, activated or not) and write its
+        blocked-traffic events.
 
-        Idempotent: a second call returns the first summary. Never raises for
-        cleanup trouble (it is logged); the namespace is always deleted.
+        Idempotent: a second call for a run returns the first summary. A slot
+        never activated yields an empty summary (no events file). Never raises
+        for cleanup trouble (it is logged); the namespace is always deleted.
         """
-        done = self._finished.get(rn.run_id)
+        key = target.run_id if isinstance(target, RunNetwork) else target.owner_id
+        done = self._finished.get(key)
         if done is not None:
             return done
-        live = self._live.get(rn.run_id)
-        if live is None:
-            return await self._teardown_unknown(rn)
         started = time.monotonic()
-        counts = await self._collect(live)
+        live = self._live.get(target.netns)
+        if live is None or live.audit is None or live.run_id is None:
+            if live is not None:
+                await self._destroy(live)
+            else:  # never set up by this manager (or forgotten): just delete its namespace
+                await delete_netns(target.netns)
+            return NetworkSummary(key, 0, 0, 0, 0, 0, _ms_since(started), "")
+        if live.dns is not None:
+            await live.dns.close()
+        counts = await collect_counters(live.netns, live.audit)
         await self._destroy(live)
         summary = NetworkSummary(
             run_id=live.run_id,
@@ -544,51 +360,12 @@ class NetworkManager:
             connections_allowed=counts[0],
             connections_blocked=counts[1],
             blocked_destinations=counts[2],
-            network_cleanup_ms=round((time.monotonic() - started) * 1000, 3),
+            network_cleanup_ms=_ms_since(started),
             events_path=str(live.audit.path),
         )
-        self._finished[rn.run_id] = summary
+        self._finished[live.run_id] = summary
+        self._finished[live.owner_id] = summary
         return summary
-
-    async def _teardown_unknown(self, rn: RunNetwork) -> NetworkSummary:
-        """Teardown of a run this manager never set up (or forgot): just delete its namespace."""
-        started = time.monotonic()
-        await run_command(["ip", "netns", "del", rn.netns], check=False)
-        return NetworkSummary(
-            rn.run_id, 0, 0, 0, 0, 0, round((time.monotonic() - started) * 1000, 3), ""
-        )
-
-    async def _collect(self, live: _Live) -> tuple[int, int, int]:
-        """Read the firewall's counters and blocked sets into audit events.
-
-        Returns (accepted new flows, blocked packets, blocked destinations).
-        """
-        if live.dns is not None:
-            await live.dns.close()
-        result = await run_command(
-            in_netns(live.netns, ["nft", "-j", "list", "table", "inet", RUN_TABLE]), check=False
-        )
-        if result.returncode != 0:
-            log.warning("cannot read the firewall of %s: %s", live.netns, result.stderr.strip())
-            return 0, 0, 0
-        allowed = 0
-        blocked_packets = 0
-        destinations = 0
-        for item in json.loads(result.stdout).get("nftables", []):
-            counter = item.get("counter")
-            if counter and counter.get("name") == "allowed_new":
-                allowed = int(counter.get("packets", 0))
-            nft_set = item.get("set")
-            if not nft_set or nft_set.get("name") not in ("blocked", "blocked_other", "blocked6"):
-                continue
-            for elem in nft_set.get("elem", []):
-                event = _blocked_event(nft_set["name"], elem)
-                if event is None:
-                    continue
-                live.audit.write("blocked", **event)
-                blocked_packets += event["count"]
-                destinations += 1
-        return allowed, blocked_packets, destinations
 
     async def _destroy(self, live: _Live) -> None:
         """Stop the resolver, close sockets, delete the namespace (and with it the links)."""
@@ -598,73 +375,40 @@ class NetworkManager:
             live.upstream.close()
         for sock in live.sockets:
             sock.close()
-        live.audit.close()
-        await _delete_netns(live.netns)
-        self._live.pop(live.run_id, None)
+        if live.audit is not None:
+            live.audit.close()
+        await delete_netns(live.netns)
+        self._live.pop(live.netns, None)
 
     # -- reconcile ----------------------------------------------------------------------
 
     async def reconcile(self) -> list[str]:
-        """Delete namespaces carrying this manager's prefix that no live run owns
-        (leftovers of a crashed server); returns and logs their names. Their
-        TAPs, veths and tables go with them."""
+        """Delete namespaces carrying this manager's prefix that no live slot owns
+        (leftovers of a crashed server, reserved or active); returns and logs their
+        names. Their TAPs, veths and tables go with them."""
         listing = await run_command(["ip", "-j", "netns", "list"], check=False)
         names = [
             entry.get("name", "")
             for entry in (json.loads(listing.stdout) if listing.stdout.strip() else [])
         ]
-        owned = {live.netns for live in self._live.values()}
         removed: list[str] = []
         for name in names:
-            owned_by_us = name.startswith(self.prefix) and name not in owned
-            if owned_by_us and await _delete_netns(name):
+            owned_by_us = name.startswith(self.prefix) and name not in self._live
+            if owned_by_us and await delete_netns(name):
                 removed.append(name)
                 log.warning("removed leftover network namespace %s", name)
         return removed
 
 
-async def _delete_netns(name: str) -> bool:
-    """Delete a run namespace; True if it existed and is gone.
-
-    The run-side veth is deleted first: that removes both ends at once,
-    whereas the kernel tears a deleted namespace's devices down asynchronously,
-    which would leave the uplink end visible for a moment.
-    """
-    await run_command(["ip", "-n", name, "link", "del", "veth0"], check=False)
-    result = await run_command(["ip", "netns", "del", name], check=False)
-    if result.returncode != 0 and "No such file" not in result.stderr:
-        log.warning("cannot delete namespace %s: %s", name, result.stderr.strip())
-    return result.returncode == 0
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
 
 
-def _elements_for(
-    addresses: tuple[ipaddress.IPv4Address, ...], ports: tuple[int, ...]
-) -> list[Element]:
-    return [
-        Element(ipaddress.IPv4Network(a), proto, p, p)
-        for a in addresses
-        for p in ports
-        for proto in PROTOCOLS
-    ]
-
-
-def _blocked_event(set_name: str, elem: Any) -> dict[str, Any] | None:
-    """One blocked-set element from ``nft -j`` as an audit event's fields."""
-    inner = elem.get("elem", elem) if isinstance(elem, dict) else None
-    if not isinstance(inner, dict):
-        return None
-    concat = inner.get("val", {}).get("concat") if isinstance(inner.get("val"), dict) else None
-    if not isinstance(concat, list):
-        return None
-    count = int(inner.get("counter", {}).get("packets", 0))
-    if set_name == "blocked_other":
-        dst, proto = concat[0], concat[1]
-        return {"dst": str(dst), "port": None, "protocol": str(proto), "count": count}
-    dst, proto, port = concat[0], concat[1], concat[2]
-    return {
-        "dst": str(dst),
-        "port": int(port),
-        "protocol": str(proto),
-        "count": count,
-        "family": "ipv6" if set_name == "blocked6" else "ipv4",
-    }
+def _translated(exc: BaseException, message: str, netns: str) -> BaseException:
+    """``exc`` as it should propagate: cleanroom errors and cancellation unchanged,
+    OS and value errors as ``NetworkSetupFailed``."""
+    if isinstance(exc, CleanroomError | asyncio.CancelledError):
+        return exc
+    if isinstance(exc, OSError | ValueError):
+        return NetworkSetupFailed(f"{message}: {exc}", details={"netns": netns})
+    return exc

@@ -40,6 +40,7 @@ __all__ = [
     "UPLINK_TABLE",
     "RunRules",
     "add_elements",
+    "drop_all_ruleset",
     "explicit_elements",
     "run_ruleset",
     "uplink_ruleset",
@@ -193,6 +194,33 @@ table inet {RUN_TABLE} {{
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\toifname "{veth}" masquerade
+\t}}
+}}
+"""
+
+
+def drop_all_ruleset() -> str:
+    """The run table of a reserved slot: every packet in, out or through is dropped.
+
+    A pooled guest's TAP exists from boot, so its namespace holds this table
+    until a run activates the slot; :func:`run_ruleset` then replaces it in
+    one transaction (it starts with ``delete table``), so there is never a
+    moment without a table.
+    """
+    return f"""table inet {RUN_TABLE}
+delete table inet {RUN_TABLE}
+table inet {RUN_TABLE} {{
+\tchain prerouting {{
+\t\ttype filter hook prerouting priority raw; policy drop;
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy drop;
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t}}
+\tchain output {{
+\t\ttype filter hook output priority filter; policy drop;
 \t}}
 }}
 """
