@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cleanroom.config import NetworkConfig, QemuConfig, RuntimeConfig
+from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
 from cleanroom.network import read_events
 from cleanroom.service import LaunchOptions, Service
 from conftest import DNS_ADDR, PROBE, Internet, netns_names
@@ -185,3 +186,72 @@ async def test_policy_without_allow_rules_gives_no_nic(service: Service, tmp_pat
     assert result.exit_code == 0
     assert result.stdout.split() == ["lo"]
     assert service.run_record(result.run_id)["network"]["mode"] == "none"
+
+
+def _run_ruleset(netns: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "list", "ruleset"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def _assert_drop_all(netns: str) -> None:
+    """The namespace's only table drops every packet (a reserved, unclaimed slot)."""
+    rules = _run_ruleset(netns)
+    assert rules.count("table ") == 1, rules
+    assert rules.count("policy drop;") == 4, rules
+    assert "accept" not in rules, rules
+
+
+async def test_pooled_guest_serves_a_networked_run(internet: Internet, tmp_path: Path) -> None:
+    config = RuntimeConfig(
+        qemu=QemuConfig(accel="tcg", launch_seconds=120),
+        network=NetworkConfig(uplink_netns=internet.netns, resolvers=(DNS_ADDR,)),
+        pool=PoolConfig(size=1),
+    )
+    svc = Service(config)
+    await svc.start()
+    try:
+        pool = svc.pool("qemu")
+        assert pool is not None
+        await pool.wait_ready(1)
+        # The idle pooled guest's NIC sits behind a drop-everything table.
+        idle = [n for n in netns_names() if n.startswith("crn-")]
+        assert len(idle) == 1
+        _assert_drop_all(idle[0])
+
+        ws = _workspace(tmp_path)
+        result = await svc.exec(
+            ws, ["python3", "/workspace/checks.py"], options=LaunchOptions(run_dir=tmp_path / "r")
+        )
+        assert result.exit_code == 0, result.stderr
+        got = {r["label"]: r for r in map(json.loads, result.stdout.splitlines())}
+        record = svc.run_record(result.run_id)
+        assert record["pool"] == "hit"
+        assert record["network"]["mode"] == "filtered"
+        assert isinstance(record["network_setup_ms"], float)
+        assert isinstance(record["policy_resolution_ms"], float)
+
+        assert got["allowed_port"]["reply"] == "tcp:192.0.2.10:8080"
+        assert got["cidr_allowed"]["ok"]
+        for label in ("allowed_host_other_port", "unlisted_host", "metadata", "ipv6"):
+            assert not got[label]["ok"], label
+        assert got["dns_unlisted"]["rcode"] == "REFUSED"
+        events = read_events(result.run_dir)
+        assert all(e["run_id"] == result.run_id for e in events)
+        _blocked(events, "192.0.2.10", 8081, "tcp")
+        _blocked(events, "192.0.2.30", 8080, "tcp")
+        _blocked(events, "169.254.169.254", 80, "tcp")
+        refused = {e["name"] for e in events if e["event"] == "dns" and e["decision"] == "refused"}
+        assert "blocked.example.test" in refused
+        # The run's namespace went with its guest; the refilled guest's slot drops all.
+        assert idle[0] not in netns_names()
+        await pool.wait_ready(1)
+        refilled = [n for n in netns_names() if n.startswith("crn-")]
+        assert len(refilled) == 1
+        _assert_drop_all(refilled[0])
+    finally:
+        await svc.close()
+    assert not [n for n in netns_names() if n.startswith("crn-")]

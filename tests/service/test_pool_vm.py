@@ -1,24 +1,52 @@
-"""The warm pool on real guests: hits, misses, fresh guests, refill, cleanup."""
+"""The warm pool on real guests: hits, misses, fresh guests, refill, cleanup.
+
+With a network manager, pooled guests boot on reserved network slots; the
+uplink is a namespace these tests create (no route out), so the host's own
+namespace is never touched.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from test_service_vm import POLICY, _vmm_children
 
-from cleanroom.config import PoolConfig, QemuConfig, RuntimeConfig
+from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
 from cleanroom.service import Service
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
 
+UPLINK_NS = f"crt-poolup-{os.getpid() % 0xFFFF:04x}"
+
+
+def _run_namespaces() -> list[str]:
+    out = subprocess.run(
+        ["ip", "-j", "netns", "list"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return [e["name"] for e in json.loads(out) if e["name"].startswith("crn-")] if out else []
+
 
 @pytest.fixture
-async def pooled(tmp_path: Path) -> AsyncIterator[Service]:
+def network() -> Iterator[NetworkConfig]:
+    subprocess.run(["ip", "netns", "add", UPLINK_NS], check=True)
+    try:
+        yield NetworkConfig(uplink_netns=UPLINK_NS, resolvers=("192.0.2.53",))
+    finally:
+        subprocess.run(["ip", "netns", "del", UPLINK_NS], check=False)
+
+
+@pytest.fixture
+async def pooled(tmp_path: Path, network: NetworkConfig) -> AsyncIterator[Service]:
     config = RuntimeConfig(
-        qemu=QemuConfig(accel="tcg", launch_seconds=120), pool=PoolConfig(size=2)
+        qemu=QemuConfig(accel="tcg", launch_seconds=120),
+        network=network,
+        pool=PoolConfig(size=2),
     )
     svc = Service(config)
     await svc.start()
@@ -65,13 +93,17 @@ async def test_pool_hits_are_fresh_distinct_guests_and_refill(
     await pooled.terminate(info.cleanroom_id)
 
 
-async def test_close_destroys_pooled_guests(tmp_path: Path) -> None:
-    config = RuntimeConfig(qemu=QemuConfig(accel="tcg"), pool=PoolConfig(size=1))
+async def test_close_destroys_pooled_guests_and_their_slots(
+    tmp_path: Path, network: NetworkConfig
+) -> None:
+    config = RuntimeConfig(qemu=QemuConfig(accel="tcg"), network=network, pool=PoolConfig(size=1))
     svc = Service(config)
     await svc.start()
     pool = svc.pool("qemu")
     assert pool is not None
     await pool.wait_ready(1)
     assert len(_vmm_children()) == 1
+    assert len(_run_namespaces()) == 1
     await svc.close()
     assert not _vmm_children()
+    assert not _run_namespaces()

@@ -1,16 +1,19 @@
 """The warm pool: guests booted ahead of time, each used by exactly one run.
 
 A pooled guest is an ordinary guest of its backend (own fresh copy-on-write
-rootfs, no NIC, so no network path at all) that has already answered the agent
-hello. A run takes one, sends its workspace and command, and destroys it
-afterwards exactly as it would a cold guest, so every run still gets a fresh
-guest and a fresh rootfs. Taking never waits: an empty pool is a miss and the
+rootfs) that has already answered the agent hello. Without a network provider
+it has no NIC at all; with one (a :class:`SlotProvider`), it boots on a
+reserved network slot: its TAP exists from boot (microVMs cannot hot-plug a
+NIC) but the slot's table drops everything, so there is no network path out
+until a run claims the guest and activates the slot with its policy. A run
+takes one, sends its workspace and command, and destroys it afterwards
+exactly as it would a cold guest, so every run still gets a fresh guest and a
+fresh rootfs. Taking never waits: an empty pool is a miss and the
 run boots cold. Each take starts a refill in the background.
 
 The pool belongs to one backend instance, whose image digest, vCPUs and memory
 are fixed for the server's lifetime, so that instance is the pool's key.
-Runs whose policy needs a network interface boot cold (the TAP must exist in
-the run's namespace before the VMM starts).
+A guest's slot is released with the guest (by the run's cleanup or by the pool).
 """
 
 from __future__ import annotations
@@ -22,20 +25,38 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from cleanroom.agent import AgentClient
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.errors import CleanroomError
+from cleanroom.policy import CompiledPolicy
 from cleanroom.service.ids import new_run_id
 
-__all__ = ["WarmGuest", "WarmPool"]
+__all__ = ["SlotProvider", "WarmGuest", "WarmPool"]
 
 log = structlog.get_logger("cleanroom.pool")
 
 _RETRY_SECONDS = 5.0
+
+
+@runtime_checkable
+class SlotProvider(Protocol):
+    """Two-phase run networks (see ``cleanroom.network.NetworkManager``)."""
+
+    async def reserve(self, owner_id: str) -> Any:
+        """A slot (with an ``attachment``) whose table drops everything."""
+        ...
+
+    async def activate(self, slot: Any, run_id: str, policy: CompiledPolicy, run_dir: Path) -> Any:
+        """Open ``slot`` for one run's policy; returns the run's network lease."""
+        ...
+
+    async def teardown(self, target: Any) -> Any:
+        """Remove a slot or a lease (idempotent)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,8 @@ class WarmGuest:
     """``time.monotonic()`` when it became ready."""
     agent_version: str
     kernel: str
+    slot: Any = None
+    """The reserved network slot the guest's NIC is on (None: no NIC)."""
 
     def discard_dir(self) -> None:
         """Remove the guest's private directory (call after ``guest.destroy()``)."""
@@ -60,8 +83,17 @@ class WarmGuest:
 class WarmPool:
     """Keeps up to ``size`` ready guests of ``backend``. Use from one asyncio loop."""
 
-    def __init__(self, backend: Backend, *, size: int, root: Path, launch_seconds: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        size: int,
+        root: Path,
+        launch_seconds: float,
+        network: SlotProvider | None = None,
+    ) -> None:
         self._backend = backend
+        self._network = network
         self._size = size
         self._root = root
         self._launch_seconds = launch_seconds
@@ -77,6 +109,11 @@ class WarmPool:
     def size(self) -> int:
         """The configured number of warm guests."""
         return self._size
+
+    @property
+    def network(self) -> SlotProvider | None:
+        """The provider pooled guests' network slots come from (None: guests have no NIC)."""
+        return self._network
 
     @property
     def ready(self) -> int:
@@ -158,9 +195,17 @@ class WarmPool:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self._launch_seconds
-        spec = GuestSpec(run_id=guest_id, run_dir=guest_dir, launch_seconds=self._launch_seconds)
         guest: Guest | None = None
+        slot: Any = None
         try:
+            if self._network is not None:
+                slot = await self._network.reserve(guest_id)
+            spec = GuestSpec(
+                run_id=guest_id,
+                run_dir=guest_dir,
+                launch_seconds=self._launch_seconds,
+                network=slot.attachment if slot is not None else None,
+            )
             guest = await self._backend.launch(spec)
             reader, writer = await guest.open_channel(deadline)
             client = AgentClient(reader, writer)
@@ -169,6 +214,8 @@ class WarmPool:
         except BaseException as exc:
             if guest is not None:
                 await asyncio.shield(guest.destroy())
+            if slot is not None and self._network is not None:
+                await asyncio.shield(self._network.teardown(slot))
             shutil.rmtree(guest_dir, ignore_errors=True)
             if isinstance(exc, CleanroomError | asyncio.CancelledError):
                 raise
@@ -183,12 +230,15 @@ class WarmPool:
             ready_at=time.monotonic(),
             agent_version=info.agent_version,
             kernel=info.kernel,
+            slot=slot,
         )
 
     async def _discard(self, warm: WarmGuest) -> None:
         with contextlib.suppress(Exception):
             await warm.client.close()
         await warm.guest.destroy()
+        if warm.slot is not None and self._network is not None:
+            await self._network.teardown(warm.slot)
         warm.discard_dir()
 
 

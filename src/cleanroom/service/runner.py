@@ -36,7 +36,7 @@ from cleanroom.errors import (
 )
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.output import OutputCapture
-from cleanroom.service.pool import WarmGuest, WarmPool
+from cleanroom.service.pool import SlotProvider, WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
 from cleanroom.service.workspace import archive_workspace, iter_file_chunks, scan_workspace
@@ -173,6 +173,9 @@ class _RunState:
         self.archive: Path | None = None
         self.warm: WarmGuest | None = None
         self.run_dir: Path | None = None
+        self.slot: Any = None
+        """A pooled guest's network slot not (yet) activated for this run."""
+        self.slot_provider: SlotProvider | None = None
 
 
 async def _run_in_guest(
@@ -185,29 +188,40 @@ async def _run_in_guest(
     state: _RunState,
 ) -> ExitStatus:
     scan = await asyncio.to_thread(scan_workspace, plan.cwd)
-    attachment: NetworkAttachment | None = None
+    needs_nic = network is not None and bool(plan.policy.allow)
     guest_net: GuestNetwork | None = None
-    if network is not None and plan.policy.allow:
-        t = time.monotonic()
-        state.lease = await network.setup(plan.run_id, plan.policy, plan.run_dir)
-        rec.timing("network_setup_ms", (time.monotonic() - t) * 1000)
-        attachment = state.lease.attachment
-        guest_net = state.lease.guest
-        resolution = state.lease.timings.get("policy_resolution_ms")
-        if resolution is not None:
-            rec.timing("policy_resolution_ms", resolution)
-    else:
-        rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
-
     # A pooled guest has an empty workspace disk, so its workspace is streamed
     # through the agent; above a size where a cold boot with a host-made disk
-    # is faster than that stream, skip the pool.
+    # is faster than that stream, skip the pool. A run that needs a NIC can only
+    # use a guest booted on a reserved network slot.
     warm = None
-    if pool is not None and attachment is None and scan.bytes <= WARM_STREAM_LIMIT:
+    slots = pool.network if pool is not None else None
+    if pool is not None and scan.bytes <= WARM_STREAM_LIMIT and (not needs_nic or slots):
         warm = pool.take()
     if warm is not None:
         guest, client = await _claim_warm(warm, plan, rec, state)
+        if warm.slot is not None and slots is not None:
+            state.slot, state.slot_provider = warm.slot, slots
+        if needs_nic and slots is not None:
+            # The slot dropped everything since boot; now it gets this run's policy.
+            t = time.monotonic()
+            state.lease = await slots.activate(warm.slot, plan.run_id, plan.policy, plan.run_dir)
+            state.slot = None  # the lease owns the namespace now
+            rec.timing("network_setup_ms", (time.monotonic() - t) * 1000)
+            guest_net = _lease_network(state.lease, rec)
+        else:
+            # Any NIC stays behind the slot's drop-all table: nothing passes.
+            rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
     else:
+        attachment: NetworkAttachment | None = None
+        if network is not None and needs_nic:
+            t = time.monotonic()
+            state.lease = await network.setup(plan.run_id, plan.policy, plan.run_dir)
+            rec.timing("network_setup_ms", (time.monotonic() - t) * 1000)
+            attachment = state.lease.attachment
+            guest_net = _lease_network(state.lease, rec)
+        else:
+            rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
         # Special files cannot be left out of a host-made disk: stream those workspaces.
         seed = plan.cwd if not scan.skipped else None
         guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
@@ -264,6 +278,15 @@ async def _run_in_guest(
     except AgentError as exc:
         raise GuestAgentFailed(f"guest agent protocol failure: {exc}") from exc
     return status
+
+
+def _lease_network(lease: Any, rec: RunRecorder) -> GuestNetwork:
+    """The guest's network settings of ``lease``; records its policy resolution time."""
+    resolution = lease.timings.get("policy_resolution_ms")
+    if resolution is not None:
+        rec.timing("policy_resolution_ms", resolution)
+    net: GuestNetwork = lease.guest
+    return net
 
 
 async def _boot_cold(
@@ -389,6 +412,10 @@ async def _cleanup(state: _RunState, network: NetworkProvider | None, rec: RunRe
             await asyncio.to_thread(shutil.copyfile, console, rec.run_dir / console.name)
         state.warm.discard_dir()
         state.warm = None
+    if state.slot is not None and state.slot_provider is not None:
+        # Released with the guest; it never carried this run's traffic, so no record.
+        await state.slot_provider.teardown(state.slot)
+        state.slot = None
     if state.lease is not None and network is not None:
         t = time.monotonic()
         summary = await network.teardown(state.lease)

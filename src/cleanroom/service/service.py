@@ -26,7 +26,7 @@ from cleanroom.errors import (
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
-from cleanroom.service.pool import WarmPool
+from cleanroom.service.pool import SlotProvider, WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
@@ -111,6 +111,9 @@ class Service:
                 size=self._config.pool.size,
                 root=paths.state_dir() / "pool" / name,
                 launch_seconds=self._backend_launch_seconds(name),
+                # Pooled guests boot on reserved (drop-all) network slots when the
+                # network layer can reserve them, so networked runs can be served warm.
+                network=self._network if isinstance(self._network, SlotProvider) else None,
             )
             self._pools[name] = pool
             pool.start()
