@@ -9,6 +9,7 @@ from typing import Any
 
 from cleanroom.network.audit import AuditLog
 from cleanroom.network.commands import in_netns, run_command
+from cleanroom.network.owners import forget_owner
 from cleanroom.network.ruleset import RUN_TABLE
 
 __all__ = ["NetworkSummary", "collect_counters", "delete_netns"]
@@ -99,6 +100,8 @@ async def delete_netns(name: str) -> bool:
     result = await run_command(["ip", "netns", "del", name], check=False)
     if result.returncode != 0 and "No such file" not in result.stderr:
         log.warning("cannot delete namespace %s: %s", name, result.stderr.strip())
+    if result.returncode == 0 or "No such file" in result.stderr:
+        forget_owner(name)
     return result.returncode == 0
 
 

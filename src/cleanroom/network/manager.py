@@ -36,6 +36,7 @@ from cleanroom.network.dns import DnsFilter, UpstreamClient
 from cleanroom.network.egress import allowed_elements, denied_elements
 from cleanroom.network.links import FAKE_GUEST_IF, Links, make_sockets, system_resolvers
 from cleanroom.network.netns import call_in_netns
+from cleanroom.network.owners import owned_elsewhere, record_owner
 from cleanroom.network.resolution import elements_for, resolve_policy_names
 from cleanroom.network.ruleset import RunRules, add_elements, drop_all_ruleset, run_ruleset
 from cleanroom.policy import CompiledPolicy
@@ -205,6 +206,7 @@ class NetworkManager:
         live = _Live(owner_id, netns)
         try:
             await run_command(["ip", "netns", "add", netns])
+            record_owner(netns)
             self._live[netns] = live
             # The table goes in before any link exists, so nothing passes even for a moment.
             await run_command(in_netns(netns, ["nft", "-f", "-"]), stdin=drop_all_ruleset())
@@ -384,8 +386,9 @@ class NetworkManager:
 
     async def reconcile(self) -> list[str]:
         """Delete namespaces carrying this manager's prefix that no live slot owns
-        (leftovers of a crashed server, reserved or active); returns and logs their
-        names. Their TAPs, veths and tables go with them."""
+        and no other live process owns (leftovers of a crashed server, reserved or
+        active); returns and logs their names. Their TAPs, veths and tables go
+        with them."""
         listing = await run_command(["ip", "-j", "netns", "list"], check=False)
         names = [
             entry.get("name", "")
@@ -393,8 +396,12 @@ class NetworkManager:
         ]
         removed: list[str] = []
         for name in names:
-            owned_by_us = name.startswith(self.prefix) and name not in self._live
-            if owned_by_us and await delete_netns(name):
+            leftover = (
+                name.startswith(self.prefix)
+                and name not in self._live
+                and not owned_elsewhere(name)  # another live server's run
+            )
+            if leftover and await delete_netns(name):
                 removed.append(name)
                 log.warning("removed leftover network namespace %s", name)
         return removed
