@@ -33,6 +33,7 @@ from cleanroom.agent import AgentClient
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.errors import CleanroomError
 from cleanroom.policy import CompiledPolicy
+from cleanroom.service.boots import BootGate
 from cleanroom.service.ids import new_run_id
 
 __all__ = ["SlotProvider", "WarmGuest", "WarmPool"]
@@ -91,8 +92,10 @@ class WarmPool:
         root: Path,
         launch_seconds: float,
         network: SlotProvider | None = None,
+        boots: BootGate | None = None,
     ) -> None:
         self._backend = backend
+        self._boots = boots
         self._network = network
         self._size = size
         self._root = root
@@ -175,7 +178,11 @@ class WarmPool:
         try:
             while not self._closed and len(self._ready) < self._size:
                 try:
-                    warm = await self._boot()
+                    if self._boots is not None:
+                        async with self._boots.turn():
+                            warm = await self._boot()
+                    else:
+                        warm = await self._boot()
                 except CleanroomError as exc:
                     log.warning("warm guest failed to boot", code=exc.code, error=exc.message)
                     await asyncio.sleep(_RETRY_SECONDS)

@@ -21,6 +21,7 @@ SCHEMA_VERSION = 1
 
 TIMING_KEYS = (
     "policy_resolution_ms",
+    "boot_queue_ms",
     "rootfs_prepare_ms",
     "workspace_disk_ms",
     "vmm_start_ms",

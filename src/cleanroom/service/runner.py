@@ -35,6 +35,7 @@ from cleanroom.errors import (
     RunTimeout,
 )
 from cleanroom.policy import CompiledPolicy
+from cleanroom.service.boots import BootGate
 from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import SlotProvider, WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
@@ -95,6 +96,7 @@ async def execute_run(
     network: NetworkProvider | None,
     on_event: EventSink | None,
     pool: WarmPool | None = None,
+    boots: BootGate | None = None,
 ) -> RunResult:
     """Run ``plan`` in a fresh guest and return its result.
 
@@ -116,7 +118,7 @@ async def execute_run(
     try:
         if on_event is not None:
             await on_event(RunStarted(plan.run_id, plan.cleanroom_id, plan.run_dir))
-        status = await _run_in_guest(plan, backend, network, pool, rec, capture, state)
+        status = await _run_in_guest(plan, backend, network, pool, boots, rec, capture, state)
     except asyncio.CancelledError:
         await _shielded_cleanup(state, network, rec)
         capture.close()
@@ -183,6 +185,7 @@ async def _run_in_guest(
     backend: Backend,
     network: NetworkProvider | None,
     pool: WarmPool | None,
+    boots: BootGate | None,
     rec: RunRecorder,
     capture: OutputCapture,
     state: _RunState,
@@ -224,7 +227,9 @@ async def _run_in_guest(
             rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
         # Special files cannot be left out of a host-made disk: stream those workspaces.
         seed = plan.cwd if not scan.skipped else None
-        guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
+        async with boots.turn() if boots is not None else _no_wait() as waited_ms:
+            rec.timing("boot_queue_ms", waited_ms)
+            guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
     seeded = warm is None and bool(guest.timings.get("workspace_seeded"))
 
     try:
@@ -350,6 +355,11 @@ async def _claim_warm(
     rec.timing("vm_ready_ms", 0.0)
     rec.timing("agent_connect_wait_ms", 0.0)
     return warm.guest, warm.client
+
+
+@contextlib.asynccontextmanager
+async def _no_wait() -> AsyncIterator[float]:
+    yield 0.0
 
 
 def _launch_failed(guest: Guest, plan: RunPlan, message: str) -> RuntimeLaunchFailed:

@@ -24,6 +24,7 @@ from cleanroom.errors import (
     RunNotFound,
 )
 from cleanroom.policy import CompiledPolicy, load_policy
+from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.pool import SlotProvider, WarmPool
@@ -65,6 +66,7 @@ class Service:
         self._runs: dict[str, Path] = {}
         self._lock = asyncio.Lock()
         self._pools: dict[str, WarmPool] = {}
+        self._boots = BootGate(default_boot_limit())
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -114,6 +116,7 @@ class Service:
                 # Pooled guests boot on reserved (drop-all) network slots when the
                 # network layer can reserve them, so networked runs can be served warm.
                 network=self._network if isinstance(self._network, SlotProvider) else None,
+                boots=self._boots,
             )
             self._pools[name] = pool
             pool.start()
@@ -247,7 +250,9 @@ class Service:
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
         # cancellation; cancelling the caller cancels the run too.
         pool = self._pool_for(ctx.info.backend, ctx.backend)
-        task = asyncio.create_task(execute_run(plan, ctx.backend, self._network, on_event, pool))
+        task = asyncio.create_task(
+            execute_run(plan, ctx.backend, self._network, on_event, pool, self._boots)
+        )
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
         try:
