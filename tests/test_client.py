@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,35 +29,6 @@ from cleanroom.errors import (
 from cleanroom.server import ListenAddress
 from cleanroom.server.testing import FakeService, ServerThread
 from cleanroom.service.types import LaunchOptions, RunExit, RunOutput, RunResult, RunStarted
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="crc-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def repo(root: Path) -> Path:
-    path = root / "repo"
-    path.mkdir()
-    (path / "cleanroom.yaml").write_text("\n")
-    return path
-
-
-@pytest.fixture
-def fake(root: Path) -> FakeService:
-    return FakeService(root / "state")
-
-
-@pytest.fixture
-def host(fake: FakeService, root: Path) -> Iterator[str]:
-    sock = root / "run" / "c.sock"
-    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)):
-        yield f"unix://{sock}"
 
 
 def test_endpoint_resolution(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:

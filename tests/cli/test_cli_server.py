@@ -4,53 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cleanroom.server import ListenAddress
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.server.testing import FakeService
 
 ENTRY = "from cleanroom.cli.app import main; main()"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="crcli-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def repo(root: Path) -> Path:
-    path = root / "repo"
-    path.mkdir()
-    (path / "cleanroom.yaml").write_text("\n")
-    return path
-
-
-@pytest.fixture
-def fake(root: Path) -> FakeService:
-    return FakeService(root / "state")
-
-
-@pytest.fixture
-def host(fake: FakeService, root: Path) -> Iterator[str]:
-    sock = root / "run" / "cli.sock"
-    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)):
-        yield f"unix://{sock}"
 
 
 @pytest.fixture
