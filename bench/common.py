@@ -96,12 +96,19 @@ class Server:
 def serve(
     home: Path, *, pool_size: int, accel: str, launch_seconds: float = 60
 ) -> Iterator[Server]:
-    """Start ``cleanroom serve`` with its own config (pool size, accel) and socket."""
+    """Start ``cleanroom serve`` with its own config (pool size, accel) and socket.
+
+    Its sandboxes use a namespace made here as their uplink, so benchmarking
+    never changes the host's own firewall or forwarding settings.
+    """
+    uplink = f"crb-uplink-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", uplink], check=True)
     config_home = home / "config"
     (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
     (config_home / "cleanroom" / "config.yaml").write_text(
         f"pool: {{size: {pool_size}}}\n"
         f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}}}}}\n"
+        f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n"
     )
     sock = home / "cleanroom.sock"
     env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
@@ -134,6 +141,7 @@ def serve(
             proc.kill()
             proc.wait()
         log.close()
+        subprocess.run(["ip", "netns", "del", uplink], check=False)
 
 
 def make_workspace(root: Path) -> Path:
