@@ -261,3 +261,23 @@ def test_unexpected_service_error_is_generic_500(
     error = error_of(response)
     assert error["code"] == "internal_error"
     assert "secret" not in json.dumps(error)
+
+
+def test_run_timeout_seconds(http: httpx.Client, repo: Path) -> None:
+    slow = http.post(
+        "/v1/exec",
+        json={"cwd": str(repo), "command": ["sleep", "30"], "timeout_seconds": 0.5},
+    )
+    assert slow.status_code == 504
+    assert error_of(slow)["code"] == "run_timeout"
+    quick = http.post(
+        "/v1/exec", json={"cwd": str(repo), "command": ["true"], "timeout_seconds": 30}
+    )
+    assert quick.status_code == 200
+    assert quick.json()["exit_code"] == 0
+    for bad in (0, -1, "5", 86401):
+        response = http.post(
+            "/v1/exec", json={"cwd": str(repo), "command": ["true"], "timeout_seconds": bad}
+        )
+        assert response.status_code == 400, bad
+        assert error_of(response)["code"] == "invalid_request"

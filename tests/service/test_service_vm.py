@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cleanroom.errors import (
     PolicyNotFound,
     RunCancelled,
     RuntimeLaunchFailed,
+    RunTimeout,
 )
 from cleanroom.service import LaunchOptions, RunEvent, RunOutput, RunStarted, Service
 from cleanroom.service.record import RECORD_NAME, TIMING_KEYS
@@ -266,3 +268,16 @@ async def test_special_files_are_skipped_and_reported(service: Service, workspac
     workspace_info = service.run_record(result.run_id)["workspace"]
     assert workspace_info["method"] == "stream"
     assert workspace_info["skipped"] == ["a-fifo"]
+
+
+async def test_timeout_kills_the_command_group(service: Service, workspace: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(RunTimeout) as caught:
+        await service.exec(workspace, ["sh", "-c", "sleep 300 & sleep 300; echo never"], timeout=3)
+    assert time.monotonic() - started < 120
+    run_dir = Path(caught.value.details["run_dir"])
+    record = json.loads((run_dir / RECORD_NAME).read_text())
+    assert record["status"] == "timeout"
+    assert record["error"]["code"] == "run_timeout"
+    assert "never" not in (run_dir / "stdout.log").read_text()
+    assert not _vmm_children()

@@ -177,10 +177,14 @@ def _exec(args: argparse.Namespace) -> int:
             _prepare_local(endpoint)
         with Client(endpoint.url) as client:
             if args.as_json:
-                result = client.exec(args.cwd, argv, backend=args.backend, options=options)
+                result = client.exec(
+                    args.cwd, argv, backend=args.backend, options=options, timeout=args.timeout
+                )
                 print_json(result_to_dict(result))
                 return result.exit_code
-            events = client.exec_stream(args.cwd, argv, backend=args.backend, options=options)
+            events = client.exec_stream(
+                args.cwd, argv, backend=args.backend, options=options, timeout=args.timeout
+            )
             return stream_run(events, wait_cancelled=_context_gone(client))
     except CleanroomError as exc:
         return report_error(exc, as_json=args.as_json)
@@ -199,6 +203,12 @@ def register(commands: Subcommands) -> None:
     add_cwd(parser, "Repository directory (holds the policy).")
     parser.add_argument("--backend", help="Backend (default: config).")
     parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="Kill the command after this many seconds (exit 124, run_timeout).",
+    )
     add_json(parser, "Print the result object instead of streaming.")
     parser.add_argument("--no-autostart", action="store_true", help="Do not start a local server.")
     # REMAINDER: everything from the first non-option on is the command, so

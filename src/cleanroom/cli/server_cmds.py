@@ -122,10 +122,10 @@ def _run(args: argparse.Namespace) -> int:
     argv = command_argv(args.parser, args.command)
     with _client(args.host) as client:
         if args.as_json:
-            result = client.run(args.cleanroom_id, argv)
+            result = client.run(args.cleanroom_id, argv, timeout=args.timeout)
             print_json(result_to_dict(result))
             return result.exit_code
-        return stream_run(client.run_stream(args.cleanroom_id, argv))
+        return stream_run(client.run_stream(args.cleanroom_id, argv, timeout=args.timeout))
 
 
 def _terminate(args: argparse.Namespace) -> int:
@@ -203,6 +203,12 @@ def register(commands: Subcommands) -> None:
         "Put the command after --.",
     )
     run.add_argument("cleanroom_id", metavar="CLEANROOM_ID", help="The context id from `launch`.")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="Kill the command after this many seconds (exit 124, run_timeout).",
+    )
     run.add_argument("command", nargs="+", help="The command (after --).")
     add_host(run)
     add_json(run, "Print the result object instead of streaming.")

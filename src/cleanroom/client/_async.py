@@ -122,9 +122,11 @@ class AsyncClient:
             await self._request("POST", "/v1/cleanrooms/launch", json=body, long=True)
         )
 
-    async def run(self, cleanroom_id: str, command: Sequence[str]) -> RunResult:
+    async def run(
+        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+    ) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = run_body(cleanroom_id, command)
+        body = run_body(cleanroom_id, command, timeout)
         return parse_run(await self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
 
     async def terminate(self, cleanroom_id: str) -> None:
@@ -140,9 +142,10 @@ class AsyncClient:
         *,
         backend: str | None = None,
         options: LaunchOptions | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = exec_body(cwd, command, backend, options)
+        body = exec_body(cwd, command, backend, options, timeout)
         return parse_run(await self._request("POST", "/v1/exec", json=body, long=True))
 
     async def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -158,13 +161,15 @@ class AsyncClient:
         """The server's readiness checks."""
         return parse_doctor(await self._request("GET", "/v1/doctor", long=True))
 
-    def run_stream(self, cleanroom_id: str, command: Sequence[str]) -> AsyncIterator[RunEvent]:
+    def run_stream(
+        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+    ) -> AsyncIterator[RunEvent]:
         """Run ``command`` and yield ``RunStarted``, ``RunOutput``…, ``RunExit`` as they happen.
 
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early (``aclose``) disconnects, which cancels the run.
         """
-        body = run_body(cleanroom_id, command)
+        body = run_body(cleanroom_id, command, timeout)
         return self._stream("/v1/cleanrooms/run", body)
 
     def exec_stream(
@@ -174,9 +179,10 @@ class AsyncClient:
         *,
         backend: str | None = None,
         options: LaunchOptions | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = exec_body(cwd, command, backend, options)
+        body = exec_body(cwd, command, backend, options, timeout)
         return self._stream("/v1/exec", body)
 
     async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[RunEvent]:

@@ -108,9 +108,11 @@ class Client:
         body = launch_body(cwd, backend, options)
         return parse_launch(self._request("POST", "/v1/cleanrooms/launch", json=body, long=True))
 
-    def run(self, cleanroom_id: str, command: Sequence[str]) -> RunResult:
+    def run(
+        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+    ) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = run_body(cleanroom_id, command)
+        body = run_body(cleanroom_id, command, timeout)
         return parse_run(self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
 
     def terminate(self, cleanroom_id: str) -> None:
@@ -126,9 +128,10 @@ class Client:
         *,
         backend: str | None = None,
         options: LaunchOptions | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = exec_body(cwd, command, backend, options)
+        body = exec_body(cwd, command, backend, options, timeout)
         return parse_run(self._request("POST", "/v1/exec", json=body, long=True))
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -144,13 +147,15 @@ class Client:
         """The server's readiness checks."""
         return parse_doctor(self._request("GET", "/v1/doctor", long=True))
 
-    def run_stream(self, cleanroom_id: str, command: Sequence[str]) -> Iterator[RunEvent]:
+    def run_stream(
+        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+    ) -> Iterator[RunEvent]:
         """Run ``command`` and yield ``RunStarted``, ``RunOutput``…, ``RunExit`` as they happen.
 
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early disconnects, which cancels the run.
         """
-        body = run_body(cleanroom_id, command)
+        body = run_body(cleanroom_id, command, timeout)
         return self._stream("/v1/cleanrooms/run", body)
 
     def exec_stream(
@@ -160,9 +165,10 @@ class Client:
         *,
         backend: str | None = None,
         options: LaunchOptions | None = None,
+        timeout: float | None = None,
     ) -> Iterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = exec_body(cwd, command, backend, options)
+        body = exec_body(cwd, command, backend, options, timeout)
         return self._stream("/v1/exec", body)
 
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:

@@ -144,16 +144,28 @@ def command_list(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
-def run_body(cleanroom_id: str, command: Sequence[str]) -> dict[str, Any]:
+def run_body(
+    cleanroom_id: str, command: Sequence[str], timeout: float | None = None
+) -> dict[str, Any]:
     """A run request (``POST /v1/cleanrooms/run``)."""
-    return {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+    body: dict[str, Any] = {"cleanroom_id": cleanroom_id, "command": command_list(command)}
+    if timeout is not None:
+        body["timeout_seconds"] = timeout
+    return body
 
 
 def exec_body(
-    cwd: Path | str, command: Sequence[str], backend: str | None, options: LaunchOptions | None
+    cwd: Path | str,
+    command: Sequence[str],
+    backend: str | None,
+    options: LaunchOptions | None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """An exec request (``POST /v1/exec``): a launch request plus the command."""
-    return {**launch_body(cwd, backend, options), "command": command_list(command)}
+    body = {**launch_body(cwd, backend, options), "command": command_list(command)}
+    if timeout is not None:
+        body["timeout_seconds"] = timeout
+    return body
 
 
 def run_record_path(run_id: str) -> str:

@@ -170,7 +170,9 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     )
     async def run(body: RunRequest, request: Request) -> Any:
         def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
-            return service.run(body.cleanroom_id, body.command, on_event=on_event)
+            return service.run(
+                body.cleanroom_id, body.command, on_event=on_event, timeout=body.timeout_seconds
+            )
 
         if _wants_stream(request):
             return RunStreamResponse(start)
@@ -188,7 +190,12 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
 
         def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
             return service.exec(
-                cwd, body.command, backend=body.backend, options=options, on_event=on_event
+                cwd,
+                body.command,
+                backend=body.backend,
+                options=options,
+                on_event=on_event,
+                timeout=body.timeout_seconds,
             )
 
         if _wants_stream(request):

@@ -73,6 +73,9 @@ class LaunchRequest(BaseModel):
     options: LaunchOptionsModel | None = None
 
 
+_TIMEOUT = "Kill the command's process group after this many seconds (error run_timeout)."
+
+
 class RunRequest(BaseModel):
     """``POST /v1/cleanrooms/run``."""
 
@@ -80,6 +83,7 @@ class RunRequest(BaseModel):
 
     cleanroom_id: NoNul = Field(min_length=1)
     command: Command = Field(min_length=1, description="argv, run without a shell.")
+    timeout_seconds: float | None = Field(default=None, gt=0, le=86400, description=_TIMEOUT)
 
 
 class TerminateRequest(BaseModel):
@@ -99,6 +103,7 @@ class ExecRequest(BaseModel):
     command: Command = Field(min_length=1, description="argv, run without a shell.")
     backend: NoNul | None = None
     options: LaunchOptionsModel | None = None
+    timeout_seconds: float | None = Field(default=None, gt=0, le=86400, description=_TIMEOUT)
 
 
 class LaunchResponse(BaseModel):

@@ -124,7 +124,12 @@ class FakeService:
         return info
 
     async def run(
-        self, cleanroom_id: str, command: Sequence[str], *, on_event: EventSink | None = None
+        self,
+        cleanroom_id: str,
+        command: Sequence[str],
+        *,
+        on_event: EventSink | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Run ``command`` as a local subprocess, streaming its output to ``on_event``."""
         ctx = self._contexts.get(cleanroom_id)
@@ -134,6 +139,8 @@ class FakeService:
             raise InvalidRequest("command must not be empty")
         run_id = "run-" + secrets.token_hex(6)
         ctx.info = replace(ctx.info, runs=(*ctx.info.runs, run_id))
+        if timeout is not None:
+            ctx = replace(ctx, timeout=timeout)
         inner = asyncio.create_task(self._execute(ctx, run_id, list(command), on_event))
         ctx.tasks.add(inner)
         try:
@@ -290,11 +297,12 @@ class FakeService:
         backend: str | None = None,
         options: LaunchOptions | None = None,
         on_event: EventSink | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
         info = await self.launch(cwd, backend=backend, options=options)
         try:
-            return await self.run(info.cleanroom_id, command, on_event=on_event)
+            return await self.run(info.cleanroom_id, command, on_event=on_event, timeout=timeout)
         finally:
             with contextlib.suppress(CleanroomNotFound):
                 await asyncio.shield(self.terminate(info.cleanroom_id))

@@ -35,9 +35,17 @@ class ServiceAPI(Protocol):
         """
 
     async def run(
-        self, cleanroom_id: str, command: Sequence[str], *, on_event: EventSink | None = None
+        self,
+        cleanroom_id: str,
+        command: Sequence[str],
+        *,
+        on_event: EventSink | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
+
+        ``timeout`` (seconds, optional) kills the command's whole process group
+        when it runs longer and raises ``RunTimeout``.
 
         ``on_event`` receives ``RunStarted``, then ``RunOutput`` chunks as they
         are produced, then ``RunExit``. Cancelling the calling task cancels the
@@ -59,6 +67,7 @@ class ServiceAPI(Protocol):
         backend: str | None = None,
         options: LaunchOptions | None = None,
         on_event: EventSink | None = None,
+        timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate (terminate happens also on failure)."""
         ...
