@@ -1,9 +1,10 @@
-"""Fixtures: a real server (uvicorn on a unix socket) over the fake service."""
+"""Fixtures: a real server (uvicorn on a unix socket) over the fake service.
+
+``root``, ``repo`` and ``fake`` come from the suite-wide ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,26 +15,9 @@ from cleanroom.server.testing import FakeService, ServerThread
 
 
 @pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="crs-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def repo(short_tmp: Path) -> Path:
-    path = short_tmp / "repo"
-    path.mkdir()
-    (path / "cleanroom.yaml").write_text("# fake policy\n")
-    return path
-
-
-@pytest.fixture
-def fake(short_tmp: Path) -> FakeService:
-    return FakeService(short_tmp / "state")
+def short_tmp(root: Path) -> Path:
+    """The shared short temporary directory (unix socket paths are limited to 107 bytes)."""
+    return root
 
 
 @pytest.fixture
