@@ -52,7 +52,7 @@ async def _run(n: int, ws: Path, accel: str) -> list[dict[str, Any]]:
         for _ in range(n):
             r = await svc.run(info.cleanroom_id, ["du", "-sm", "/workspace"])
             assert r.exit_code == 0, r.stderr
-            records.append(svc.run_record(r.run_id))
+            records.append(await svc.run_record(r.run_id))
     finally:
         await svc.close()
     return records

@@ -126,6 +126,10 @@ def test_messages_round_trip() -> None:
     assert m.parse_configure(_payload(m.ConfigureRequest().to_frame())) == m.ConfigureRequest()
     ex = m.ExecRequest(("a", "b c"), {"K": "v"}, "/w", 2.5, "stream")
     assert m.parse_exec(_payload(ex.to_frame())) == ex
+    in_workspace = m.ExecRequest(("true",))  # cwd None: the agent's workspace
+    assert m.parse_exec(_payload(in_workspace.to_frame())) == in_workspace
+    for begin in (m.WorkspaceBegin(True), m.WorkspaceBegin(False, scratch=True)):
+        assert m.parse_workspace_begin(_payload(begin.to_frame())) == begin
     st_ = m.ExitStatus(137, 9, "SIGKILL", True, 12.5)
     assert m.parse_exit(_payload(st_.to_frame())) == st_
     info = m.GuestInfo("1", 1, "6.1", "3.11.2")
@@ -166,7 +170,7 @@ def _exec_obj(**over: object) -> bytes:
         _exec_obj(timeout=True),
         _exec_obj(timeout="5"),
         _exec_obj(stdin="pty"),
-        _exec_obj(cwd=None),
+        _exec_obj(cwd=1),
     ],
 )
 def test_exec_parsing_is_strict(payload: bytes) -> None:

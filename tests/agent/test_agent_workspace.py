@@ -197,6 +197,37 @@ async def test_hostile_archive_never_writes_outside(
     assert "skipped" in stderr
 
 
+async def test_scratch_transfer_extracts_then_leaves_the_workspace_as_it_was(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _build_tree(src)
+    agent = await agents.start()
+    agent.workspace.mkdir(parents=True, exist_ok=True)
+    (agent.workspace / "kept").write_text("mine")
+    before = _snapshot(agent.workspace)
+    stats = await agent.client.send_workspace(_pieces(_tar_of(src)), read_only=False, scratch=True)
+    assert (stats.files, stats.skipped) == (6, 0)  # really extracted, then removed
+    assert _snapshot(agent.workspace) == before
+    # A corrupt scratch archive fails like any other and also leaves nothing behind.
+    with pytest.raises(AgentRemoteError) as info:
+        await agent.client.send_workspace([b"\x01" * 10_000], read_only=False, scratch=True)
+    assert info.value.remote_code == "workspace_failed"
+    assert _snapshot(agent.workspace) == before
+    # A real transfer afterwards is unaffected.
+    stats = await agent.client.send_workspace(_pieces(_tar_of(src)), read_only=False)
+    assert _snapshot(agent.workspace) == {**before, **_snapshot(src)}
+
+
+async def test_scratch_transfer_cannot_be_read_only(agents: AgentFactory) -> None:
+    agent = await agents.start()
+    with pytest.raises(AgentRemoteError) as info:
+        await agent.client.send_workspace([bytes(1024)], read_only=True, scratch=True)
+    assert info.value.remote_code == "workspace_failed"
+    assert "writable" in str(info.value)
+
+
 async def test_corrupt_archive_is_an_error_and_session_goes_on(agents: AgentFactory) -> None:
     agent = await agents.start()
     with pytest.raises(AgentRemoteError) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import time
 from pathlib import Path
 
 from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefix
+
+
+def _open_fds() -> set[str]:
+    return {p.name for p in Path("/proc/self/fd").iterdir()}
 
 
 def _alive(pid: int) -> bool:
@@ -39,6 +44,19 @@ async def test_exit_status_is_reported(tmp_path: Path) -> None:
     assert await proc.wait_exit(30) == 3
     assert (tmp_path / "o").read_text() == "out\n"
     assert (tmp_path / "e").read_text() == "err\n"
+
+
+async def test_concurrent_waiters_all_see_the_exit(tmp_path: Path) -> None:
+    """Exit is an event (pidfd), shared by every waiter; a short wait times out cleanly."""
+    fds = _open_fds()
+    proc = VmmProcess.spawn(["sleep", "0.3"], stdout=tmp_path / "o", stderr=tmp_path / "e")
+    assert await proc.wait_exit(0.01) is None
+    statuses = await asyncio.gather(*(proc.wait_exit(30) for _ in range(3)), proc.kill())
+    assert statuses[:3] == [statuses[3]] * 3
+    assert statuses[3] in (0, -9)
+    assert not _alive(proc.pid)
+    assert _open_fds() == fds  # the pidfd went with the reap
+    assert await proc.wait_exit(1) == statuses[3]
 
 
 def test_vmm_dies_with_its_parent(tmp_path: Path) -> None:

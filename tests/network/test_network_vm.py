@@ -157,6 +157,7 @@ async def test_policy_enforced_in_a_real_guest(service: Service, tmp_path: Path)
     for label in ("dns_unlisted", "dns_wild_apex", "dns_denied"):
         assert got[label]["rcode"] == "REFUSED", label
 
+    record = await service.run_record(result.run_id)  # waits for the network's teardown
     events = read_events(result.run_dir)
     assert all(e["run_id"] == result.run_id for e in events)
     _blocked(events, "192.0.2.10", 8081, "tcp")
@@ -168,7 +169,6 @@ async def test_policy_enforced_in_a_real_guest(service: Service, tmp_path: Path)
     refused = {e["name"] for e in events if e["event"] == "dns" and e["decision"] == "refused"}
     assert {"blocked.example.test", "wild.example.test", "evil.wild.example.test"} <= refused
 
-    record = service.run_record(result.run_id)
     assert record["network"]["blocked"] >= 6
     assert record["network"]["allowed"] >= 1
     assert isinstance(record["network_setup_ms"], float)
@@ -185,7 +185,7 @@ async def test_policy_without_allow_rules_gives_no_nic(service: Service, tmp_pat
     result = await service.exec(ws, ["sh", "-c", "ls /sys/class/net"])
     assert result.exit_code == 0
     assert result.stdout.split() == ["lo"]
-    assert service.run_record(result.run_id)["network"]["mode"] == "none"
+    assert (await service.run_record(result.run_id))["network"]["mode"] == "none"
 
 
 def _run_ruleset(netns: str) -> str:
@@ -228,7 +228,7 @@ async def test_pooled_guest_serves_a_networked_run(internet: Internet, tmp_path:
         )
         assert result.exit_code == 0, result.stderr
         got = {r["label"]: r for r in map(json.loads, result.stdout.splitlines())}
-        record = svc.run_record(result.run_id)
+        record = await svc.run_record(result.run_id)  # also waits for the run's teardown
         assert record["pool"] == "hit"
         assert record["network"]["mode"] == "filtered"
         assert isinstance(record["network_setup_ms"], float)

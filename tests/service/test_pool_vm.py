@@ -77,7 +77,7 @@ async def test_pool_hits_are_fresh_distinct_guests_and_refill(
         pooled.run(info.cleanroom_id, ["sh", "-c", script]),
         pooled.run(info.cleanroom_id, ["sh", "-c", script]),
     )
-    records = [pooled.run_record(r.run_id) for r in (first, second)]
+    records = [await pooled.run_record(r.run_id) for r in (first, second)]
     assert [r["pool"] for r in records] == ["hit", "hit"]
     # Two different guests, neither saw the other's rootfs write.
     assert first.stdout != second.stdout
@@ -88,7 +88,7 @@ async def test_pool_hits_are_fresh_distinct_guests_and_refill(
     assert not (idle & _vmm_children())
     third = await pooled.run(info.cleanroom_id, ["sh", "-c", script])
     assert "SEEN" not in third.stdout
-    assert pooled.run_record(third.run_id)["pool"] in ("hit", "miss")
+    assert (await pooled.run_record(third.run_id))["pool"] in ("hit", "miss")
     await pool.wait_ready(2)
     await pooled.terminate(info.cleanroom_id)
 

@@ -90,6 +90,6 @@ async def test_launch_option_validation(tmp_path: Path) -> None:
         with pytest.raises(InvalidRequest):
             await svc.launch(repo, backend="qemu", options=options)
     with pytest.raises(RunNotFound):
-        svc.run_record("run-../../etc")
+        await svc.run_record("run-../../etc")
     with pytest.raises(RunNotFound):
-        svc.run_record("run-000000000000")
+        await svc.run_record("run-000000000000")

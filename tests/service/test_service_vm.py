@@ -114,8 +114,11 @@ async def test_exit_codes_output_workspace_and_record(
     ok = await service.run(info.cleanroom_id, ["true"])
     assert ok.exit_code == 0
 
-    record = json.loads((first.run_dir / RECORD_NAME).read_text())
-    assert record == service.run_record(first.run_id)
+    record = await service.run_record(first.run_id)
+    assert record == json.loads((first.run_dir / RECORD_NAME).read_text())
+    assert record["cleanup"] == "done"
+    for run in (second, ok):
+        assert (await service.run_record(run.run_id))["cleanup"] == "done"
     assert record["exit_code"] == 7
     assert record["backend"] == "qemu"
     assert record["isolation"] in ("qemu-tcg", "qemu-kvm")
@@ -251,7 +254,7 @@ async def test_large_workspace_is_copied_on_a_host_made_disk(
     assert result.exit_code == 0, result.stderr
     assert result.stdout.split()[0] == digest
     assert "lost+found" not in result.stdout
-    record = service.run_record(result.run_id)
+    record = await service.run_record(result.run_id)
     assert record["workspace"]["method"] == "disk"
     assert record["workspace"]["bytes"] >= 48 << 20
     assert isinstance(record["workspace_disk_ms"], float)
@@ -265,7 +268,7 @@ async def test_special_files_are_skipped_and_reported(service: Service, workspac
     assert result.exit_code == 0
     assert "a-fifo" not in result.stdout.split()
     assert "data.txt" in result.stdout.split()
-    workspace_info = service.run_record(result.run_id)["workspace"]
+    workspace_info = (await service.run_record(result.run_id))["workspace"]
     assert workspace_info["method"] == "stream"
     assert workspace_info["skipped"] == ["a-fifo"]
 

@@ -58,8 +58,11 @@ def _signal_name(signum: int) -> str:
 class RunningCommand:
     """One command from start to EXIT frame. Create, then :meth:`start`."""
 
-    def __init__(self, request: ExecRequest, send: Send, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, request: ExecRequest, send: Send, log: Callable[[str], None], *, cwd: str
+    ) -> None:
         self._req = request
+        self._cwd = cwd
         self._send = send
         self._log = log
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,7 +89,7 @@ class RunningCommand:
                 stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=req.cwd,
+                cwd=self._cwd,
                 env=env,
                 start_new_session=True,
                 close_fds=True,

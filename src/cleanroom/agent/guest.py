@@ -26,11 +26,12 @@ Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
-# ruff: noqa: PTH103, PTH115, PTH123
+# ruff: noqa: PTH103, PTH115, PTH118, PTH123
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ EXIT_OK = 0
 EXIT_PROTOCOL = 3
 EXIT_SETUP = 4
 _EOF_POLL = 0.02
+_SCRATCH_NAME = ".cleanroom-scratch"
 
 
 def log(message: str) -> None:
@@ -115,6 +117,7 @@ class Session:
         self._ro_bound = False
         self._command: RunningCommand | None = None
         self._receiver_read_only = False
+        self._scratch = False
         if init_mode:
             # Commands default to cwd /workspace, also before any workspace arrives.
             with contextlib.suppress(OSError):
@@ -255,19 +258,39 @@ class Session:
         begin = parse_workspace_begin(payload)
         try:
             self._idle_or_fail("workspace")
-            receiver = WorkspaceReceiver(
-                self._workspace,
-                read_only=begin.read_only,
-                can_mount=self._privileged,
-                unbind_first=self._ro_bound,
-            )
+            if begin.scratch:
+                receiver = self._scratch_receiver(begin.read_only)
+            else:
+                receiver = WorkspaceReceiver(
+                    self._workspace,
+                    read_only=begin.read_only,
+                    can_mount=self._privileged,
+                    unbind_first=self._ro_bound,
+                )
         except GuestOperationFailed as exc:
             # The host sends its chunks regardless: swallow them, answer at the end.
             self._refused = exc
             return
-        self._ro_bound = False
+        self._scratch = begin.scratch
+        if not begin.scratch:
+            self._ro_bound = False
+            self._receiver_read_only = begin.read_only
         self._receiver = receiver
-        self._receiver_read_only = begin.read_only
+
+    def _scratch_receiver(self, read_only: bool) -> WorkspaceReceiver:
+        # On the workspace's own filesystem, so a warm-up exercises the same
+        # code paths (in the emulator and the kernel) as the real transfer.
+        if read_only or self._ro_bound:
+            raise GuestOperationFailed(
+                ERR_WORKSPACE, "a scratch transfer needs a writable workspace"
+            )
+        dest = self._scratch_dir()
+        if os.path.lexists(dest):
+            raise GuestOperationFailed(ERR_WORKSPACE, f"{dest} exists")
+        return WorkspaceReceiver(dest, read_only=False, can_mount=self._privileged)
+
+    def _scratch_dir(self) -> str:
+        return os.path.join(self._workspace, _SCRATCH_NAME)
 
     def _workspace_end(self) -> None:
         receiver, refused = self._receiver, self._refused
@@ -275,8 +298,13 @@ class Session:
         if refused is not None:
             raise refused
         assert receiver is not None
-        stats = receiver.finish()
-        self._ro_bound = self._receiver_read_only
+        try:
+            stats = receiver.finish()
+        finally:
+            if self._scratch:
+                shutil.rmtree(self._scratch_dir(), ignore_errors=True)
+        if not self._scratch:
+            self._ro_bound = self._receiver_read_only
         self._ch.send(stats.to_frame())
 
     def _workspace_abort(self) -> None:
@@ -284,6 +312,8 @@ class Session:
         self._receiver = self._refused = None
         if receiver is not None:
             receiver.cancel()
+        if self._scratch:
+            shutil.rmtree(self._scratch_dir(), ignore_errors=True)
         raise GuestOperationFailed(ERR_WORKSPACE, "transfer aborted by the host")
 
     def _exec(self, payload: bytes) -> None:
@@ -291,7 +321,8 @@ class Session:
         self._idle_or_fail("exec")
         if self._command is not None:
             self._command.kill_and_wait()  # finished; joins its threads
-        self._command = RunningCommand(req, self._ch.send, log)
+        cwd = req.cwd if req.cwd is not None else self._workspace
+        self._command = RunningCommand(req, self._ch.send, log, cwd=cwd)
         self._command.start()
 
     def _shutdown(self) -> None:

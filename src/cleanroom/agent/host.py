@@ -205,15 +205,21 @@ class AgentClient:
             parse_configured((await self._reply(FrameType.CONFIGURED)).payload)
 
     async def send_workspace(
-        self, chunks: AsyncIterator[bytes] | Iterable[bytes], *, read_only: bool
+        self,
+        chunks: AsyncIterator[bytes] | Iterable[bytes],
+        *,
+        read_only: bool,
+        scratch: bool = False,
     ) -> WorkspaceStats:
         """Stream a tar archive into the guest's workspace; the guest's extraction stats.
 
-        A refused archive raises AgentRemoteError (``workspace_failed``).
+        With ``scratch`` the guest extracts into a throwaway directory and removes
+        it again (a warm-up; the workspace is left as it was). A refused archive
+        raises AgentRemoteError (``workspace_failed``).
         """
         async with self._op_lock:
             await self._skip_stale()
-            await self._send(WorkspaceBegin(read_only).to_frame())
+            await self._send(WorkspaceBegin(read_only, scratch).to_frame())
             try:
                 async for piece in _aiter_chunks(chunks):
                     await self._send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
@@ -232,7 +238,7 @@ class AgentClient:
         argv: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
-        cwd: str = "/workspace",
+        cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | AsyncIterator[bytes] | None = None,
         on_output: OutputCallback,

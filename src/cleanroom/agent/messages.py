@@ -217,17 +217,26 @@ def parse_configure(payload: bytes) -> ConfigureRequest:
 
 @dataclass(frozen=True)
 class WorkspaceBegin:
-    """Start of a workspace tar stream."""
+    """Start of a workspace tar stream.
+
+    ``scratch``: extract into a throwaway directory on the workspace's
+    filesystem, removed again before the reply, instead of the workspace
+    itself (a warm-up that leaves the workspace as it was).
+    """
 
     read_only: bool
+    scratch: bool = False
 
     def to_frame(self) -> bytes:
-        return _dump(FrameType.WORKSPACE_BEGIN, {"read_only": self.read_only})
+        return _dump(
+            FrameType.WORKSPACE_BEGIN, {"read_only": self.read_only, "scratch": self.scratch}
+        )
 
 
 def parse_workspace_begin(payload: bytes) -> WorkspaceBegin:
-    obj = _load(payload, "workspace_begin", frozenset({"read_only"}))
-    return WorkspaceBegin(_get(obj, "read_only", bool, "workspace_begin"))
+    w = "workspace_begin"
+    obj = _load(payload, w, frozenset({"read_only", "scratch"}))
+    return WorkspaceBegin(_get(obj, "read_only", bool, w), _get(obj, "scratch", bool, w))
 
 
 @dataclass(frozen=True)
@@ -257,11 +266,12 @@ def parse_workspace_done(payload: bytes) -> WorkspaceStats:
 
 @dataclass(frozen=True)
 class ExecRequest:
-    """One command to run. ``env`` None means :data:`DEFAULT_ENV`; ``timeout`` None, none."""
+    """One command to run. ``env`` None means :data:`DEFAULT_ENV`; ``cwd`` None, the
+    agent's workspace directory; ``timeout`` None, none."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str] | None = None
-    cwd: str = "/workspace"
+    cwd: str | None = None
     timeout: float | None = None
     stdin: Literal["none", "stream"] = "none"
 
@@ -298,7 +308,7 @@ def parse_exec(payload: bytes) -> ExecRequest:
     return ExecRequest(
         argv=tuple(argv),
         env=env,
-        cwd=_get(obj, "cwd", str, w),
+        cwd=_opt(obj, "cwd", str, w),
         timeout=timeout,
         stdin="stream" if stdin == "stream" else "none",
     )

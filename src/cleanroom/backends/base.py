@@ -123,6 +123,14 @@ class Guest(Protocol):
         """The VMM's exit status if it has exited, else None."""
         ...
 
+    def kill(self) -> None:
+        """Stop the guest now: SIGKILL its VMM (by PID) and return at once.
+
+        Nothing in the guest runs after this; ``destroy`` must still be called
+        to reap the VMM and remove its files.
+        """
+        ...
+
     async def destroy(self) -> None:
         """Kill the VMM (by PID), wait for it, and remove its rootfs copy and sockets."""
         ...

@@ -63,6 +63,13 @@ class VmmProcess:
         self._popen = popen
         self.start_ms = start_ms
         """Milliseconds ``spawn`` took (fork + exec of the wrapper)."""
+        # A pidfd turns "has it exited?" into an event instead of a poll, so a
+        # kill is reaped as soon as the kernel has torn the VMM down.
+        self._pidfd: int | None = None
+        self._exit: asyncio.Future[None] | None = None
+        self._exit_loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(popen.pid)
 
     @classmethod
     def spawn(
@@ -107,22 +114,63 @@ class VmmProcess:
 
     async def wait_exit(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds for the process to exit; its status or None."""
+        status = self._popen.poll()
+        if status is not None or timeout <= 0:
+            return self._reaped(status)
+        if self._pidfd is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit_future()), timeout)
+            return self._reaped(self._popen.poll())
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         delay = 0.002
         while True:
             status = self._popen.poll()
             if status is not None or loop.time() >= end:
-                return status
+                return self._reaped(status)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def kill(self) -> int:
-        """SIGKILL the process by PID (the guest is disposable) and reap it; idempotent."""
+    def _exit_future(self) -> asyncio.Future[None]:
+        """Resolved when the pidfd becomes readable (the process exited); one per process."""
+        assert self._pidfd is not None
+        if self._exit is None:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            fd = self._pidfd
+
+            def exited() -> None:
+                loop.remove_reader(fd)
+                if not fut.done():
+                    fut.set_result(None)
+
+            loop.add_reader(fd, exited)
+            self._exit = fut
+            self._exit_loop = loop
+        return self._exit
+
+    def _reaped(self, status: int | None) -> int | None:
+        """Release the pidfd once ``status`` says the process is reaped."""
+        if status is not None and self._pidfd is not None:
+            if self._exit is not None and self._exit_loop is not None and not self._exit.done():
+                with contextlib.suppress(RuntimeError):  # that loop is already closed
+                    self._exit_loop.remove_reader(self._pidfd)
+                self._exit.cancel()
+            os.close(self._pidfd)
+            self._pidfd = None
+        return status
+
+    def send_kill(self) -> None:
+        """SIGKILL the process by PID unless it is reaped; returns at once."""
         if self._popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._popen.pid, signal.SIGKILL)
+
+    async def kill(self) -> int:
+        """SIGKILL the process by PID (the guest is disposable) and reap it; idempotent."""
+        self.send_kill()
         status = await self.wait_exit(10.0)
         if status is None:  # uninterruptible sleep in the kernel; reap without the loop
             status = await asyncio.to_thread(self._popen.wait)
+        self._reaped(status)
         return status

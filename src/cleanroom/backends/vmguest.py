@@ -160,6 +160,10 @@ class VmGuest:
     async def _release_vmm_handles(self) -> None:
         """Close or remove what only this VMM has (monitor sockets etc.); idempotent."""
 
+    def kill(self) -> None:
+        """See ``Guest.kill``."""
+        self._process.send_kill()
+
     async def destroy(self) -> None:
         """Kill the VMM by PID, reap it, release its handles and the agent stream,
         and remove the per-run disks; safe to call at any time, repeatedly."""

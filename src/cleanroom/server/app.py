@@ -214,7 +214,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
         description="The run record (`run-observability.json`).",
     )
     async def run_record(run_id: str) -> dict[str, Any]:
-        return _guard_sync(lambda: service.run_record(run_id))
+        return await _guard(service.run_record(run_id))
 
     @app.get("/v1/doctor", response_model=DoctorResponse, responses=_GET_ERRORS)
     async def doctor() -> DoctorResponse:

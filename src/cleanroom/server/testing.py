@@ -311,7 +311,7 @@ class FakeService:
         """Live contexts, oldest first."""
         return [ctx.info for ctx in self._contexts.values()]
 
-    def run_record(self, run_id: str) -> dict[str, Any]:
+    async def run_record(self, run_id: str) -> dict[str, Any]:
         """The stored record of a finished run."""
         path = self._records.get(run_id)
         if path is None:

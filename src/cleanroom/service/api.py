@@ -52,6 +52,10 @@ class ServiceAPI(Protocol):
         run and destroys its guest. Raises ``CleanroomNotFound``,
         ``InvalidRequest``, ``RuntimeLaunchFailed``, ``GuestAgentFailed``,
         ``RunTimeout``, ``RunCancelled``.
+
+        When it returns, the guest has been killed (nothing of the run executes
+        any more); reaping it and releasing its disks and network finish in the
+        background, and ``run_record`` waits for that.
         """
         ...
 
@@ -76,8 +80,12 @@ class ServiceAPI(Protocol):
         """The live contexts, oldest first."""
         ...
 
-    def run_record(self, run_id: str) -> dict[str, Any]:
-        """The run's ``run-observability.json`` content. Raises ``RunNotFound``."""
+    async def run_record(self, run_id: str) -> dict[str, Any]:
+        """The run's ``run-observability.json`` content. Raises ``RunNotFound``.
+
+        For a run whose guest and network are still being released in the
+        background, waits until that is done, so the record is complete.
+        """
         ...
 
     async def doctor(self) -> list[DoctorCheck]:

@@ -21,6 +21,7 @@ SCHEMA_VERSION = 1
 
 TIMING_KEYS = (
     "policy_resolution_ms",
+    "workspace_scan_ms",
     "boot_queue_ms",
     "rootfs_prepare_ms",
     "workspace_disk_ms",
@@ -29,6 +30,7 @@ TIMING_KEYS = (
     "network_setup_ms",
     "vm_ready_ms",
     "agent_connect_wait_ms",
+    "configure_ms",
     "workspace_transfer_ms",
     "command_ms",
     "network_cleanup_ms",
@@ -67,6 +69,8 @@ class RunRecorder:
             "error": None,
             "started_at": utc_now(),
             "ended_at": None,
+            "cleanup": "pending",
+            "cleanup_error": None,
             "pool": "miss",
             "rootfs_method": None,
             "guest": None,
@@ -99,9 +103,17 @@ class RunRecorder:
         exit_code: int | None = None,
         signal: str | None = None,
         error: dict[str, Any] | None = None,
+        cleanup: str = "done",
     ) -> dict[str, Any]:
-        """Close the record (end time, total) and write it. Returns the record."""
-        self.data.update(status=status, exit_code=exit_code, signal=signal, error=error)
+        """Close the record (end time, total) and write it. Returns the record.
+
+        ``cleanup`` is ``pending`` when the run's guest and network are still
+        being released in the background (the record is written again, with
+        ``done`` or ``failed``, when that ends).
+        """
+        self.data.update(
+            status=status, exit_code=exit_code, signal=signal, error=error, cleanup=cleanup
+        )
         self.data["ended_at"] = utc_now()
         self.timing("total_ms", (time.monotonic() - self._t0) * 1000)
         self.write()

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +42,14 @@ from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
 from cleanroom.service.workspace import archive_workspace, iter_file_chunks, scan_workspace
 
-__all__ = ["WARM_STREAM_LIMIT", "NetworkLease", "NetworkProvider", "RunPlan", "execute_run"]
+__all__ = [
+    "WARM_STREAM_LIMIT",
+    "Defer",
+    "NetworkLease",
+    "NetworkProvider",
+    "RunPlan",
+    "execute_run",
+]
 
 WARM_STREAM_LIMIT = 16 << 20
 """Workspaces larger than this (bytes) boot cold with a host-made disk instead of
@@ -90,6 +97,10 @@ class RunPlan:
     timeout: float | None = None
 
 
+Defer = Callable[[str, Coroutine[Any, Any, None]], None]
+"""Takes a finished run's finalizer (by run id) to run in the background."""
+
+
 async def execute_run(
     plan: RunPlan,
     backend: Backend,
@@ -97,12 +108,19 @@ async def execute_run(
     on_event: EventSink | None,
     pool: WarmPool | None = None,
     boots: BootGate | None = None,
+    defer: Defer | None = None,
 ) -> RunResult:
     """Run ``plan`` in a fresh guest and return its result.
 
     Raises ``RuntimeLaunchFailed``, ``GuestAgentFailed``, ``RunTimeout``,
     ``NetworkSetupFailed`` or ``RunCancelled`` (also when this task is
     cancelled, after cleanup). Cleanup always runs, shielded from cancellation.
+
+    When the command exits, the guest's VMM is killed before the result is
+    returned. Releasing the rest (reaping, disks, network, the final run
+    record) then goes to ``defer`` if given (see ``cleanroom.service.finalize``);
+    without it, it completes before this returns. Failed runs always clean up
+    before raising.
     """
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     rec = RunRecorder(
@@ -134,10 +152,10 @@ async def execute_run(
             status="timeout" if isinstance(exc, RunTimeout) else "error", error=_err_dict(exc)
         )
         raise
-    await _shielded_cleanup(state, network, rec)
-    capture.close()
     signame = status.signal_name
     if status.timed_out:
+        await _shielded_cleanup(state, network, rec)
+        capture.close()
         err = RunTimeout(
             f"the command did not finish within {plan.timeout} s and was killed",
             details={"run_id": plan.run_id, "run_dir": str(plan.run_dir)},
@@ -146,7 +164,11 @@ async def execute_run(
             status="timeout", exit_code=status.exit_code, signal=signame, error=_err_dict(err)
         )
         raise err
-    rec.finish(status="exited", exit_code=status.exit_code, signal=signame)
+    # The answer is complete: nothing of the run may execute past this point.
+    if state.guest is not None:
+        state.guest.kill()
+    capture.close()
+    rec.finish(status="exited", exit_code=status.exit_code, signal=signame, cleanup="pending")
     result = RunResult(
         run_id=plan.run_id,
         cleanroom_id=plan.cleanroom_id,
@@ -159,9 +181,27 @@ async def execute_run(
         stdout_truncated=capture.truncated("stdout"),
         stderr_truncated=capture.truncated("stderr"),
     )
+    finalizer = _finalize(state, network, rec)
+    if defer is not None:
+        defer(plan.run_id, finalizer)
+    else:
+        await finalizer
     if on_event is not None:
         await on_event(RunExit(result))
     return result
+
+
+async def _finalize(state: _RunState, network: NetworkProvider | None, rec: RunRecorder) -> None:
+    """Release a finished run's resources, then complete its record (``cleanup``)."""
+    try:
+        await _shielded_cleanup(state, network, rec)
+    except Exception as exc:
+        failure = exc if isinstance(exc, CleanroomError) else CleanroomError(repr(exc))
+        rec.set(cleanup="failed", cleanup_error=_err_dict(failure))
+        rec.write()
+        raise
+    rec.set(cleanup="done")
+    rec.write()
 
 
 class _RunState:
@@ -174,6 +214,7 @@ class _RunState:
         self.plan_path: Path | None = None
         self.archive: Path | None = None
         self.warm: WarmGuest | None = None
+        self.pool: WarmPool | None = None
         self.run_dir: Path | None = None
         self.slot: Any = None
         """A pooled guest's network slot not (yet) activated for this run."""
@@ -190,7 +231,9 @@ async def _run_in_guest(
     capture: OutputCapture,
     state: _RunState,
 ) -> ExitStatus:
+    t = time.monotonic()
     scan = await asyncio.to_thread(scan_workspace, plan.cwd)
+    rec.timing("workspace_scan_ms", (time.monotonic() - t) * 1000)
     needs_nic = network is not None and bool(plan.policy.allow)
     guest_net: GuestNetwork | None = None
     # A pooled guest has an empty workspace disk, so its workspace is streamed
@@ -201,8 +244,8 @@ async def _run_in_guest(
     slots = pool.network if pool is not None else None
     if pool is not None and scan.bytes <= WARM_STREAM_LIMIT and (not needs_nic or slots):
         warm = pool.take()
-    if warm is not None:
-        guest, client = await _claim_warm(warm, plan, rec, state)
+    if warm is not None and pool is not None:
+        guest, client = await _claim_warm(pool, warm, plan, rec, state)
         if warm.slot is not None and slots is not None:
             state.slot, state.slot_provider = warm.slot, slots
         if needs_nic and slots is not None:
@@ -233,7 +276,9 @@ async def _run_in_guest(
     seeded = warm is None and bool(guest.timings.get("workspace_seeded"))
 
     try:
+        t = time.monotonic()
         await client.configure(entropy_seed=os.urandom(64), network=guest_net)
+        rec.timing("configure_ms", (time.monotonic() - t) * 1000)
         t = time.monotonic()
         if seeded:
             # Already on the guest's disk; an empty stream only applies read-only.
@@ -264,7 +309,6 @@ async def _run_in_guest(
         t = time.monotonic()
         status = await client.exec(
             list(plan.command),
-            cwd="/workspace",
             timeout=plan.timeout,
             on_output=capture.write,
         )
@@ -331,10 +375,11 @@ async def _boot_cold(
 
 
 async def _claim_warm(
-    warm: WarmGuest, plan: RunPlan, rec: RunRecorder, state: _RunState
+    pool: WarmPool, warm: WarmGuest, plan: RunPlan, rec: RunRecorder, state: _RunState
 ) -> tuple[Guest, AgentClient]:
     """Adopt a pooled guest: its artifacts move into the run directory at cleanup."""
     state.warm = warm
+    state.pool = pool
     state.guest = warm.guest
     state.client = warm.client
     state.run_dir = plan.run_dir
@@ -422,6 +467,8 @@ async def _cleanup(state: _RunState, network: NetworkProvider | None, rec: RunRe
             await asyncio.to_thread(shutil.copyfile, console, rec.run_dir / console.name)
         state.warm.discard_dir()
         state.warm = None
+        if state.pool is not None:
+            state.pool.released()
     if state.slot is not None and state.slot_provider is not None:
         # Released with the guest; it never carried this run's traffic, so no record.
         await state.slot_provider.teardown(state.slot)

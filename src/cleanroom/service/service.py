@@ -26,6 +26,7 @@ from cleanroom.errors import (
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
+from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.pool import SlotProvider, WarmPool
 from cleanroom.service.record import read_record
@@ -67,6 +68,7 @@ class Service:
         self._lock = asyncio.Lock()
         self._pools: dict[str, WarmPool] = {}
         self._boots = BootGate(default_boot_limit())
+        self._finalizers = Finalizers()
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -123,7 +125,7 @@ class Service:
         return pool
 
     async def close(self) -> None:
-        """Cancel every run, wait for their cleanup, close the backends. Idempotent."""
+        """Cancel every run, wait for every run's cleanup, close the backends. Idempotent."""
         self._closed = True
         tasks = [t for ctx in self._contexts.values() for t in ctx.tasks]
         for task in tasks:
@@ -132,6 +134,8 @@ class Service:
             await asyncio.gather(*tasks, return_exceptions=True)
         for pool in self._pools.values():
             await pool.close()
+        # Finished runs still releasing their guests and networks.
+        await self._finalizers.drain()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -251,7 +255,15 @@ class Service:
         # cancellation; cancelling the caller cancels the run too.
         pool = self._pool_for(ctx.info.backend, ctx.backend)
         task = asyncio.create_task(
-            execute_run(plan, ctx.backend, self._network, on_event, pool, self._boots)
+            execute_run(
+                plan,
+                ctx.backend,
+                self._network,
+                on_event,
+                pool,
+                self._boots,
+                defer=self._finalizers.start,
+            )
         )
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
@@ -286,10 +298,11 @@ class Service:
         finally:
             await asyncio.shield(self.terminate(info.cleanroom_id))
 
-    def run_record(self, run_id: str) -> dict[str, Any]:
+    async def run_record(self, run_id: str) -> dict[str, Any]:
         """See ``ServiceAPI.run_record``."""
         if not run_id.startswith("run-") or "/" in run_id or len(run_id) > 64:
             raise RunNotFound(f"no run {run_id!r}", details={"run_id": run_id})
+        await self._finalizers.wait(run_id)
         run_dir = self._runs.get(run_id, paths.state_dir() / "runs" / run_id)
         try:
             return read_record(run_dir)
