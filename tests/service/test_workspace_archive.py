@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import socket
 import tarfile
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cleanroom.errors import InvalidRequest
+from cleanroom.service import workspace as workspace_module
 from cleanroom.service.workspace import archive_workspace, iter_file_chunks
 
 
@@ -88,3 +91,49 @@ def test_iter_file_chunks_bounded(tmp_path: Path) -> None:
     p.write_bytes(b"x" * 1000)
     chunks = list(iter_file_chunks(p, chunk=300))
     assert [len(c) for c in chunks] == [300, 300, 300, 100]
+
+
+def test_archive_into_memory_matches_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _tree(ws, secret)
+    buf = io.BytesIO()
+    in_memory = archive_workspace(ws, buf)
+    on_disk = archive_workspace(ws, tmp_path / "ws.tar")
+    assert in_memory == on_disk
+    assert buf.getvalue() == (tmp_path / "ws.tar").read_bytes()
+
+
+@pytest.mark.parametrize("swapped", ["src", "run.sh"])
+def test_a_path_swapped_for_a_symlink_mid_walk_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: str
+) -> None:
+    """Between the walk's look at an entry and its open, something replaces the
+    entry with a symlink to a secret outside the tree: the open refuses it."""
+    outside = tmp_path / "outside"
+    (outside / "pkg").mkdir(parents=True)
+    (outside / "pkg" / "mod.py").write_text("do not read")
+    (outside / "run.sh").write_text("do not read")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _tree(ws, outside / "run.sh")
+    real_openat = workspace_module._openat
+
+    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == swapped and not (ws / swapped).is_symlink():
+            target = ws / swapped
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+            target.symlink_to(outside if swapped == "src" else outside / "run.sh")
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    buf = io.BytesIO()
+    with pytest.raises(InvalidRequest) as info:
+        archive_workspace(ws, buf)
+    assert isinstance(info.value.__cause__, OSError)
+    assert b"do not read" not in buf.getvalue()

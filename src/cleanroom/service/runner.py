@@ -40,7 +40,7 @@ from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import SlotProvider, WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
-from cleanroom.service.workspace import archive_workspace, iter_file_chunks, scan_workspace
+from cleanroom.service.workspace import PreparedArchive, prepare_archive, scan_workspace
 
 __all__ = [
     "WARM_STREAM_LIMIT",
@@ -275,24 +275,27 @@ async def _run_in_guest(
             guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
     seeded = warm is None and bool(guest.timings.get("workspace_seeded"))
 
+    # The archive is made while the guest handles configure.
+    archiving: asyncio.Future[PreparedArchive] | None = None
+    if not seeded:
+        archiving = asyncio.ensure_future(prepare_archive(plan.cwd, scan.bytes, plan.run_dir))
+        archiving.add_done_callback(lambda f: _note_archive(f, state))
     try:
         t = time.monotonic()
         await client.configure(entropy_seed=os.urandom(64), network=guest_net)
         rec.timing("configure_ms", (time.monotonic() - t) * 1000)
         t = time.monotonic()
-        if seeded:
+        if archiving is None:
             # Already on the guest's disk; an empty stream only applies read-only.
             ws = await client.send_workspace([EMPTY_TAR], read_only=plan.read_only_workspace)
             archive_bytes = 0
         else:
-            state.archive = plan.run_dir / "workspace.tar"
-            stats = await asyncio.to_thread(archive_workspace, plan.cwd, state.archive)
-            rec.timing("workspace_archive_ms", (time.monotonic() - t) * 1000)
-            archive_bytes = stats.archive_bytes
-            ws = await client.send_workspace(
-                _async_chunks(state.archive), read_only=plan.read_only_workspace
-            )
-            _remove(state.archive)
+            prepared = await archiving
+            rec.timing("workspace_archive_ms", prepared.archive_ms)
+            archive_bytes = prepared.stats.archive_bytes
+            ws = await client.send_workspace(prepared.chunks, read_only=plan.read_only_workspace)
+            if prepared.path is not None:
+                _remove(prepared.path)
         rec.timing("workspace_transfer_ms", (time.monotonic() - t) * 1000)
         rec.set(
             workspace={
@@ -326,7 +329,18 @@ async def _run_in_guest(
         ) from exc
     except AgentError as exc:
         raise GuestAgentFailed(f"guest agent protocol failure: {exc}") from exc
+    finally:
+        if archiving is not None and not archiving.done():
+            # Let the archiving thread finish before cleanup removes its file.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(archiving)
     return status
+
+
+def _note_archive(done: asyncio.Future[PreparedArchive], state: _RunState) -> None:
+    """Remember an archive file for cleanup as soon as it exists."""
+    if not done.cancelled() and done.exception() is None:
+        state.archive = done.result().path
 
 
 def _lease_network(lease: Any, rec: RunRecorder) -> GuestNetwork:
@@ -415,15 +429,6 @@ def _launch_failed(guest: Guest, plan: RunPlan, message: str) -> RuntimeLaunchFa
             "console_tail": guest.console_tail(),
         },
     )
-
-
-async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
-    it = iter_file_chunks(path)
-    while True:
-        block = await asyncio.to_thread(next, it, b"")
-        if not block:
-            return
-        yield block
 
 
 def _copy_guest_timings(guest: Guest, rec: RunRecorder) -> None:

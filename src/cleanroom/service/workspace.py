@@ -1,26 +1,51 @@
-"""Archive a workspace directory into a tar file for the guest agent.
+"""Archive a workspace directory into a tar stream for the guest agent.
 
 Contract: regular files, directories and symlinks are archived (symlinks as
 symlinks, never followed, so nothing outside the tree is read); hard links
 inside the tree stay hard links; sockets, FIFOs and device nodes are skipped
-and reported. The archive is written to a file so that its preparation can
-overlap the guest's boot and be timed on its own.
+and reported. The archive goes to a file or, for small workspaces, to memory.
+
+The tree is walked with directory file descriptors: every directory and file
+is opened relative to its already-open parent with ``O_NOFOLLOW``, and what
+is archived is what the open descriptor says (``fstat``), not an earlier
+look at the path. A process that swaps a directory or file for a symlink
+while the walk runs makes the archive fail (``InvalidRequest``); it can never
+get a file from outside the tree copied in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cleanroom.errors import InvalidRequest
 
-__all__ = ["ArchiveStats", "archive_workspace", "iter_file_chunks", "scan_workspace"]
+__all__ = [
+    "MEMORY_ARCHIVE_LIMIT",
+    "ArchiveStats",
+    "PreparedArchive",
+    "archive_workspace",
+    "iter_file_chunks",
+    "prepare_archive",
+    "scan_workspace",
+]
+
+MEMORY_ARCHIVE_LIMIT = 8 << 20
+"""Workspaces up to this many bytes are archived in memory, larger ones in a file."""
 
 CHUNK = 256 * 1024
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not block the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @dataclass(frozen=True)
@@ -33,7 +58,7 @@ class ArchiveStats:
     bytes: int
     """Sum of regular file sizes."""
     archive_bytes: int
-    """Size of the tar file (0 for a scan)."""
+    """Size of the tar stream (0 for a scan)."""
     skipped: tuple[str, ...]
     """Relative paths of special files that were left out."""
 
@@ -43,63 +68,130 @@ def scan_workspace(source: Path) -> ArchiveStats:
 
     Raises ``InvalidRequest`` when ``source`` is not a readable directory.
     """
-    return _walk_tree(source, None)
+    return _Walk(source, None).run(0)
 
 
-def archive_workspace(source: Path, dest: Path) -> ArchiveStats:
-    """Write ``source``'s tree to the uncompressed tar ``dest`` (paths relative to ``source``).
+def archive_workspace(source: Path, dest: Path | BinaryIO) -> ArchiveStats:
+    """Write ``source``'s tree as an uncompressed tar (paths relative to ``source``)
+    to the file ``dest`` or into the binary stream ``dest``.
 
-    Raises ``InvalidRequest`` when ``source`` is not a readable directory.
+    Raises ``InvalidRequest`` when ``source`` is not a readable directory, or
+    changes under the walk in a way that could escape it.
     """
     try:
-        with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-            stats = _walk_tree(source, tar)
-        return replace(stats, archive_bytes=dest.stat().st_size)
+        if isinstance(dest, Path):
+            with dest.open("wb") as fh:
+                return _archive_into(source, fh)
+        return _archive_into(source, dest)
     except OSError as exc:
         raise _unreadable(source, exc) from exc
 
 
-def _walk_tree(source: Path, tar: tarfile.TarFile | None) -> ArchiveStats:
-    if not source.is_dir():
-        raise InvalidRequest(f"workspace {source} is not a directory", details={"cwd": str(source)})
-    counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0}
-    skipped: list[str] = []
+def _archive_into(source: Path, fh: BinaryIO) -> ArchiveStats:
+    start = fh.tell()
+    with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        walk = _Walk(source, tar)
+        stats = walk.run(0)
+    return _with_size(stats, fh.tell() - start)
 
-    def walk(directory: str, prefix: str) -> None:
-        with os.scandir(directory) as it:
+
+def _with_size(stats: ArchiveStats, size: int) -> ArchiveStats:
+    return ArchiveStats(
+        stats.files, stats.directories, stats.symlinks, stats.bytes, size, stats.skipped
+    )
+
+
+def _openat(name: str, flags: int, dir_fd: int) -> int:
+    """``openat(2)``; one place, so tests can interpose on the walk."""
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def _info(name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.mtime = int(st.st_mtime)
+    info.size = st.st_size if kind == tarfile.REGTYPE else 0
+    info.linkname = linkname
+    return info
+
+
+class _Walk:
+    """One walk of ``source`` (counting, and archiving into ``tar`` if given)."""
+
+    def __init__(self, source: Path, tar: tarfile.TarFile | None) -> None:
+        self._source = source
+        self._tar = tar
+        self._files = self._dirs = self._links = self._bytes = 0
+        self._skipped: list[str] = []
+        self._seen: dict[tuple[int, int], str] = {}
+        """(device, inode) -> first archived name, for hard links."""
+
+    def run(self, archive_bytes: int) -> ArchiveStats:
+        source = self._source
+        if not source.is_dir():
+            raise InvalidRequest(
+                f"workspace {source} is not a directory", details={"cwd": str(source)}
+            )
+        try:
+            # The workspace root itself may be reached through a symlink (the caller's cwd).
+            root = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._walk(root, "")
+            finally:
+                os.close(root)
+        except OSError as exc:
+            raise _unreadable(source, exc) from exc
+        return ArchiveStats(
+            files=self._files,
+            directories=self._dirs,
+            symlinks=self._links,
+            bytes=self._bytes,
+            archive_bytes=archive_bytes,
+            skipped=tuple(self._skipped),
+        )
+
+    def _walk(self, dir_fd: int, prefix: str) -> None:
+        with os.scandir(dir_fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             rel = f"{prefix}{entry.name}"
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                counts["dirs"] += 1
-                if tar is not None:
-                    tar.add(entry.path, arcname=rel, recursive=False)
-                walk(entry.path, rel + "/")
-                continue
-            if stat.S_ISREG(st.st_mode):
-                counts["files"] += 1
-                counts["bytes"] += st.st_size
+                self._dirs += 1
+                fd = _openat(entry.name, _DIR_FLAGS, dir_fd)
+                try:
+                    if self._tar is not None:
+                        self._tar.addfile(_info(rel, os.fstat(fd), tarfile.DIRTYPE))
+                    self._walk(fd, rel + "/")
+                finally:
+                    os.close(fd)
+            elif stat.S_ISREG(st.st_mode):
+                self._files += 1
+                self._bytes += st.st_size
+                if self._tar is not None:
+                    self._add_file(self._tar, dir_fd, entry.name, rel)
             elif stat.S_ISLNK(st.st_mode):
-                counts["links"] += 1  # archived as a link, never followed
+                self._links += 1  # archived as a link, never followed
+                if self._tar is not None:
+                    target = os.readlink(entry.name, dir_fd=dir_fd)
+                    self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
             else:
-                skipped.append(rel)
-                continue
-            if tar is not None:
-                tar.add(entry.path, arcname=rel, recursive=False)
+                self._skipped.append(rel)
 
-    try:
-        walk(str(source), "")
-    except OSError as exc:
-        raise _unreadable(source, exc) from exc
-    return ArchiveStats(
-        files=counts["files"],
-        directories=counts["dirs"],
-        symlinks=counts["links"],
-        bytes=counts["bytes"],
-        archive_bytes=0,
-        skipped=tuple(skipped),
-    )
+    def _add_file(self, tar: tarfile.TarFile, dir_fd: int, name: str, rel: str) -> None:
+        with os.fdopen(_openat(name, _FILE_FLAGS, dir_fd), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{rel} stopped being a regular file during the walk")
+            key = (st.st_dev, st.st_ino)
+            first = self._seen.get(key) if st.st_nlink > 1 else None
+            if first is not None:
+                tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
+                return
+            self._seen[key] = rel
+            tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
 
 
 def _unreadable(source: Path, exc: OSError) -> InvalidRequest:
@@ -114,3 +206,41 @@ def iter_file_chunks(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while block := fh.read(chunk):
             yield block
+
+
+@dataclass(frozen=True)
+class PreparedArchive:
+    """A workspace archive ready to stream: its chunks, what is in it, how long it took."""
+
+    chunks: Iterable[bytes] | AsyncIterator[bytes]
+    stats: ArchiveStats
+    archive_ms: float
+    path: Path | None
+    """The archive file to remove after the transfer (None: held in memory)."""
+
+
+async def prepare_archive(source: Path, size: int, run_dir: Path) -> PreparedArchive:
+    """Archive ``source`` (``size``: its scanned bytes) off the event loop: in
+    memory up to :data:`MEMORY_ARCHIVE_LIMIT`, else into ``run_dir/workspace.tar``
+    (read back in chunks). Raises ``InvalidRequest`` like :func:`archive_workspace`."""
+    started = time.monotonic()
+    if size <= MEMORY_ARCHIVE_LIMIT:
+        buf = io.BytesIO()
+        stats = await asyncio.to_thread(archive_workspace, source, buf)
+        return PreparedArchive([buf.getvalue()], stats, _ms_since(started), None)
+    path = run_dir / "workspace.tar"
+    stats = await asyncio.to_thread(archive_workspace, source, path)
+    return PreparedArchive(_async_chunks(path), stats, _ms_since(started), path)
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
+    it = iter_file_chunks(path)
+    while True:
+        block = await asyncio.to_thread(next, it, b"")
+        if not block:
+            return
+        yield block
