@@ -1,32 +1,34 @@
-"""The synchronous client's HTTP/1.1 transport: the standard library's ``http.client``.
+"""The synchronous client's HTTP/1.1 transport: a small client on a plain socket.
 
-Why not httpx here: ``import httpx`` costs more than every other part of a
+Why not a library here: ``import httpx`` costs more than every other part of a
 ``cleanroom exec`` process together (it loads httpcore, h11, anyio, and its own
-command line with click, rich and pygments), and the CLI start-up is part of
-every run's latency. The server speaks plain HTTP/1.1 with JSON bodies and
-chunked NDJSON streams, which ``http.client`` handles; this module adds only
-unix-socket connections, the two timeouts, and error classification. The
-asyncio client keeps httpx.
-
-Each request uses its own connection (sent with ``Connection: close``):
-connecting to a local socket costs microseconds, and nothing can go stale
-between calls.
+command line with click, rich and pygments), and even the standard library's
+``http.client`` costs ~30 ms (it loads ``email.parser`` for headers and
+``ssl``), while the CLI start-up is part of every run's latency. The server
+is ours and speaks plain HTTP/1.1: one request per connection (``Connection:
+close``), JSON bodies, responses framed by ``Content-Length``, chunked
+transfer coding (the NDJSON streams) or the end of the connection. That is
+all this module reads; anything else is a ``lost`` failure. ``ssl`` is
+imported only for an ``https://`` server. The asyncio client keeps httpx.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit
 
 __all__ = ["Failure", "Response", "open_request"]
 
 FailureKind = Literal["connect", "timeout", "lost"]
+
+_MAX_LINE = 64 * 1024
+_MAX_HEADERS = 100
+_PIECE = 64 * 1024
 
 
 class Failure(Exception):
@@ -39,31 +41,35 @@ class Failure(Exception):
         super().__init__(f"{kind}: {self.cause}")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a unix stream socket (the ``Host`` header names no real host)."""
+class _Malformed(Exception):
+    """The peer sent something that is not the HTTP/1.1 this client reads."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("cleanroom", timeout=timeout)
-        self._path = path
 
-    def connect(self) -> None:
+def _connect(base_url: str, uds: Path | None, timeout: float) -> tuple[socket.socket, str]:
+    """A connected socket and the ``Host`` header value; raises OSError."""
+    if uds is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self._path))
+            sock.settimeout(timeout)
+            sock.connect(str(uds))
         except BaseException:
             sock.close()
             raise
-        self.sock = sock
-
-
-def _connection(base_url: str, uds: Path | None, timeout: float) -> http.client.HTTPConnection:
-    if uds is not None:
-        return _UnixConnection(uds, timeout)
+        return sock, "cleanroom"  # names no real host
     url = urlsplit(base_url)
-    if url.scheme == "https":
-        return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout)
-    return http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
+    host = url.hostname or ""
+    tls = url.scheme == "https"
+    port = url.port or (443 if tls else 80)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if tls:
+        import ssl  # noqa: PLC0415 -- only remote https servers pay for it
+
+        try:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+    return sock, host if url.port is None else f"{host}:{port}"
 
 
 class Response:
@@ -73,33 +79,36 @@ class Response:
     how a streamed run is abandoned. Reading raises :class:`Failure`.
     """
 
-    def __init__(self, connection: http.client.HTTPConnection, raw: http.client.HTTPResponse):
-        self._connection = connection
-        self._raw = raw
-        self.status: int = raw.status
+    def __init__(self, sock: socket.socket, stream: BinaryIO) -> None:
+        self._sock = sock
+        self._stream = stream
+        self.status, self._headers = _read_head(stream)
 
     def read(self) -> bytes:
         """The whole body."""
-        try:
-            return self._raw.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _failure(exc) from exc
+        return b"".join(self._pieces())
 
     def lines(self) -> Iterator[bytes]:
         """The body's lines (with their newlines) as they arrive."""
-        while True:
-            try:
-                line = self._raw.readline()
-            except (OSError, http.client.HTTPException) as exc:
-                raise _failure(exc) from exc
-            if not line:
-                return
-            yield line
+        pending = b""
+        for piece in self._pieces():
+            pending += piece
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if pending:
+            yield pending
+
+    def _pieces(self) -> Iterator[bytes]:
+        try:
+            yield from _body(self._stream, self._headers)
+        except (OSError, _Malformed, ValueError) as exc:
+            raise _failure(exc) from exc
 
     def close(self) -> None:
         """Drop the connection (the rest of the body is not read)."""
-        self._raw.close()
-        self._connection.close()
+        self._stream.close()
+        self._sock.close()
 
     def __enter__(self) -> Response:
         return self
@@ -111,6 +120,64 @@ class Response:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _line(stream: BinaryIO) -> bytes:
+    line = stream.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise _Malformed("line too long")
+    if not line.endswith(b"\n"):
+        raise _Malformed("connection closed mid-message")
+    return line
+
+
+def _read_head(stream: BinaryIO) -> tuple[int, dict[str, str]]:
+    """The status code and the (lower-cased) headers; interim 1xx responses skipped."""
+    while True:
+        version, _, rest = _line(stream).partition(b" ")
+        code = rest[:3]
+        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise _Malformed(f"not an HTTP/1.x status line: {version[:20]!r}")
+        headers: dict[str, str] = {}
+        while (line := _line(stream)) not in (b"\r\n", b"\n"):
+            if len(headers) >= _MAX_HEADERS:
+                raise _Malformed("too many headers")
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise _Malformed("header line without a colon")
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        if not 100 <= int(code) < 200:
+            return int(code), headers
+
+
+def _body(stream: BinaryIO, headers: dict[str, str]) -> Iterator[bytes]:
+    """The body's bytes as they arrive, decoded from its framing."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size = int(_line(stream).split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while _line(stream) not in (b"\r\n", b"\n"):
+                    pass  # trailer fields: none are used
+                return
+            yield _exact(stream, size)
+            if _line(stream).strip():
+                raise _Malformed("chunk data longer than its size")
+    elif (length := headers.get("content-length")) is not None:
+        left = int(length)
+        while left > 0:
+            piece = _exact(stream, min(left, _PIECE))
+            left -= len(piece)
+            yield piece
+    else:
+        while piece := stream.read(_PIECE):
+            yield piece
+
+
+def _exact(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise _Malformed("connection closed mid-body")
+    return data
 
 
 def _failure(exc: BaseException) -> Failure:
@@ -135,25 +202,31 @@ def open_request(
     ``connect_timeout`` bounds connecting; ``read_timeout`` (``None``: no limit)
     bounds every later wait for the server. Raises :class:`Failure`.
     """
-    connection = _connection(base_url, uds, connect_timeout)
     try:
-        connection.connect()
+        sock, host = _connect(base_url, uds, connect_timeout)
     except OSError as exc:  # refused, no such socket, or the connect timeout
-        connection.close()
         raise Failure("connect", exc) from exc
-    headers = {"accept": accept, "connection": "close"}
-    body = None
+    body = b"" if json_body is None else json.dumps(json_body).encode()
+    head = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        f"Accept: {accept}",
+        "Connection: close",
+        f"Content-Length: {len(body)}",
+    ]
     if json_body is not None:
-        body = json.dumps(json_body).encode()
-        headers["content-type"] = "application/json"
+        head.append("Content-Type: application/json")
+    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    stream = sock.makefile("rb")
     try:
-        assert connection.sock is not None  # connected above
-        connection.sock.settimeout(read_timeout)
-        connection.request(method, path, body=body, headers=headers)
-        return Response(connection, connection.getresponse())
-    except (OSError, http.client.HTTPException) as exc:
-        connection.close()
+        sock.settimeout(read_timeout)
+        sock.sendall(request)
+        return Response(sock, stream)
+    except (OSError, _Malformed, ValueError) as exc:
+        stream.close()
+        sock.close()
         raise _failure(exc) from exc
     except BaseException:
-        connection.close()
+        stream.close()
+        sock.close()
         raise

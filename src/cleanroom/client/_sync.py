@@ -1,4 +1,4 @@
-"""The synchronous client (over the standard library's HTTP; see ``_http``)."""
+"""The synchronous client (over a small HTTP/1.1 transport of its own; see ``_http``)."""
 
 from __future__ import annotations
 
