@@ -285,15 +285,19 @@ async def _run_in_guest(
         await client.configure(entropy_seed=os.urandom(64), network=guest_net)
         rec.timing("configure_ms", (time.monotonic() - t) * 1000)
         t = time.monotonic()
+        extracted = refused = archive_bytes = 0
         if archiving is None:
-            # Already on the guest's disk; an empty stream only applies read-only.
-            ws = await client.send_workspace([EMPTY_TAR], read_only=plan.read_only_workspace)
-            archive_bytes = 0
+            # Already on the guest's disk. Only a read-only workspace needs the
+            # agent: an empty stream makes it apply the read-only bind mount.
+            if plan.read_only_workspace:
+                ws = await client.send_workspace([EMPTY_TAR], read_only=True)
+                extracted, refused = ws.files, ws.skipped
         else:
             prepared = await archiving
             rec.timing("workspace_archive_ms", prepared.archive_ms)
             archive_bytes = prepared.stats.archive_bytes
             ws = await client.send_workspace(prepared.chunks, read_only=plan.read_only_workspace)
+            extracted, refused = ws.files, ws.skipped
             if prepared.path is not None:
                 _remove(prepared.path)
         rec.timing("workspace_transfer_ms", (time.monotonic() - t) * 1000)
@@ -304,8 +308,8 @@ async def _run_in_guest(
                 "bytes": scan.bytes,
                 "archive_bytes": archive_bytes,
                 "skipped": list(scan.skipped),
-                "extracted_files": ws.files,
-                "refused": ws.skipped,
+                "extracted_files": extracted,
+                "refused": refused,
                 "read_only": plan.read_only_workspace,
             }
         )
