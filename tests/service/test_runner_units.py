@@ -4,6 +4,7 @@ release after, refill without slowing the run that emptied the pool."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from cleanroom.errors import CleanroomError
 from cleanroom.service import Service
 from cleanroom.service import pool as pool_module
 from cleanroom.service.finalize import Finalizers
-from cleanroom.service.pool import WarmPool
+from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RECORD_NAME
 
 
@@ -143,45 +144,43 @@ async def _launched(backend: AgentProcessBackend, count: int, timeout: float = 2
             await asyncio.sleep(0.01)
 
 
-async def test_refill_waits_until_the_claiming_run_is_done(
-    backend: AgentProcessBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(pool_module, "REFILL_GRACE", 60.0)
-    pool = WarmPool(backend, size=1, root=tmp_path / "pool", launch_seconds=30)
+@contextlib.asynccontextmanager
+async def _claimed(
+    backend: AgentProcessBackend, root: Path, grace: float, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[WarmPool, WarmGuest]]:
+    """A one-guest pool (refill grace ``grace`` s) whose ready guest has been taken."""
+    monkeypatch.setattr(pool_module, "REFILL_GRACE", grace)
+    pool = WarmPool(backend, size=1, root=root, launch_seconds=30)
     pool.start()
     try:
         await pool.wait_ready(1, timeout=30)
-        first = backend.guests[0]
         # The self-test extracted its archive into a scratch directory and removed it.
-        assert list(first.workspace.iterdir()) == []
+        assert list(backend.guests[0].workspace.iterdir()) == []
         warm = pool.take()
         assert warm is not None
-        assert warm.guest is first
+        assert warm.guest is backend.guests[0]
+        yield pool, warm
+        await warm.client.close()
+        await warm.guest.destroy()
+    finally:
+        await pool.close()
+
+
+async def test_refill_waits_until_the_claiming_run_is_done(
+    backend: AgentProcessBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _claimed(backend, tmp_path / "pool", 60.0, monkeypatch) as (pool, _):
         await asyncio.sleep(0.3)
         assert len(backend.guests) == 1  # no boot while the run uses its guest
         pool.released()
         await _launched(backend, 2)
         await pool.wait_ready(1, timeout=30)
         assert pool.hits == 1
-        await warm.client.close()
-        await warm.guest.destroy()
-    finally:
-        await pool.close()
 
 
 async def test_refill_starts_after_the_grace_period(
     backend: AgentProcessBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pool_module, "REFILL_GRACE", 0.3)
-    pool = WarmPool(backend, size=1, root=tmp_path / "pool", launch_seconds=30)
-    pool.start()
-    try:
-        await pool.wait_ready(1, timeout=30)
-        warm = pool.take()
-        assert warm is not None
+    async with _claimed(backend, tmp_path / "pool", 0.3, monkeypatch):
         assert len(backend.guests) == 1
         await _launched(backend, 2)  # without released(): a long run does not starve the pool
-        await warm.client.close()
-        await warm.guest.destroy()
-    finally:
-        await pool.close()
