@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import socket
+import stat
 import tarfile
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 
 from cleanroom.errors import InvalidRequest
 from cleanroom.service import workspace as workspace_module
-from cleanroom.service.workspace import archive_workspace, iter_file_chunks
+from cleanroom.service.workspace import (
+    STAGE_IN_MEMORY_LIMIT,
+    archive_workspace,
+    iter_file_chunks,
+    remove_dead_stagings,
+    stage_workspace,
+    staging_root,
+)
 
 
 def _tree(root: Path, outside: Path) -> None:
@@ -137,3 +145,75 @@ def test_a_path_swapped_for_a_symlink_mid_walk_is_never_followed(
         archive_workspace(ws, buf)
     assert isinstance(info.value.__cause__, OSError)
     assert b"do not read" not in buf.getvalue()
+
+
+def _listing(root: Path) -> dict[str, tuple[str, int, str]]:
+    out: dict[str, tuple[str, int, str]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        if kind == "file" and not stat.S_ISREG(st.st_mode):
+            kind = "special"  # never opened: a FIFO would block
+        detail = str(path.readlink()) if kind == "link" else ""
+        if kind == "file":
+            detail = f"{path.read_text()}|{st.st_nlink}"
+        out[str(path.relative_to(root))] = (kind, st.st_mode & 0o7777, detail)
+    return out
+
+
+def test_stage_workspace_is_a_private_copy_without_special_files(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _tree(ws, secret)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    staged, stats = stage_workspace(ws, run_dir)
+    assert staged.stat().st_mode & 0o777 == 0o700
+    expected = _listing(ws)
+    del expected["fifo"]
+    assert _listing(staged) == expected  # modes, links and the hard link as they were
+    assert stats.skipped == ("fifo",)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["workspace-seed"]  # no archive left
+
+
+def test_stage_workspace_fails_cleanly_on_a_mid_walk_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mod.py").write_text("do not read")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _tree(ws, outside / "mod.py")
+    real_openat = workspace_module._openat
+
+    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == "pkg" and not (ws / "src" / "pkg").is_symlink():
+            shutil.rmtree(ws / "src" / "pkg")
+            (ws / "src" / "pkg").symlink_to(outside)
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(InvalidRequest):
+        stage_workspace(ws, run_dir)
+    assert list(run_dir.iterdir()) == []
+
+
+def test_small_workspaces_stage_in_memory_and_dead_stagings_go(tmp_path: Path) -> None:
+    mine = staging_root(1024, tmp_path)
+    try:
+        assert mine.parent == Path("/dev/shm")
+        assert mine.stat().st_mode & 0o777 == 0o700
+        assert staging_root(STAGE_IN_MEMORY_LIMIT + 1, tmp_path) == tmp_path
+        # A staging directory of a process that is gone (pid_max is at most 2**22).
+        dead = Path("/dev/shm") / f"cleanroom-stage-{2**22 + 1}-test"
+        dead.mkdir()
+        assert dead.name in remove_dead_stagings()
+        assert not dead.exists()
+        assert mine.exists()  # ours: this process lives
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)

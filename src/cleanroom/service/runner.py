@@ -40,7 +40,13 @@ from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import SlotProvider, WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
-from cleanroom.service.workspace import PreparedArchive, prepare_archive, scan_workspace
+from cleanroom.service.workspace import (
+    PreparedArchive,
+    prepare_archive,
+    scan_workspace,
+    stage_workspace,
+    staging_root,
+)
 
 __all__ = [
     "WARM_STREAM_LIMIT",
@@ -213,6 +219,9 @@ class _RunState:
         self.client: AgentClient | None = None
         self.plan_path: Path | None = None
         self.archive: Path | None = None
+        self.staging: Path | None = None
+        self.staging_root: Path | None = None
+        """A staging directory made for this run alone (removed with it)."""
         self.warm: WarmGuest | None = None
         self.pool: WarmPool | None = None
         self.run_dir: Path | None = None
@@ -268,11 +277,17 @@ async def _run_in_guest(
             guest_net = _lease_network(state.lease, rec)
         else:
             rec.set(network={"mode": "none", "allowed": 0, "blocked": 0})
-        # Special files cannot be left out of a host-made disk: stream those workspaces.
-        seed = plan.cwd if not scan.skipped else None
+        # The host-made disk is built from a private copy made by the
+        # descriptor walk, never from the user's tree (see stage_workspace).
+        t = time.monotonic()
+        root = staging_root(scan.bytes, plan.run_dir)
+        state.staging_root = root if root != plan.run_dir else None  # a directory of its own
+        state.staging, _ = await asyncio.to_thread(stage_workspace, plan.cwd, root)
+        rec.timing("workspace_archive_ms", (time.monotonic() - t) * 1000)
         async with boots.turn() if boots is not None else _no_wait() as waited_ms:
             rec.timing("boot_queue_ms", waited_ms)
-            guest, client = await _boot_cold(plan, backend, attachment, seed, rec, state)
+            guest, client = await _boot_cold(plan, backend, attachment, state.staging, rec, state)
+        await _discard_staging(state)  # it is on the disk now
     seeded = warm is None and bool(guest.timings.get("workspace_seeded"))
 
     # The archive is made while the guest handles configure.
@@ -490,6 +505,16 @@ async def _cleanup(state: _RunState, network: NetworkProvider | None, rec: RunRe
         state.lease = None
     if state.archive is not None:
         _remove(state.archive)
+    await _discard_staging(state)
+
+
+async def _discard_staging(state: _RunState) -> None:
+    if state.staging is not None:
+        await asyncio.to_thread(shutil.rmtree, state.staging, ignore_errors=True)
+        state.staging = None
+    if state.staging_root is not None:
+        await asyncio.to_thread(shutil.rmtree, state.staging_root, ignore_errors=True)
+        state.staging_root = None
 
 
 def _summary_dict(summary: Any) -> dict[str, Any]:

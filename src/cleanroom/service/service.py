@@ -32,6 +32,7 @@ from cleanroom.service.pool import SlotProvider, WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
 
@@ -91,6 +92,7 @@ class Service:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
+        remove_dead_stagings()
         if self._config.pool.size > 0:
             name = resolve_backend_name(None, self._config)
             try:
