@@ -114,32 +114,44 @@ def test_archive_into_memory_matches_the_file(tmp_path: Path) -> None:
     assert buf.getvalue() == (tmp_path / "ws.tar").read_bytes()
 
 
+def _swap_when_opened(monkeypatch: pytest.MonkeyPatch, victim: Path, target: Path) -> None:
+    """When the walk opens ``victim`` (after looking at it), replace it first
+    with a symlink to ``target``: the race a process in the repository could run."""
+    real_openat = workspace_module._openat
+
+    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == victim.name and not victim.is_symlink():
+            if victim.is_dir():
+                shutil.rmtree(victim)
+            else:
+                victim.unlink()
+            victim.symlink_to(target)
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+
+
+def _outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    (outside / "pkg").mkdir(parents=True)
+    (outside / "pkg" / "mod.py").write_text("do not read")
+    (outside / "run.sh").write_text("do not read")
+    return outside
+
+
 @pytest.mark.parametrize("swapped", ["src", "run.sh"])
 def test_a_path_swapped_for_a_symlink_mid_walk_is_never_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: str
 ) -> None:
     """Between the walk's look at an entry and its open, something replaces the
     entry with a symlink to a secret outside the tree: the open refuses it."""
-    outside = tmp_path / "outside"
-    (outside / "pkg").mkdir(parents=True)
-    (outside / "pkg" / "mod.py").write_text("do not read")
-    (outside / "run.sh").write_text("do not read")
+    outside = _outside(tmp_path)
     ws = tmp_path / "ws"
     ws.mkdir()
     _tree(ws, outside / "run.sh")
-    real_openat = workspace_module._openat
-
-    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
-        if name == swapped and not (ws / swapped).is_symlink():
-            target = ws / swapped
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-            target.symlink_to(outside if swapped == "src" else outside / "run.sh")
-        return real_openat(name, flags, dir_fd)
-
-    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    _swap_when_opened(
+        monkeypatch, ws / swapped, outside if swapped == "src" else outside / "run.sh"
+    )
     buf = io.BytesIO()
     with pytest.raises(InvalidRequest) as info:
         archive_workspace(ws, buf)
@@ -181,21 +193,11 @@ def test_stage_workspace_is_a_private_copy_without_special_files(tmp_path: Path)
 def test_stage_workspace_fails_cleanly_on_a_mid_walk_swap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "mod.py").write_text("do not read")
+    outside = _outside(tmp_path)
     ws = tmp_path / "ws"
     ws.mkdir()
-    _tree(ws, outside / "mod.py")
-    real_openat = workspace_module._openat
-
-    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
-        if name == "pkg" and not (ws / "src" / "pkg").is_symlink():
-            shutil.rmtree(ws / "src" / "pkg")
-            (ws / "src" / "pkg").symlink_to(outside)
-        return real_openat(name, flags, dir_fd)
-
-    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    _tree(ws, outside / "pkg" / "mod.py")
+    _swap_when_opened(monkeypatch, ws / "src" / "pkg", outside / "pkg")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(InvalidRequest):

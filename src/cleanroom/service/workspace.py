@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from cleanroom.errors import InvalidRequest, RuntimeLaunchFailed
 
@@ -97,7 +97,7 @@ def archive_workspace(source: Path, dest: Path | BinaryIO) -> ArchiveStats:
 def _archive_into(source: Path, fh: BinaryIO) -> ArchiveStats:
     start = fh.tell()
     with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        stats = _Walk(source, _TarSink(tar)).run(0)
+        stats = _Walk(source, tar).run(0)
     return _with_size(stats, fh.tell() - start)
 
 
@@ -123,42 +123,12 @@ def _info(name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> tar
     return info
 
 
-class _Sink(Protocol):
-    """Where a walk puts what it finds (names are relative to the workspace)."""
-
-    def directory(self, rel: str, st: os.stat_result) -> None: ...
-    def directory_done(self, rel: str, st: os.stat_result) -> None: ...
-    def file(self, rel: str, st: os.stat_result, src: BinaryIO) -> None: ...
-    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None: ...
-    def symlink(self, rel: str, st: os.stat_result, target: str) -> None: ...
-
-
-class _TarSink:
-    def __init__(self, tar: tarfile.TarFile) -> None:
-        self._tar = tar
-
-    def directory(self, rel: str, st: os.stat_result) -> None:
-        self._tar.addfile(_info(rel, st, tarfile.DIRTYPE))
-
-    def directory_done(self, rel: str, st: os.stat_result) -> None:
-        return None
-
-    def file(self, rel: str, st: os.stat_result, src: BinaryIO) -> None:
-        self._tar.addfile(_info(rel, st, tarfile.REGTYPE), src)
-
-    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None:
-        self._tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
-
-    def symlink(self, rel: str, st: os.stat_result, target: str) -> None:
-        self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
-
-
 class _Walk:
-    """One walk of ``source`` (counting, and handing each entry to ``sink`` if given)."""
+    """One walk of ``source`` (counting, and archiving into ``tar`` if given)."""
 
-    def __init__(self, source: Path, sink: _Sink | None) -> None:
+    def __init__(self, source: Path, tar: tarfile.TarFile | None) -> None:
         self._source = source
-        self._sink = sink
+        self._tar = tar
         self._files = self._dirs = self._links = self._bytes = 0
         self._skipped: list[str] = []
         self._seen: dict[tuple[int, int], str] = {}
@@ -198,27 +168,25 @@ class _Walk:
                 self._dirs += 1
                 fd = _openat(entry.name, _DIR_FLAGS, dir_fd)
                 try:
-                    dst = os.fstat(fd)
-                    if self._sink is not None:
-                        self._sink.directory(rel, dst)
+                    if self._tar is not None:
+                        self._tar.addfile(_info(rel, os.fstat(fd), tarfile.DIRTYPE))
                     self._walk(fd, rel + "/")
-                    if self._sink is not None:
-                        self._sink.directory_done(rel, dst)
                 finally:
                     os.close(fd)
             elif stat.S_ISREG(st.st_mode):
                 self._files += 1
                 self._bytes += st.st_size
-                if self._sink is not None:
-                    self._add_file(self._sink, dir_fd, entry.name, rel)
+                if self._tar is not None:
+                    self._add_file(self._tar, dir_fd, entry.name, rel)
             elif stat.S_ISLNK(st.st_mode):
                 self._links += 1  # kept as a link, never followed
-                if self._sink is not None:
-                    self._sink.symlink(rel, st, os.readlink(entry.name, dir_fd=dir_fd))
+                if self._tar is not None:
+                    target = os.readlink(entry.name, dir_fd=dir_fd)
+                    self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
             else:
                 self._skipped.append(rel)
 
-    def _add_file(self, sink: _Sink, dir_fd: int, name: str, rel: str) -> None:
+    def _add_file(self, tar: tarfile.TarFile, dir_fd: int, name: str, rel: str) -> None:
         with os.fdopen(_openat(name, _FILE_FLAGS, dir_fd), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -226,10 +194,10 @@ class _Walk:
             key = (st.st_dev, st.st_ino)
             first = self._seen.get(key) if st.st_nlink > 1 else None
             if first is not None:
-                sink.hardlink(rel, st, first)
+                tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
                 return
             self._seen[key] = rel
-            sink.file(rel, st, fh)
+            tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
 
 
 def _unreadable(source: Path, exc: OSError) -> InvalidRequest:
