@@ -23,8 +23,8 @@ from typing import Any
 
 import cleanroom
 from cleanroom.backends.base import Capabilities, GuestSpec, Isolation
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import RuntimeLaunchFailed
-from cleanroom.service.types import DoctorCheck
 
 SRC = str(Path(cleanroom.__file__).resolve().parent.parent)
 

@@ -9,8 +9,9 @@ import pytest
 
 from cleanroom.backends import Capabilities, Guest, GuestSpec
 from cleanroom.config import RuntimeConfig
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest, RunNotFound
-from cleanroom.service import DoctorCheck, LaunchOptions, Service
+from cleanroom.service import LaunchOptions, Service
 
 CAPS = Capabilities(
     backend_name="qemu",

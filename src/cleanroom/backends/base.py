@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from cleanroom.service.types import DoctorCheck
+from cleanroom.doctor import DoctorCheck
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "Backend",
@@ -49,19 +50,6 @@ class Capabilities:
             "isolation": flat.pop("isolation"),
             "capabilities": flat,
         }
-
-
-@dataclass(frozen=True)
-class NetworkAttachment:
-    """The run's network, prepared by the network layer before the VMM starts.
-
-    The VMM process must run inside ``netns`` (``ip netns exec``) and attach
-    the guest NIC to the TAP device ``tap`` with MAC ``mac``.
-    """
-
-    netns: str
-    tap: str
-    mac: str
 
 
 @dataclass(frozen=True)

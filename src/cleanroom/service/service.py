@@ -318,7 +318,11 @@ class Service:
         for be_name in ("qemu", "firecracker"):
             try:
                 be = await self._backend(be_name)
-                checks.extend(await be.doctor())
+                # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
+                # the backend's checks into the service's own check type.
+                checks.extend(
+                    DoctorCheck(c.name, c.status, c.reason, c.details) for c in await be.doctor()
+                )
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
@@ -18,16 +17,16 @@ from cleanroom.backends.hostinfo import (
 )
 from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
-from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
+from cleanroom.backends.verdicts import VerdictCache, cached_verdict
 from cleanroom.backends.vmguest import boot_canary
 from cleanroom.config import FirecrackerConfig
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import (
     BackendUnavailable,
     CleanroomError,
     ImageUnavailable,
 )
 from cleanroom.images import GuestImage, verify_image
-from cleanroom.service.types import DoctorCheck
 
 __all__ = [
     "DEFAULT_FIRECRACKER_BINARY",
@@ -131,17 +130,11 @@ class FirecrackerBackend:
             version = await asyncio.to_thread(_firecracker_version, binary)
             image = await asyncio.to_thread(self._image)
             machine = self._machine_for(binary, image)
-            key = firecracker_verdict_key(identity, version, image.digest)
-            verdict = self._verdicts.get(key)
-            if verdict is None:
-                booted, reason = await self._canary(machine)
-                verdict = AccelVerdict(
-                    key=key,
-                    kvm_works=booted,
-                    reason=reason,
-                    checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                )
-                self._verdicts.put(verdict)
+            verdict = await cached_verdict(
+                self._verdicts,
+                firecracker_verdict_key(identity, version, image.digest),
+                lambda: self._canary(machine),
+            )
             if not verdict.kvm_works:
                 raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
             self._machine = machine

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.backends.base import NetworkAttachment
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "AGENT_VSOCK_PORT",

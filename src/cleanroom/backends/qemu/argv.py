@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cleanroom.backends.base import NetworkAttachment
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "AGENT_CHARDEV",

@@ -21,9 +21,9 @@ from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
 from cleanroom.backends.vmguest import boot_canary
 from cleanroom.config import QemuConfig
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
 from cleanroom.images import GuestImage, verify_image
-from cleanroom.service.types import DoctorCheck
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
 
