@@ -20,6 +20,7 @@ __all__ = [
     "Backend",
     "Capabilities",
     "Guest",
+    "GuestFacts",
     "GuestSpec",
     "Isolation",
     "NetworkAttachment",
@@ -66,8 +67,26 @@ class GuestSpec:
     workspace: Path | None = None
     """A host directory to copy into the guest's /workspace disk before boot (no
     special files in it); None: the disk starts empty and the service streams
-    the workspace through the agent. ``Guest.timings['workspace_seeded']`` says
+    the workspace through the agent. ``Guest.facts.workspace_seeded`` says
     which happened."""
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """How a guest was started (for the run record and the service's next steps)."""
+
+    rootfs_method: str
+    """How the run's rootfs copy was made: ``reflink``, ``copy``, ``qcow2-overlay``, ..."""
+    workspace_seeded: bool
+    """Whether the workspace disk already holds ``GuestSpec.workspace`` (no streaming needed)."""
+
+    def legacy_timings(self) -> dict[str, str | bool]:
+        """These facts under the keys ``Guest.timings`` carried before ``facts`` existed.
+
+        Deprecated: kept in ``timings`` for one release so that readers of
+        ``timings['rootfs_method']`` and ``timings['workspace_seeded']`` keep working.
+        """
+        return {"rootfs_method": self.rootfs_method, "workspace_seeded": self.workspace_seeded}
 
 
 class Guest(Protocol):
@@ -89,9 +108,17 @@ class Guest(Protocol):
         ...
 
     @property
+    def facts(self) -> GuestFacts:
+        """How this guest was started (rootfs method, whether the workspace is seeded)."""
+        ...
+
+    @property
     def timings(self) -> Mapping[str, Any]:
-        """Backend timings in ms: ``rootfs_prepare_ms``, ``vmm_start_ms``, and
-        ``rootfs_method`` (e.g. ``reflink``, ``copy``, ``qcow2-overlay``)."""
+        """Backend timings in ms (numbers): ``rootfs_prepare_ms``, ``vmm_start_ms``, ...
+
+        Deprecated for one release: it also holds ``GuestFacts.legacy_timings()``
+        (``rootfs_method``, ``workspace_seeded``); read them from ``facts``.
+        """
         ...
 
     async def open_channel(

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cleanroom.backends.base import Guest, GuestSpec
+from cleanroom.backends.base import Guest, GuestFacts, GuestSpec
 from cleanroom.backends.process import VmmProcess, console_tail
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
 from cleanroom.backends.workspace_disk import (
@@ -105,12 +105,13 @@ class VmGuest:
     def __init__(self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks) -> None:
         self._spec = spec
         self._process = process
-        self._timings: dict[str, Any] = {
-            "rootfs_method": disks.rootfs.method,
+        self._facts = GuestFacts(
+            rootfs_method=disks.rootfs.method, workspace_seeded=disks.workspace.seeded
+        )
+        self._timings: dict[str, float] = {
             "rootfs_prepare_ms": disks.rootfs.prepare_ms,
             "vmm_start_ms": process.start_ms,
             "workspace_disk_ms": disks.workspace.prepare_ms,
-            "workspace_seeded": disks.workspace.seeded,
         }
         self._spawned_at = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
@@ -125,8 +126,13 @@ class VmGuest:
         return self._spec.run_dir / CONSOLE_LOG_NAME
 
     @property
+    def facts(self) -> GuestFacts:
+        return self._facts
+
+    @property
     def timings(self) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self._timings))
+        # The legacy fact keys go once the service reads ``facts`` (see Guest.timings).
+        return MappingProxyType({**self._timings, **self._facts.legacy_timings()})
 
     @property
     def pid(self) -> int:
