@@ -13,6 +13,7 @@ from typing import Any, Literal
 import structlog
 
 from cleanroom import paths
+from cleanroom.backend_table import backend_names
 from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
@@ -315,7 +316,7 @@ class Service:
         """See ``ServiceAPI.doctor``."""
         checks = await asyncio.to_thread(host_checks)
         name = resolve_backend_name(None, self._config)
-        for be_name in ("qemu", "firecracker"):
+        for be_name in backend_names():
             try:
                 be = await self._backend(be_name)
                 # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
@@ -357,13 +358,12 @@ class Service:
         async with self._lock:
             be = self._backends.get(name)
             if be is None:
-                be = get_backend(name, self._config)  # type: ignore[arg-type]
+                be = get_backend(name, self._config)
                 self._backends[name] = be
             return be
 
     def _backend_launch_seconds(self, name: str) -> float:
-        section = getattr(self._config, name)
-        return float(section.launch_seconds)
+        return float(self._config.backends[name].launch_seconds)
 
     def _check_capabilities(self, policy: CompiledPolicy, caps: Capabilities) -> None:
         if not policy.allow:

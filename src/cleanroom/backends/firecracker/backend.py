@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
+from cleanroom.backends.firecracker.settings import FirecrackerConfig
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
     find_vmm_binary,
@@ -19,7 +20,6 @@ from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.verdicts import VerdictCache, cached_verdict
 from cleanroom.backends.vmguest import boot_canary
-from cleanroom.config import FirecrackerConfig
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import (
     BackendUnavailable,

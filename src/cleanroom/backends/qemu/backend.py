@@ -19,8 +19,8 @@ from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
+from cleanroom.backends.qemu.settings import QemuConfig
 from cleanroom.backends.vmguest import boot_canary
-from cleanroom.config import QemuConfig
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
 from cleanroom.images import GuestImage, verify_image
