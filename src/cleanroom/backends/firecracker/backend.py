@@ -8,18 +8,17 @@ import re
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
+from cleanroom.backends.firecracker.config import FirecrackerLaunch
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
 from cleanroom.backends.firecracker.settings import FirecrackerConfig
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
-    find_vmm_binary,
     host_kvm_identity,
     vmm_version,
 )
-from cleanroom.backends.images import resolve_image
 from cleanroom.backends.process import pdeathsig_prefix
-from cleanroom.backends.verdicts import VerdictCache, cached_verdict
-from cleanroom.backends.vmguest import boot_canary
+from cleanroom.backends.verdicts import cached_verdict
+from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import (
     BackendUnavailable,
@@ -44,12 +43,7 @@ _VERSION = re.compile(r"Firecracker\s+v?([0-9][^\s]*)")
 
 def find_firecracker(config: FirecrackerConfig) -> str:
     """The binary to run; ``BackendUnavailable`` naming exactly what is missing."""
-    return find_vmm_binary(
-        config.binary_path,
-        DEFAULT_FIRECRACKER_BINARY,
-        not_on_path="firecracker binary not found: not on PATH and "
-        "backends.firecracker.binary_path is not set",
-    )
+    return FirecrackerBackend(config).find_binary()
 
 
 def is_elf(path: Path) -> bool:
@@ -70,21 +64,17 @@ def _firecracker_version(binary: str) -> str:
     return vmm_version(binary, _VERSION)
 
 
-class FirecrackerBackend:
+class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, FirecrackerGuest]):
     """Implements ``cleanroom.backends.base.Backend`` with Firecracker."""
 
     name = "firecracker"
-
-    def __init__(self, config: FirecrackerConfig, *, verdicts: VerdictCache | None = None) -> None:
-        self._config = config
-        self._verdicts = verdicts if verdicts is not None else VerdictCache()
-        self._lock = asyncio.Lock()
-        self._machine: FirecrackerMachine | None = None
-        self._caps: Capabilities | None = None
+    default_binary = DEFAULT_FIRECRACKER_BINARY
+    not_on_path = (
+        "firecracker binary not found: not on PATH and backends.firecracker.binary_path is not set"
+    )
 
     def _image(self) -> GuestImage:
-        c = self._config
-        image = resolve_image("firecracker", c.kernel_image, c.initrd, c.rootfs, c.kernel_image)
+        image = self._configured_image(vmlinux=True)
         if not is_elf(image.vmlinux):
             raise ImageUnavailable(
                 f"firecracker needs an uncompressed ELF vmlinux; {image.vmlinux} is not ELF",
@@ -102,8 +92,7 @@ class FirecrackerBackend:
         return identity
 
     def _machine_for(self, binary: str, image: GuestImage) -> FirecrackerMachine:
-        return FirecrackerMachine(
-            binary=binary,
+        launch = FirecrackerLaunch(
             vmlinux=image.vmlinux,
             initrd=image.initrd,
             rootfs=image.rootfs,
@@ -111,56 +100,34 @@ class FirecrackerBackend:
             memory_mib=self._config.memory_mib,
             guest_cid=self._config.guest_cid,
         )
+        return FirecrackerMachine(binary=binary, launch=launch)
 
-    async def _canary(self, machine: FirecrackerMachine) -> tuple[bool, str]:
-        return await boot_canary(
-            lambda spec: FirecrackerGuest.start(machine, spec),
-            name="fc-canary",
-            label="firecracker",
-            seconds=FIRECRACKER_CANARY_SECONDS,
+    async def _start(self, machine: FirecrackerMachine, spec: GuestSpec) -> FirecrackerGuest:
+        return await FirecrackerGuest.start(machine, spec)
+
+    async def _resolve(self) -> tuple[FirecrackerMachine, Capabilities]:
+        binary = self.find_binary()
+        identity = self._kvm()
+        pdeathsig_prefix()
+        version = await asyncio.to_thread(_firecracker_version, binary)
+        image = await asyncio.to_thread(self._image)
+        machine = self._machine_for(binary, image)
+        verdict = await cached_verdict(
+            self._verdicts,
+            firecracker_verdict_key(identity, version, image.digest),
+            lambda: self._canary(
+                machine, name="fc-canary", label="firecracker", seconds=FIRECRACKER_CANARY_SECONDS
+            ),
         )
-
-    async def prepare(self) -> Capabilities:
-        async with self._lock:
-            if self._caps is not None:
-                return self._caps
-            binary = find_firecracker(self._config)
-            identity = self._kvm()
-            pdeathsig_prefix()
-            version = await asyncio.to_thread(_firecracker_version, binary)
-            image = await asyncio.to_thread(self._image)
-            machine = self._machine_for(binary, image)
-            verdict = await cached_verdict(
-                self._verdicts,
-                firecracker_verdict_key(identity, version, image.digest),
-                lambda: self._canary(machine),
-            )
-            if not verdict.kvm_works:
-                raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
-            self._machine = machine
-            self._caps = Capabilities(
-                backend_name="firecracker",
-                backend_version=version,
-                isolation="firecracker-kvm",
-                network_default_deny=True,
-                network_host_port_filtering=True,
-                dns_control=True,
-                policy_immutability=True,
-                audit_event_emission=True,
-            )
-            return self._caps
-
-    async def launch(self, spec: GuestSpec) -> FirecrackerGuest:
-        if self._machine is None:
-            await self.prepare()
-        assert self._machine is not None
-        return await FirecrackerGuest.start(self._machine, spec)
+        if not verdict.kvm_works:
+            raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
+        return machine, self._capabilities(version, "firecracker-kvm")
 
     def cached_usable(self) -> bool:
         """Cheap check used by backend auto-selection: binary, /dev/kvm, and a cached
         passing canary verdict for the current image (no boot, no build)."""
         try:
-            binary = find_firecracker(self._config)
+            binary = self.find_binary()
             identity = self._kvm()
             version = _firecracker_version(binary)
             image = self._image()
@@ -172,7 +139,7 @@ class FirecrackerBackend:
     async def doctor(self) -> list[DoctorCheck]:
         checks: list[DoctorCheck] = []
         try:
-            binary = find_firecracker(self._config)
+            binary = self.find_binary()
             version = await asyncio.to_thread(_firecracker_version, binary)
             checks.append(DoctorCheck("firecracker.binary", "pass", f"{binary} {version}"))
         except BackendUnavailable as exc:
@@ -192,6 +159,3 @@ class FirecrackerBackend:
         except CleanroomError as exc:
             checks.append(DoctorCheck("firecracker.image", "warn", exc.message, exc.details))
         return checks
-
-    async def close(self) -> None:
-        """Nothing backend-wide to release."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleanroom.backends.process import netns_prefix
 from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
@@ -120,10 +121,9 @@ def build_argv(
 ) -> list[str]:
     """``prefix`` + (``ip netns exec NS`` when networked) + firecracker with its
     API socket and config file (both relative to the run directory)."""
-    netns = [] if network is None else ["ip", "netns", "exec", network.netns]
     return [
         *prefix,
-        *netns,
+        *netns_prefix(network),
         binary,
         "--api-sock",
         API_SOCKET_NAME,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cleanroom.backends.process import netns_prefix
 from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
@@ -83,11 +84,6 @@ def kernel_cmdline(launch: QemuLaunch) -> str:
         args.append(f"tsc_early_khz={launch.tsc_khz}")
     args.extend(launch.extra_kernel_args)
     return " ".join(args)
-
-
-def netns_prefix(network: NetworkAttachment | None) -> list[str]:
-    """``ip netns exec NS`` (which execs in place, keeping the PID) or nothing."""
-    return [] if network is None else ["ip", "netns", "exec", network.netns]
 
 
 def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
