@@ -120,4 +120,5 @@ def test_drop_all_ruleset_replaces_the_table_with_four_dropping_hooks() -> None:
         "type filter hook forward priority filter; policy drop;",
         "type filter hook output priority filter; policy drop;",
     ]
-    assert lines[-1] == "}" and "accept" not in drop_all_ruleset()
+    assert lines[-1] == "}"
+    assert "accept" not in drop_all_ruleset()
