@@ -33,7 +33,7 @@ GuestT = TypeVar("GuestT", bound=Guest)
 class VmBackend(ABC, Generic[SettingsT, MachineT, GuestT]):
     """The shared half of a VMM backend (see the module docstring)."""
 
-    name: ClassVar[str]
+    name: str
     default_binary: ClassVar[str]
     """The VMM program looked up on PATH when ``binary_path`` is not configured."""
     not_on_path: ClassVar[str]
