@@ -256,3 +256,13 @@ def test_binary_path_may_be_a_command_name() -> None:
     assert problems_of("backends: {qemu: {binary_path: bin/qemu}}\n") == [
         "config.yaml:1:32: backends.qemu.binary_path: must be an absolute path, got 'bin/qemu'"
     ]
+
+
+def test_readme_config_section_parses() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Runtime configuration", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config_text(block, "README.md")
+    assert config.firecracker.binary_path == Path("firecracker")
+    assert config.firecracker.initrd is None
+    assert config.firecracker.launch_seconds == 30.0

@@ -125,3 +125,12 @@ def test_commas_in_paths_are_escaped() -> None:
 def test_extra_kernel_args_are_appended_last() -> None:
     args = kernel_cmdline(_launch(extra_kernel_args=("foo=1",))).split()
     assert args[-1] == "foo=1"
+
+
+def test_direct_boot_without_initrd() -> None:
+    launch = _launch(initrd=None)
+    argv = build_argv(launch)
+    assert "-initrd" not in argv
+    args = kernel_cmdline(launch).split()
+    assert {"root=/dev/vda", "rootfstype=ext4", "rw", "init=/sbin/cleanroom-init"} <= set(args)
+    assert "init=/sbin/cleanroom-init" not in kernel_cmdline(_launch()).split()

@@ -16,12 +16,11 @@ from typing import ClassVar, Generic, TypeVar
 from cleanroom import backend_table
 from cleanroom.backends.base import Capabilities, Guest, GuestSpec, Isolation
 from cleanroom.backends.hostinfo import find_vmm_binary
-from cleanroom.backends.images import resolve_image
+from cleanroom.backends.images import BootImage, resolve_image
 from cleanroom.backends.verdicts import VerdictCache
 from cleanroom.backends.vmguest import boot_canary
 from cleanroom.backends.vmsettings import VmmSettings
 from cleanroom.doctor import DoctorCheck
-from cleanroom.images import GuestImage
 
 __all__ = ["VmBackend"]
 
@@ -84,7 +83,7 @@ class VmBackend(ABC, Generic[SettingsT, MachineT, GuestT]):
             self._config.binary_path, self.default_binary, not_on_path=self.not_on_path
         )
 
-    def _configured_image(self, vmlinux: bool = False) -> GuestImage:
+    def _configured_image(self, vmlinux: bool = False) -> BootImage:
         c = self._config
         extra = (c.kernel_image,) if vmlinux else ()
         return resolve_image(self.name, c.kernel_image, c.initrd, c.rootfs, *extra)

@@ -16,6 +16,7 @@ from cleanroom.backends.hostinfo import (
     host_kvm_identity,
     vmm_version,
 )
+from cleanroom.backends.images import BootImage, verify_boot_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.verdicts import cached_verdict
 from cleanroom.backends.vmbackend import VmBackend
@@ -25,7 +26,6 @@ from cleanroom.errors import (
     CleanroomError,
     ImageUnavailable,
 )
-from cleanroom.images import GuestImage, verify_image
 
 __all__ = [
     "DEFAULT_FIRECRACKER_BINARY",
@@ -73,7 +73,7 @@ class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, Firecr
         "firecracker binary not found: not on PATH and backends.firecracker.binary_path is not set"
     )
 
-    def _image(self) -> GuestImage:
+    def _image(self) -> BootImage:
         image = self._configured_image(vmlinux=True)
         if not is_elf(image.vmlinux):
             raise ImageUnavailable(
@@ -91,7 +91,8 @@ class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, Firecr
             )
         return identity
 
-    def _machine_for(self, binary: str, image: GuestImage) -> FirecrackerMachine:
+    def machine_for(self, binary: str, image: BootImage) -> FirecrackerMachine:
+        """The machine that ``binary`` and ``image`` give with this config (touches no file)."""
         launch = FirecrackerLaunch(
             vmlinux=image.vmlinux,
             initrd=image.initrd,
@@ -111,7 +112,7 @@ class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, Firecr
         pdeathsig_prefix()
         version = await asyncio.to_thread(_firecracker_version, binary)
         image = await asyncio.to_thread(self._image)
-        machine = self._machine_for(binary, image)
+        machine = self.machine_for(binary, image)
         verdict = await cached_verdict(
             self._verdicts,
             firecracker_verdict_key(identity, version, image.digest),
@@ -152,9 +153,12 @@ class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, Firecr
         try:
             image = await asyncio.to_thread(self._image)
             checks.append(DoctorCheck("firecracker.kernel", "pass", f"ELF vmlinux {image.vmlinux}"))
-            await asyncio.to_thread(verify_image, image)
+            await asyncio.to_thread(verify_boot_image, image)
             checks.append(
                 DoctorCheck("firecracker.rootfs", "pass", f"rootfs {image.rootfs} verified")
+            )
+            checks.append(
+                DoctorCheck("firecracker.boot", "pass", image.describe(), {"boot": image.boot})
             )
         except CleanroomError as exc:
             checks.append(DoctorCheck("firecracker.image", "warn", exc.message, exc.details))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleanroom.backends.images import DIRECT_BOOT_ARGS
 from cleanroom.backends.process import netns_prefix
 from cleanroom.netspec import NetworkAttachment
 
@@ -39,7 +40,8 @@ class FirecrackerLaunch:
     """Everything that determines one Firecracker config file."""
 
     vmlinux: Path
-    initrd: Path
+    initrd: Path | None
+    """None: the kernel boots the rootfs directly (``DIRECT_BOOT_ARGS``)."""
     rootfs: Path
     vcpus: int = 1
     memory_mib: int = 256
@@ -64,6 +66,8 @@ def boot_args(launch: FirecrackerLaunch) -> str:
         "cleanroom.root=/dev/vda",
         f"cleanroom.channel=vsock:{launch.agent_port}",
     ]
+    if launch.initrd is None:
+        args.extend(DIRECT_BOOT_ARGS)
     if launch.debug:
         args.append("cleanroom.debug=1")
     return " ".join(args)
@@ -74,7 +78,7 @@ def build_config(launch: FirecrackerLaunch) -> dict[str, Any]:
     config: dict[str, Any] = {
         "boot-source": {
             "kernel_image_path": str(launch.vmlinux),
-            "initrd_path": str(launch.initrd),
+            **({} if launch.initrd is None else {"initrd_path": str(launch.initrd)}),
             "boot_args": boot_args(launch),
         },
         "drives": [

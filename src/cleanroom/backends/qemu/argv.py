@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cleanroom.backends.images import DIRECT_BOOT_ARGS
 from cleanroom.backends.process import netns_prefix
 from cleanroom.netspec import NetworkAttachment
 
@@ -42,7 +43,8 @@ class QemuLaunch:
 
     binary: str
     kernel: Path
-    initrd: Path
+    initrd: Path | None
+    """None: the kernel boots the rootfs directly (``DIRECT_BOOT_ARGS``)."""
     rootfs: Path
     rootfs_format: Literal["raw", "qcow2"]
     console_log: Path
@@ -78,6 +80,8 @@ def kernel_cmdline(launch: QemuLaunch) -> str:
         "cleanroom.root=/dev/vda",
         f"cleanroom.channel=virtio-serial:{AGENT_PORT_NAME}",
     ]
+    if launch.initrd is None:
+        args.extend(DIRECT_BOOT_ARGS)
     if launch.debug:
         args.append("cleanroom.debug=1")
     if launch.accel == "tcg" and launch.tsc_khz:
@@ -101,7 +105,9 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     argv += ["-M", machine, *accel]
     argv += ["-m", str(launch.memory_mib), "-smp", str(launch.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    argv += ["-kernel", str(launch.kernel), "-initrd", str(launch.initrd)]
+    argv += ["-kernel", str(launch.kernel)]
+    if launch.initrd is not None:
+        argv += ["-initrd", str(launch.initrd)]
     argv += ["-append", kernel_cmdline(launch)]
     argv += ["-chardev", f"socket,id=qmp,fd={launch.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     argv += ["-chardev", f"file,id=console,path={_opt(launch.console_log)}"]

@@ -14,6 +14,7 @@ from cleanroom.backends.hostinfo import (
     host_tsc_khz,
     vmm_version,
 )
+from cleanroom.backends.images import BootImage, verify_boot_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
 from cleanroom.backends.qemu.argv import Accel
@@ -22,7 +23,6 @@ from cleanroom.backends.qemu.settings import QemuConfig
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
-from cleanroom.images import GuestImage, verify_image
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
 
@@ -52,7 +52,7 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         self.verdict: AccelVerdict | None = None
         """The KVM canary verdict behind the chosen accel (None if none was needed)."""
 
-    def _image(self) -> GuestImage:
+    def _image(self) -> BootImage:
         return self._configured_image()
 
     def _qemu_img(self, binary: str) -> str:
@@ -60,7 +60,7 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         return str(sibling) if sibling.is_file() else "qemu-img"
 
     def _machine_for(
-        self, binary: str, image: GuestImage, accel: Accel, tsc_khz: int | None = None
+        self, binary: str, image: BootImage, accel: Accel, tsc_khz: int | None = None
     ) -> QemuMachine:
         return QemuMachine(
             binary=binary,
@@ -122,10 +122,10 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             )
         else:
             checks.append(DoctorCheck("qemu.kvm", "pass", f"{KVM_DEVICE} present ({identity})"))
-        image: GuestImage | None = None
+        image: BootImage | None = None
         try:
             image = await asyncio.to_thread(self._image)
-            await asyncio.to_thread(verify_image, image)
+            await asyncio.to_thread(verify_boot_image, image)
             checks.append(
                 DoctorCheck(
                     "qemu.image",
@@ -134,13 +134,14 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
                     {"digest": image.digest, "path": str(image.path)},
                 )
             )
+            checks.append(DoctorCheck("qemu.boot", "pass", image.describe(), {"boot": image.boot}))
         except CleanroomError as exc:
             checks.append(DoctorCheck("qemu.image", "fail", exc.message, exc.details))
         checks.append(self._accel_check(identity, version, image))
         return checks
 
     def _accel_check(
-        self, identity: str | None, version: str | None, image: GuestImage | None
+        self, identity: str | None, version: str | None, image: BootImage | None
     ) -> DoctorCheck:
         requested = self._config.accel
         if requested != "auto":

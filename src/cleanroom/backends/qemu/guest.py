@@ -42,7 +42,7 @@ class QemuMachine:
 
     binary: str
     kernel: Path
-    initrd: Path
+    initrd: Path | None
     rootfs: Path
     accel: Accel
     vcpus: int = 1
