@@ -40,6 +40,10 @@ DIRECT_BOOT_ARGS = ("root=/dev/vda", "rootfstype=ext4", "rw", f"init={AGENT_INIT
 start the agent's init."""
 
 
+_FROM_IMAGE = ("kernel", "vmlinux", "initrd", "rootfs", "digest", "kernel_version", "path")
+"""The ``BootImage`` fields a ``GuestImage`` has under the same names."""
+
+
 @dataclass(frozen=True)
 class BootImage:
     """The files a VMM boots: kernel (bzImage or ELF), ELF vmlinux, initramfs or None
@@ -60,16 +64,8 @@ class BootImage:
     @classmethod
     def of(cls, image: GuestImage) -> BootImage:
         """The files of ``image`` (booted through its initramfs)."""
-        return cls(
-            kernel=image.kernel,
-            vmlinux=image.vmlinux,
-            initrd=image.initrd,
-            rootfs=image.rootfs,
-            digest=image.digest,
-            kernel_version=image.kernel_version,
-            path=image.path,
-            image=image,
-        )
+        shared = {name: getattr(image, name) for name in _FROM_IMAGE}
+        return cls(**shared, image=image)
 
     @property
     def boot(self) -> BootPath:
