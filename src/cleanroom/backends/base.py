@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from cleanroom.doctor import DoctorCheck
 from cleanroom.netspec import NetworkAttachment
@@ -26,7 +26,10 @@ __all__ = [
     "NetworkAttachment",
 ]
 
-Isolation = Literal["firecracker-kvm", "qemu-kvm", "qemu-tcg"]
+Isolation = str
+"""How a guest is isolated, ``<backend>-<mechanism>``: today ``firecracker-kvm``,
+``qemu-kvm`` or ``qemu-tcg``. A plain string so that a new backend names its own
+without touching this module."""
 
 
 @dataclass(frozen=True)
