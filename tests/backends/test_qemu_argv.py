@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from cleanroom.backends.base import NetworkAttachment
 from cleanroom.backends.qemu.argv import (
     AGENT_PORT_NAME,
     QemuLaunch,
+    QemuMachine,
     build_argv,
     kernel_cmdline,
 )
@@ -28,7 +30,11 @@ def _launch(**kw: Any) -> QemuLaunch:
         "tsc_khz": 2100000,
     }
     base.update(kw)
-    return QemuLaunch(**base)
+    machine_keys = {f.name for f in fields(QemuMachine)} - {"rootfs"}
+    machine = QemuMachine(
+        rootfs=Path("/img/rootfs.ext4"), **{k: v for k, v in base.items() if k in machine_keys}
+    )
+    return QemuLaunch(machine=machine, **{k: v for k, v in base.items() if k not in machine_keys})
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:

@@ -25,6 +25,7 @@ __all__ = [
     "AGENT_INIT",
     "DIRECT_BOOT_ARGS",
     "BootImage",
+    "agent_boot_args",
     "configured_boot",
     "resolve_image",
     "verify_boot_image",
@@ -42,6 +43,18 @@ start the agent's init."""
 
 _FROM_IMAGE = ("kernel", "vmlinux", "initrd", "rootfs", "digest", "kernel_version", "path")
 """The ``BootImage`` fields a ``GuestImage`` has under the same names."""
+
+
+def agent_boot_args(channel: str, *, direct: bool, debug: bool) -> list[str]:
+    """The kernel arguments the image's boot reads: root device, agent channel
+    (``virtio-serial:<port name>`` or ``vsock:<port>``), a direct boot's
+    ``DIRECT_BOOT_ARGS``, and the debug switch."""
+    args = ["cleanroom.root=/dev/vda", f"cleanroom.channel={channel}"]
+    if direct:
+        args.extend(DIRECT_BOOT_ARGS)
+    if debug:
+        args.append("cleanroom.debug=1")
+    return args
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.backends.images import DIRECT_BOOT_ARGS
+from cleanroom.backends.images import agent_boot_args
 from cleanroom.backends.process import netns_prefix
 from cleanroom.netspec import NetworkAttachment
 
@@ -63,13 +63,10 @@ def boot_args(launch: FirecrackerLaunch) -> str:
         "reboot=k",
         "panic=1",
         "pci=off",
-        "cleanroom.root=/dev/vda",
-        f"cleanroom.channel=vsock:{launch.agent_port}",
+        *agent_boot_args(
+            f"vsock:{launch.agent_port}", direct=launch.initrd is None, debug=launch.debug
+        ),
     ]
-    if launch.initrd is None:
-        args.extend(DIRECT_BOOT_ARGS)
-    if launch.debug:
-        args.append("cleanroom.debug=1")
     return " ".join(args)
 
 

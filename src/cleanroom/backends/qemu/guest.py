@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
-from pathlib import Path
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
-from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, build_argv
+from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, QemuMachine, build_argv
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.rootfs import RootfsMethod
 from cleanroom.backends.vmguest import (
@@ -34,23 +32,6 @@ QEMU_ROOTFS_METHODS: tuple[RootfsMethod, ...] = ("reflink", "qcow2-overlay", "co
 
 _POLL_SECONDS = 0.025
 _DEAD_STATES = frozenset({"internal-error", "guest-panicked", "shutdown", "io-error"})
-
-
-@dataclass(frozen=True)
-class QemuMachine:
-    """The host-side inputs of a QEMU guest (binary, image artifacts, sizing, accel)."""
-
-    binary: str
-    kernel: Path
-    initrd: Path | None
-    rootfs: Path
-    accel: Accel
-    vcpus: int = 1
-    memory_mib: int = 256
-    tsc_khz: int | None = None
-    qemu_img: str = "qemu-img"
-    debug: bool = False
-    extra_kernel_args: tuple[str, ...] = ()
 
 
 class QemuGuest(VmGuest):
@@ -88,22 +69,14 @@ class QemuGuest(VmGuest):
                 spec, machine.rootfs, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
             ) as disks:
                 launch = QemuLaunch(
-                    binary=machine.binary,
-                    kernel=machine.kernel,
-                    initrd=machine.initrd,
+                    machine=machine,
                     rootfs=disks.rootfs.path,
                     rootfs_format=disks.rootfs.format,
                     console_log=console_path,
                     agent_fd=agent_vm.fileno(),
                     qmp_fd=qmp_vm.fileno(),
-                    accel=machine.accel,
-                    vcpus=machine.vcpus,
-                    memory_mib=machine.memory_mib,
-                    tsc_khz=machine.tsc_khz,
                     network=spec.network,
                     workspace_disk=disks.workspace.path,
-                    debug=machine.debug,
-                    extra_kernel_args=machine.extra_kernel_args,
                 )
                 argv = build_argv(launch, prefix=pdeathsig_prefix())
                 write_plan(
