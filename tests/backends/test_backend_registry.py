@@ -15,12 +15,14 @@ from cleanroom._yaml import YamlEntry
 from cleanroom.backend_table import BACKENDS, BackendEntry, load_ref, settings_class
 from cleanroom.backends import (
     KNOWN_BACKENDS,
+    Capabilities,
     FirecrackerBackend,
     QemuBackend,
     get_backend,
     resolve_backend_name,
 )
 from cleanroom.backends.firecracker import FirecrackerConfig
+from cleanroom.backends.qemu import QemuConfig
 from cleanroom.backends.vmsettings import VMM_KEYS, VmmSettings
 from cleanroom.config import RuntimeConfig, parse_config_text
 from cleanroom.config_reader import SectionReader
@@ -165,3 +167,23 @@ def test_table_entries_name_known_capabilities() -> None:
         assert entry.name == name
         assert isinstance(get_backend(name, RuntimeConfig()), load_ref(entry.backend))
         assert isinstance(RuntimeConfig().backends[name], settings_class(name))
+
+
+@pytest.mark.parametrize(
+    ("backend", "isolation"),
+    [(QemuBackend(QemuConfig()), "qemu-tcg"), (FirecrackerBackend(FirecrackerConfig()), "fc")],
+)
+def test_reported_capabilities_are_the_table_promises(
+    backend: QemuBackend | FirecrackerBackend, isolation: str
+) -> None:
+    caps = backend._capabilities("1.0", isolation)
+    assert caps == Capabilities(
+        backend_name=backend.name,
+        backend_version="1.0",
+        isolation=isolation,
+        network_default_deny=True,
+        network_host_port_filtering=True,
+        dns_control=True,
+        policy_immutability=True,
+        audit_event_emission=True,
+    )
