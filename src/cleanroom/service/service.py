@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -28,15 +28,25 @@ from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
-from cleanroom.service.pool import SlotProvider, WarmPool
+from cleanroom.service.network import (
+    NetworkLayer,
+    NetworkLease,
+    NetworkSlot,
+    RunNetworks,
+    bind_network,
+)
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
-from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
+from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
 
 log = structlog.get_logger("cleanroom.service")
+
+_L = TypeVar("_L", bound=NetworkLease)
+_S = TypeVar("_S", bound=NetworkSlot)
 
 
 @dataclass
@@ -57,11 +67,13 @@ class Service:
         config: RuntimeConfig,
         *,
         backends: dict[str, Backend] | None = None,
-        network: NetworkProvider | None = None,
+        network: NetworkLayer[_L, _S] | None = None,
     ) -> None:
+        """``network``: the egress layer (default: a ``NetworkManager`` made at
+        :meth:`start` if this host can enforce egress)."""
         self._config = config
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._network = network
+        self._network: RunNetworks | None = bind_network(network) if network else None
         self._network_error: str | None = None
         self._contexts: dict[str, _Context] = {}
         self._terminated: set[str] = set()
@@ -84,10 +96,10 @@ class Service:
             except CleanroomError as exc:
                 self._network_error = exc.message
             else:
-                self._network = manager
-        reconcile = getattr(self._network, "reconcile", None)
-        if reconcile is not None:
-            removed = await reconcile()
+                # mypy checks here that the manager conforms to NetworkLayer.
+                self._network = bind_network(manager)
+        if self._network is not None:
+            removed = await self._network.reconcile()
             if removed:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
@@ -119,7 +131,7 @@ class Service:
                 launch_seconds=self._backend_launch_seconds(name),
                 # Pooled guests boot on reserved (drop-all) network slots when the
                 # network layer can reserve them, so networked runs can be served warm.
-                network=self._network if isinstance(self._network, SlotProvider) else None,
+                network=self._network,
                 boots=self._boots,
             )
             self._pools[name] = pool
