@@ -11,6 +11,7 @@ arbitrary cleanroom error, only the few its protocol defines; anything else is
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from cleanroom.agent import (
     AgentDisconnected,
@@ -21,10 +22,18 @@ from cleanroom.agent import (
     AgentTimeout,
 )
 from cleanroom.agent.protocol import ERR_VERSION
-from cleanroom.backends.base import Guest
 from cleanroom.errors import CleanroomError, GuestAgentFailed, RuntimeLaunchFailed, RunTimeout
 
-__all__ = ["REMOTE_CODES", "translate_agent_error"]
+__all__ = ["REMOTE_CODES", "GuestFacts", "translate_agent_error"]
+
+
+class GuestFacts(Protocol):
+    """What an error message needs of the guest (a ``cleanroom.backends.Guest`` has it)."""
+
+    def console_tail(self, lines: int = 20) -> list[str]: ...
+
+    def exited(self) -> int | None: ...
+
 
 REMOTE_CODES: dict[str, type[CleanroomError]] = {
     # The guest's agent does not speak this host's protocol: the guest cannot serve runs.
@@ -33,18 +42,18 @@ REMOTE_CODES: dict[str, type[CleanroomError]] = {
 """Guest wire codes with a cleanroom error of their own (all others: ``guest_agent_failed``)."""
 
 
-def _timeout(exc: AgentError, guest: Guest) -> CleanroomError:
+def _timeout(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     return RunTimeout(f"the guest did not report a result in time: {exc.message}")
 
 
-def _not_ready(exc: AgentError, guest: Guest) -> CleanroomError:
+def _not_ready(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     return RuntimeLaunchFailed(
         f"the guest agent did not answer: {exc.message}",
         details={"console_tail": guest.console_tail()},
     )
 
 
-def _disconnected(exc: AgentError, guest: Guest) -> CleanroomError:
+def _disconnected(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     code = guest.exited()
     why = f"the VMM exited (status {code})" if code is not None else "the agent channel closed"
     return GuestAgentFailed(
@@ -52,17 +61,17 @@ def _disconnected(exc: AgentError, guest: Guest) -> CleanroomError:
     )
 
 
-def _remote(exc: AgentError, guest: Guest) -> CleanroomError:
+def _remote(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     assert isinstance(exc, AgentRemoteError)
     cls = REMOTE_CODES.get(exc.remote_code, GuestAgentFailed)
     return cls(f"the guest agent reported an error: {exc}", details={"agent_code": exc.remote_code})
 
 
-def _protocol(exc: AgentError, guest: Guest) -> CleanroomError:
+def _protocol(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     return GuestAgentFailed(f"guest agent protocol failure: {exc}")
 
 
-_Translate = Callable[[AgentError, Guest], CleanroomError]
+_Translate = Callable[[AgentError, GuestFacts], CleanroomError]
 
 _BY_CLASS: tuple[tuple[type[AgentError], _Translate], ...] = (
     (AgentTimeout, _timeout),
@@ -74,7 +83,7 @@ _BY_CLASS: tuple[tuple[type[AgentError], _Translate], ...] = (
 )
 
 
-def translate_agent_error(exc: AgentError, guest: Guest) -> CleanroomError:
+def translate_agent_error(exc: AgentError, guest: GuestFacts) -> CleanroomError:
     """The cleanroom error for ``exc`` raised while talking to ``guest``'s agent.
 
     The result's ``code`` equals the code the agent error class declares
