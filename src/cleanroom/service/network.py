@@ -23,6 +23,7 @@ from cleanroom.service.record import JsonValue
 
 __all__ = [
     "Lease",
+    "LeaseT",
     "NetworkLayer",
     "NetworkLease",
     "NetworkProvider",
@@ -30,6 +31,7 @@ __all__ = [
     "RunNetworks",
     "Slot",
     "SlotProvider",
+    "SlotT",
     "TeardownSummary",
     "bind_network",
 ]
@@ -63,18 +65,18 @@ class TeardownSummary(Protocol):
     def to_dict(self) -> Mapping[str, JsonValue]: ...
 
 
-L = TypeVar("L", bound=NetworkLease)
-S = TypeVar("S", bound=NetworkSlot)
+LeaseT = TypeVar("LeaseT", bound=NetworkLease)
+SlotT = TypeVar("SlotT", bound=NetworkSlot)
 
 
-class NetworkProvider(Protocol[L]):
+class NetworkProvider(Protocol[LeaseT]):
     """Sets up and tears down run networks; removes a crashed server's leftovers."""
 
-    async def setup(self, run_id: str, policy: CompiledPolicy, run_dir: Path) -> L:
+    async def setup(self, run_id: str, policy: CompiledPolicy, run_dir: Path) -> LeaseT:
         """A network for one run (raises ``NetworkSetupFailed``; leaves nothing behind)."""
         ...
 
-    async def teardown(self, target: L) -> TeardownSummary:
+    async def teardown(self, target: LeaseT) -> TeardownSummary:
         """Remove ``target`` (idempotent; never raises for cleanup trouble)."""
         ...
 
@@ -83,26 +85,28 @@ class NetworkProvider(Protocol[L]):
         ...
 
 
-class SlotProvider(Protocol[S, L]):
+class SlotProvider(Protocol[SlotT, LeaseT]):
     """Two-phase run networks: reserve a drop-all slot at boot, activate it for a run."""
 
-    async def reserve(self, owner_id: str) -> S:
+    async def reserve(self, owner_id: str) -> SlotT:
         """A slot whose table drops everything (raises ``NetworkSetupFailed``)."""
         ...
 
-    async def activate(self, slot: S, run_id: str, policy: CompiledPolicy, run_dir: Path) -> L:
+    async def activate(
+        self, slot: SlotT, run_id: str, policy: CompiledPolicy, run_dir: Path
+    ) -> LeaseT:
         """Open ``slot`` for one run's policy (on failure the slot is removed)."""
         ...
 
-    async def teardown(self, target: S | L) -> TeardownSummary:
+    async def teardown(self, target: SlotT | LeaseT) -> TeardownSummary:
         """Remove a slot or a lease (idempotent)."""
         ...
 
 
-class NetworkLayer(NetworkProvider[L], SlotProvider[S, L], Protocol[L, S]):
+class NetworkLayer(NetworkProvider[LeaseT], SlotProvider[SlotT, LeaseT], Protocol[LeaseT, SlotT]):
     """Everything the service uses of the network layer."""
 
-    async def teardown(self, target: S | L) -> TeardownSummary: ...
+    async def teardown(self, target: SlotT | LeaseT) -> TeardownSummary: ...
 
 
 Release = Callable[[], Awaitable[TeardownSummary]]
@@ -141,10 +145,10 @@ class RunNetworks:
     reconcile: Callable[[], Awaitable[Sequence[str]]]
 
 
-def bind_network(provider: NetworkLayer[L, S]) -> RunNetworks:
+def bind_network(provider: NetworkLayer[LeaseT, SlotT]) -> RunNetworks:
     """Bind ``provider`` (e.g. a ``NetworkManager``) into lease- and slot-making handles."""
 
-    def lease(raw: L) -> Lease:
+    def lease(raw: LeaseT) -> Lease:
         async def release() -> TeardownSummary:
             return await provider.teardown(raw)
 

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import structlog
 
@@ -28,13 +28,7 @@ from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
-from cleanroom.service.network import (
-    NetworkLayer,
-    NetworkLease,
-    NetworkSlot,
-    RunNetworks,
-    bind_network,
-)
+from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.run import RunPlan, execute_run
@@ -44,9 +38,6 @@ from cleanroom.service.workspace import remove_dead_stagings
 __all__ = ["Service"]
 
 log = structlog.get_logger("cleanroom.service")
-
-_L = TypeVar("_L", bound=NetworkLease)
-_S = TypeVar("_S", bound=NetworkSlot)
 
 
 @dataclass
@@ -67,10 +58,9 @@ class Service:
         config: RuntimeConfig,
         *,
         backends: dict[str, Backend] | None = None,
-        network: NetworkLayer[_L, _S] | None = None,
+        network: NetworkLayer[LeaseT, SlotT] | None = None,
     ) -> None:
-        """``network``: the egress layer (default: a ``NetworkManager`` made at
-        :meth:`start` if this host can enforce egress)."""
+        """``network``: the egress layer (default: a ``NetworkManager``, made by :meth:`start`)."""
         self._config = config
         self._backends: dict[str, Backend] = dict(backends or {})
         self._network: RunNetworks | None = bind_network(network) if network else None

@@ -67,7 +67,7 @@ async def obtain_guest(
     can only use a guest booted on a reserved network slot.
     """
     needs_nic = networks is not None and bool(plan.policy.allow)
-    fits = pool is not None and scan.bytes <= WARM_STREAM_LIMIT
+    fits = scan.bytes <= WARM_STREAM_LIMIT
     warm = None
     if pool is not None and fits and (not needs_nic or pool.network is not None):
         warm = pool.take()
