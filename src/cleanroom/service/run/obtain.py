@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cleanroom.agent import AgentClient, GuestNetwork
 from cleanroom.backends.base import Backend, Guest, GuestSpec
@@ -27,7 +28,10 @@ from cleanroom.service.run.plan import RunPlan
 from cleanroom.service.run.resources import NetworkHold, RunResources, remove_path
 from cleanroom.service.workspace import ArchiveStats, stage_workspace, staging_root
 
-__all__ = ["WARM_STREAM_LIMIT", "Obtained", "obtain_guest"]
+__all__ = ["WARM_STREAM_LIMIT", "Obtained", "Start", "obtain_guest"]
+
+Start = Literal["warm", "cold"]
+"""How a run's guest started (a restored snapshot would be one more kind)."""
 
 WARM_STREAM_LIMIT = 16 << 20
 """Workspaces larger than this (bytes) boot cold with a host-made disk instead of
@@ -47,6 +51,8 @@ class Obtained:
     """The VMM plan, in the run directory."""
     seeded: bool
     """The workspace is already on the guest's disk (made on the host before boot)."""
+    start: Start
+    """Which way the guest came (the record's ``pool``: ``hit`` for warm)."""
 
 
 async def obtain_guest(
@@ -128,7 +134,7 @@ async def _claim_warm(
     else:
         # Any NIC stays behind the slot's drop-all table: nothing passes.
         rec.set_no_network()
-    return Obtained(warm.guest, warm.client, guest_net, plan_copy, seeded=False)
+    return Obtained(warm.guest, warm.client, guest_net, plan_copy, seeded=False, start="warm")
 
 
 async def _boot_cold(
@@ -180,7 +186,9 @@ async def _boot_cold(
     if root != plan.run_dir:
         await asyncio.to_thread(remove_path, root)
     seeded = bool(greeted.guest.timings.get("workspace_seeded"))
-    return Obtained(greeted.guest, greeted.client, guest_net, greeted.guest.plan_path, seeded)
+    return Obtained(
+        greeted.guest, greeted.client, guest_net, greeted.guest.plan_path, seeded, start="cold"
+    )
 
 
 def _lease_network(lease: Lease, rec: RunRecorder) -> GuestNetwork:
