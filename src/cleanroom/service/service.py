@@ -63,7 +63,7 @@ class Service:
         """``network``: the egress layer (default: a ``NetworkManager``, made by :meth:`start`)."""
         self._config = config
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._network: RunNetworks | None = bind_network(network) if network else None
+        self._network: RunNetworks | None = bind_network(network) if network is not None else None
         self._network_error: str | None = None
         self._contexts: dict[str, _Context] = {}
         self._terminated: set[str] = set()
