@@ -29,9 +29,10 @@ from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
-from cleanroom.service.pool import SlotProvider, WarmPool
+from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
-from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
+from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
@@ -58,11 +59,12 @@ class Service:
         config: RuntimeConfig,
         *,
         backends: dict[str, Backend] | None = None,
-        network: NetworkProvider | None = None,
+        network: NetworkLayer[LeaseT, SlotT] | None = None,
     ) -> None:
+        """``network``: the egress layer (default: a ``NetworkManager``, made by :meth:`start`)."""
         self._config = config
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._network = network
+        self._network: RunNetworks | None = bind_network(network) if network is not None else None
         self._network_error: str | None = None
         self._contexts: dict[str, _Context] = {}
         self._terminated: set[str] = set()
@@ -85,10 +87,10 @@ class Service:
             except CleanroomError as exc:
                 self._network_error = exc.message
             else:
-                self._network = manager
-        reconcile = getattr(self._network, "reconcile", None)
-        if reconcile is not None:
-            removed = await reconcile()
+                # mypy checks here that the manager conforms to NetworkLayer.
+                self._network = bind_network(manager)
+        if self._network is not None:
+            removed = await self._network.reconcile()
             if removed:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
@@ -120,7 +122,7 @@ class Service:
                 launch_seconds=self._backend_launch_seconds(name),
                 # Pooled guests boot on reserved (drop-all) network slots when the
                 # network layer can reserve them, so networked runs can be served warm.
-                network=self._network if isinstance(self._network, SlotProvider) else None,
+                network=self._network,
                 boots=self._boots,
             )
             self._pools[name] = pool
