@@ -19,7 +19,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cleanroom
 from cleanroom.backends.base import Capabilities, GuestFacts, GuestSpec, Isolation
@@ -74,8 +73,8 @@ class AgentProcessGuest:
         return GuestFacts(rootfs_method="none", workspace_seeded=False)
 
     @property
-    def timings(self) -> Mapping[str, Any]:
-        return {"rootfs_method": "none"}
+    def timings(self) -> Mapping[str, float]:
+        return {}
 
     async def open_channel(
         self, deadline: float
