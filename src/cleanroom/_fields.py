@@ -57,12 +57,11 @@ class Wire:
 
 
 class _Rule:
-    """A constraint on one field's value; ``problem`` says what is wrong, or None."""
+    """A constraint on one field's value."""
 
-    kind = "value_error"
-    """The error ``type`` reported, the same pydantic reports for the constraint."""
-
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> tuple[str, str] | None:
+        """What is wrong with ``value``: the error ``type`` (the one pydantic reports
+        for the same constraint) and a message; ``None`` when it is fine."""
         raise NotImplementedError
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Handler) -> dict[str, Any]:
@@ -78,10 +77,10 @@ class _Rule:
 class NoNul(_Rule):
     """A string without NUL bytes (which no path or argv element can carry)."""
 
-    kind = "string_pattern_mismatch"
-
-    def problem(self, value: Any) -> str | None:
-        return "must not contain NUL bytes" if "\x00" in value else None
+    def problem(self, value: Any) -> tuple[str, str] | None:
+        if "\x00" in value:
+            return "string_pattern_mismatch", "must not contain NUL bytes"
+        return None
 
     def core(self) -> dict[str, Any]:
         return {"pattern": _NO_NUL}
@@ -90,10 +89,8 @@ class NoNul(_Rule):
 class NonEmpty(_Rule):
     """At least one character or item."""
 
-    kind = "too_short"
-
-    def problem(self, value: Any) -> str | None:
-        return "must not be empty" if len(value) == 0 else None
+    def problem(self, value: Any) -> tuple[str, str] | None:
+        return ("too_short", "must not be empty") if len(value) == 0 else None
 
     def core(self) -> dict[str, Any]:
         return {"min_length": 1}
@@ -101,34 +98,34 @@ class NonEmpty(_Rule):
 
 @dataclasses.dataclass(frozen=True)
 class Bounds(_Rule):
-    """A number above ``gt`` and, if given, at most ``le``."""
+    """A number above ``gt`` and at most ``le``."""
 
     gt: float
-    le: float | None = None
+    le: float
 
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> tuple[str, str] | None:
         if not value > self.gt:
-            return f"must be greater than {self.gt:g}"
-        if self.le is not None and not value <= self.le:
-            return f"must be at most {self.le:g}"
+            return "greater_than", f"must be greater than {self.gt:g}"
+        if not value <= self.le:
+            return "less_than_equal", f"must be at most {self.le:g}"
         return None
 
     def core(self) -> dict[str, Any]:
-        return {"gt": self.gt} | ({"le": self.le} if self.le is not None else {})
+        return {"gt": self.gt, "le": self.le}
 
 
 class Absolute(_Rule):
     """An absolute path, sent as a string without NUL bytes."""
 
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> tuple[str, str] | None:
         if "\x00" in str(value):
-            return "must not contain NUL bytes"
-        return None if Path(value).is_absolute() else "not absolute"
+            return "string_pattern_mismatch", "must not contain NUL bytes"
+        return None if Path(value).is_absolute() else ("value_error", "not absolute")
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Handler) -> dict[str, Any]:
         def to_path(text: str) -> Path:
-            if (problem := self.problem(text)) is not None:
-                raise ValueError(problem)  # pydantic reports it as a value_error at the field
+            if not Path(text).is_absolute():
+                raise ValueError("not absolute")  # pydantic reports a value_error at the field
             return Path(text)
 
         return {
@@ -141,17 +138,15 @@ class Absolute(_Rule):
 class Argv(_Rule):
     """A command: a non-empty list of strings without NUL bytes, held as a tuple."""
 
-    kind = "too_short"
-
-    def problem(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> tuple[str, str] | None:
         if isinstance(value, str | bytes):
-            return "must be a sequence of arguments, not a string"
+            return "list_type", "must be a sequence of arguments, not a string"
         if len(value) == 0:
-            return "must not be empty"
+            return "too_short", "must not be empty"
         if not all(isinstance(arg, str) for arg in value):
-            return "arguments must be strings"
+            return "string_type", "arguments must be strings"
         if any("\x00" in arg for arg in value):
-            return "arguments must not contain NUL bytes"
+            return "string_pattern_mismatch", "arguments must not contain NUL bytes"
         return None
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Handler) -> dict[str, Any]:
@@ -188,13 +183,10 @@ def check(obj: Any, loc: Loc = ("body",)) -> None:
         for rule in _rules(hints[f.name]):
             problem = rule.problem(value)
             if problem is not None:
+                kind, message = problem
                 where = ".".join(str(p) for p in (*loc[1:], f.name))
-                raise InvalidRequest(
-                    f"{where} {problem}",
-                    details={
-                        "errors": [{"loc": [*loc, f.name], "msg": problem, "type": rule.kind}]
-                    },
-                )
+                error = {"loc": [*loc, f.name], "msg": message, "type": kind}
+                raise InvalidRequest(f"{where} {message}", details={"errors": [error]})
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check(value, (*loc, f.name))
 

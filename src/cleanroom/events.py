@@ -154,9 +154,7 @@ class EventDecoder:
             self.run_id = event.run_id
             return event
         if kind in ("stdout", "stderr"):
-            raw = obj["data"]
-            data = base64.b64decode(raw) if obj.get("encoding") == "base64" else raw.encode()
-            return RunOutput("stdout" if kind == "stdout" else "stderr", data)
+            return RunOutput("stdout" if kind == "stdout" else "stderr", _output_data(obj))
         if kind == "exit":
             self.finished = True
             return RunExit(from_dict(RunResult, obj))
@@ -175,6 +173,17 @@ class EventDecoder:
         if self.run_id is not None:
             details.setdefault("run_id", self.run_id)
         return error_class_for_code(code)(message, details=details)
+
+
+def _output_data(obj: dict[str, Any]) -> bytes:
+    """The bytes of an output line; ValueError or TypeError when it is not one."""
+    encoding = obj.get("encoding")
+    if set(obj) - {"data", "encoding"} or encoding not in (None, "base64"):
+        raise ValueError("unexpected output line")
+    raw = obj["data"]
+    if not isinstance(raw, str):
+        raise TypeError("output data is not a string")
+    return base64.b64decode(raw, validate=True) if encoding == "base64" else raw.encode()
 
 
 class _Malformed(CleanroomError):

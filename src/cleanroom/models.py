@@ -28,6 +28,7 @@ from cleanroom._fields import (
 )
 
 __all__ = [
+    "MAX_LAUNCH_SECONDS",
     "MAX_TIMEOUT_SECONDS",
     "CleanroomInfo",
     "CleanroomList",
@@ -54,6 +55,8 @@ __all__ = [
 
 MAX_TIMEOUT_SECONDS = 86400.0
 """The longest command timeout a request may ask for (one day)."""
+MAX_LAUNCH_SECONDS = 3600.0
+"""The longest a request may let a guest take to become ready (one hour)."""
 
 AbsPath = Annotated[Path, Absolute()]
 Name = Annotated[str, NoNul()]
@@ -79,7 +82,7 @@ class LaunchOptions(Wire):
     """Root under which each run's directory is created (default: the state dir's ``runs/``)."""
     read_only_workspace: bool | None = None
     """Mount /workspace read-only in the guest (default: runtime config ``workspace.access``)."""
-    launch_seconds: Annotated[float, Bounds(gt=0)] | None = None
+    launch_seconds: Annotated[float, Bounds(gt=0, le=MAX_LAUNCH_SECONDS)] | None = None
     """How long a guest may take to become ready (default: the backend's config)."""
 
 
