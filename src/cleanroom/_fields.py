@@ -47,7 +47,11 @@ class Wire:
     forbid unknown keys and accept no coercions ("yes" is not a bool), while a
     JSON object may still stand for the dataclass itself."""
 
-    __pydantic_config__: typing.ClassVar[dict[str, Any]] = {"extra": "forbid", "strict": True}
+    __pydantic_config__: typing.ClassVar[dict[str, Any]] = {
+        "extra": "forbid",
+        "strict": True,
+        "use_attribute_docstrings": True,  # the field docs below become the schema's
+    }
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Handler) -> dict[str, Any]:

@@ -88,9 +88,10 @@ class LaunchOptions(Wire):
 
 @dataclass(frozen=True)
 class LaunchRequest(Wire):
-    """``POST /v1/cleanrooms/launch``: ``cwd`` is the repository directory (holds the policy)."""
+    """``POST /v1/cleanrooms/launch``."""
 
     cwd: AbsPath
+    """Absolute path of the repository directory (holds the policy)."""
     backend: Name | None = None
     """Backend name; default from the runtime config."""
     options: LaunchOptions | None = None
@@ -105,7 +106,9 @@ class RunRequest(Wire):
 
     cleanroom_id: Id
     command: Command
+    """argv, run without a shell."""
     timeout_seconds: Timeout | None = None
+    """Kill the command's process group after this many seconds (error ``run_timeout``)."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -127,10 +130,14 @@ class ExecRequest(Wire):
     """``POST /v1/exec``: launch, run once, terminate."""
 
     cwd: AbsPath
+    """Absolute path of the repository directory (holds the policy)."""
     command: Command
+    """argv, run without a shell."""
     backend: Name | None = None
+    """Backend name; default from the runtime config."""
     options: LaunchOptions | None = None
     timeout_seconds: Timeout | None = None
+    """Kill the command's process group after this many seconds (error ``run_timeout``)."""
 
     def __post_init__(self) -> None:
         check(self)
