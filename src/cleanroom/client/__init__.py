@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.client._endpoint import HOST_ENV, Endpoint, resolve_endpoint
 from cleanroom.client._sync import Client
-from cleanroom.client._wire import HOST_ENV, Endpoint, resolve_endpoint
 from cleanroom.models import DoctorReport, Health, LaunchResult
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import httpx
 
 from cleanroom.client import _calls as calls
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
-from cleanroom.client._wire import (
+from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
     connection_error,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from cleanroom.client._wire import Endpoint, run_record_path
+from cleanroom.client._endpoint import Endpoint, run_record_path
 from cleanroom.errors import CleanroomError, InvalidRequest, ServerUnavailable, error_class_for_code
 from cleanroom.events import EventDecoder
 from cleanroom.models import (

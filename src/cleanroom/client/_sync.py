@@ -9,14 +9,14 @@ from typing import Any, TypeVar
 
 from cleanroom.client import _calls as calls
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
-from cleanroom.client._http import Failure, Response, open_request
-from cleanroom.client._wire import (
+from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
     connection_error,
     precheck,
     resolve_endpoint,
 )
+from cleanroom.client._http import Failure, Response, open_request
 from cleanroom.events import NDJSON, EventDecoder
 from cleanroom.models import (
     CleanroomInfo,
