@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -41,10 +42,18 @@ _UNSHARE = ("unshare", "--mount", "--propagation", "private")
 """``unshare`` execs the agent (same PID) in a private mount namespace."""
 
 
+@functools.cache
 def can_use_private_mounts() -> bool:
-    """Whether agents can run in their own mount namespace here (root and unshare(1)),
-    where they enforce a read-only workspace with a bind mount as in a VM."""
-    return os.geteuid() == 0 and shutil.which("unshare") is not None
+    """Whether agents can run in their own mount namespace here (root, and unshare(1)
+    works: a container may forbid it), where they enforce a read-only workspace
+    with a bind mount as in a VM. Probed once per process."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    try:
+        probe = subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
 
 
 class AgentProcessGuest:
