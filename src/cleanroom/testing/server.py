@@ -15,7 +15,6 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from cleanroom.server.listen import ListenAddress, bind, parse_listen
 from cleanroom.server.runner import CleanroomServer, configure_logging
@@ -53,7 +52,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._main, name="cleanroom-server", daemon=True)
         self._thread.start()
         if not self._server.started.wait(15) or self._error is not None:
-            self.__exit__(None, None, None)
+            self.__exit__()
             raise RuntimeError(f"test server did not start: {self._error!r}")
         return self
 
@@ -64,12 +63,7 @@ class ServerThread:
         except BaseException as exc:  # noqa: BLE001 - reported by __enter__/__exit__
             self._error = exc
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._server is not None:
             self._server.request_stop()
         if self._thread is not None:
