@@ -1,7 +1,9 @@
 """The HTTP application: routes that translate JSON to service calls and errors to bodies.
 
-``create_app(service)`` takes any :class:`~cleanroom.service.ServiceAPI`, so the
-same app serves the real service and test fakes. Every error response is
+``create_app(service)`` takes any :class:`~cleanroom.service.ServiceAPI`. Request
+and response bodies are the wire models of :mod:`cleanroom.models`: pydantic
+validates requests against them (with the rules stated on their fields) and
+renders them into the OpenAPI document. Every error response is
 ``{"error": {"code", "message", "details"}}`` with the error class's status;
 errors are mapped by class, and anything unexpected becomes a logged 500
 ``internal_error`` with a generic message.
