@@ -65,8 +65,13 @@ NET = NetworkAttachment(netns="cr-run1", tap="tap0", mac="06:00:ac:10:00:02")
         _launch(),
         _launch(network=NET, vcpus=2, memory_mib=512, guest_cid=7),
         _launch(debug=True),
+        _launch(
+            workspace_disk=Path("/run/x/workspace.ext4"),
+            image_disk=Path("/cache/img/rootfs.ext4"),
+            scratch_disk=Path("/run/x/scratch.ext4"),
+        ),
     ],
-    ids=["plain", "networked", "debug"],
+    ids=["plain", "networked", "debug", "user-image"],
 )
 def test_config_validates_against_firecracker_api(
     validator: jsonschema.Draft202012Validator, launch: FirecrackerLaunch
@@ -136,3 +141,20 @@ def test_argv_plain_and_in_netns() -> None:
     ]
     argv = build_argv("firecracker", NET)
     assert argv[:5] == ["ip", "netns", "exec", "cr-run1", "firecracker"]
+
+
+def test_user_image_drive_is_read_only() -> None:
+    launch = _launch(
+        workspace_disk=Path("/run/x/workspace.ext4"),
+        image_disk=Path("/cache/img/rootfs.ext4"),
+        scratch_disk=Path("/run/x/scratch.ext4"),
+    )
+    drives = {d["drive_id"]: d for d in build_config(launch)["drives"]}
+    assert list(drives) == ["rootfs", "workspace", "image", "scratch"]
+    assert drives["image"]["path_on_host"] == "/cache/img/rootfs.ext4"
+    assert drives["image"]["is_read_only"] is True
+    assert drives["scratch"]["is_read_only"] is False
+    assert "cleanroom.image=1" in boot_args(launch).split()
+    assert "cleanroom.image=1" not in boot_args(_launch()).split()
+    with pytest.raises(ValueError, match="scratch"):
+        build_config(_launch(image_disk=Path("/cache/img/rootfs.ext4")))

@@ -22,11 +22,15 @@ from cleanroom.backends.base import Guest, GuestSpec
 from cleanroom.backends.process import VmmProcess, console_tail
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
 from cleanroom.backends.workspace_disk import (
+    DEFAULT_WORKSPACE_DISK_BYTES,
+    ScratchDisk,
     WorkspaceDisk,
+    create_scratch_disk,
     create_workspace_disk,
+    remove_scratch_disk,
     remove_workspace_disk,
 )
-from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.errors import ImageUnavailable, RuntimeLaunchFailed
 
 __all__ = [
     "CONSOLE_LOG_NAME",
@@ -46,10 +50,12 @@ VMM_LOG_NAME = "vmm.log"
 
 @dataclass(frozen=True)
 class RunDisks:
-    """One run's private disks: the rootfs copy and the workspace disk."""
+    """One run's private disks: the rootfs copy, the workspace disk and, with a user
+    image, the scratch disk holding its writable layer."""
 
     rootfs: RootfsCopy
     workspace: WorkspaceDisk
+    scratch: ScratchDisk | None = None
 
 
 async def prepare_run_disks(
@@ -59,25 +65,37 @@ async def prepare_run_disks(
     *,
     qemu_img: str = "qemu-img",
 ) -> RunDisks:
-    """Make the run's rootfs copy and workspace disk in ``spec.run_dir``.
+    """Make the run's rootfs copy, workspace disk and (for ``spec.image``) scratch
+    disk in ``spec.run_dir``; the writable ones are ``spec.disk_mib`` MiB, sparse.
 
-    Raises ``RuntimeLaunchFailed``; on failure neither disk is left behind.
+    Raises ``RuntimeLaunchFailed`` (``ImageUnavailable`` if the user image's file
+    is gone); on failure no disk is left behind.
     """
     run_dir = spec.run_dir
+    if spec.image is not None and not spec.image.rootfs.is_file():
+        raise ImageUnavailable(
+            f"the user image {spec.image.source} has no root filesystem file",
+            details={"key": spec.image.key, "path": str(spec.image.rootfs)},
+        )
+    size = DEFAULT_WORKSPACE_DISK_BYTES if spec.disk_mib is None else spec.disk_mib << 20
     rootfs = await asyncio.to_thread(
         prepare_rootfs, base_rootfs, run_dir, methods, qemu_img=qemu_img
     )
     try:
-        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
+        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace, size)
+        scratch = None
+        if spec.image is not None:
+            scratch = await asyncio.to_thread(create_scratch_disk, run_dir, spec.image.config, size)
     except BaseException:
-        remove_rootfs(run_dir)
+        _remove_run_disks(run_dir)
         raise
-    return RunDisks(rootfs, workspace)
+    return RunDisks(rootfs, workspace, scratch)
 
 
 def _remove_run_disks(run_dir: Path) -> None:
     remove_rootfs(run_dir)
     remove_workspace_disk(run_dir)
+    remove_scratch_disk(run_dir)
 
 
 @contextlib.contextmanager
@@ -112,6 +130,8 @@ class VmGuest:
             "workspace_disk_ms": disks.workspace.prepare_ms,
             "workspace_seeded": disks.workspace.seeded,
         }
+        if disks.scratch is not None:
+            self._timings["scratch_disk_ms"] = disks.scratch.prepare_ms
         self._spawned_at = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
         self._destroyed = False

@@ -77,11 +77,13 @@ class FirecrackerGuest(VmGuest):
                 vmlinux=machine.vmlinux,
                 initrd=machine.initrd,
                 rootfs=rootfs.path,
-                vcpus=machine.vcpus,
-                memory_mib=machine.memory_mib,
+                vcpus=spec.vcpus or machine.vcpus,
+                memory_mib=spec.memory_mib or machine.memory_mib,
                 guest_cid=machine.guest_cid,
                 network=spec.network,
                 workspace_disk=disks.workspace.path,
+                image_disk=None if spec.image is None else spec.image.rootfs,
+                scratch_disk=None if disks.scratch is None else disks.scratch.path,
                 debug=machine.debug,
             )
             config = build_config(launch)

@@ -101,11 +101,13 @@ class QemuGuest(VmGuest):
                     agent_fd=agent_vm.fileno(),
                     qmp_fd=qmp_vm.fileno(),
                     accel=machine.accel,
-                    vcpus=machine.vcpus,
-                    memory_mib=machine.memory_mib,
+                    vcpus=spec.vcpus or machine.vcpus,
+                    memory_mib=spec.memory_mib or machine.memory_mib,
                     tsc_khz=machine.tsc_khz,
                     network=spec.network,
                     workspace_disk=disks.workspace.path,
+                    image_disk=None if spec.image is None else spec.image.rootfs,
+                    scratch_disk=None if disks.scratch is None else disks.scratch.path,
                     debug=machine.debug,
                     extra_kernel_args=machine.extra_kernel_args,
                 )
@@ -125,6 +127,13 @@ class QemuGuest(VmGuest):
                         "base": str(machine.rootfs),
                     },
                 }
+                if spec.image is not None:
+                    plan["image"] = {
+                        "key": spec.image.key,
+                        "source": spec.image.source,
+                        "path": str(spec.image.rootfs),
+                        "read_only": True,
+                    }
                 (run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
                 console_path.touch()
                 process = VmmProcess.spawn(
