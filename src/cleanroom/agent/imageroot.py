@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 IMAGE_CMDLINE_FLAG = "cleanroom.image=1"
-SCRATCH_LABEL = b"cleanroom-scratch"
+SCRATCH_LABEL = b"cleanroom-upper"
 """Volume label of the per-run scratch disk (see ``cleanroom.backends.workspace_disk``)."""
 SETTINGS_NAME = "image.json"
 MAX_SETTINGS = 1 << 20
@@ -350,7 +350,7 @@ def setup_command_root(workspace: str = "/workspace") -> CommandRoot:
     """
     scratch = sysops.find_labelled_disk(SCRATCH_LABEL)
     if scratch is None:
-        raise ImageRootError("no scratch disk (label cleanroom-scratch)")
+        raise ImageRootError("no scratch disk (label cleanroom-upper)")
     image = find_read_only_disk()
     ws_device = sysops.find_labelled_disk(sysops.WORKSPACE_LABEL)
     steps = mount_plan(scratch, image, ws_device, workspace)
