@@ -28,6 +28,7 @@ from cleanroom.agent.imageroot import (
     mount_plan,
     parse_settings,
     read_in_root,
+    replace_etc_file,
 )
 from cleanroom.agent.messages import ExecRequest, parse_exit
 from cleanroom.agent.protocol import FrameDecoder, FrameType
@@ -291,3 +292,27 @@ def test_command_runs_chrooted_as_the_image_user(tmp_path: Path) -> None:
     code, _, err = _run(root, ExecRequest(("sh", "-c", "true")), "/locked")
     assert code == 126
     assert b"Permission denied" in err
+
+
+def test_etc_files_are_replaced_never_followed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    outside = tmp_path / "runtime-resolv.conf"
+    outside.write_text("nameserver 192.0.2.1\n")
+    (root / "etc/resolv.conf").symlink_to(outside)
+    CommandRoot(str(root), Account(0, 0, (0,), "/root"), ()).write_resolv_conf("10.0.0.1")
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 10.0.0.1\n"
+    assert not (root / "etc/resolv.conf").is_symlink()
+    assert outside.read_text() == "nameserver 192.0.2.1\n"
+    # No /etc at all (a bare image), or /etc a link: a real directory is made.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "etc").symlink_to(tmp_path)
+    replace_etc_file(str(bare), "hosts", "127.0.0.1\tlocalhost\n")
+    assert (bare / "etc").is_dir()
+    assert not (bare / "etc").is_symlink()
+    assert (bare / "etc/hosts").read_text() == "127.0.0.1\tlocalhost\n"
+    assert not (tmp_path / "hosts").exists()
+    (bare / "etc/hostname").mkdir()
+    with pytest.raises(ImageRootError):
+        replace_etc_file(str(bare), "hostname", "x\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from backend_guest_scenarios import BOOT_SECONDS, Output, fresh_dir
 
-from cleanroom.agent import AgentClient
+from cleanroom.agent import AgentClient, AgentRemoteError
 from cleanroom.backends.base import Guest, GuestSpec
 from cleanroom.backends.qemu import QemuBackend, VerdictCache
 from cleanroom.config import QemuConfig
@@ -180,6 +180,13 @@ async def test_busybox_image_as_its_user_then_fresh_as_root(
         assert out.split() == ["1000", "1000"]
         code, _, err = await _sh(client, "python3 -c 1")
         assert code == 127
+        # A read-only workspace binds read-only inside the image's root.
+        empty = io.BytesIO()
+        tarfile.open(fileobj=empty, mode="w").close()
+        await client.send_workspace([empty.getvalue()], read_only=True)
+        code, out, _ = await _sh(client, "touch x 2>&1 || echo refused; cat src/main.txt")
+        assert out.splitlines()[-2:] == ["refused", "hello"] or "Read-only" in out, out
+        assert out.endswith("hello\nmore\n"), out
 
         plan = guest.plan_path.read_text()
         assert str(image_file) in plan
@@ -205,7 +212,7 @@ async def test_busybox_image_as_its_user_then_fresh_as_root(
             "id -u; echo $HOME; echo $PATH; test -e /home/app/note && echo kept || echo gone;"
             " echo x > /etc/written && cat /etc/written;"
             " df -m / | tail -1; df -m /workspace | tail -1;"
-            " grep MemTotal /proc/meminfo",
+            " grep MemTotal /proc/meminfo; cat /etc/hostname; grep -c localhost /etc/hosts",
             cwd="/",
         )
         assert code == 0, err
@@ -222,4 +229,30 @@ async def test_busybox_image_as_its_user_then_fresh_as_root(
             assert 2900 <= size <= 3072, df_line
         mem_kib = int(lines[7].split()[1])
         assert 256 * 1024 < mem_kib <= 320 * 1024
+        assert lines[8:] == ["cleanroom", "2"]
     assert _sha256(image_file) == digest
+
+
+async def test_unusable_image_refuses_to_run_anything(backend: QemuBackend, tmp_path: Path) -> None:
+    """An image the guest cannot mount: the agent answers, but every exec and
+    workspace request fails with ``image_failed``; nothing runs in the runtime's root."""
+    bogus = tmp_path / "not-ext4.img"
+    bogus.write_bytes(b"\0" * (4 << 20))
+    image = UserImage(
+        key="sha256:" + "1" * 64,
+        source="test:bogus",
+        rootfs=bogus,
+        config=ImageConfig(),
+        size_bytes=bogus.stat().st_size,
+    )
+    await backend.prepare()
+    spec = GuestSpec("img-bad", fresh_dir(tmp_path / "run"), BOOT_SECONDS, image=image)
+    async with _booted(backend, spec) as (guest, client):
+        with pytest.raises(AgentRemoteError) as info:
+            await _sh(client, "echo ran")
+        assert info.value.remote_code == "image_failed"
+        with pytest.raises(AgentRemoteError) as info:
+            await client.send_workspace([b""], read_only=False)
+        assert info.value.remote_code == "image_failed"
+        await client.configure(entropy_seed=b"x" * 32)  # the session itself goes on
+        assert "user image:" in guest.console_path.read_text(errors="replace")

@@ -87,8 +87,38 @@ _SCRATCH_NAME = ".cleanroom-scratch"
 
 
 def log(message: str) -> None:
+    if sys.stderr is None:  # no console at all: nowhere to say it
+        return
     sys.stderr.write(f"cleanroom-agent: {message}\n")
     sys.stderr.flush()
+
+
+def _console_stdio() -> None:
+    """Give PID 1 a stdin/stdout/stderr on ``/dev/console`` if it has none.
+
+    The kernel opens the console for init before the initramfs has loaded
+    virtio_console, so with ``console=hvc0`` init starts without fds 0-2 (and
+    Python with ``sys.stderr`` None): every message would be lost, and the
+    first ``print`` of a traceback would end init and panic the guest.
+    """
+    try:
+        os.fstat(2)
+    except OSError:
+        pass
+    else:
+        return
+    try:
+        fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return
+    for target in (0, 1, 2):
+        if fd != target:
+            os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+    # Line-buffered text streams on the new fds; they live as long as init.
+    sys.stdout = open(1, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
 
 
 class _EndSession(Exception):
@@ -433,6 +463,7 @@ def serve(
 
 def _init(args: _Args) -> int:
     """PID 1: prepare the system, run the agent as a child, reap orphans, power off."""
+    _console_stdio()
     for problem in sysops.init_mounts():
         log(f"mount {problem}")
     root: imageroot.CommandRoot | None = None

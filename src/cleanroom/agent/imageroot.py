@@ -16,7 +16,9 @@ set up once at boot by the VM's init:
   directories, the overlay's writable layer;
 * the overlay of both is the command root (:data:`ROOT_DIR`); the workspace
   disk is mounted at its ``/workspace``, and proc, sys, dev, devpts, a
-  ``/dev/shm`` and a ``/tmp`` tmpfs inside it (:func:`mount_plan`).
+  ``/dev/shm`` and a ``/tmp`` tmpfs inside it (:func:`mount_plan`); its
+  ``/etc/hosts`` and ``/etc/hostname`` (and, once the network is configured,
+  ``/etc/resolv.conf``) are the guest's own, as with any container runtime.
 
 Each command is then started chrooted into that root, as the image's ``User``
 (:mod:`cleanroom.agent.account`), with the image's environment
@@ -58,6 +60,7 @@ __all__ = [
     "image_mode_requested",
     "mount_plan",
     "parse_settings",
+    "replace_etc_file",
     "setup_command_root",
 ]
 
@@ -307,20 +310,30 @@ class CommandRoot:
 
     def write_resolv_conf(self, nameserver: str) -> None:
         """Replace the image's ``/etc/resolv.conf`` (in the writable layer)."""
-        _real_dir(f"{self.path}/etc")
-        path = f"{self.path}/etc/resolv.conf"
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISDIR(st.st_mode):
-                raise ImageRootError("/etc/resolv.conf in the image is a directory")
-            os.unlink(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o644)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(f"nameserver {nameserver}\n")
+        replace_etc_file(self.path, "resolv.conf", f"nameserver {nameserver}\n")
+
+
+_ETC_HOSTS = "127.0.0.1\tlocalhost {name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def replace_etc_file(root: str, name: str, text: str) -> None:
+    """Write ``root/etc/name`` afresh (in the writable layer), as container runtimes
+    do for hosts, hostname and resolv.conf: whatever the image has there (a file,
+    a link pointing anywhere) is replaced, never followed."""
+    _real_dir(f"{root}/etc")
+    path = f"{root}/etc/{name}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageRootError(f"/etc/{name} in the image is a directory")
+        os.unlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def find_read_only_disk(sys_block: str = "/sys/block", dev: str = "/dev") -> str:
@@ -342,7 +355,7 @@ def find_read_only_disk(sys_block: str = "/sys/block", dev: str = "/dev") -> str
     return found[0]
 
 
-def setup_command_root(workspace: str = "/workspace") -> CommandRoot:
+def setup_command_root(workspace: str = "/workspace", hostname: str = "cleanroom") -> CommandRoot:
     """Build the command root at boot (see the module docstring); raises ImageRootError.
 
     The workspace disk (if attached) is mounted at ``ROOT_DIR + workspace`` and
@@ -375,6 +388,8 @@ def setup_command_root(workspace: str = "/workspace") -> CommandRoot:
             _account_text(ROOT_DIR, "etc/passwd"),
             _account_text(ROOT_DIR, "etc/group"),
         )
+        replace_etc_file(ROOT_DIR, "hostname", f"{hostname}\n")
+        replace_etc_file(ROOT_DIR, "hosts", _ETC_HOSTS.format(name=hostname))
         ws = ROOT_DIR + workspace
         _real_dir(ws)
         chown_tree(ws, account.uid, account.gid)
