@@ -2,12 +2,13 @@
 backend and the agent client directly.
 
 The user image is made here with ``mkfs.ext4 -d``: busybox's static binary and
-its applet links only (no Python, no libc at all), an ``/etc/passwd`` with a
-non-root user ``app``, and no ``/tmp``, ``/proc``, ``/dev`` or ``/workspace``
-of its own. Two boots share the assertions: the first as ``app`` with the
-default disk size and a host-seeded workspace, the second as root with a
-smaller ``disk_mib`` and more memory. The image file is byte-identical after
-both.
+its applet links (no Python, no glibc), musl's loader with a small program
+linked against it (where ``musl-gcc`` is installed, as ``scripts/setup``
+does), an ``/etc/passwd`` with a non-root user ``app``, and no ``/tmp``,
+``/proc``, ``/dev`` or ``/workspace`` of its own. Two boots share the
+assertions: the first as ``app`` with the default disk size and a host-seeded
+workspace, the second as root with a smaller ``disk_mib`` and more memory. The
+image file is byte-identical after both.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ pytestmark = [
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\ntools:x:2000:app\n"
 MARKER = "ID=cleanroom-busybox-test\n"
+MUSL_LOADER = Path("/lib/ld-musl-x86_64.so.1")
+MUSL_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    printf("musl: uid %d, %s\n", (int)getuid(), getenv("GREETING"));
+    return 0;
+}
+"""
 
 
 def _sha256(path: Path) -> str:
@@ -59,6 +70,14 @@ def _busybox_image(tmp_path: Path) -> Path:
     for applet in applets:
         if applet != "busybox":
             (tree / "bin" / applet).symlink_to("busybox")
+    if shutil.which("musl-gcc") is not None and MUSL_LOADER.exists():
+        # A musl-style layout: the loader at /lib, a dynamically linked program.
+        (tree / "lib").mkdir()
+        shutil.copyfile(MUSL_LOADER.resolve(), tree / "lib" / MUSL_LOADER.name)
+        (tree / "lib" / MUSL_LOADER.name).chmod(0o755)
+        source = tmp_path / "hello.c"
+        source.write_text(MUSL_PROGRAM)
+        subprocess.run(["musl-gcc", "-O2", "-o", tree / "bin/hello-musl", source], check=True)
     (tree / "etc").mkdir()
     (tree / "etc/passwd").write_text(PASSWD)
     (tree / "etc/group").write_text(GROUP)
@@ -180,6 +199,9 @@ async def test_busybox_image_as_its_user_then_fresh_as_root(
         assert out.split() == ["1000", "1000"]
         code, _, err = await _sh(client, "python3 -c 1")
         assert code == 127
+        if shutil.which("musl-gcc") is not None:
+            code, out, err = await _sh(client, "hello-musl")
+            assert (code, out) == (0, "musl: uid 1000, from the image\n"), err
         # A read-only workspace binds read-only inside the image's root.
         empty = io.BytesIO()
         tarfile.open(fileobj=empty, mode="w").close()
