@@ -24,6 +24,7 @@ from cleanroom.agent.imageroot import (
     ImageRootError,
     chown_tree,
     command_env,
+    find_read_only_disk,
     image_mode_requested,
     mount_plan,
     parse_settings,
@@ -316,3 +317,18 @@ def test_etc_files_are_replaced_never_followed(tmp_path: Path) -> None:
     (bare / "etc/hostname").mkdir()
     with pytest.raises(ImageRootError):
         replace_etc_file(str(bare), "hostname", "x\n")
+
+
+def test_the_image_disk_is_the_one_read_only_disk(tmp_path: Path) -> None:
+    sys_block = tmp_path / "sys"
+    for name, ro in (("vda", "0"), ("vdb", "0"), ("vdc", "1"), ("vdd", "0"), ("loop0", "1")):
+        (sys_block / name).mkdir(parents=True)
+        (sys_block / name / "ro").write_text(ro + "\n")
+    assert find_read_only_disk(str(sys_block), "/dev") == "/dev/vdc"
+    (sys_block / "vdd/ro").write_text("1\n")
+    with pytest.raises(ImageRootError, match="found 2"):
+        find_read_only_disk(str(sys_block), "/dev")
+    for name in ("vdc", "vdd"):
+        (sys_block / name / "ro").write_text("0\n")
+    with pytest.raises(ImageRootError, match="found 0"):
+        find_read_only_disk(str(sys_block), "/dev")

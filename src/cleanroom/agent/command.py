@@ -106,6 +106,8 @@ class RunningCommand:
         try:
             # In a user image, chroot and chdir happen in the child (cwd is a path
             # in the image); the program is looked up along the image's PATH.
+            # preexec_fn is safe here: the session joins the previous command's
+            # threads before starting the next, so no other thread holds a lock.
             proc = subprocess.Popen(
                 list(req.argv),
                 stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,

@@ -57,9 +57,11 @@ __all__ = [
     "MountStep",
     "chown_tree",
     "command_env",
+    "find_read_only_disk",
     "image_mode_requested",
     "mount_plan",
     "parse_settings",
+    "read_in_root",
     "replace_etc_file",
     "setup_command_root",
 ]
