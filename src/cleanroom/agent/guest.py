@@ -3,11 +3,8 @@
 Stdlib only, and nothing from ``cleanroom`` outside ``cleanroom.agent``: the
 image copies exactly this package into the guest.
 
-As PID 1 (inside the VM after ``switch_root``) it mounts the pseudo
-filesystems, sets the hostname, then forks: the child serves the session, the
-parent stays init -- it reaps every orphan (so the agent's own ``waitpid`` on
-its commands never loses a status to a global reaper) and, when the agent
-child exits for any reason, syncs and powers the VM off.
+As PID 1 (inside the VM after ``switch_root``) it is also the VM's init
+(:mod:`cleanroom.agent.pid1`): the session is served by a forked child.
 
 With ``cleanroom.image=1`` on the kernel command line, init first builds the
 command root of the user image (:mod:`cleanroom.agent.imageroot`): commands
@@ -32,7 +29,7 @@ Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
-# ruff: noqa: PTH103, PTH115, PTH118, PTH123
+# ruff: noqa: PTH103, PTH115, PTH118
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +39,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cleanroom.agent import imageroot, sysops
+from cleanroom.agent import imageroot, pid1, sysops
 from cleanroom.agent.channel import Channel, channel_spec_from_cmdline, open_channel
 from cleanroom.agent.command import RunningCommand
 from cleanroom.agent.errors import (
@@ -91,34 +88,6 @@ def log(message: str) -> None:
         return
     sys.stderr.write(f"cleanroom-agent: {message}\n")
     sys.stderr.flush()
-
-
-def _console_stdio() -> None:
-    """Give PID 1 a stdin/stdout/stderr on ``/dev/console`` if it has none.
-
-    The kernel opens the console for init before the initramfs has loaded
-    virtio_console, so with ``console=hvc0`` init starts without fds 0-2 (and
-    Python with ``sys.stderr`` None): every message would be lost, and the
-    first ``print`` of a traceback would end init and panic the guest.
-    """
-    try:
-        os.fstat(2)
-    except OSError:
-        pass
-    else:
-        return
-    try:
-        fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return
-    for target in (0, 1, 2):
-        if fd != target:
-            os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
-    # Line-buffered text streams on the new fds; they live as long as init.
-    sys.stdout = open(1, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
 
 
 class _EndSession(Exception):
@@ -427,16 +396,8 @@ def _parse_args(argv: Sequence[str]) -> _Args:
     return args
 
 
-def _read_cmdline() -> str:
-    try:
-        with open("/proc/cmdline", encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return ""
-
-
 def _channel_spec(arg: str | None) -> str | None:
-    return arg or channel_spec_from_cmdline(_read_cmdline())
+    return arg or channel_spec_from_cmdline(sysops.read_cmdline())
 
 
 def serve(
@@ -461,52 +422,6 @@ def serve(
     ).run()
 
 
-def _init(args: _Args) -> int:
-    """PID 1: prepare the system, run the agent as a child, reap orphans, power off."""
-    _console_stdio()
-    for problem in sysops.init_mounts():
-        log(f"mount {problem}")
-    root: imageroot.CommandRoot | None = None
-    root_problem: str | None = None
-    if imageroot.image_mode_requested(_read_cmdline()):
-        try:
-            root = imageroot.setup_command_root(args.workspace)
-        except imageroot.ImageRootError as exc:
-            root_problem = str(exc)
-            log(f"user image: {root_problem}")
-    else:
-        try:
-            sysops.mount_workspace_disk(args.workspace)
-        except OSError as exc:
-            log(f"workspace disk: {exc}")
-    try:
-        sysops.set_hostname("cleanroom")
-    except OSError as exc:
-        log(f"hostname: {exc}")
-    spec = _channel_spec(args.channel)
-    agent = os.fork()
-    if agent == 0:
-        status = 70
-        try:
-            status = serve(
-                spec, args.workspace, init_mode=True, root=root, root_problem=root_problem
-            )
-        except BaseException:  # noqa: BLE001 -- the child must reach os._exit
-            sys.excepthook(*sys.exc_info())
-        finally:
-            os._exit(status)
-    while True:
-        try:
-            pid, _ = os.wait()
-        except ChildProcessError:
-            break
-        if pid == agent:
-            break
-    log("agent finished; powering off")
-    sysops.power_off()
-    return EXIT_SETUP  # reached only if the kernel refused to power off
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse_args(sys.argv[1:] if argv is None else argv)
@@ -514,7 +429,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{exc}\n{USAGE}")
         return 2
     if os.getpid() == 1:
-        return _init(args)
+        return pid1.run_init(
+            args.workspace,
+            lambda root, problem: serve(
+                _channel_spec(args.channel),
+                args.workspace,
+                init_mode=True,
+                root=root,
+                root_problem=problem,
+            ),
+            log,
+        )
     return serve(_channel_spec(args.channel), args.workspace, init_mode=False)
 
 
