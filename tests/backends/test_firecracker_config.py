@@ -65,8 +65,13 @@ NET = NetworkAttachment(netns="cr-run1", tap="tap0", mac="06:00:ac:10:00:02")
         _launch(),
         _launch(network=NET, vcpus=2, memory_mib=512, guest_cid=7),
         _launch(debug=True),
+        _launch(
+            workspace_disk=Path("/run/x/workspace.ext4"),
+            image_disk=Path("/cache/img/rootfs.ext4"),
+            scratch_disk=Path("/run/x/scratch.ext4"),
+        ),
     ],
-    ids=["plain", "networked", "debug"],
+    ids=["plain", "networked", "debug", "user-image"],
 )
 def test_config_validates_against_firecracker_api(
     validator: jsonschema.Draft202012Validator, launch: FirecrackerLaunch
@@ -144,3 +149,20 @@ def test_direct_boot_config_validates(validator: jsonschema.Draft202012Validator
     assert "initrd_path" not in config["boot-source"]
     assert "init=/sbin/cleanroom-init" in config["boot-source"]["boot_args"].split()
     assert "init=/sbin/cleanroom-init" not in boot_args(_launch()).split()
+
+
+def test_user_image_drive_is_read_only() -> None:
+    launch = _launch(
+        workspace_disk=Path("/run/x/workspace.ext4"),
+        image_disk=Path("/cache/img/rootfs.ext4"),
+        scratch_disk=Path("/run/x/scratch.ext4"),
+    )
+    drives = {d["drive_id"]: d for d in build_config(launch)["drives"]}
+    assert list(drives) == ["rootfs", "workspace", "image", "scratch"]
+    assert drives["image"]["path_on_host"] == "/cache/img/rootfs.ext4"
+    assert drives["image"]["is_read_only"] is True
+    assert drives["scratch"]["is_read_only"] is False
+    assert "cleanroom.image=1" in boot_args(launch).split()
+    assert "cleanroom.image=1" not in boot_args(_launch()).split()
+    with pytest.raises(ValueError, match="scratch"):
+        build_config(_launch(image_disk=Path("/cache/img/rootfs.ext4")))

@@ -6,6 +6,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cleanroom.backends.base import NetworkAttachment
 from cleanroom.backends.qemu.argv import (
     AGENT_PORT_NAME,
@@ -140,3 +142,27 @@ def test_direct_boot_without_initrd() -> None:
     args = kernel_cmdline(launch).split()
     assert {"root=/dev/vda", "rootfstype=ext4", "rw", "init=/sbin/cleanroom-init"} <= set(args)
     assert "init=/sbin/cleanroom-init" not in kernel_cmdline(_launch()).split()
+
+
+def test_user_image_read_only_with_scratch_disk_after_the_others() -> None:
+    launch = _launch(
+        workspace_disk=Path("/run/r1/workspace.ext4"),
+        image_disk=Path("/cache/img/rootfs.ext4"),
+        scratch_disk=Path("/run/r1/scratch.ext4"),
+    )
+    argv = build_argv(launch)
+    assert _opt(argv, "-drive") == [
+        "id=root,file=/run/r1/rootfs.qcow2,format=qcow2,if=none,cache=unsafe",
+        "id=ws,file=/run/r1/workspace.ext4,format=raw,if=none,cache=unsafe",
+        "id=image,file=/cache/img/rootfs.ext4,format=raw,if=none,readonly=on",
+        "id=scratch,file=/run/r1/scratch.ext4,format=raw,if=none,cache=unsafe",
+    ]
+    blk = [d for d in _opt(argv, "-device") if d.startswith("virtio-blk")]
+    assert blk == [f"virtio-blk-device,drive={d}" for d in ("root", "ws", "image", "scratch")]
+    assert "cleanroom.image=1" in kernel_cmdline(launch).split()
+    # Without a user image nothing changes.
+    plain = build_argv(_launch(workspace_disk=Path("/run/r1/workspace.ext4")))
+    assert "cleanroom.image=1" not in " ".join(plain)
+    assert len(_opt(plain, "-drive")) == 2
+    with pytest.raises(ValueError, match="scratch"):
+        build_argv(_launch(image_disk=Path("/cache/img/rootfs.ext4")))

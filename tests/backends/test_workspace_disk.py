@@ -1,4 +1,4 @@
-"""The per-run workspace disk: made on the host, found by the guest agent by its label."""
+"""The per-run writable disks: made on the host, found by the guest agent by their labels."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom.agent.imageroot import SCRATCH_LABEL as AGENT_SCRATCH_LABEL
+from cleanroom.agent.imageroot import parse_settings
 from cleanroom.agent.sysops import WORKSPACE_LABEL, find_labelled_disk
 from cleanroom.backends.workspace_disk import (
+    SCRATCH_DISK_NAME,
+    SCRATCH_SETTINGS_NAME,
     WORKSPACE_DISK_NAME,
+    create_scratch_disk,
     create_workspace_disk,
+    remove_scratch_disk,
     remove_workspace_disk,
 )
 from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.images.userimage import ImageConfig
 
 
 def _ls(image: Path, path: str) -> str:
@@ -76,3 +83,32 @@ def test_agent_finds_the_disk_by_label(tmp_path: Path) -> None:
     (dev / "vdb").symlink_to(disk.path)
     assert find_labelled_disk(WORKSPACE_LABEL, str(sys_block), str(dev)) == str(dev / "vdb")
     assert find_labelled_disk(b"other", str(sys_block), str(dev)) is None
+
+
+def test_scratch_disk_carries_the_image_settings_for_the_agent(tmp_path: Path) -> None:
+    config = ImageConfig(env=(("PATH", "/opt/bin:/bin"),), user="app:staff", working_dir="/src")
+    disk = create_scratch_disk(tmp_path, config, size_bytes=4 << 30)
+    assert disk.path == tmp_path / SCRATCH_DISK_NAME
+    assert disk.path.stat().st_size == 4 << 30
+    assert disk.path.stat().st_blocks * 512 < 64 << 20  # sparse: metadata only
+    assert not (tmp_path / "scratch-seed").exists()
+    label = subprocess.run(
+        ["e2label", str(disk.path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert label.encode() == AGENT_SCRATCH_LABEL
+    raw = subprocess.run(
+        ["debugfs", "-R", f"cat /{SCRATCH_SETTINGS_NAME}", str(disk.path)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    settings = parse_settings(raw)  # exactly what the guest agent parses at boot
+    assert (settings.env, settings.user, settings.working_dir) == (
+        config.env,
+        config.user,
+        config.working_dir,
+    )
+    remove_scratch_disk(tmp_path)
+    assert not disk.path.exists()
+    with pytest.raises(RuntimeLaunchFailed, match="too small"):
+        create_scratch_disk(tmp_path, config, size_bytes=1 << 20)
+    assert not disk.path.exists()

@@ -30,7 +30,12 @@ from cleanroom.images import (
 from cleanroom.images import builder as builder_module
 from cleanroom.images import cache as cache_module
 from cleanroom.images.manifest import ARTIFACTS, file_sha256, load_image
-from cleanroom.images.recipe import REQUIRED_MODULES, ROOTFS_PACKAGES, agent_source_dir
+from cleanroom.images.recipe import (
+    IMAGE_MODULES,
+    REQUIRED_MODULES,
+    ROOTFS_PACKAGES,
+    agent_source_dir,
+)
 from cleanroom.paths import images_dir
 
 NewcReader = Callable[[bytes], dict[str, tuple[int, bytes]]]
@@ -108,7 +113,7 @@ def test_initramfs_has_init_busybox_and_modules(
     assert entries["bin/busybox"][1][:4] == b"\x7fELF"
     assert entries["bin/sh"][1] == b"/bin/busybox"
     assert entries["sbin/switch_root"][1] == b"/bin/busybox"
-    for module in REQUIRED_MODULES:
+    for module in (*REQUIRED_MODULES, *IMAGE_MODULES):
         assert entries[f"lib/modules/{module}.ko"][1][:4] == b"\x7fELF", module
 
 

@@ -112,6 +112,10 @@ def test_init_script_module_order_and_failure_messages() -> None:
     assert "exec switch_root /newroot /sbin/cleanroom-init" in script
     # The script is valid sh.
     subprocess.run(["sh", "-n"], input=script.encode(), check=True)
+    with_image = init_script(["virtio"], [], ["overlay"])
+    assert 'image_modules="overlay"' in with_image
+    assert "cleanroom.image=1) image=1 ;;" in with_image
+    subprocess.run(["sh", "-n"], input=with_image.encode(), check=True)
 
 
 def test_find_modules_required_optional_and_dash_underscore(tmp_path: Path) -> None:

@@ -3,11 +3,14 @@
 Stdlib only, and nothing from ``cleanroom`` outside ``cleanroom.agent``: the
 image copies exactly this package into the guest.
 
-As PID 1 (inside the VM after ``switch_root``) it mounts the pseudo
-filesystems, sets the hostname, then forks: the child serves the session, the
-parent stays init -- it reaps every orphan (so the agent's own ``waitpid`` on
-its commands never loses a status to a global reaper) and, when the agent
-child exits for any reason, syncs and powers the VM off.
+As PID 1 (inside the VM after ``switch_root``) it is also the VM's init
+(:mod:`cleanroom.agent.pid1`): the session is served by a forked child.
+
+With ``cleanroom.image=1`` on the kernel command line, init first builds the
+command root of the user image (:mod:`cleanroom.agent.imageroot`): commands
+then run chrooted into it, as its user, and the workspace is its
+``/workspace``. If that fails, the session still answers, but every workspace
+and exec request gets ERROR ``image_failed`` (nothing runs in the wrong root).
 
 Anywhere else (tests on the host) it serves one session and exits. It then
 changes nothing system-wide: entropy is mixed in uncredited, and read-only
@@ -26,7 +29,7 @@ Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
 
 # raw system files (/proc, /dev); os-level calls mirror the syscalls
-# ruff: noqa: PTH103, PTH115, PTH118, PTH123
+# ruff: noqa: PTH103, PTH115, PTH118
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +39,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cleanroom.agent import sysops
+from cleanroom.agent import imageroot, pid1, sysops
 from cleanroom.agent.channel import Channel, channel_spec_from_cmdline, open_channel
 from cleanroom.agent.command import RunningCommand
 from cleanroom.agent.errors import (
@@ -58,6 +61,7 @@ from cleanroom.agent.protocol import (
     AGENT_VERSION,
     ERR_BUSY,
     ERR_CONFIGURE,
+    ERR_IMAGE,
     ERR_INTERNAL,
     ERR_PROTOCOL,
     ERR_VERSION,
@@ -80,6 +84,8 @@ _SCRATCH_NAME = ".cleanroom-scratch"
 
 
 def log(message: str) -> None:
+    if sys.stderr is None:  # no console at all: nowhere to say it
+        return
     sys.stderr.write(f"cleanroom-agent: {message}\n")
     sys.stderr.flush()
 
@@ -107,9 +113,23 @@ def _own_mount_namespace() -> bool:
 class Session:
     """One host session over ``channel`` (see the module docstring for its rules)."""
 
-    def __init__(self, channel: Channel, workspace: str, *, init_mode: bool) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        workspace: str,
+        *,
+        init_mode: bool,
+        root: imageroot.CommandRoot | None = None,
+        root_problem: str | None = None,
+    ) -> None:
+        """``root``: run commands in this user image's root (``workspace`` is then
+        the path commands see); ``root_problem``: a user image was asked for but
+        its root could not be built (workspace and exec requests are refused)."""
         self._ch = channel
-        self._workspace = workspace
+        self._root = root
+        self._root_problem = root_problem
+        self._cmd_workspace = workspace
+        self._workspace = workspace if root is None else root.workspace_path
         self._init = init_mode
         self._privileged = init_mode or (os.geteuid() == 0 and _own_mount_namespace())
         self._greeted = False
@@ -238,12 +258,15 @@ class Session:
         self._ch.send(info.to_frame())
 
     def _idle_or_fail(self, what: str) -> None:
+        if self._root_problem is not None:
+            raise GuestOperationFailed(ERR_IMAGE, f"user image unusable: {self._root_problem}")
         if self._running() is not None:
             raise GuestOperationFailed(ERR_BUSY, f"{what} while a command runs")
 
     def _configure(self, payload: bytes) -> None:
         req = parse_configure(payload)
-        self._idle_or_fail("configure")
+        if self._running() is not None:
+            raise GuestOperationFailed(ERR_BUSY, "configure while a command runs")
         if req.entropy_seed is not None:
             sysops.add_entropy(req.entropy_seed, credit=self._init)
         if req.network is not None:
@@ -252,6 +275,13 @@ class Session:
                     ERR_CONFIGURE, "network setup needs the VM (or a private namespace)"
                 )
             sysops.configure_network(req.network)
+            if self._root is not None:
+                try:
+                    self._root.write_resolv_conf(req.network.dns)
+                except (OSError, imageroot.ImageRootError) as exc:
+                    raise GuestOperationFailed(
+                        ERR_CONFIGURE, f"resolv.conf in the user image: {exc}"
+                    ) from exc
         self._ch.send(encode_frame(FrameType.CONFIGURED, b"{}"))
 
     def _workspace_begin(self, payload: bytes) -> None:
@@ -261,11 +291,13 @@ class Session:
             if begin.scratch:
                 receiver = self._scratch_receiver(begin.read_only)
             else:
+                acct = None if self._root is None else self._root.account
                 receiver = WorkspaceReceiver(
                     self._workspace,
                     read_only=begin.read_only,
                     can_mount=self._privileged,
                     unbind_first=self._ro_bound,
+                    owner=None if acct is None else (acct.uid, acct.gid),
                 )
         except GuestOperationFailed as exc:
             # The host sends its chunks regardless: swallow them, answer at the end.
@@ -321,8 +353,8 @@ class Session:
         self._idle_or_fail("exec")
         if self._command is not None:
             self._command.kill_and_wait()  # finished; joins its threads
-        cwd = req.cwd if req.cwd is not None else self._workspace
-        self._command = RunningCommand(req, self._ch.send, log, cwd=cwd)
+        cwd = req.cwd if req.cwd is not None else self._cmd_workspace
+        self._command = RunningCommand(req, self._ch.send, log, cwd=cwd, root=self._root)
         self._command.start()
 
     def _shutdown(self) -> None:
@@ -365,16 +397,17 @@ def _parse_args(argv: Sequence[str]) -> _Args:
 
 
 def _channel_spec(arg: str | None) -> str | None:
-    if arg:
-        return arg
-    try:
-        with open("/proc/cmdline", encoding="utf-8") as fh:
-            return channel_spec_from_cmdline(fh.read())
-    except OSError:
-        return None
+    return arg or channel_spec_from_cmdline(sysops.read_cmdline())
 
 
-def serve(spec: str | None, workspace: str, *, init_mode: bool) -> int:
+def serve(
+    spec: str | None,
+    workspace: str,
+    *,
+    init_mode: bool,
+    root: imageroot.CommandRoot | None = None,
+    root_problem: str | None = None,
+) -> int:
     """Open the channel and serve one session; the agent's exit status."""
     if spec is None:
         log("no channel: pass --channel or cleanroom.channel= on the kernel command line")
@@ -384,41 +417,9 @@ def serve(spec: str | None, workspace: str, *, init_mode: bool) -> int:
     except AgentError as exc:
         log(exc.message)
         return EXIT_SETUP
-    return Session(channel, workspace, init_mode=init_mode).run()
-
-
-def _init(args: _Args) -> int:
-    """PID 1: prepare the system, run the agent as a child, reap orphans, power off."""
-    for problem in sysops.init_mounts():
-        log(f"mount {problem}")
-    try:
-        sysops.mount_workspace_disk(args.workspace)
-    except OSError as exc:
-        log(f"workspace disk: {exc}")
-    try:
-        sysops.set_hostname("cleanroom")
-    except OSError as exc:
-        log(f"hostname: {exc}")
-    spec = _channel_spec(args.channel)
-    agent = os.fork()
-    if agent == 0:
-        status = 70
-        try:
-            status = serve(spec, args.workspace, init_mode=True)
-        except BaseException:  # noqa: BLE001 -- the child must reach os._exit
-            sys.excepthook(*sys.exc_info())
-        finally:
-            os._exit(status)
-    while True:
-        try:
-            pid, _ = os.wait()
-        except ChildProcessError:
-            break
-        if pid == agent:
-            break
-    log("agent finished; powering off")
-    sysops.power_off()
-    return EXIT_SETUP  # reached only if the kernel refused to power off
+    return Session(
+        channel, workspace, init_mode=init_mode, root=root, root_problem=root_problem
+    ).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,7 +429,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{exc}\n{USAGE}")
         return 2
     if os.getpid() == 1:
-        return _init(args)
+        return pid1.run_init(
+            args.workspace,
+            lambda root, problem: serve(
+                _channel_spec(args.channel),
+                args.workspace,
+                init_mode=True,
+                root=root,
+                root_problem=problem,
+            ),
+            log,
+        )
     return serve(_channel_spec(args.channel), args.workspace, init_mode=False)
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "EMPTY_TYPES",
     "ERR_BUSY",
     "ERR_CONFIGURE",
+    "ERR_IMAGE",
     "ERR_INTERNAL",
     "ERR_PROTOCOL",
     "ERR_VERSION",
@@ -101,6 +102,8 @@ ERR_BUSY = "busy"
 ERR_WORKSPACE = "workspace_failed"
 ERR_CONFIGURE = "configure_failed"
 ERR_INTERNAL = "internal_error"
+ERR_IMAGE = "image_failed"
+"""The user image's command root could not be built at boot; nothing runs."""
 
 
 class FrameType(enum.IntEnum):

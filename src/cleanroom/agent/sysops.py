@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Sequence
 
 from cleanroom.agent.errors import GuestOperationFailed
@@ -25,12 +26,14 @@ __all__ = [
     "add_entropy",
     "bind_read_only",
     "configure_network",
+    "console_stdio",
     "find_labelled_disk",
     "init_mounts",
     "is_mount_point",
     "mount",
     "mount_workspace_disk",
     "power_off",
+    "read_cmdline",
     "set_hostname",
     "unmount",
 ]
@@ -122,6 +125,34 @@ def init_mounts() -> list[str]:
     return problems
 
 
+def console_stdio() -> None:
+    """Give PID 1 a stdin/stdout/stderr on ``/dev/console`` if it has none.
+
+    The kernel opens the console for init before the initramfs has loaded
+    virtio_console, so with ``console=hvc0`` init starts without fds 0-2 (and
+    Python with ``sys.stderr`` None): every message would be lost, and the
+    first ``print`` of a traceback would end init and panic the guest.
+    """
+    try:
+        os.fstat(2)
+    except OSError:
+        pass
+    else:
+        return
+    try:
+        fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return
+    for target in (0, 1, 2):
+        if fd != target:
+            os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+    # Line-buffered text streams on the new fds; they live as long as init.
+    sys.stdout = open(1, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", 1, "utf-8", "replace", closefd=False)  # noqa: SIM115
+
+
 WORKSPACE_LABEL = b"cleanroom-ws"
 """Label of the per-run workspace disk (see ``cleanroom.backends.workspace_disk``)."""
 _EXT_SUPERBLOCK = 1024
@@ -164,6 +195,15 @@ def mount_workspace_disk(target: str) -> str | None:
     os.makedirs(target, exist_ok=True)
     mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
     return device
+
+
+def read_cmdline(path: str = "/proc/cmdline") -> str:
+    """The kernel command line ("" if /proc is not mounted)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 def set_hostname(name: str) -> None:

@@ -21,7 +21,8 @@ one logged), never written outside the destination:
 
 Neutralised, not skipped: setuid/setgid/sticky bits are cleared (modes keep
 their 0o777 part); owners are not restored (everything belongs to the agent's
-user). An existing file or symlink at a member's path is replaced; an existing
+user, or to ``owner`` when given: the user a user image's commands run as).
+An existing file or symlink at a member's path is replaced; an existing
 directory is never replaced by a non-directory (the member is skipped).
 A truncated or corrupt archive fails the whole transfer.
 """
@@ -65,7 +66,15 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
-def _parent_dir(root: str, parts: list[str], *, create: bool) -> str:
+Owner = tuple[int, int]
+
+
+def _own(path: str, owner: Owner | None) -> None:
+    if owner is not None:
+        os.lchown(path, *owner)
+
+
+def _parent_dir(root: str, parts: list[str], *, create: bool, owner: Owner | None = None) -> str:
     """The real directory holding ``parts[-1]``, creating missing directories if asked."""
     cur = root
     for name in parts[:-1]:
@@ -76,6 +85,7 @@ def _parent_dir(root: str, parts: list[str], *, create: bool) -> str:
             if not create:
                 raise _Skip(f"{cur} does not exist") from None
             os.mkdir(cur, 0o755)
+            _own(cur, owner)
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise _Skip("parent path is a symlink or not a directory")
@@ -127,11 +137,24 @@ def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> int:
     return written
 
 
-def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> int | None:
-    """Extract one member; the regular-file bytes written, or None for no file.
+def _extract_member(
+    tf: tarfile.TarFile, member: tarfile.TarInfo, root: str, owner: Owner | None = None
+) -> int | None:
+    """Extract one member (owned by ``owner`` if given); the regular-file bytes
+    written, or None for no file.
 
     Raises _Skip for a refused member, OSError for a filesystem failure.
     """
+    written = _make_member(tf, member, root, owner)
+    if owner is not None and not member.islnk() and _parts(member.name):
+        # A hard link shares its target's (already owned) inode.
+        os.lchown(os.path.join(root, *_parts(member.name)), *owner)
+    return written
+
+
+def _make_member(
+    tf: tarfile.TarFile, member: tarfile.TarInfo, root: str, owner: Owner | None
+) -> int | None:
     parts = _parts(member.name)
     if not parts:
         return None  # the archive's own root ("./")
@@ -140,7 +163,7 @@ def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> 
             _data_filter(member, root)
         except tarfile.FilterError as exc:
             raise _Skip(f"refused by tarfile data filter: {exc}") from None
-    path = os.path.join(_parent_dir(root, parts, create=True), parts[-1])
+    path = os.path.join(_parent_dir(root, parts, create=True, owner=owner), parts[-1])
     if member.isdir():
         try:
             st = os.lstat(path)
@@ -176,8 +199,9 @@ def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> 
     raise _Skip("special file (device, fifo or other)")
 
 
-def extract_tar_stream(stream: IO[bytes], dest: str) -> WorkspaceStats:
-    """Extract the tar archive read from ``stream`` into ``dest`` (created if missing).
+def extract_tar_stream(stream: IO[bytes], dest: str, owner: Owner | None = None) -> WorkspaceStats:
+    """Extract the tar archive read from ``stream`` into ``dest`` (created if missing),
+    everything made owned by ``owner`` (uid, gid) when given.
 
     Raises ``tarfile.TarError`` for a corrupt archive, ``OSError`` for a
     filesystem failure; refused members are counted (and logged), not raised.
@@ -189,7 +213,7 @@ def extract_tar_stream(stream: IO[bytes], dest: str) -> WorkspaceStats:
     with tarfile.open(fileobj=stream, mode="r|*") as tf:
         for member in tf:
             try:
-                written = _extract_member(tf, member, root)
+                written = _extract_member(tf, member, root, owner)
             except (_Skip, ValueError) as why:  # ValueError: e.g. a NUL in a name
                 skipped += 1
                 sys.stderr.write(f"cleanroom-agent: skipped {member.name!r}: {why}\n")
@@ -218,13 +242,20 @@ class WorkspaceReceiver:
     agent runs as root in its own mount namespace: the VM's init, or a test
     under ``unshare -m``). Without it a read-only request fails, rather than
     pretending. ``unbind_first`` removes the read-only bind mount an earlier
-    transfer made on ``dest``.
+    transfer made on ``dest``. ``owner`` (uid, gid) owns what is extracted.
     """
 
     def __init__(
-        self, dest: str, *, read_only: bool, can_mount: bool, unbind_first: bool = False
+        self,
+        dest: str,
+        *,
+        read_only: bool,
+        can_mount: bool,
+        unbind_first: bool = False,
+        owner: Owner | None = None,
     ) -> None:
         self._dest = dest
+        self._owner = owner
         self._read_only = read_only
         if read_only and not can_mount:
             raise GuestOperationFailed(ERR_WORKSPACE, "read-only workspace needs mount rights")
@@ -243,7 +274,7 @@ class WorkspaceReceiver:
     def _extract(self, rfd: int) -> None:
         with os.fdopen(rfd, "rb") as stream:
             try:
-                self._stats = extract_tar_stream(stream, self._dest)
+                self._stats = extract_tar_stream(stream, self._dest, self._owner)
             except BaseException as exc:  # noqa: BLE001 -- reported by finish()
                 self._error = exc
             # Drain trailing padding (or the rest after a failure) so feed() never blocks.

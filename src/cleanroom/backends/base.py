@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cleanroom.doctor import DoctorCheck
+from cleanroom.images.userimage import UserImage
 from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
@@ -72,6 +73,17 @@ class GuestSpec:
     special files in it); None: the disk starts empty and the service streams
     the workspace through the agent. ``Guest.facts.workspace_seeded`` says
     which happened."""
+    image: UserImage | None = None
+    """The user image commands run in: its ext4 file is attached read-only (never
+    copied or written) with a fresh writable scratch disk laid over it in the
+    guest. None: commands run in the built-in runtime image, as before."""
+    disk_mib: int | None = None
+    """Virtual size of each writable disk (the scratch root layer and the
+    workspace), sparse on the host; None: the backend's default (16 GiB)."""
+    vcpus: int | None = None
+    """None: the backend config's value."""
+    memory_mib: int | None = None
+    """None: the backend config's value."""
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,15 @@ from cleanroom.backends.base import Guest, GuestFacts, GuestSpec
 from cleanroom.backends.process import VmmProcess, console_tail
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
 from cleanroom.backends.workspace_disk import (
+    DEFAULT_WORKSPACE_DISK_BYTES,
+    ScratchDisk,
     WorkspaceDisk,
+    create_scratch_disk,
     create_workspace_disk,
+    remove_scratch_disk,
     remove_workspace_disk,
 )
-from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.errors import ImageUnavailable, RuntimeLaunchFailed
 
 __all__ = [
     "CONSOLE_LOG_NAME",
@@ -47,10 +51,12 @@ VMM_LOG_NAME = "vmm.log"
 
 @dataclass(frozen=True)
 class RunDisks:
-    """One run's private disks: the rootfs copy and the workspace disk."""
+    """One run's private disks: the rootfs copy, the workspace disk and, with a user
+    image, the scratch disk holding its writable layer."""
 
     rootfs: RootfsCopy
     workspace: WorkspaceDisk
+    scratch: ScratchDisk | None = None
 
 
 @contextlib.asynccontextmanager
@@ -62,23 +68,35 @@ async def run_disks(
     vmm: str,
     qemu_img: str = "qemu-img",
 ) -> AsyncIterator[RunDisks]:
-    """Make the run's rootfs copy and workspace disk in ``spec.run_dir`` for the block
-    that starts ``vmm`` on them; if the block raises, remove both disks again.
+    """Make the run's rootfs copy, workspace disk and (for ``spec.image``) scratch
+    disk in ``spec.run_dir`` for the block that starts ``vmm`` on them; the
+    writable ones are ``spec.disk_mib`` MiB, sparse. If the block raises, every
+    disk is removed again.
 
-    Raises ``RuntimeLaunchFailed``: making a disk failed, or the block raised an
+    Raises ``ImageUnavailable`` if the user image's file is gone, and
+    ``RuntimeLaunchFailed``: making a disk failed, or the block raised an
     ``OSError`` (writing the plan, say); anything else the block raises passes as is.
     """
     run_dir = spec.run_dir
+    if spec.image is not None and not spec.image.rootfs.is_file():
+        raise ImageUnavailable(
+            f"the user image {spec.image.source} has no root filesystem file",
+            details={"key": spec.image.key, "path": str(spec.image.rootfs)},
+        )
+    size = DEFAULT_WORKSPACE_DISK_BYTES if spec.disk_mib is None else spec.disk_mib << 20
     rootfs = await asyncio.to_thread(
         prepare_rootfs, base_rootfs, run_dir, methods, qemu_img=qemu_img
     )
     try:
-        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace)
+        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace, size)
+        scratch = None
+        if spec.image is not None:
+            scratch = await asyncio.to_thread(create_scratch_disk, run_dir, spec.image.config, size)
     except BaseException:
-        remove_rootfs(run_dir)
+        _remove_run_disks(run_dir)
         raise
     try:
-        yield RunDisks(rootfs, workspace)
+        yield RunDisks(rootfs, workspace, scratch)
     except OSError as exc:
         _remove_run_disks(run_dir)
         raise RuntimeLaunchFailed(f"could not start {vmm}: {exc}") from exc
@@ -98,7 +116,8 @@ def write_plan(
     **extra: Any,
 ) -> None:
     """Write the run's ``plan.json``: backend, run id, isolation, the exact argv,
-    the VMM-specific ``extra`` entries, and how the rootfs copy was made."""
+    the VMM-specific ``extra`` entries, how the rootfs copy was made and, for a
+    user image, which image is attached (read-only)."""
     plan = {
         "backend": backend,
         "run_id": spec.run_id,
@@ -111,12 +130,20 @@ def write_plan(
             "base": str(base_rootfs),
         },
     }
+    if spec.image is not None:
+        plan["image"] = {
+            "key": spec.image.key,
+            "source": spec.image.source,
+            "path": str(spec.image.rootfs),
+            "read_only": True,
+        }
     (spec.run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
 
 
 def _remove_run_disks(run_dir: Path) -> None:
     remove_rootfs(run_dir)
     remove_workspace_disk(run_dir)
+    remove_scratch_disk(run_dir)
 
 
 class VmGuest:
@@ -138,6 +165,8 @@ class VmGuest:
             "vmm_start_ms": process.start_ms,
             "workspace_disk_ms": disks.workspace.prepare_ms,
         }
+        if disks.scratch is not None:
+            self._timings["scratch_disk_ms"] = disks.scratch.prepare_ms
         self._spawned_at = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
         self._destroyed = False

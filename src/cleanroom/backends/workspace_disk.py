@@ -1,4 +1,5 @@
-"""The per-run workspace disk: an empty ext4 filesystem the guest mounts at /workspace.
+"""The per-run writable disks: the workspace disk the guest mounts at /workspace and,
+when the run uses a user image, the scratch disk holding the image's writable layer.
 
 The workspace does not live on the root filesystem, whose base image is kept
 small (its free space would cap the repository size); it gets its own sparse
@@ -7,23 +8,39 @@ file writes only metadata (a few MiB; 10-30 ms here) and the guest mounts it
 with ``noinit_itable`` so nothing zeroes the rest. The guest agent finds the
 disk by its filesystem label, which works whatever order the VMM enumerates
 its block devices in.
+
+The scratch disk is made the same way (label :data:`SCRATCH_LABEL`); its root
+holds only ``image.json``, the image's ``Env``/``User``/``WorkingDir``
+(``ImageConfig.to_dict()``), which the guest agent reads at boot before it lays
+an overlay's ``upper``/``work`` directories beside it. The host never reads
+either disk back.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.images.userimage import ImageConfig
 
 __all__ = [
     "DEFAULT_WORKSPACE_DISK_BYTES",
+    "SCRATCH_DISK_NAME",
+    "SCRATCH_LABEL",
+    "SCRATCH_SETTINGS_NAME",
     "WORKSPACE_DISK_NAME",
     "WORKSPACE_LABEL",
+    "ScratchDisk",
     "WorkspaceDisk",
+    "create_scratch_disk",
     "create_workspace_disk",
+    "remove_scratch_disk",
     "remove_workspace_disk",
 ]
 
@@ -31,7 +48,13 @@ WORKSPACE_LABEL = "cleanroom-ws"
 """The ext4 volume label the guest agent looks for (at most 16 bytes)."""
 WORKSPACE_DISK_NAME = "workspace.ext4"
 DEFAULT_WORKSPACE_DISK_BYTES = 16 << 30
-"""Virtual size; only what the run writes takes space on the host."""
+"""Virtual size of each writable disk; only what the run writes takes space on the host."""
+SCRATCH_LABEL = "cleanroom-upper"
+"""The scratch disk's ext4 label (at most 16 bytes; ``cleanroom.agent.imageroot.SCRATCH_LABEL``)."""
+SCRATCH_DISK_NAME = "scratch.ext4"
+SCRATCH_SETTINGS_NAME = "image.json"
+"""The image settings file at the scratch disk's root (read by the guest agent)."""
+_MKFS_MIN_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,78 @@ class WorkspaceDisk:
     prepare_ms: float
     seeded: bool
     """Whether the disk holds a copy of the workspace (else it is empty)."""
+
+
+@dataclass(frozen=True)
+class ScratchDisk:
+    """One run's scratch disk (the user image's writable layer)."""
+
+    path: Path
+    size_bytes: int
+    prepare_ms: float
+
+
+def _make_ext4(
+    path: Path,
+    size_bytes: int,
+    label: str,
+    seed: Path | None,
+    *,
+    what: str,
+    after: Sequence[str] = (),
+) -> None:
+    """A sparse ext4 at ``path`` holding a copy of ``seed``, then ``after PATH`` run on
+    it; removed again on failure, which raises ``RuntimeLaunchFailed``."""
+    if size_bytes < _MKFS_MIN_BYTES:
+        raise RuntimeLaunchFailed(
+            f"a {what} disk of {size_bytes} bytes is too small",
+            details={"path": str(path), "minimum_bytes": _MKFS_MIN_BYTES},
+        )
+    argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0"]
+    argv += ["-E", "lazy_itable_init=1,root_owner=0:0", "-L", label]
+    argv += ["-d", str(seed)] if seed is not None else []
+    try:
+        with path.open("wb") as fh:
+            fh.truncate(size_bytes)
+        commands = [[*argv, str(path)]]
+        if after:
+            commands.append([*after, str(path)])
+        for cmd in commands:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        path.unlink(missing_ok=True)
+        stderr = getattr(exc, "stderr", None) or ""
+        raise RuntimeLaunchFailed(
+            f"could not create the {what} disk: {exc}",
+            details={"path": str(path), "stderr": stderr.strip()[-500:]},
+        ) from exc
+
+
+def create_scratch_disk(
+    run_dir: Path, config: ImageConfig, size_bytes: int = DEFAULT_WORKSPACE_DISK_BYTES
+) -> ScratchDisk:
+    """Create ``run_dir/scratch.ext4``: a sparse ext4 labelled :data:`SCRATCH_LABEL`
+    holding only :data:`SCRATCH_SETTINGS_NAME` (``config``). Raises
+    ``RuntimeLaunchFailed`` (and leaves no file) when it cannot be made."""
+    started = time.monotonic()
+    path = run_dir / SCRATCH_DISK_NAME
+    seed = run_dir / "scratch-seed"
+    try:
+        seed.mkdir()
+        (seed / SCRATCH_SETTINGS_NAME).write_text(json.dumps(config.to_dict()))
+    except OSError as exc:
+        shutil.rmtree(seed, ignore_errors=True)
+        raise RuntimeLaunchFailed(f"could not write the image settings: {exc}") from exc
+    try:
+        _make_ext4(path, size_bytes, SCRATCH_LABEL, seed, what="scratch")
+    finally:
+        shutil.rmtree(seed, ignore_errors=True)
+    return ScratchDisk(path, size_bytes, round((time.monotonic() - started) * 1000, 3))
+
+
+def remove_scratch_disk(run_dir: Path) -> None:
+    """Delete the run's scratch disk if it exists."""
+    (run_dir / SCRATCH_DISK_NAME).unlink(missing_ok=True)
 
 
 def create_workspace_disk(
@@ -60,37 +155,15 @@ def create_workspace_disk(
     """
     path = run_dir / WORKSPACE_DISK_NAME
     started = time.monotonic()
-    seed = ["-d", str(source)] if source is not None else []
-    try:
-        with path.open("wb") as fh:
-            fh.truncate(size_bytes)
-        for argv in (
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-O",
-                "^has_journal",
-                "-m",
-                "0",
-                "-E",
-                "lazy_itable_init=1,root_owner=0:0",
-                "-L",
-                WORKSPACE_LABEL,
-                *seed,
-                str(path),
-            ],
-            # lost+found would show up in the user's /workspace.
-            ["debugfs", "-w", "-R", "rmdir /lost+found", str(path)],
-        ):
-            subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as exc:
-        path.unlink(missing_ok=True)
-        stderr = getattr(exc, "stderr", None) or ""
-        raise RuntimeLaunchFailed(
-            f"could not create the workspace disk: {exc}",
-            details={"path": str(path), "stderr": stderr.strip()[-500:]},
-        ) from exc
+    # lost+found would show up in the user's /workspace.
+    _make_ext4(
+        path,
+        size_bytes,
+        WORKSPACE_LABEL,
+        source,
+        what="workspace",
+        after=("debugfs", "-w", "-R", "rmdir /lost+found"),
+    )
     ms = round((time.monotonic() - started) * 1000, 3)
     return WorkspaceDisk(path, size_bytes, ms, seeded=source is not None)
 

@@ -74,7 +74,8 @@ def build_artifacts(
     kernel = find_kernel(kernel_root)
     shutil.copyfile(kernel.bzimage, out / ARTIFACTS["kernel"])
     extract_vmlinux(kernel.bzimage, out / ARTIFACTS["vmlinux"])
-    modules = find_modules(kernel, inputs.required_modules, inputs.optional_modules)
+    required = (*inputs.required_modules, *inputs.image_modules)
+    modules = find_modules(kernel, required, inputs.optional_modules)
     progress.finish("kernel", f"{kernel.version}, {len(modules)} modules")
 
     progress.start("rootfs-tree", f"unpack {len(inputs.rootfs_packages)} packages")

@@ -4,9 +4,12 @@ The Debian cloud kernel builds every virtio driver as a module, so the guest
 needs an initramfs that loads them before it can see its root disk. ``/init``
 loads the modules in a fixed order, mounts the root device (``/dev/vda`` or
 ``cleanroom.root=DEV``) read-write at ``/newroot`` and ``switch_root``s into
-``/sbin/cleanroom-init``. On failure it prints one ``cleanroom-initramfs:``
-line on the console and powers the guest off. ``cleanroom.debug=1`` makes it
-log each step; otherwise it is silent (console output slows an emulated boot).
+``/sbin/cleanroom-init``. With ``cleanroom.image=1`` (a user image is attached)
+it also loads the user-image modules (overlayfs), which the agent needs to
+build the command root; other boots do not pay for them. On failure it prints
+one ``cleanroom-initramfs:`` line on the console and powers the guest off.
+``cleanroom.debug=1`` makes it log each step; otherwise it is silent (console
+output slows an emulated boot).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ _INIT_TEMPLATE = """\
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 required_modules="@REQUIRED@"
 optional_modules="@OPTIONAL@"
+image_modules="@IMAGE@"
 root=/dev/vda
 debug=0
+image=0
 
 fail() {
     echo "cleanroom-initramfs: $*"
@@ -50,6 +55,7 @@ for arg in $(cat /proc/cmdline); do
     case "$arg" in
         cleanroom.root=*) root="${arg#cleanroom.root=}" ;;
         cleanroom.debug=1) debug=1 ;;
+        cleanroom.image=1) image=1 ;;
     esac
 done
 
@@ -58,6 +64,13 @@ for m in $required_modules; do
     insmod "/lib/modules/$m.ko" || fail "cannot load module $m"
     log "loaded $m"
 done
+if [ "$image" = 1 ]; then
+    for m in $image_modules; do
+        [ -e "/lib/modules/$m.ko" ] || fail "missing module $m"
+        insmod "/lib/modules/$m.ko" || fail "cannot load module $m"
+        log "loaded $m"
+    done
+fi
 for m in $optional_modules; do
     if insmod "/lib/modules/$m.ko" 2>/dev/null; then log "loaded $m"; else log "skipped $m"; fi
 done
@@ -78,10 +91,13 @@ exec switch_root /newroot /sbin/cleanroom-init "$@"
 """
 
 
-def init_script(required: Sequence[str], optional: Sequence[str]) -> str:
-    """The ``/init`` script loading ``required`` then ``optional`` modules, in order."""
-    return _INIT_TEMPLATE.replace("@REQUIRED@", " ".join(required)).replace(
-        "@OPTIONAL@", " ".join(optional)
+def init_script(required: Sequence[str], optional: Sequence[str], image: Sequence[str] = ()) -> str:
+    """The ``/init`` script loading ``required``, then (only with ``cleanroom.image=1``)
+    ``image``, then ``optional`` modules, in order."""
+    return (
+        _INIT_TEMPLATE.replace("@REQUIRED@", " ".join(required))
+        .replace("@OPTIONAL@", " ".join(optional))
+        .replace("@IMAGE@", " ".join(image))
     )
 
 

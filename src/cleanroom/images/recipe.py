@@ -24,6 +24,7 @@ from cleanroom.images.initramfs import init_script
 from cleanroom.images.rootfs import guest_init_script
 
 __all__ = [
+    "IMAGE_MODULES",
     "INITRAMFS_COMPRESS",
     "KERNEL_METAPACKAGE",
     "OPTIONAL_MODULES",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: Bump whenever the build steps change in a way that changes the artifacts.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 
@@ -81,6 +82,9 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "virtio_net",
     "virtio-rng",
 )
+#: Loaded only when a user image is attached (``cleanroom.image=1``): the agent
+#: lays the run's writable layer over the read-only image with overlayfs.
+IMAGE_MODULES: tuple[str, ...] = ("overlay",)
 #: Loaded if the kernel has them (Firecracker's agent channel is vsock).
 OPTIONAL_MODULES: tuple[str, ...] = (
     "vsock",
@@ -151,6 +155,7 @@ class BuildInputs:
     guest_init: str
     required_modules: tuple[str, ...] = REQUIRED_MODULES
     optional_modules: tuple[str, ...] = OPTIONAL_MODULES
+    image_modules: tuple[str, ...] = IMAGE_MODULES
     initramfs_compress: bool = INITRAMFS_COMPRESS
     recipe_version: int = RECIPE_VERSION
 
@@ -171,6 +176,7 @@ class BuildInputs:
             "modules": {
                 "required": list(self.required_modules),
                 "optional": list(self.optional_modules),
+                "image": list(self.image_modules),
             },
             "initramfs_compress": self.initramfs_compress,
         }
@@ -192,6 +198,6 @@ def resolve_inputs(*, agent_dir: Path | None = None, cache_file: Path | None = N
         rootfs_packages=tuple(packages[2:]),
         agent_files=files,
         agent_version=agent_version(files, from_package=agent_dir is None),
-        initramfs_init=init_script(REQUIRED_MODULES, OPTIONAL_MODULES),
+        initramfs_init=init_script(REQUIRED_MODULES, OPTIONAL_MODULES, IMAGE_MODULES),
         guest_init=guest_init_script(),
     )

@@ -50,6 +50,10 @@ class FirecrackerLaunch:
     network: NetworkAttachment | None = None
     workspace_disk: Path | None = None
     """A second drive the guest mounts at /workspace (found by its label)."""
+    image_disk: Path | None = None
+    """A user image's ext4 file, attached read-only; needs ``scratch_disk``."""
+    scratch_disk: Path | None = None
+    """The run's writable layer over ``image_disk`` (found by its label)."""
     debug: bool = False
 
 
@@ -67,6 +71,8 @@ def boot_args(launch: FirecrackerLaunch) -> str:
             f"vsock:{launch.agent_port}", direct=launch.initrd is None, debug=launch.debug
         ),
     ]
+    if launch.image_disk is not None:
+        args.append("cleanroom.image=1")
     return " ".join(args)
 
 
@@ -106,6 +112,25 @@ def build_config(launch: FirecrackerLaunch) -> dict[str, Any]:
                 "cache_type": "Unsafe",
             }
         )
+    if launch.image_disk is not None:
+        if launch.scratch_disk is None:
+            raise ValueError("a user image needs a scratch disk")
+        config["drives"] += [
+            {
+                # Read-only for the VMM and the guest: the cached image is never written.
+                "drive_id": "image",
+                "path_on_host": str(launch.image_disk),
+                "is_root_device": False,
+                "is_read_only": True,
+            },
+            {
+                "drive_id": "scratch",
+                "path_on_host": str(launch.scratch_disk),
+                "is_root_device": False,
+                "is_read_only": False,
+                "cache_type": "Unsafe",
+            },
+        ]
     if launch.network is not None:
         config["network-interfaces"] = [
             {

@@ -67,8 +67,13 @@ class FirecrackerGuest(VmGuest):
             launch = replace(
                 machine.launch,
                 rootfs=disks.rootfs.path,
+                # A run may ask for its own guest shape (the policy's resources).
+                vcpus=spec.vcpus or machine.launch.vcpus,
+                memory_mib=spec.memory_mib or machine.launch.memory_mib,
                 network=spec.network,
                 workspace_disk=disks.workspace.path,
+                image_disk=None if spec.image is None else spec.image.rootfs,
+                scratch_disk=None if disks.scratch is None else disks.scratch.path,
             )
             config = build_config(launch)
             (run_dir / CONFIG_FILE_NAME).write_text(json.dumps(config, indent=2) + "\n")

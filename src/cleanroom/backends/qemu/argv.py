@@ -73,6 +73,11 @@ class QemuLaunch:
     network: NetworkAttachment | None = None
     workspace_disk: Path | None = None
     """A second virtio-blk disk the guest mounts at /workspace (found by its label)."""
+    image_disk: Path | None = None
+    """A user image's ext4 file, attached read-only (the guest finds it as its one
+    read-only disk); needs ``scratch_disk``."""
+    scratch_disk: Path | None = None
+    """The run's writable layer over ``image_disk`` (found by its label)."""
 
 
 def _opt(value: object) -> str:
@@ -94,6 +99,8 @@ def kernel_cmdline(launch: QemuLaunch) -> str:
             f"virtio-serial:{AGENT_PORT_NAME}", direct=m.initrd is None, debug=m.debug
         ),
     ]
+    if launch.image_disk is not None:
+        args.append("cleanroom.image=1")
     if m.accel == "tcg" and m.tsc_khz:
         args.append(f"tsc_early_khz={m.tsc_khz}")
     args.extend(m.extra_kernel_args)
@@ -142,6 +149,21 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
             f"id=ws,file={_opt(launch.workspace_disk)},format=raw,if=none,cache=unsafe",
             "-device",
             "virtio-blk-device,drive=ws",
+        ]
+    if launch.image_disk is not None:
+        if launch.scratch_disk is None:
+            raise ValueError("a user image needs a scratch disk")
+        # readonly=on: QEMU opens the cached image read-only and the guest sees a
+        # read-only disk; nothing of the run can write it.
+        argv += [
+            "-drive",
+            f"id=image,file={_opt(launch.image_disk)},format=raw,if=none,readonly=on",
+            "-device",
+            "virtio-blk-device,drive=image",
+            "-drive",
+            f"id=scratch,file={_opt(launch.scratch_disk)},format=raw,if=none,cache=unsafe",
+            "-device",
+            "virtio-blk-device,drive=scratch",
         ]
     argv += [
         "-object",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
@@ -64,6 +65,12 @@ class QemuGuest(VmGuest):
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_path = run_dir / CONSOLE_LOG_NAME
+        # A run may ask for its own guest shape (the policy's resources).
+        machine = replace(
+            machine,
+            vcpus=spec.vcpus or machine.vcpus,
+            memory_mib=spec.memory_mib or machine.memory_mib,
+        )
         try:
             async with run_disks(
                 spec, machine.rootfs, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
@@ -77,6 +84,8 @@ class QemuGuest(VmGuest):
                     qmp_fd=qmp_vm.fileno(),
                     network=spec.network,
                     workspace_disk=disks.workspace.path,
+                    image_disk=None if spec.image is None else spec.image.rootfs,
+                    scratch_disk=None if disks.scratch is None else disks.scratch.path,
                 )
                 argv = build_argv(launch, prefix=pdeathsig_prefix())
                 write_plan(
