@@ -18,9 +18,10 @@ shared with its parent process).
 Session rules: the host's HELLO comes first; malformed, oversized, unknown or
 out-of-place frames get an ERROR ``protocol_error`` and end the session (exit
 status 3); a failed operation (configure, workspace) gets an ERROR with its
-code and the session goes on; STDIN/SIGNAL frames that arrive when no command
-runs are ignored (they can cross an EXIT in flight); EXEC while a command
-runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
+code and the session goes on; STDIN/SIGNAL/RESIZE frames that arrive when no
+command runs (RESIZE: no command on a terminal) are ignored (they can cross an
+EXIT in flight); EXEC while a command runs gets ERROR ``busy``. End of stream
+or SHUTDOWN ends the session (0).
 
 Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
@@ -51,6 +52,7 @@ from cleanroom.agent.messages import (
     parse_configure,
     parse_exec,
     parse_host_hello,
+    parse_resize,
     parse_signal,
     parse_workspace_begin,
 )
@@ -68,6 +70,7 @@ from cleanroom.agent.protocol import (
     FrameType,
     encode_frame,
 )
+from cleanroom.agent.tty import TtyCommand
 from cleanroom.agent.workspace import WorkspaceReceiver
 
 __all__ = ["EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP", "Session", "main", "serve"]
@@ -115,7 +118,7 @@ class Session:
         self._greeted = False
         self._receiver: WorkspaceReceiver | None = None
         self._ro_bound = False
-        self._command: RunningCommand | None = None
+        self._command: RunningCommand | TtyCommand | None = None
         self._receiver_read_only = False
         self._scratch = False
         if init_mode:
@@ -167,7 +170,7 @@ class Session:
             self._receiver = None
         self._ch.close()
 
-    def _running(self) -> RunningCommand | None:
+    def _running(self) -> RunningCommand | TtyCommand | None:
         cmd = self._command
         return None if cmd is None or cmd.done.is_set() else cmd
 
@@ -211,6 +214,10 @@ class Session:
             req = parse_signal(frame.payload)
             if (cmd := self._running()) is not None:
                 cmd.signal(req.signal)
+        elif t is FrameType.RESIZE:
+            size = parse_resize(frame.payload)
+            if isinstance(cmd := self._running(), TtyCommand):
+                cmd.resize(size.rows, size.cols)
         elif t is FrameType.CONFIGURE:
             self._configure(frame.payload)
         elif t is FrameType.WORKSPACE_BEGIN:
@@ -322,7 +329,10 @@ class Session:
         if self._command is not None:
             self._command.kill_and_wait()  # finished; joins its threads
         cwd = req.cwd if req.cwd is not None else self._workspace
-        self._command = RunningCommand(req, self._ch.send, log, cwd=cwd)
+        if req.tty is not None:
+            self._command = TtyCommand(req, self._ch.send, log, cwd=cwd)
+        else:
+            self._command = RunningCommand(req, self._ch.send, log, cwd=cwd)
         self._command.start()
 
     def _shutdown(self) -> None:

@@ -34,6 +34,7 @@ from cleanroom.agent.messages import (
     GuestInfo,
     GuestNetwork,
     HostHello,
+    ResizeRequest,
     SignalRequest,
     WorkspaceBegin,
     WorkspaceStats,
@@ -43,9 +44,11 @@ from cleanroom.agent.messages import (
     parse_exec,
     parse_exit,
     parse_guest_hello,
+    parse_resize,
     parse_workspace_done,
 )
 from cleanroom.agent.protocol import (
+    HEADER_SIZE,
     MAX_DATA_CHUNK,
     PROTOCOL_VERSION,
     Frame,
@@ -241,6 +244,7 @@ class AgentClient:
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | AsyncIterator[bytes] | None = None,
+        tty: tuple[int, int] | None = None,
         on_output: OutputCallback,
     ) -> ExitStatus:
         """Run ``argv`` in the guest; output goes to ``on_output`` as it is produced.
@@ -254,6 +258,12 @@ class AgentClient:
         raising AgentTimeout. Cancelling the call sends SIGKILL to the command;
         the next request skips whatever the abandoned command still sends. A
         command that cannot start exits 127/126 with a message on stderr.
+
+        ``tty=(rows, cols)`` runs the command on a pseudo-terminal of that size
+        (its own session, the terminal its controlling one): everything it shows
+        arrives as ``stdout``, ``stdin`` is typed into the terminal (EOF types
+        the EOF character), :meth:`resize` changes the size and :meth:`signal`
+        reaches the terminal's foreground process group (SIGINT: Ctrl-C).
         """
         request = ExecRequest(
             argv=tuple(argv),
@@ -261,6 +271,7 @@ class AgentClient:
             cwd=cwd,
             timeout=timeout,
             stdin="none" if stdin is None else "stream",
+            tty=tty,
         )
         async with self._op_lock:
             await self._skip_stale()
@@ -323,6 +334,19 @@ class AgentClient:
         """Send ``signum`` to the running command's process group (no-op when none runs)."""
         if self._exec_running:
             await self._send(SignalRequest(int(signum)).to_frame())
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the window size of the running command's terminal (no-op when none runs).
+
+        Raises ValueError for a size outside 1..65535.
+        """
+        frame = ResizeRequest(int(rows), int(cols)).to_frame()
+        try:
+            parse_resize(frame[HEADER_SIZE:])
+        except AgentProtocolError as exc:
+            raise ValueError(f"invalid window size: {exc.message}") from exc
+        if self._exec_running:
+            await self._send(frame)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the guest to stop its command, sync and power off; wait at most ``timeout``.

@@ -35,11 +35,12 @@ versions. Then, in any order, one at a time::
     CONFIGURE                                  -> CONFIGURED | ERROR
     WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_END -> WORKSPACE_DONE | ERROR
     WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_ABORT -> ERROR workspace_failed
-    EXEC, (STDIN* STDIN_EOF)?, SIGNAL*         -> (STDOUT | STDERR)*, EXIT | ERROR
+    EXEC, (STDIN* STDIN_EOF)?, SIGNAL*, RESIZE* -> (STDOUT | STDERR)*, EXIT | ERROR
     SHUTDOWN                                   -> GOODBYE, then power-off / exit
 
 While a command runs the host may send ``STDIN``/``STDIN_EOF`` (when the exec
-asked for streamed stdin) and ``SIGNAL`` at any time; the guest sends output
+asked for streamed stdin), ``SIGNAL`` and ``RESIZE`` (a command on a terminal:
+exec ``tty``) at any time; the guest sends output
 chunks as the command produces them, each stream in order, and ``EXIT`` last.
 ``CONFIGURED`` carries ``{}``. An aborted transfer (the host's archive source
 failed) may leave part of the archive extracted. JSON fields of each message are defined in
@@ -79,11 +80,14 @@ __all__ = [
     "encode_frame",
 ]
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
 """Version of the guest agent implementation (reported in the guest's hello)."""
 
-PROTOCOL_VERSION = 1
-"""Wire protocol version; host and guest must agree exactly."""
+PROTOCOL_VERSION = 2
+"""Wire protocol version; host and guest must agree exactly.
+
+2: exec ``tty`` and RESIZE; CHANGES and ARTIFACTS with their FILE_ENTRY /
+FILE_DATA / FILES_DONE reply stream."""
 
 MAX_PAYLOAD = 1 << 20
 """Largest payload a frame may carry (1 MiB)."""
@@ -121,6 +125,7 @@ class FrameType(enum.IntEnum):
     STDERR = 0x24
     SIGNAL = 0x25
     EXIT = 0x26
+    RESIZE = 0x27
     ERROR = 0x30
     SHUTDOWN = 0x40
     GOODBYE = 0x41
@@ -135,6 +140,7 @@ JSON_TYPES = frozenset(
         FrameType.WORKSPACE_DONE,
         FrameType.EXEC,
         FrameType.SIGNAL,
+        FrameType.RESIZE,
         FrameType.EXIT,
         FrameType.ERROR,
     }
