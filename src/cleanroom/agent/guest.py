@@ -38,6 +38,7 @@ import time
 from collections.abc import Sequence
 
 from cleanroom.agent import sysops
+from cleanroom.agent.changes import Manifest, compare, record_manifest
 from cleanroom.agent.channel import Channel, channel_spec_from_cmdline, open_channel
 from cleanroom.agent.command import RunningCommand
 from cleanroom.agent.errors import (
@@ -46,9 +47,14 @@ from cleanroom.agent.errors import (
     AgentProtocolError,
     GuestOperationFailed,
 )
+from cleanroom.agent.files import match_artifacts, send_files
 from cleanroom.agent.messages import (
     ErrorMessage,
+    FilesDone,
     GuestInfo,
+    WorkspaceStats,
+    parse_artifacts,
+    parse_changes,
     parse_configure,
     parse_exec,
     parse_host_hello,
@@ -59,6 +65,7 @@ from cleanroom.agent.messages import (
 from cleanroom.agent.protocol import (
     AGENT_VERSION,
     ERR_BUSY,
+    ERR_CHANGES,
     ERR_CONFIGURE,
     ERR_INTERNAL,
     ERR_PROTOCOL,
@@ -80,6 +87,7 @@ EXIT_PROTOCOL = 3
 EXIT_SETUP = 4
 _EOF_POLL = 0.02
 _SCRATCH_NAME = ".cleanroom-scratch"
+_SKIP = frozenset({_SCRATCH_NAME})
 
 
 def log(message: str) -> None:
@@ -126,6 +134,9 @@ class Session:
             with contextlib.suppress(OSError):
                 os.makedirs(workspace, exist_ok=True)
         self._refused: GuestOperationFailed | None = None
+        self._manifest: Manifest | None = None
+        """What the workspace held when copied in (None: no workspace, or read-only)."""
+        self._manifest_taken = False
 
     def run(self) -> int:
         """Serve until end of stream, SHUTDOWN or a protocol error; return the exit status."""
@@ -222,6 +233,12 @@ class Session:
             self._configure(frame.payload)
         elif t is FrameType.WORKSPACE_BEGIN:
             self._workspace_begin(frame.payload)
+        elif t is FrameType.BASELINE:
+            self._baseline()
+        elif t is FrameType.CHANGES:
+            self._changes(frame.payload)
+        elif t is FrameType.ARTIFACTS:
+            self._artifacts(frame.payload)
         elif t is FrameType.SHUTDOWN:
             self._shutdown()
         else:
@@ -312,6 +329,11 @@ class Session:
                 shutil.rmtree(self._scratch_dir(), ignore_errors=True)
         if not self._scratch:
             self._ro_bound = self._receiver_read_only
+            # A read-only workspace cannot change: it reports nothing (no manifest needed).
+            self._manifest = None
+            if not self._ro_bound:
+                self._manifest = record_manifest(self._workspace, receiver.hashes, _SKIP)
+            self._manifest_taken = True
         self._ch.send(stats.to_frame())
 
     def _workspace_abort(self) -> None:
@@ -322,6 +344,44 @@ class Session:
         if self._scratch:
             shutil.rmtree(self._scratch_dir(), ignore_errors=True)
         raise GuestOperationFailed(ERR_WORKSPACE, "transfer aborted by the host")
+
+    def _baseline(self) -> None:
+        """Record the workspace as it is now (a disk the host seeded) as the manifest."""
+        self._idle_or_fail("baseline")
+        self._manifest = None
+        if not self._ro_bound:
+            try:
+                self._manifest = record_manifest(self._workspace, None, _SKIP)
+            except OSError as exc:
+                raise GuestOperationFailed(ERR_CHANGES, f"manifest: {exc}") from exc
+        self._manifest_taken = True
+        entries = () if self._manifest is None else self._manifest.entries.values()
+        files = [e for e in entries if e.type == "file"]
+        stats = WorkspaceStats(files=len(files), bytes=sum(e.size for e in files), skipped=0)
+        self._ch.send(stats.to_frame())
+
+    def _changes(self, payload: bytes) -> None:
+        req = parse_changes(payload)
+        self._idle_or_fail("changes")
+        if not self._manifest_taken:
+            raise GuestOperationFailed(ERR_CHANGES, "no workspace manifest was recorded")
+        if self._manifest is None:  # read-only
+            self._ch.send(FilesDone(0, 0).to_frame())
+            return
+        try:
+            changes = compare(self._workspace, self._manifest, _SKIP)
+        except OSError as exc:
+            raise GuestOperationFailed(ERR_CHANGES, f"workspace walk: {exc}") from exc
+        self._ch.send(send_files(self._ch.send, self._workspace, changes, req.limits).to_frame())
+
+    def _artifacts(self, payload: bytes) -> None:
+        req = parse_artifacts(payload)
+        self._idle_or_fail("artifacts")
+        try:
+            found = match_artifacts(self._workspace, req.patterns)
+        except OSError as exc:
+            raise GuestOperationFailed(ERR_CHANGES, f"workspace walk: {exc}") from exc
+        self._ch.send(send_files(self._ch.send, self._workspace, found, req.limits).to_frame())
 
     def _exec(self, payload: bytes) -> None:
         req = parse_exec(payload)

@@ -28,9 +28,14 @@ from cleanroom.agent.errors import (
     AgentTimeout,
 )
 from cleanroom.agent.messages import (
+    ArtifactsRequest,
+    ChangesRequest,
     ConfigureRequest,
     ExecRequest,
     ExitStatus,
+    FileEntry,
+    FileLimits,
+    FilesDone,
     GuestInfo,
     GuestNetwork,
     HostHello,
@@ -38,11 +43,15 @@ from cleanroom.agent.messages import (
     SignalRequest,
     WorkspaceBegin,
     WorkspaceStats,
+    parse_artifacts,
+    parse_changes,
     parse_configure,
     parse_configured,
     parse_error,
     parse_exec,
     parse_exit,
+    parse_file_entry,
+    parse_files_done,
     parse_guest_hello,
     parse_resize,
     parse_workspace_done,
@@ -60,6 +69,8 @@ from cleanroom.agent.protocol import (
 __all__ = [
     "EXEC_GRACE",
     "AgentClient",
+    "DataCallback",
+    "EntryCallback",
     "ExitStatus",
     "GuestInfo",
     "GuestNetwork",
@@ -70,12 +81,18 @@ __all__ = [
 OutputCallback = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
 """Receives each output chunk, in order per stream, as it arrives."""
 
+EntryCallback = Callable[[FileEntry], Awaitable[None]]
+"""Receives each FILE_ENTRY of a CHANGES/ARTIFACTS reply, in order."""
+DataCallback = Callable[[bytes], Awaitable[None]]
+"""Receives the content of the last entry with ``content``, chunk by chunk."""
+
 EXEC_GRACE = 30.0
 """Seconds beyond an exec's timeout the host waits for the guest's EXIT frame."""
 
 _READ_SIZE = 256 * 1024
 _EXEC_REPLIES = frozenset({FrameType.EXIT, FrameType.ERROR})
 _ABORT_REPLIES = frozenset({FrameType.ERROR, FrameType.WORKSPACE_DONE})
+_FILES_REPLIES = frozenset({FrameType.ERROR, FrameType.FILES_DONE})
 
 
 def _chunks(data: bytes) -> Iterable[bytes]:
@@ -100,7 +117,12 @@ async def _aiter_chunks(
                 yield piece
 
 
-_PARSERS = {FrameType.EXEC: parse_exec, FrameType.CONFIGURE: parse_configure}
+_PARSERS = {
+    FrameType.EXEC: parse_exec,
+    FrameType.CONFIGURE: parse_configure,
+    FrameType.CHANGES: parse_changes,
+    FrameType.ARTIFACTS: parse_artifacts,
+}
 
 
 def _checked(frame: bytes) -> bytes:
@@ -334,6 +356,84 @@ class AgentClient:
         """Send ``signum`` to the running command's process group (no-op when none runs)."""
         if self._exec_running:
             await self._send(SignalRequest(int(signum)).to_frame())
+
+    async def baseline(self) -> WorkspaceStats:
+        """Make the workspace as it is now the one :meth:`changes` compares against.
+
+        For a workspace that arrived other than by :meth:`send_workspace` (a
+        disk the host seeded). Files are not hashed: a changed file whose
+        content may be as before comes back as modified; the host compares.
+        """
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(encode_frame(FrameType.BASELINE))
+            return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
+
+    async def changes(
+        self, limits: FileLimits, *, on_entry: EntryCallback, on_data: DataCallback
+    ) -> FilesDone:
+        """What changed in the workspace since it was copied in (or :meth:`baseline`).
+
+        Each FILE_ENTRY goes to ``on_entry``; an entry with ``content`` is followed
+        by its bytes through ``on_data``. The reply is checked against
+        ``limits`` and the framing rules (exact content lengths, entry count,
+        bytes); a breach raises AgentProtocolError. A read-only workspace
+        reports nothing. Raises AgentRemoteError ``changes_failed`` when no
+        workspace was recorded or a file changed while being sent.
+        """
+        return await self._files(ChangesRequest(limits).to_frame(), limits, on_entry, on_data)
+
+    async def artifacts(
+        self,
+        patterns: Sequence[str],
+        limits: FileLimits,
+        *,
+        on_entry: EntryCallback,
+        on_data: DataCallback,
+    ) -> FilesDone:
+        """The workspace's regular files matching any of ``patterns`` (relative globs), as
+        :meth:`changes` delivers them. Raises ValueError for an invalid pattern."""
+        frame = ArtifactsRequest(tuple(patterns), limits).to_frame()
+        return await self._files(frame, limits, on_entry, on_data)
+
+    async def _files(
+        self, request: bytes, limits: FileLimits, on_entry: EntryCallback, on_data: DataCallback
+    ) -> FilesDone:
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(_checked(request))
+            self._stale = _FILES_REPLIES
+            entries = total = 0
+            pending = 0  # content bytes still owed by the last entry
+            while True:
+                frame = await self._reply(
+                    FrameType.FILE_ENTRY, FrameType.FILE_DATA, FrameType.FILES_DONE
+                )
+                if frame.type is FrameType.FILE_DATA:
+                    if len(frame.payload) > pending:
+                        raise AgentProtocolError("file data beyond the announced size")
+                    pending -= len(frame.payload)
+                    await on_data(frame.payload)
+                    continue
+                if pending:
+                    raise AgentProtocolError(f"file content short by {pending} bytes")
+                if frame.type is FrameType.FILES_DONE:
+                    self._stale = frozenset()
+                    done = parse_files_done(frame.payload)
+                    if (done.entries, done.bytes) != (entries, total):
+                        raise AgentProtocolError("files_done does not match what was sent")
+                    return done
+                entry = parse_file_entry(frame.payload)
+                entries += 1
+                if entries > limits.max_files:
+                    raise AgentProtocolError(f"more than {limits.max_files} entries")
+                if entry.content:
+                    assert entry.size is not None
+                    pending = entry.size
+                    total += entry.size
+                    if entry.size > limits.max_file_bytes or total > limits.max_total_bytes:
+                        raise AgentProtocolError("file content beyond the requested caps")
+                await on_entry(entry)
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the window size of the running command's terminal (no-op when none runs).
