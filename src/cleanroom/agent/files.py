@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 
 from cleanroom.agent.changes import OPEN_FLAGS, Change, Entry, hash_fd, walk
 from cleanroom.agent.errors import GuestOperationFailed
-from cleanroom.agent.messages import FileEntry, FileLimits, FilesDone
+from cleanroom.agent.filemessages import FileEntry, FileLimits, FilesDone
 from cleanroom.agent.protocol import ERR_CHANGES, MAX_DATA_CHUNK, FrameType, encode_frame
 
 __all__ = ["glob_match", "match_artifacts", "send_files"]

@@ -47,14 +47,16 @@ from cleanroom.agent.errors import (
     AgentProtocolError,
     GuestOperationFailed,
 )
+from cleanroom.agent.filemessages import (
+    FilesDone,
+    parse_artifacts,
+    parse_changes,
+)
 from cleanroom.agent.files import match_artifacts, send_files
 from cleanroom.agent.messages import (
     ErrorMessage,
-    FilesDone,
     GuestInfo,
     WorkspaceStats,
-    parse_artifacts,
-    parse_changes,
     parse_configure,
     parse_exec,
     parse_host_hello,

@@ -12,8 +12,9 @@ globs out of the workspace into a host directory.
 
 from __future__ import annotations
 
-from cleanroom.agent.messages import FileLimits
+from cleanroom.agent.filemessages import FileLimits
 from cleanroom.changes._apply import ApplyResult, apply_changes
+from cleanroom.changes._artifacts import Artifact, ArtifactList, collect_artifacts
 from cleanroom.changes._collect import collect_changes
 from cleanroom.changes._manifest import HostManifest, ManifestEntry, take_manifest
 from cleanroom.changes._model import ChangeSet, ChangeSummary, FileChange
@@ -21,6 +22,8 @@ from cleanroom.changes._patch import render_patch
 
 __all__ = [
     "ApplyResult",
+    "Artifact",
+    "ArtifactList",
     "ChangeSet",
     "ChangeSummary",
     "FileChange",
@@ -28,6 +31,7 @@ __all__ = [
     "HostManifest",
     "ManifestEntry",
     "apply_changes",
+    "collect_artifacts",
     "collect_changes",
     "render_patch",
     "take_manifest",

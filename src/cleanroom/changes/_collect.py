@@ -8,8 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cleanroom.agent.filemessages import FileEntry, FileLimits
 from cleanroom.agent.host import AgentClient
-from cleanroom.agent.messages import FileEntry, FileLimits
 from cleanroom.changes._manifest import HostManifest
 from cleanroom.changes._model import ChangeSet, FileChange
 from cleanroom.changes._receive import Receiver

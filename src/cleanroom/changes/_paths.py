@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cleanroom.agent.errors import AgentProtocolError
-from cleanroom.agent.messages import check_rel_path
+from cleanroom.agent.filemessages import check_rel_path
 from cleanroom.errors import GuestAgentFailed
 
 __all__ = ["DIR_FLAGS", "FILE_FLAGS", "guest_path", "open_parent", "split", "symlink_escapes"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cleanroom.agent.messages import FileEntry
+from cleanroom.agent.filemessages import FileEntry
 from cleanroom.changes._paths import guest_path
 from cleanroom.errors import GuestAgentFailed
 
