@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from agent_harness import Agent, Output
@@ -192,3 +193,21 @@ def test_exec_tty_round_trip_and_strictness() -> None:
         parse_resize(b'{"rows":1}')
     with pytest.raises(Exception, match="must be int"):
         parse_resize(b'{"rows":true,"cols":2}')
+
+
+async def test_background_jobs_in_other_groups_die_with_the_session(agent: Agent) -> None:
+    screen, keys = Screen(), Keyboard()
+    task = _start(agent, ["sh", "-i"], screen, keys, env={"PS1": "$ "})
+    # With job control the background job gets a process group of its own.
+    keys.type(b"sleep 300 & echo b''g=$! d''one\n")
+    await screen.wait_for(b" done\r\n")
+    text = bytes(screen.stdout).decode()
+    bg = int(text.split("bg=")[1].split()[0])
+    keys.type(b"exit 0\n")
+    status = await asyncio.wait_for(task, 30)
+    assert status.exit_code == 0
+    for _ in range(100):
+        if not Path(f"/proc/{bg}").exists():
+            break
+        await asyncio.sleep(0.05)
+    assert not Path(f"/proc/{bg}").exists()

@@ -21,8 +21,10 @@ master:
   Ctrl-C would reach); SIGKILL (the host abandoning the command) also goes to
   the session's first group.
 
-The exit code, timeout, stray-process cleanup and the EXIT frame follow
-:class:`cleanroom.agent.command.RunningCommand`. The command's output ends
+The exit code, timeout and the EXIT frame follow
+:class:`cleanroom.agent.command.RunningCommand`; when the leader exits, every
+process left in its session is killed (a job-control shell puts its jobs in
+groups of their own). The command's output ends
 when every holder of the slave has closed it (the master reads EIO); a
 process that escaped the session and keeps it open is cut off after
 :data:`DRAIN_SECONDS`.
@@ -67,6 +69,23 @@ def set_window_size(fd: int, rows: int, cols: int) -> None:
 def _take_controlling_terminal() -> None:
     """In the child, after ``setsid`` and the dup of the slave to fds 0-2."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (job-control shells spread it over groups)."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]  # noqa: PTH208
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:  # noqa: PTH123
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 3 and int(fields[3]) == sid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _signal_name(signum: int) -> str:
@@ -260,9 +279,10 @@ class TtyCommand:
                 rc = proc.wait()
         duration_ms = (time.monotonic() - started) * 1000
         with self._lock:
-            # Whatever is left of the session's first group dies with its leader.
+            # Whatever is left of the terminal's session dies with its leader.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            _kill_session(proc.pid)
             self._reaped = True
         output.join(DRAIN_SECONDS)
         if output.is_alive():
