@@ -173,3 +173,27 @@ async def test_read_only_workspace_reports_no_changes(agents: AgentFactory, tmp_
     await agent.client.send_workspace([tar_of(src)], read_only=True)
     cs = await collect_changes(agent.client, tmp_path / "spool", take_manifest(src))
     assert cs == ChangeSet(())
+
+
+async def test_a_same_size_rewrite_with_the_old_mtime_is_seen(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    # Right after the copy, same length, mtime put back: only ctime (and the
+    # manifest's wait for its tick to pass) can tell.
+    agent, _, manifest = await started(agents, tmp_path)
+    script = "printf 'x = 9\\n' > pkg/mod.py; touch -r keep.txt pkg/mod.py"
+    await run_script(agent, script)
+    cs = await collect_changes(agent.client, tmp_path / "spool", manifest)
+    assert [(c.path, c.change) for c in cs.changes] == [("pkg/mod.py", "modified")]
+
+
+async def test_a_second_transfer_replaces_the_manifest(
+    agents: AgentFactory, tmp_path: Path
+) -> None:
+    agent, src, _ = await started(agents, tmp_path)
+    await run_script(agent, "echo more >> README")
+    (src / "README").write_text("v2\n")
+    manifest = take_manifest(src)
+    await agent.client.send_workspace([tar_of(src)], read_only=False)
+    cs = await collect_changes(agent.client, tmp_path / "spool", manifest)
+    assert cs.changes == ()

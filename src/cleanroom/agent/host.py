@@ -2,10 +2,12 @@
 
 Used by the service once a backend has connected the agent channel (a
 virtio-serial socket, a vsock connection, or a socketpair in tests). One
-request runs at a time; :meth:`AgentClient.signal` may be called while
-:meth:`AgentClient.exec` runs. Memory is bounded: frames are decoded as they
-arrive and output chunks are handed to the caller's callback one by one
-(awaiting it is the backpressure: while it runs, nothing more is read).
+request runs at a time; :meth:`AgentClient.signal` and
+:meth:`AgentClient.resize` may be called while :meth:`AgentClient.exec`
+runs. Memory is bounded: frames are decoded as they arrive and output chunks
+(and the file contents of :meth:`AgentClient.changes` and
+:meth:`AgentClient.artifacts`) are handed to the caller's callbacks one by
+one (awaiting them is the backpressure: while they run, nothing more is read).
 
 Failures raise :class:`~cleanroom.agent.errors.AgentError` subclasses; the
 service translates them to cleanroom errors by class.
