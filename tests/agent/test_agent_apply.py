@@ -80,3 +80,12 @@ async def test_a_symlink_leaving_the_workspace_is_not_applied(
     with pytest.raises(InvalidRequest, match="outside"):
         apply_changes(cs, src, manifest)
     assert not (src / "abs").is_symlink()
+
+
+async def test_setuid_bits_never_reach_the_host(agents: AgentFactory, tmp_path: Path) -> None:
+    agent, src, manifest = await started(agents, tmp_path)
+    await run_script(agent, "chmod 4755 pkg/deep/script.sh; printf x > s; chmod 6755 s")
+    cs = await collect_changes(agent.client, tmp_path / "spool", manifest)
+    apply_changes(cs, src, manifest)
+    assert (src / "pkg/deep/script.sh").stat().st_mode & 0o7777 == 0o755
+    assert (src / "s").stat().st_mode & 0o7777 == 0o755

@@ -18,6 +18,7 @@ from cleanroom.changes import (
     FileLimits,
     HostManifest,
     collect_changes,
+    manifest_from_archive,
     render_patch,
     take_manifest,
 )
@@ -197,3 +198,19 @@ async def test_a_second_transfer_replaces_the_manifest(
     await agent.client.send_workspace([tar_of(src)], read_only=False)
     cs = await collect_changes(agent.client, tmp_path / "spool", manifest)
     assert cs.changes == ()
+
+
+def test_the_archive_manifest_equals_the_tree_manifest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    build_source(src)
+    os.link(src / "README", src / "hard")
+    (src / "pkg" / "deep" / "script.sh").chmod(0o4755)  # setuid: the guest drops it
+    archive = tmp_path / "ws.tar"
+    archive.write_bytes(tar_of(src))
+    from_tar = manifest_from_archive(archive)
+    assert from_tar == take_manifest(src)
+    assert from_tar.entries["pkg/deep/script.sh"].mode == 0o755
+    assert from_tar.entries["hard"] == from_tar.entries["README"]
+    with pytest.raises(InvalidRequest):
+        manifest_from_archive(tmp_path / "missing.tar")

@@ -6,8 +6,9 @@ for the run record (:meth:`ChangeSet.summary`), renders a git-format binary
 patch (:func:`render_patch`) and applies it to the host directory with
 conflict checks (:func:`apply_changes`). The base of all three is the
 :class:`HostManifest` taken on the host when the workspace was copied
-(:func:`take_manifest`). :func:`collect_artifacts` copies files matching
-globs out of the workspace into a host directory.
+(:func:`manifest_from_archive` or :func:`take_manifest`).
+:func:`collect_artifacts` copies files matching globs out of the workspace
+into a host directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from cleanroom.agent.filemessages import FileLimits
 from cleanroom.changes._apply import ApplyResult, apply_changes
 from cleanroom.changes._artifacts import Artifact, ArtifactList, collect_artifacts
 from cleanroom.changes._collect import collect_changes
-from cleanroom.changes._manifest import HostManifest, ManifestEntry, take_manifest
+from cleanroom.changes._manifest import (
+    HostManifest,
+    ManifestEntry,
+    manifest_from_archive,
+    take_manifest,
+)
 from cleanroom.changes._model import ChangeSet, ChangeSummary, FileChange
 from cleanroom.changes._patch import render_patch
 
@@ -33,6 +39,7 @@ __all__ = [
     "apply_changes",
     "collect_artifacts",
     "collect_changes",
+    "manifest_from_archive",
     "render_patch",
     "take_manifest",
 ]

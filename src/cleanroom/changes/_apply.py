@@ -7,7 +7,8 @@ directory; an added path must still be absent; a deleted directory must hold
 nothing the manifest does not know). One mismatch and ``WorkspaceConflict``
 is raised before anything is written. Then, per path, atomically: contents
 go to a temporary file in the same directory (mode set on it) that is
-renamed over the path; symlinks likewise; removals deepest first, creations
+renamed over the path (permission bits only: never setuid, setgid or
+sticky); symlinks likewise; removals deepest first, creations
 shallowest first. Nothing follows a symlink on the host: each directory is
 opened relative to its parent with ``O_NOFOLLOW``. (A process changing the
 host tree between the check and the writes is not guarded against.)
@@ -51,7 +52,7 @@ def _state(root: Path, path: str) -> ManifestEntry | None:
         with open_parent(root, path) as dfd:
             name = split(path)[1]
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            mode = stat.S_IMODE(st.st_mode)
+            mode = st.st_mode & 0o777
             if stat.S_ISDIR(st.st_mode):
                 return ManifestEntry("dir", mode)
             if stat.S_ISLNK(st.st_mode):
@@ -141,7 +142,8 @@ def _tmp_name(name: str) -> str:
 def _write(root: Path, change: FileChange) -> None:
     with open_parent(root, change.path, create=True) as dfd:
         name = split(change.path)[1]
-        mode = change.mode if change.mode is not None else 0o644
+        # Permission bits only: a run never makes a host file setuid, setgid or sticky.
+        mode = (change.mode if change.mode is not None else 0o644) & 0o777
         if change.type == "dir":
             with contextlib.suppress(FileExistsError):  # made already as a parent
                 os.mkdir(name, 0o700, dir_fd=dfd)
@@ -189,7 +191,7 @@ def _chmod(root: Path, change: FileChange) -> None:
         flags = (DIR_FLAGS if change.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW) | os.O_CLOEXEC
         fd = os.open(split(change.path)[1], flags | os.O_NONBLOCK, dir_fd=dfd)
         try:
-            os.fchmod(fd, change.mode)
+            os.fchmod(fd, change.mode & 0o777)
         finally:
             os.close(fd)
 

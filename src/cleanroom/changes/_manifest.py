@@ -5,6 +5,11 @@ path its type, permission bits, size, content sha256 (regular files) and
 symlink target. Special files are left out, as the archive leaves them out.
 It serializes to JSON so it can wait in the run directory until the diff is
 asked for or the changes are applied.
+
+:func:`manifest_from_archive` reads it from the very tar archive the guest
+receives (exact, and immune to the tree changing meanwhile);
+:func:`take_manifest` walks a tree (e.g. the private staged copy a
+workspace disk is made from).
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ import hashlib
 import json
 import os
 import stat
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cleanroom.changes._paths import DIR_FLAGS, FILE_FLAGS
 from cleanroom.errors import InvalidRequest
 
-__all__ = ["HostManifest", "ManifestEntry", "hash_file_at", "take_manifest"]
+__all__ = [
+    "HostManifest",
+    "ManifestEntry",
+    "hash_file_at",
+    "manifest_from_archive",
+    "take_manifest",
+]
 
 _READ = 1 << 20
 
@@ -88,7 +100,7 @@ def hash_file_at(dir_fd: int, name: str) -> tuple[str, int, int] | None:
         while chunk := os.read(fd, _READ):
             h.update(chunk)
             size += len(chunk)
-        return h.hexdigest(), size, stat.S_IMODE(st.st_mode)
+        return h.hexdigest(), size, st.st_mode & 0o777
     finally:
         os.close(fd)
 
@@ -111,7 +123,7 @@ def take_manifest(root: Path) -> HostManifest:
                 for de in os.scandir(dfd):
                     rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                     st = de.stat(follow_symlinks=False)
-                    mode = stat.S_IMODE(st.st_mode)
+                    mode = st.st_mode & 0o777  # what the guest gets (no setuid/sticky)
                     if stat.S_ISDIR(st.st_mode):
                         entries[rel] = ManifestEntry("dir", mode)
                         stack.append((rel, os.open(de.name, DIR_FLAGS, dir_fd=dfd)))
@@ -128,4 +140,51 @@ def take_manifest(root: Path) -> HostManifest:
         for _, dfd in stack:
             os.close(dfd)
         raise InvalidRequest(f"workspace {root} could not be read: {exc}") from exc
+    return HostManifest(entries)
+
+
+def _member_path(name: str) -> str | None:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or name.startswith("/"):
+        return None  # the archive root, or a member the guest refuses anyway
+    return "/".join(parts)
+
+
+def manifest_from_archive(archive: Path | IO[bytes]) -> HostManifest:
+    """The manifest of a workspace tar archive (as made for the guest), read in one pass.
+
+    Later members replace earlier ones, hard links take their target's
+    entry, special members are left out, as the guest's extraction does.
+    Raises ``InvalidRequest`` for an unreadable or corrupt archive.
+    """
+    entries: dict[str, ManifestEntry] = {}
+    try:
+        with (
+            tarfile.open(archive, mode="r|*")
+            if isinstance(archive, Path)
+            else tarfile.open(fileobj=archive, mode="r|*") as tf
+        ):
+            for member in tf:
+                rel = _member_path(member.name)
+                if rel is None:
+                    continue
+                mode = member.mode & 0o777  # the guest clears setuid/setgid/sticky
+                if member.isdir():
+                    entries[rel] = ManifestEntry("dir", mode)
+                elif member.issym():
+                    entries[rel] = ManifestEntry("symlink", 0o777, target=member.linkname)
+                elif member.islnk():
+                    target = _member_path(member.linkname)
+                    if target is not None and target in entries:
+                        entries[rel] = entries[target]
+                elif member.isreg():
+                    src = tf.extractfile(member)
+                    h = hashlib.sha256()
+                    size = 0
+                    while src is not None and (chunk := src.read(_READ)):
+                        h.update(chunk)
+                        size += len(chunk)
+                    entries[rel] = ManifestEntry("file", mode, size, h.hexdigest())
+    except (OSError, tarfile.TarError) as exc:
+        raise InvalidRequest(f"workspace archive could not be read: {exc}") from exc
     return HostManifest(entries)
