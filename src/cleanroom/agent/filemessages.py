@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.messages import _dump, _get, _load, _opt
-from cleanroom.agent.protocol import FrameType
+from cleanroom.agent.protocol import Frame, FrameType
 
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
 TYPE_CHECKING = False
@@ -32,6 +32,7 @@ __all__ = [
     "ChangesRequest",
     "FileEntry",
     "FileLimits",
+    "FileReply",
     "FilesDone",
     "check_rel_path",
     "parse_artifacts",
@@ -254,3 +255,50 @@ def parse_files_done(payload: bytes) -> FilesDone:
     return FilesDone(
         _count(obj, "entries", w, MAX_COUNT), _count(obj, "bytes", w, MAX_BYTES), tuple(caps)
     )
+
+
+class FileReply:
+    """Sans-IO check of one CHANGES/ARTIFACTS reply against its request's ``limits``.
+
+    :meth:`feed` each FILE_ENTRY/FILE_DATA/FILES_DONE frame in order; it
+    returns the parsed entry, the data chunk, or the final FilesDone, and
+    raises AgentProtocolError when the guest breaks the rules: content longer
+    or shorter than announced, data nobody announced, more entries or bytes
+    than the caps allow, a FILES_DONE whose counts differ from what came.
+    """
+
+    def __init__(self, limits: FileLimits) -> None:
+        self._limits = limits
+        self._entries = 0
+        self._bytes = 0
+        self._pending = 0  # content bytes still owed by the last entry
+
+    def feed(self, frame: Frame) -> FileEntry | builtins.bytes | FilesDone:
+        if frame.type is FrameType.FILE_DATA:
+            if len(frame.payload) > self._pending:
+                raise AgentProtocolError("file data beyond the announced size")
+            self._pending -= len(frame.payload)
+            return frame.payload
+        if self._pending:
+            raise AgentProtocolError(f"file content short by {self._pending} bytes")
+        if frame.type is FrameType.FILES_DONE:
+            done = parse_files_done(frame.payload)
+            if (done.entries, done.bytes) != (self._entries, self._bytes):
+                raise AgentProtocolError("files_done does not match what was sent")
+            return done
+        if frame.type is not FrameType.FILE_ENTRY:
+            raise AgentProtocolError(f"unexpected {frame.type.name} in a files reply")
+        entry = parse_file_entry(frame.payload)
+        self._entries += 1
+        if self._entries > self._limits.max_files:
+            raise AgentProtocolError(f"more than {self._limits.max_files} entries")
+        if entry.content:
+            assert entry.size is not None  # parse_file_entry guarantees it
+            self._pending = entry.size
+            self._bytes += entry.size
+            if (
+                entry.size > self._limits.max_file_bytes
+                or self._bytes > self._limits.max_total_bytes
+            ):
+                raise AgentProtocolError("file content beyond the requested caps")
+        return entry

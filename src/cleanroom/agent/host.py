@@ -34,11 +34,10 @@ from cleanroom.agent.filemessages import (
     ChangesRequest,
     FileEntry,
     FileLimits,
+    FileReply,
     FilesDone,
     parse_artifacts,
     parse_changes,
-    parse_file_entry,
-    parse_files_done,
 )
 from cleanroom.agent.messages import (
     ConfigureRequest,
@@ -407,37 +406,18 @@ class AgentClient:
             await self._skip_stale()
             await self._send(_checked(request))
             self._stale = _FILES_REPLIES
-            entries = total = 0
-            pending = 0  # content bytes still owed by the last entry
+            reply = FileReply(limits)
             while True:
                 frame = await self._reply(
                     FrameType.FILE_ENTRY, FrameType.FILE_DATA, FrameType.FILES_DONE
                 )
-                if frame.type is FrameType.FILE_DATA:
-                    if len(frame.payload) > pending:
-                        raise AgentProtocolError("file data beyond the announced size")
-                    pending -= len(frame.payload)
-                    await on_data(frame.payload)
-                    continue
-                if pending:
-                    raise AgentProtocolError(f"file content short by {pending} bytes")
-                if frame.type is FrameType.FILES_DONE:
-                    self._stale = frozenset()
-                    done = parse_files_done(frame.payload)
-                    if (done.entries, done.bytes) != (entries, total):
-                        raise AgentProtocolError("files_done does not match what was sent")
-                    return done
-                entry = parse_file_entry(frame.payload)
-                entries += 1
-                if entries > limits.max_files:
-                    raise AgentProtocolError(f"more than {limits.max_files} entries")
-                if entry.content:
-                    assert entry.size is not None
-                    pending = entry.size
-                    total += entry.size
-                    if entry.size > limits.max_file_bytes or total > limits.max_total_bytes:
-                        raise AgentProtocolError("file content beyond the requested caps")
-                await on_entry(entry)
+                item = reply.feed(frame)
+                if isinstance(item, FilesDone):
+                    return item
+                if isinstance(item, FileEntry):
+                    await on_entry(item)
+                else:
+                    await on_data(item)
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the window size of the running command's terminal (no-op when none runs).
