@@ -43,15 +43,15 @@ versions. Then, in any order, one at a time::
 
 While a command runs the host may send ``STDIN``/``STDIN_EOF`` (when the exec
 asked for streamed stdin), ``SIGNAL`` and ``RESIZE`` (a command on a terminal:
-exec ``tty``) at any time; the guest sends output
-chunks as the command produces them, each stream in order, and ``EXIT`` last.
-``CONFIGURED`` carries ``{}``. A workspace transfer records the manifest
-CHANGES compares against; BASELINE records it from the workspace as it is (a
-workspace disk the host seeded). A FILE_ENTRY with ``content`` is followed by
-exactly its ``size`` bytes in FILE_DATA frames; an ERROR may end the reply
-early (``changes_failed``). An aborted transfer (the host's archive source
-failed) may leave part of the archive extracted. JSON fields of each message are defined in
-:mod:`cleanroom.agent.messages`.
+exec ``tty``) at any time; the guest sends output chunks as the command
+produces them, each stream in order, and ``EXIT`` last. ``CONFIGURED``
+carries ``{}``. An aborted transfer (the host's archive source failed) may
+leave part of the archive extracted. A workspace transfer records the
+manifest CHANGES compares against; BASELINE records it from the workspace as
+it is (a workspace disk the host seeded). A FILE_ENTRY with ``content`` is
+followed by exactly its ``size`` bytes in FILE_DATA frames; an ERROR may end
+the reply early (``changes_failed``). JSON fields of each message are defined
+in :mod:`cleanroom.agent.messages` and :mod:`cleanroom.agent.filemessages`.
 
 ERROR codes (stable): ``protocol_error`` (the session then ends),
 ``version_mismatch`` (ends too), ``busy`` (exec/configure/workspace/changes/
