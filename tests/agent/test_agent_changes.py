@@ -13,6 +13,7 @@ from agent_harness import Agent, AgentFactory, Output
 from workspace_trees import RUN_SCRIPT, build_source, run_script, snapshot, started, tar_of
 
 from cleanroom.agent import AgentRemoteError
+from cleanroom.agent import changes as guest_changes
 from cleanroom.changes import (
     ChangeSet,
     FileLimits,
@@ -214,3 +215,18 @@ def test_the_archive_manifest_equals_the_tree_manifest(tmp_path: Path) -> None:
     assert from_tar.entries["hard"] == from_tar.entries["README"]
     with pytest.raises(InvalidRequest):
         manifest_from_archive(tmp_path / "missing.tar")
+
+
+def test_the_guest_never_reads_through_a_symlinked_directory(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not yours")
+    ws = tmp_path / "ws"
+    (ws / "real").mkdir(parents=True)
+    (ws / "real" / "f").write_text("ok")
+    (ws / "sneaky").symlink_to(outside)
+    assert set(guest_changes.walk(str(ws))) == {"real", "real/f", "sneaky"}
+    fd = guest_changes.open_in(str(ws), "real/f")
+    os.close(fd)
+    with pytest.raises(OSError, match=r"Not a directory|Too many levels"):
+        guest_changes.open_in(str(ws), "sneaky/secret")

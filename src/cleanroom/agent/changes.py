@@ -20,9 +20,9 @@ content matches its own copy.
 """
 
 # os-level calls mirror the syscalls on purpose
-# ruff: noqa: PTH115, PTH118
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -37,6 +37,7 @@ __all__ = [
     "compare",
     "file_type",
     "hash_fd",
+    "open_in",
     "record_manifest",
     "walk",
 ]
@@ -46,6 +47,26 @@ RACY_MARGIN_NS = 20_000_000
 
 _READ = 1 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_in(root: str, rel: str) -> int:
+    """Open ``root/rel`` for reading without following a symlink anywhere below ``root``.
+
+    Every directory on the way is opened relative to its parent with
+    ``O_NOFOLLOW``: a process that swaps a directory for a symlink cannot make
+    the agent read a file outside the workspace. Raises OSError.
+    """
+    *parents, name = rel.split("/")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parents:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(name, OPEN_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def file_type(mode: int) -> str:
@@ -90,38 +111,51 @@ class Change:
     sha256: str | None = None
 
 
-def _entry(st: os.stat_result, full: str) -> Entry:
+def _entry(st: os.stat_result, name: str, dir_fd: int) -> Entry:
     ftype = file_type(st.st_mode)
     return Entry(
         type=ftype,
         mode=stat.S_IMODE(st.st_mode),
         size=st.st_size if ftype == "file" else 0,
         ident=(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-        target=os.readlink(full) if ftype == "symlink" else None,
+        target=os.readlink(name, dir_fd=dir_fd) if ftype == "symlink" else None,
     )
 
 
 def walk(root: str, skip: frozenset[str] = frozenset()) -> dict[str, Entry]:
     """Every path under ``root`` (not ``root`` itself), never following symlinks.
 
-    ``skip`` names top-level entries to leave out (the agent's scratch directory).
+    Directories are opened relative to their parent with ``O_NOFOLLOW``, so a
+    directory swapped for a symlink under the walk is not entered (it is
+    left out, as if it had gone). ``skip`` names top-level entries to leave
+    out (the agent's scratch directory).
     """
     found: dict[str, Entry] = {}
-    stack = [("", root)]
-    while stack:
-        rel_dir, dir_path = stack.pop()
-        with os.scandir(dir_path) as it:
-            for de in it:
-                if not rel_dir and de.name in skip:
-                    continue
-                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
-                try:
-                    entry = _entry(de.stat(follow_symlinks=False), de.path)
-                except FileNotFoundError:
-                    continue  # gone under the walk: as if never there
-                found[rel] = entry
-                if entry.type == "dir":
-                    stack.append((rel, de.path))
+    stack = [("", os.open(root, _DIR_FLAGS))]
+    try:
+        while stack:
+            rel_dir, dfd = stack.pop()
+            try:
+                for de in os.scandir(dfd):
+                    if not rel_dir and de.name in skip:
+                        continue
+                    rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                    try:
+                        entry = _entry(de.stat(follow_symlinks=False), de.name, dfd)
+                        if entry.type == "dir":
+                            stack.append((rel, os.open(de.name, _DIR_FLAGS, dir_fd=dfd)))
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue  # gone (or swapped) under the walk: as if never there
+                    except OSError as exc:
+                        if exc.errno != errno.ELOOP:
+                            raise
+                        continue  # a directory swapped for a symlink: not entered
+                    found[rel] = entry
+            finally:
+                os.close(dfd)
+    finally:
+        for _, dfd in stack:
+            os.close(dfd)
     return found
 
 
@@ -133,10 +167,11 @@ def hash_fd(fd: int) -> str:
     return h.hexdigest()
 
 
-def _hash_path(path: str) -> str | None:
-    """sha256 of the regular file at ``path`` (never through a symlink); None if it went."""
+def _hash_path(root: str, rel: str) -> str | None:
+    """sha256 of the regular file ``rel`` under ``root`` (never through a symlink); None if
+    it is gone or not a regular file any more."""
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        fd = open_in(root, rel)
     except OSError:
         return None
     try:
@@ -184,7 +219,7 @@ def compare(root: str, manifest: Manifest, skip: frozenset[str] = frozenset()) -
         if cur.type == "symlink":
             content_changed = cur.target != was.target
         elif cur.type == "file" and cur.ident != was.ident:
-            digest = _hash_path(os.path.join(root, rel))
+            digest = _hash_path(root, rel)
             content_changed = was.sha256 is None or digest != was.sha256
         elif cur.type == "special":
             content_changed = cur.ident != was.ident

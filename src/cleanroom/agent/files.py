@@ -10,7 +10,8 @@ sent past ``max_total_bytes``, is listed with ``skipped`` and no content.
 Every cap that bit is named in FILES_DONE. Devices, fifos and sockets are
 listed as ``skipped: special``, never opened.
 
-A file is opened without following symlinks, hashed, then sent from the same
+A file is opened without following a symlink anywhere below the workspace
+(each parent directory opened with ``O_NOFOLLOW``), hashed, then sent from the same
 descriptor; if what is sent no longer matches the hash (something wrote to it
 meanwhile) the reply ends with ERROR ``changes_failed`` and the host drops it.
 """
@@ -22,7 +23,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
-from cleanroom.agent.changes import OPEN_FLAGS, Change, Entry, hash_fd, walk
+from cleanroom.agent.changes import Change, Entry, hash_fd, open_in, walk
 from cleanroom.agent.errors import GuestOperationFailed
 from cleanroom.agent.filemessages import FileEntry, FileLimits, FilesDone
 from cleanroom.agent.protocol import ERR_CHANGES, MAX_DATA_CHUNK, FrameType, encode_frame
@@ -113,7 +114,7 @@ def _send_file(
     """One regular file: entry (and content when within the caps); the content bytes sent."""
     path, kind = change.path, change.change
     try:
-        fd = os.open(os.path.join(root, path), OPEN_FLAGS)  # noqa: PTH118
+        fd = open_in(root, path)
     except OSError:
         send(FileEntry(path, kind, "file", change.entry.mode, skipped="unreadable").to_frame())
         return 0
