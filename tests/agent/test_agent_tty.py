@@ -211,3 +211,14 @@ async def test_background_jobs_in_other_groups_die_with_the_session(agent: Agent
             break
         await asyncio.sleep(0.05)
     assert not Path(f"/proc/{bg}").exists()
+
+
+async def test_timeout_on_a_terminal(agent: Agent) -> None:
+    screen = Screen()
+    status = await agent.client.exec(
+        ["sh", "-c", "echo ready; exec sleep 300"], cwd="/", tty=(24, 80), timeout=0.5,
+        on_output=screen,
+    )  # fmt: skip
+    assert status.timed_out
+    assert status.signal == signal.SIGTERM
+    assert bytes(screen.stdout) == b"ready\r\n"
