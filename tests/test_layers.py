@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     # starting guests, isolating their network
     "backends": 2,
     "network": 2,
+    "changes": 2,
     # contexts and runs
     "service": 3,
     # the API's two ends

@@ -26,6 +26,7 @@ errors by class or by ``code``, never by message text.
     ├── GuestAgentFailed           guest_agent_failed           502  70
     ├── NetworkSetupFailed         network_setup_failed         502  70
     ├── HostNotAllowed             host_not_allowed             403  77
+    ├── WorkspaceConflict          workspace_conflict           409  65
     └── ServerUnavailable          server_unavailable           503  69
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "RunTimeout",
     "RuntimeLaunchFailed",
     "ServerUnavailable",
+    "WorkspaceConflict",
     "error_class_for_code",
 ]
 
@@ -219,6 +221,15 @@ class HostNotAllowed(CleanroomError):
     code = "host_not_allowed"
     status = 403
     exit_code = 77
+
+
+class WorkspaceConflict(CleanroomError):
+    """A host file the run changed was itself modified since the workspace was copied;
+    nothing was applied. ``details['paths']`` lists (some of) the conflicting paths."""
+
+    code = "workspace_conflict"
+    status = 409
+    exit_code = 65
 
 
 class ServerUnavailable(CleanroomError):

@@ -20,6 +20,7 @@ import pytest
 from agent_harness import Output
 
 from cleanroom.agent.host import AgentClient
+from cleanroom.changes import collect_artifacts, collect_changes, render_patch, take_manifest
 from cleanroom.images import GuestImage, ensure_image
 
 pytestmark = [
@@ -154,3 +155,34 @@ async def test_agent_as_pid1_full_session(guest: Guest) -> None:
     async with asyncio.timeout(120):
         assert await guest.proc.wait() == 0  # the guest powered itself off
     assert "powering off" in guest.console.read_text(errors="replace")
+
+
+async def test_terminal_changes_and_artifacts_in_a_real_guest(guest: Guest, tmp_path: Path) -> None:
+    """The issue-13 pieces as PID 1 in a VM: a pty, the manifest, changes, artifacts."""
+    client = guest.client
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("old\n")
+    (src / "keep").write_text("keep\n")
+    manifest = take_manifest(src)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.add(src, arcname=".")
+    await client.send_workspace([buf.getvalue()], read_only=False)
+
+    out = Output()
+    status = await client.exec(["stty", "size"], tty=(40, 100), on_output=out)
+    assert (status.exit_code, bytes(out.stdout)) == (0, b"40 100\r\n")
+
+    code, _, err = await guest.run("printf new > sub/a.txt; mkdir out; printf r > out/r.xml")
+    assert code == 0, err
+    changes = await collect_changes(client, tmp_path / "spool", manifest)
+    assert [(c.path, c.change) for c in changes.changes] == [
+        ("out", "added"),
+        ("out/r.xml", "added"),
+        ("sub/a.txt", "modified"),
+    ]
+    assert b"diff --git a/sub/a.txt b/sub/a.txt" in render_patch(changes, src, manifest)
+    found = await collect_artifacts(client, ["out/*.xml"], tmp_path / "artifacts")
+    assert [a.path for a in found.artifacts] == ["out/r.xml"]
+    assert (tmp_path / "artifacts" / "out" / "r.xml").read_text() == "r"

@@ -148,6 +148,7 @@ def _exec_obj(**over: object) -> bytes:
         "cwd": "/",
         "timeout": None,
         "stdin": "none",
+        "tty": None,
     }
     obj.update(over)
     return json.dumps(obj).encode()

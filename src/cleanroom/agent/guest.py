@@ -21,9 +21,10 @@ shared with its parent process).
 Session rules: the host's HELLO comes first; malformed, oversized, unknown or
 out-of-place frames get an ERROR ``protocol_error`` and end the session (exit
 status 3); a failed operation (configure, workspace) gets an ERROR with its
-code and the session goes on; STDIN/SIGNAL frames that arrive when no command
-runs are ignored (they can cross an EXIT in flight); EXEC while a command
-runs gets ERROR ``busy``. End of stream or SHUTDOWN ends the session (0).
+code and the session goes on; STDIN/SIGNAL/RESIZE frames that arrive when no
+command runs (RESIZE: no command on a terminal) are ignored (they can cross an
+EXIT in flight); EXEC while a command runs gets ERROR ``busy``. End of stream
+or SHUTDOWN ends the session (0).
 
 Exit statuses: 0 session over, 2 bad arguments, 3 protocol error, 4 no channel.
 """
@@ -40,6 +41,7 @@ import time
 from collections.abc import Sequence
 
 from cleanroom.agent import imageroot, pid1, sysops
+from cleanroom.agent.changes import Manifest, compare, record_manifest
 from cleanroom.agent.channel import Channel, channel_spec_from_cmdline, open_channel
 from cleanroom.agent.command import RunningCommand
 from cleanroom.agent.errors import (
@@ -48,18 +50,27 @@ from cleanroom.agent.errors import (
     AgentProtocolError,
     GuestOperationFailed,
 )
+from cleanroom.agent.filemessages import (
+    FilesDone,
+    parse_artifacts,
+    parse_changes,
+)
+from cleanroom.agent.files import match_artifacts, send_files
 from cleanroom.agent.messages import (
     ErrorMessage,
     GuestInfo,
+    WorkspaceStats,
     parse_configure,
     parse_exec,
     parse_host_hello,
+    parse_resize,
     parse_signal,
     parse_workspace_begin,
 )
 from cleanroom.agent.protocol import (
     AGENT_VERSION,
     ERR_BUSY,
+    ERR_CHANGES,
     ERR_CONFIGURE,
     ERR_IMAGE,
     ERR_INTERNAL,
@@ -72,6 +83,7 @@ from cleanroom.agent.protocol import (
     FrameType,
     encode_frame,
 )
+from cleanroom.agent.tty import TtyCommand
 from cleanroom.agent.workspace import WorkspaceReceiver
 
 __all__ = ["EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP", "Session", "main", "serve"]
@@ -81,6 +93,7 @@ EXIT_PROTOCOL = 3
 EXIT_SETUP = 4
 _EOF_POLL = 0.02
 _SCRATCH_NAME = ".cleanroom-scratch"
+_SKIP = frozenset({_SCRATCH_NAME})
 
 
 def log(message: str) -> None:
@@ -135,7 +148,7 @@ class Session:
         self._greeted = False
         self._receiver: WorkspaceReceiver | None = None
         self._ro_bound = False
-        self._command: RunningCommand | None = None
+        self._command: RunningCommand | TtyCommand | None = None
         self._receiver_read_only = False
         self._scratch = False
         if init_mode:
@@ -143,6 +156,9 @@ class Session:
             with contextlib.suppress(OSError):
                 os.makedirs(workspace, exist_ok=True)
         self._refused: GuestOperationFailed | None = None
+        self._manifest: Manifest | None = None
+        """What the workspace held when copied in (None: no workspace, or read-only)."""
+        self._manifest_taken = False
 
     def run(self) -> int:
         """Serve until end of stream, SHUTDOWN or a protocol error; return the exit status."""
@@ -187,7 +203,7 @@ class Session:
             self._receiver = None
         self._ch.close()
 
-    def _running(self) -> RunningCommand | None:
+    def _running(self) -> RunningCommand | TtyCommand | None:
         cmd = self._command
         return None if cmd is None or cmd.done.is_set() else cmd
 
@@ -231,10 +247,20 @@ class Session:
             req = parse_signal(frame.payload)
             if (cmd := self._running()) is not None:
                 cmd.signal(req.signal)
+        elif t is FrameType.RESIZE:
+            size = parse_resize(frame.payload)
+            if isinstance(cmd := self._running(), TtyCommand):
+                cmd.resize(size.rows, size.cols)
         elif t is FrameType.CONFIGURE:
             self._configure(frame.payload)
         elif t is FrameType.WORKSPACE_BEGIN:
             self._workspace_begin(frame.payload)
+        elif t is FrameType.BASELINE:
+            self._baseline()
+        elif t is FrameType.CHANGES:
+            self._changes(frame.payload)
+        elif t is FrameType.ARTIFACTS:
+            self._artifacts(frame.payload)
         elif t is FrameType.SHUTDOWN:
             self._shutdown()
         else:
@@ -337,6 +363,11 @@ class Session:
                 shutil.rmtree(self._scratch_dir(), ignore_errors=True)
         if not self._scratch:
             self._ro_bound = self._receiver_read_only
+            # A read-only workspace cannot change: it reports nothing (no manifest needed).
+            self._manifest = None
+            if not self._ro_bound:
+                self._manifest = record_manifest(self._workspace, receiver.hashes, _SKIP)
+            self._manifest_taken = True
         self._ch.send(stats.to_frame())
 
     def _workspace_abort(self) -> None:
@@ -348,13 +379,54 @@ class Session:
             shutil.rmtree(self._scratch_dir(), ignore_errors=True)
         raise GuestOperationFailed(ERR_WORKSPACE, "transfer aborted by the host")
 
+    def _baseline(self) -> None:
+        """Record the workspace as it is now (a disk the host seeded) as the manifest."""
+        self._idle_or_fail("baseline")
+        self._manifest = None
+        if not self._ro_bound:
+            try:
+                self._manifest = record_manifest(self._workspace, None, _SKIP)
+            except OSError as exc:
+                raise GuestOperationFailed(ERR_CHANGES, f"manifest: {exc}") from exc
+        self._manifest_taken = True
+        entries = () if self._manifest is None else self._manifest.entries.values()
+        files = [e for e in entries if e.type == "file"]
+        stats = WorkspaceStats(files=len(files), bytes=sum(e.size for e in files), skipped=0)
+        self._ch.send(stats.to_frame())
+
+    def _changes(self, payload: bytes) -> None:
+        req = parse_changes(payload)
+        self._idle_or_fail("changes")
+        if not self._manifest_taken:
+            raise GuestOperationFailed(ERR_CHANGES, "no workspace manifest was recorded")
+        if self._manifest is None:  # read-only
+            self._ch.send(FilesDone(0, 0).to_frame())
+            return
+        try:
+            changes = compare(self._workspace, self._manifest, _SKIP)
+        except OSError as exc:
+            raise GuestOperationFailed(ERR_CHANGES, f"workspace walk: {exc}") from exc
+        self._ch.send(send_files(self._ch.send, self._workspace, changes, req.limits).to_frame())
+
+    def _artifacts(self, payload: bytes) -> None:
+        req = parse_artifacts(payload)
+        self._idle_or_fail("artifacts")
+        try:
+            found = match_artifacts(self._workspace, req.patterns)
+        except OSError as exc:
+            raise GuestOperationFailed(ERR_CHANGES, f"workspace walk: {exc}") from exc
+        self._ch.send(send_files(self._ch.send, self._workspace, found, req.limits).to_frame())
+
     def _exec(self, payload: bytes) -> None:
         req = parse_exec(payload)
         self._idle_or_fail("exec")
         if self._command is not None:
             self._command.kill_and_wait()  # finished; joins its threads
         cwd = req.cwd if req.cwd is not None else self._cmd_workspace
-        self._command = RunningCommand(req, self._ch.send, log, cwd=cwd, root=self._root)
+        if req.tty is not None:
+            self._command = TtyCommand(req, self._ch.send, log, cwd=cwd, root=self._root)
+        else:
+            self._command = RunningCommand(req, self._ch.send, log, cwd=cwd, root=self._root)
         self._command.start()
 
     def _shutdown(self) -> None:

@@ -2,10 +2,12 @@
 
 Used by the service once a backend has connected the agent channel (a
 virtio-serial socket, a vsock connection, or a socketpair in tests). One
-request runs at a time; :meth:`AgentClient.signal` may be called while
-:meth:`AgentClient.exec` runs. Memory is bounded: frames are decoded as they
-arrive and output chunks are handed to the caller's callback one by one
-(awaiting it is the backpressure: while it runs, nothing more is read).
+request runs at a time; :meth:`AgentClient.signal` and
+:meth:`AgentClient.resize` may be called while :meth:`AgentClient.exec`
+runs. Memory is bounded: frames are decoded as they arrive and output chunks
+(and the file contents of :meth:`AgentClient.changes` and
+:meth:`AgentClient.artifacts`) are handed to the caller's callbacks one by
+one (awaiting them is the backpressure: while they run, nothing more is read).
 
 Failures raise :class:`~cleanroom.agent.errors.AgentError` subclasses; the
 service translates them to cleanroom errors by class.
@@ -27,6 +29,16 @@ from cleanroom.agent.errors import (
     AgentRemoteError,
     AgentTimeout,
 )
+from cleanroom.agent.filemessages import (
+    ArtifactsRequest,
+    ChangesRequest,
+    FileEntry,
+    FileLimits,
+    FileReply,
+    FilesDone,
+    parse_artifacts,
+    parse_changes,
+)
 from cleanroom.agent.messages import (
     ConfigureRequest,
     ExecRequest,
@@ -34,6 +46,7 @@ from cleanroom.agent.messages import (
     GuestInfo,
     GuestNetwork,
     HostHello,
+    ResizeRequest,
     SignalRequest,
     WorkspaceBegin,
     WorkspaceStats,
@@ -43,9 +56,11 @@ from cleanroom.agent.messages import (
     parse_exec,
     parse_exit,
     parse_guest_hello,
+    parse_resize,
     parse_workspace_done,
 )
 from cleanroom.agent.protocol import (
+    HEADER_SIZE,
     MAX_DATA_CHUNK,
     PROTOCOL_VERSION,
     Frame,
@@ -57,6 +72,8 @@ from cleanroom.agent.protocol import (
 __all__ = [
     "EXEC_GRACE",
     "AgentClient",
+    "DataCallback",
+    "EntryCallback",
     "ExitStatus",
     "GuestInfo",
     "GuestNetwork",
@@ -67,12 +84,18 @@ __all__ = [
 OutputCallback = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
 """Receives each output chunk, in order per stream, as it arrives."""
 
+EntryCallback = Callable[[FileEntry], Awaitable[None]]
+"""Receives each FILE_ENTRY of a CHANGES/ARTIFACTS reply, in order."""
+DataCallback = Callable[[bytes], Awaitable[None]]
+"""Receives the content of the last entry with ``content``, chunk by chunk."""
+
 EXEC_GRACE = 30.0
 """Seconds beyond an exec's timeout the host waits for the guest's EXIT frame."""
 
 _READ_SIZE = 256 * 1024
 _EXEC_REPLIES = frozenset({FrameType.EXIT, FrameType.ERROR})
 _ABORT_REPLIES = frozenset({FrameType.ERROR, FrameType.WORKSPACE_DONE})
+_FILES_REPLIES = frozenset({FrameType.ERROR, FrameType.FILES_DONE})
 
 
 def _chunks(data: bytes) -> Iterable[bytes]:
@@ -97,7 +120,12 @@ async def _aiter_chunks(
                 yield piece
 
 
-_PARSERS = {FrameType.EXEC: parse_exec, FrameType.CONFIGURE: parse_configure}
+_PARSERS = {
+    FrameType.EXEC: parse_exec,
+    FrameType.CONFIGURE: parse_configure,
+    FrameType.CHANGES: parse_changes,
+    FrameType.ARTIFACTS: parse_artifacts,
+}
 
 
 def _checked(frame: bytes) -> bytes:
@@ -241,6 +269,7 @@ class AgentClient:
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | AsyncIterator[bytes] | None = None,
+        tty: tuple[int, int] | None = None,
         on_output: OutputCallback,
     ) -> ExitStatus:
         """Run ``argv`` in the guest; output goes to ``on_output`` as it is produced.
@@ -254,6 +283,12 @@ class AgentClient:
         raising AgentTimeout. Cancelling the call sends SIGKILL to the command;
         the next request skips whatever the abandoned command still sends. A
         command that cannot start exits 127/126 with a message on stderr.
+
+        ``tty=(rows, cols)`` runs the command on a pseudo-terminal of that size
+        (its own session, the terminal its controlling one): everything it shows
+        arrives as ``stdout``, ``stdin`` is typed into the terminal (EOF types
+        the EOF character), :meth:`resize` changes the size and :meth:`signal`
+        reaches the terminal's foreground process group (SIGINT: Ctrl-C).
         """
         request = ExecRequest(
             argv=tuple(argv),
@@ -261,6 +296,7 @@ class AgentClient:
             cwd=cwd,
             timeout=timeout,
             stdin="none" if stdin is None else "stream",
+            tty=tty,
         )
         async with self._op_lock:
             await self._skip_stale()
@@ -323,6 +359,78 @@ class AgentClient:
         """Send ``signum`` to the running command's process group (no-op when none runs)."""
         if self._exec_running:
             await self._send(SignalRequest(int(signum)).to_frame())
+
+    async def baseline(self) -> WorkspaceStats:
+        """Make the workspace as it is now the one :meth:`changes` compares against.
+
+        For a workspace that arrived other than by :meth:`send_workspace` (a
+        disk the host seeded). Files are not hashed: a changed file whose
+        content may be as before comes back as modified; the host compares.
+        """
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(encode_frame(FrameType.BASELINE))
+            return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
+
+    async def changes(
+        self, limits: FileLimits, *, on_entry: EntryCallback, on_data: DataCallback
+    ) -> FilesDone:
+        """What changed in the workspace since it was copied in (or :meth:`baseline`).
+
+        Each FILE_ENTRY goes to ``on_entry``; an entry with ``content`` is followed
+        by its bytes through ``on_data``. The reply is checked against
+        ``limits`` and the framing rules (exact content lengths, entry count,
+        bytes); a breach raises AgentProtocolError. A read-only workspace
+        reports nothing. Raises AgentRemoteError ``changes_failed`` when no
+        workspace was recorded or a file changed while being sent.
+        """
+        return await self._files(ChangesRequest(limits).to_frame(), limits, on_entry, on_data)
+
+    async def artifacts(
+        self,
+        patterns: Sequence[str],
+        limits: FileLimits,
+        *,
+        on_entry: EntryCallback,
+        on_data: DataCallback,
+    ) -> FilesDone:
+        """The workspace's regular files matching any of ``patterns`` (relative globs), as
+        :meth:`changes` delivers them. Raises ValueError for an invalid pattern."""
+        frame = ArtifactsRequest(tuple(patterns), limits).to_frame()
+        return await self._files(frame, limits, on_entry, on_data)
+
+    async def _files(
+        self, request: bytes, limits: FileLimits, on_entry: EntryCallback, on_data: DataCallback
+    ) -> FilesDone:
+        async with self._op_lock:
+            await self._skip_stale()
+            await self._send(_checked(request))
+            self._stale = _FILES_REPLIES
+            reply = FileReply(limits)
+            while True:
+                frame = await self._reply(
+                    FrameType.FILE_ENTRY, FrameType.FILE_DATA, FrameType.FILES_DONE
+                )
+                item = reply.feed(frame)
+                if isinstance(item, FilesDone):
+                    return item
+                if isinstance(item, FileEntry):
+                    await on_entry(item)
+                else:
+                    await on_data(item)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the window size of the running command's terminal (no-op when none runs).
+
+        Raises ValueError for a size outside 1..65535.
+        """
+        frame = ResizeRequest(int(rows), int(cols)).to_frame()
+        try:
+            parse_resize(frame[HEADER_SIZE:])
+        except AgentProtocolError as exc:
+            raise ValueError(f"invalid window size: {exc.message}") from exc
+        if self._exec_running:
+            await self._send(frame)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the guest to stop its command, sync and power off; wait at most ``timeout``.

@@ -35,6 +35,7 @@ __all__ = [
     "GuestInfo",
     "GuestNetwork",
     "HostHello",
+    "ResizeRequest",
     "SignalRequest",
     "WorkspaceBegin",
     "WorkspaceStats",
@@ -45,6 +46,7 @@ __all__ = [
     "parse_exit",
     "parse_guest_hello",
     "parse_host_hello",
+    "parse_resize",
     "parse_signal",
     "parse_workspace_begin",
     "parse_workspace_done",
@@ -274,8 +276,11 @@ class ExecRequest:
     cwd: str | None = None
     timeout: float | None = None
     stdin: Literal["none", "stream"] = "none"
+    tty: tuple[int, int] | None = None
+    """``(rows, cols)``: run on a pseudo-terminal of that size (see :mod:`.tty`)."""
 
     def to_frame(self) -> bytes:
+        tty = self.tty
         return _dump(
             FrameType.EXEC,
             {
@@ -284,13 +289,14 @@ class ExecRequest:
                 "cwd": self.cwd,
                 "timeout": self.timeout,
                 "stdin": self.stdin,
+                "tty": None if tty is None else {"rows": tty[0], "cols": tty[1]},
             },
         )
 
 
 def parse_exec(payload: bytes) -> ExecRequest:
     w = "exec"
-    obj = _load(payload, w, frozenset({"argv", "env", "cwd", "timeout", "stdin"}))
+    obj = _load(payload, w, frozenset({"argv", "env", "cwd", "timeout", "stdin", "tty"}))
     argv = _get(obj, "argv", list, w)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise AgentProtocolError(f"{w}: argv must be a non-empty list of strings")
@@ -305,13 +311,44 @@ def parse_exec(payload: bytes) -> ExecRequest:
     stdin = _get(obj, "stdin", str, w)
     if stdin not in ("none", "stream"):
         raise AgentProtocolError(f"{w}: stdin must be 'none' or 'stream'")
+    tty_obj = _opt(obj, "tty", dict, w)
     return ExecRequest(
         argv=tuple(argv),
         env=env,
         cwd=_opt(obj, "cwd", str, w),
         timeout=timeout,
         stdin="stream" if stdin == "stream" else "none",
+        tty=None if tty_obj is None else _window(tty_obj, "exec.tty"),
     )
+
+
+MAX_WINDOW = 0xFFFF
+"""Largest row or column count of a terminal (``struct winsize`` holds u16)."""
+
+
+def _window(obj: dict[str, Any], what: str) -> tuple[int, int]:
+    if set(obj) != {"rows", "cols"}:
+        raise AgentProtocolError(f"{what}: keys must be exactly ['cols', 'rows']")
+    rows, cols = _get(obj, "rows", int, what), _get(obj, "cols", int, what)
+    if not (1 <= rows <= MAX_WINDOW and 1 <= cols <= MAX_WINDOW):
+        raise AgentProtocolError(f"{what}: rows and cols must be 1..{MAX_WINDOW}")
+    return rows, cols
+
+
+@dataclass(frozen=True)
+class ResizeRequest:
+    """New window size of the running command's terminal (ignored without one)."""
+
+    rows: int
+    cols: int
+
+    def to_frame(self) -> bytes:
+        return _dump(FrameType.RESIZE, {"rows": self.rows, "cols": self.cols})
+
+
+def parse_resize(payload: bytes) -> ResizeRequest:
+    rows, cols = _window(_load(payload, "resize", frozenset({"rows", "cols"})), "resize")
+    return ResizeRequest(rows, cols)
 
 
 @dataclass(frozen=True)

@@ -35,19 +35,29 @@ versions. Then, in any order, one at a time::
     CONFIGURE                                  -> CONFIGURED | ERROR
     WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_END -> WORKSPACE_DONE | ERROR
     WORKSPACE_BEGIN, WORKSPACE_CHUNK*, WORKSPACE_ABORT -> ERROR workspace_failed
-    EXEC, (STDIN* STDIN_EOF)?, SIGNAL*         -> (STDOUT | STDERR)*, EXIT | ERROR
+    EXEC, (STDIN* STDIN_EOF)?, SIGNAL*, RESIZE* -> (STDOUT | STDERR)*, EXIT | ERROR
+    BASELINE                                   -> WORKSPACE_DONE | ERROR
+    CHANGES                                    -> (FILE_ENTRY FILE_DATA*)*, FILES_DONE | ERROR
+    ARTIFACTS                                  -> (FILE_ENTRY FILE_DATA*)*, FILES_DONE | ERROR
     SHUTDOWN                                   -> GOODBYE, then power-off / exit
 
 While a command runs the host may send ``STDIN``/``STDIN_EOF`` (when the exec
-asked for streamed stdin) and ``SIGNAL`` at any time; the guest sends output
-chunks as the command produces them, each stream in order, and ``EXIT`` last.
-``CONFIGURED`` carries ``{}``. An aborted transfer (the host's archive source
-failed) may leave part of the archive extracted. JSON fields of each message are defined in
-:mod:`cleanroom.agent.messages`.
+asked for streamed stdin), ``SIGNAL`` and ``RESIZE`` (a command on a terminal:
+exec ``tty``) at any time; the guest sends output chunks as the command
+produces them, each stream in order, and ``EXIT`` last. ``CONFIGURED``
+carries ``{}``. An aborted transfer (the host's archive source failed) may
+leave part of the archive extracted. A workspace transfer records the
+manifest CHANGES compares against; BASELINE records it from the workspace as
+it is (a workspace disk the host seeded). A FILE_ENTRY with ``content`` is
+followed by exactly its ``size`` bytes in FILE_DATA frames; an ERROR may end
+the reply early (``changes_failed``). JSON fields of each message are defined
+in :mod:`cleanroom.agent.messages` and :mod:`cleanroom.agent.filemessages`.
 
 ERROR codes (stable): ``protocol_error`` (the session then ends),
-``version_mismatch`` (ends too), ``busy`` (exec/configure/workspace while a
-command runs), ``workspace_failed``, ``configure_failed``, ``internal_error``.
+``version_mismatch`` (ends too), ``busy`` (exec/configure/workspace/changes/
+artifacts while a command runs), ``workspace_failed``, ``configure_failed``,
+``changes_failed`` (no manifest, or the workspace changed while being sent),
+``internal_error``.
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ __all__ = [
     "DATA_TYPES",
     "EMPTY_TYPES",
     "ERR_BUSY",
+    "ERR_CHANGES",
     "ERR_CONFIGURE",
     "ERR_IMAGE",
     "ERR_INTERNAL",
@@ -80,11 +91,14 @@ __all__ = [
     "encode_frame",
 ]
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
 """Version of the guest agent implementation (reported in the guest's hello)."""
 
-PROTOCOL_VERSION = 1
-"""Wire protocol version; host and guest must agree exactly."""
+PROTOCOL_VERSION = 2
+"""Wire protocol version; host and guest must agree exactly.
+
+2: exec ``tty`` and RESIZE; CHANGES and ARTIFACTS with their FILE_ENTRY /
+FILE_DATA / FILES_DONE reply stream."""
 
 MAX_PAYLOAD = 1 << 20
 """Largest payload a frame may carry (1 MiB)."""
@@ -104,6 +118,7 @@ ERR_CONFIGURE = "configure_failed"
 ERR_INTERNAL = "internal_error"
 ERR_IMAGE = "image_failed"
 """The user image's command root could not be built at boot; nothing runs."""
+ERR_CHANGES = "changes_failed"
 
 
 class FrameType(enum.IntEnum):
@@ -124,7 +139,14 @@ class FrameType(enum.IntEnum):
     STDERR = 0x24
     SIGNAL = 0x25
     EXIT = 0x26
+    RESIZE = 0x27
     ERROR = 0x30
+    CHANGES = 0x50
+    ARTIFACTS = 0x51
+    FILE_ENTRY = 0x52
+    FILE_DATA = 0x53
+    FILES_DONE = 0x54
+    BASELINE = 0x55
     SHUTDOWN = 0x40
     GOODBYE = 0x41
 
@@ -138,12 +160,23 @@ JSON_TYPES = frozenset(
         FrameType.WORKSPACE_DONE,
         FrameType.EXEC,
         FrameType.SIGNAL,
+        FrameType.RESIZE,
         FrameType.EXIT,
         FrameType.ERROR,
+        FrameType.CHANGES,
+        FrameType.ARTIFACTS,
+        FrameType.FILE_ENTRY,
+        FrameType.FILES_DONE,
     }
 )
 DATA_TYPES = frozenset(
-    {FrameType.WORKSPACE_CHUNK, FrameType.STDIN, FrameType.STDOUT, FrameType.STDERR}
+    {
+        FrameType.WORKSPACE_CHUNK,
+        FrameType.STDIN,
+        FrameType.STDOUT,
+        FrameType.STDERR,
+        FrameType.FILE_DATA,
+    }
 )
 EMPTY_TYPES = frozenset(
     {
@@ -152,6 +185,7 @@ EMPTY_TYPES = frozenset(
         FrameType.STDIN_EOF,
         FrameType.SHUTDOWN,
         FrameType.GOODBYE,
+        FrameType.BASELINE,
     }
 )
 _KNOWN = {int(t) for t in FrameType}

@@ -31,6 +31,7 @@ A truncated or corrupt archive fails the whole transfer.
 # ruff: noqa: PTH101, PTH102, PTH103, PTH108, PTH118, PTH211
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import sys
@@ -45,7 +46,7 @@ from cleanroom.agent.protocol import ERR_WORKSPACE
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from typing import IO, Any
 
 __all__ = ["WorkspaceReceiver", "extract_tar_stream"]
 
@@ -116,7 +117,7 @@ def _clear_slot(path: str) -> None:
     os.unlink(path)
 
 
-def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> int:
+def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str, digest: Any = None) -> int:
     src = tf.extractfile(member)
     if src is None:
         raise _Skip("no data for regular file")
@@ -125,6 +126,8 @@ def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> int:
     written = 0
     try:
         while chunk := src.read(_COPY):
+            if digest is not None:
+                digest.update(chunk)  # hashed as it passes: the manifest needs no re-read
             view = memoryview(chunk)
             while view:
                 n = os.write(fd, view)
@@ -138,14 +141,19 @@ def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> int:
 
 
 def _extract_member(
-    tf: tarfile.TarFile, member: tarfile.TarInfo, root: str, owner: Owner | None = None
+    tf: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    root: str,
+    owner: Owner | None = None,
+    hashes: dict[str, str] | None = None,
 ) -> int | None:
     """Extract one member (owned by ``owner`` if given); the regular-file bytes
     written, or None for no file.
 
+    Records a regular file's sha256 in ``hashes`` (relative path -> hex) if given.
     Raises _Skip for a refused member, OSError for a filesystem failure.
     """
-    written = _make_member(tf, member, root, owner)
+    written = _make_member(tf, member, root, owner, hashes)
     if owner is not None and not member.islnk() and _parts(member.name):
         # A hard link shares its target's (already owned) inode.
         os.lchown(os.path.join(root, *_parts(member.name)), *owner)
@@ -153,7 +161,11 @@ def _extract_member(
 
 
 def _make_member(
-    tf: tarfile.TarFile, member: tarfile.TarInfo, root: str, owner: Owner | None
+    tf: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    root: str,
+    owner: Owner | None,
+    hashes: dict[str, str] | None,
 ) -> int | None:
     parts = _parts(member.name)
     if not parts:
@@ -174,9 +186,16 @@ def _make_member(
                 os.unlink(path)
                 os.mkdir(path, 0o700)
         return None
+    rel = "/".join(parts)
+    if hashes is not None:
+        hashes.pop(rel, None)  # a later member replaces an earlier one
     if member.isreg():
         _clear_slot(path)
-        return _write_file(tf, member, path)
+        digest = None if hashes is None else hashlib.sha256()
+        written = _write_file(tf, member, path, digest)
+        if hashes is not None and digest is not None:
+            hashes[rel] = digest.hexdigest()
+        return written
     if member.issym():
         _check_symlink_target(len(parts) - 1, member.linkname)
         _clear_slot(path)
@@ -195,13 +214,23 @@ def _make_member(
             raise _Skip("hardlink target is not a regular file")
         _clear_slot(path)
         os.link(src, path, follow_symlinks=False)
+        if hashes is not None and (known := hashes.get("/".join(lparts))) is not None:
+            hashes[rel] = known
         return 0
     raise _Skip("special file (device, fifo or other)")
 
 
-def extract_tar_stream(stream: IO[bytes], dest: str, owner: Owner | None = None) -> WorkspaceStats:
+def extract_tar_stream(
+    stream: IO[bytes],
+    dest: str,
+    owner: Owner | None = None,
+    hashes: dict[str, str] | None = None,
+) -> WorkspaceStats:
     """Extract the tar archive read from ``stream`` into ``dest`` (created if missing),
     everything made owned by ``owner`` (uid, gid) when given.
+
+    ``hashes``, if given, receives the sha256 of every regular file written
+    (relative path -> hex digest), for the workspace manifest.
 
     Raises ``tarfile.TarError`` for a corrupt archive, ``OSError`` for a
     filesystem failure; refused members are counted (and logged), not raised.
@@ -213,7 +242,7 @@ def extract_tar_stream(stream: IO[bytes], dest: str, owner: Owner | None = None)
     with tarfile.open(fileobj=stream, mode="r|*") as tf:
         for member in tf:
             try:
-                written = _extract_member(tf, member, root, owner)
+                written = _extract_member(tf, member, root, owner, hashes)
             except (_Skip, ValueError) as why:  # ValueError: e.g. a NUL in a name
                 skipped += 1
                 sys.stderr.write(f"cleanroom-agent: skipped {member.name!r}: {why}\n")
@@ -266,6 +295,8 @@ class WorkspaceReceiver:
             except OSError as exc:
                 raise GuestOperationFailed(ERR_WORKSPACE, f"unmount {dest}: {exc}") from exc
         self._stats: WorkspaceStats | None = None
+        self.hashes: dict[str, str] = {}
+        """sha256 of each regular file extracted (relative path -> hex), once finished."""
         self._error: BaseException | None = None
         rfd, self._wfd = os.pipe()
         self._thread = threading.Thread(target=self._extract, args=(rfd,), daemon=True)
@@ -274,7 +305,7 @@ class WorkspaceReceiver:
     def _extract(self, rfd: int) -> None:
         with os.fdopen(rfd, "rb") as stream:
             try:
-                self._stats = extract_tar_stream(stream, self._dest, self._owner)
+                self._stats = extract_tar_stream(stream, self._dest, self._owner, self.hashes)
             except BaseException as exc:  # noqa: BLE001 -- reported by finish()
                 self._error = exc
             # Drain trailing padding (or the rest after a failure) so feed() never blocks.

@@ -37,7 +37,14 @@ E = TypeVar("E", bound=BaseException)
 
 BOOT_SECONDS = 120.0
 """Generous: software-emulated boots on a loaded 2-core host vary a lot."""
-LEFTOVERS = ("rootfs.raw", "rootfs.qcow2", "workspace.ext4", "scratch.ext4", "fc.sock", "vsock.sock")
+LEFTOVERS = (
+    "rootfs.raw",
+    "rootfs.qcow2",
+    "workspace.ext4",
+    "scratch.ext4",
+    "fc.sock",
+    "vsock.sock",
+)
 
 
 class Output:
