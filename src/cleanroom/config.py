@@ -20,6 +20,11 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
       resolvers: [IP, ...]           # upstream DNS; default: the host's /etc/resolv.conf
     pool:
       size: 0                        # warm guests kept ready
+    images:
+      insecure_registries: [HOST[:PORT], ...]  # plain-HTTP registries besides loopback ones
+      allow_override: true           # may a run name another image than its policy's?
+      default: null                  # image ref used when a policy names none (null: built-in)
+      max: {vcpus: 4, memory_mib: 4096, disk_mib: 16384}   # caps on sandbox.resources
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``; image paths ``null`` mean the built guest image. Each
@@ -40,6 +45,7 @@ from cleanroom._yaml import (
     YamlNode,
     join_key,
     parse_yaml,
+    read_bool,
     read_choice,
     read_int,
     read_mapping,
@@ -52,6 +58,7 @@ from cleanroom.errors import ConfigInvalid
 __all__ = [
     "BackendName",
     "FirecrackerConfig",
+    "ImagesConfig",
     "NetworkConfig",
     "PoolConfig",
     "QemuAccel",
@@ -118,6 +125,20 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """User images: registries, overrides, the default image and resource caps."""
+
+    insecure_registries: tuple[str, ...] = ()
+    """``host[:port]`` registries that may be plain HTTP (loopback ones always may)."""
+    allow_override: bool = True
+    default: str | None = None
+    """A digest-pinned ref (validated) used when the policy names no image."""
+    max_vcpus: int = 4
+    max_memory_mib: int = 4096
+    max_disk_mib: int = 16384
+
+
+@dataclass(frozen=True)
 class WorkspaceConfig:
     """How the workspace is mounted in the guest by default."""
 
@@ -134,6 +155,7 @@ class RuntimeConfig:
     qemu: QemuConfig = field(default_factory=QemuConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -281,6 +303,49 @@ def _read_network(reader: _Reader, section: dict[str, YamlEntry]) -> NetworkConf
     return NetworkConfig(uplink_netns=uplink, resolvers=resolvers)
 
 
+def _read_images(reader: _Reader, entries: dict[str, YamlEntry]) -> ImagesConfig:
+    # Imported here: the policy package is not needed to read the rest of the config.
+    from cleanroom.policy.image import InvalidImageRef, parse_image_ref  # noqa: PLC0415
+
+    problems = reader.problems
+    keys = ("insecure_registries", "allow_override", "default", "max")
+    section = reader.section(entries, "images", "", keys)
+    registries: list[str] = []
+    entry = section.get("insecure_registries")
+    if entry is not None and not _is_null(entry.value):
+        for index, item in enumerate(
+            read_sequence(entry.value, "images.insecure_registries", problems) or ()
+        ):
+            text = read_str(item, f"images.insecure_registries[{index}]", problems)
+            if text is not None:
+                registries.append(text.strip().lower())
+    allow_override = True
+    entry = section.get("allow_override")
+    if entry is not None:
+        value = read_bool(entry.value, "images.allow_override", problems)
+        allow_override = True if value is None else value
+    default: str | None = None
+    entry = section.get("default")
+    if entry is not None and not _is_null(entry.value):
+        text = read_str(entry.value, "images.default", problems)
+        if text is not None:
+            try:
+                default = str(parse_image_ref(text))
+            except InvalidImageRef as exc:
+                problems.add(entry.value.mark, "images.default", exc.message)
+    caps = reader.section(section, "max", "images", ("vcpus", "memory_mib", "disk_mib"))
+    return ImagesConfig(
+        insecure_registries=tuple(registries),
+        allow_override=allow_override,
+        default=default,
+        max_vcpus=reader.integer(caps, "vcpus", "images.max", 4, minimum=1, maximum=_MAX_VCPUS),
+        max_memory_mib=reader.integer(
+            caps, "memory_mib", "images.max", 4096, minimum=_MIN_MEMORY_MIB
+        ),
+        max_disk_mib=reader.integer(caps, "disk_mib", "images.max", 16384, minimum=64),
+    )
+
+
 def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     """Parse runtime configuration ``text``; problems name the file ``source_name``.
 
@@ -291,7 +356,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool")
+    top = ("default_backend", "workspace", "backends", "network", "pool", "images")
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = _Reader(problems)
     backend = reader.choice(entries, "default_backend", "", ("auto", "firecracker", "qemu"), "auto")
@@ -305,6 +370,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     )
     pool = reader.section(entries, "pool", "", ("size",))
     size = reader.integer(pool, "size", "pool", 0, minimum=0)
+    images = _read_images(reader, entries)
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=cast(BackendName, backend),
@@ -313,6 +379,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         qemu=qemu,
         network=network,
         pool=PoolConfig(size=size),
+        images=images,
     )
 
 
