@@ -15,6 +15,7 @@ from cleanroom.images.cache import (
     prune_images,
 )
 from cleanroom.images.manifest import GuestImage, image_from_paths, verify_image
+from cleanroom.images.ocipull import pull_oci_image
 from cleanroom.images.progress import (
     JsonProgress,
     NullProgress,
@@ -36,5 +37,6 @@ __all__ = [
     "image_from_paths",
     "list_images",
     "prune_images",
+    "pull_oci_image",
     "verify_image",
 ]
