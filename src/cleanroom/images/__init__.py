@@ -14,6 +14,7 @@ from cleanroom.images.cache import (
     list_images,
     prune_images,
 )
+from cleanroom.images.importer import import_image
 from cleanroom.images.manifest import GuestImage, image_from_paths, verify_image
 from cleanroom.images.ocipull import pull_oci_image
 from cleanroom.images.progress import (
@@ -35,6 +36,7 @@ __all__ = [
     "ensure_image",
     "image_digest",
     "image_from_paths",
+    "import_image",
     "list_images",
     "prune_images",
     "pull_oci_image",
