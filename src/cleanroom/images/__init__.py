@@ -14,6 +14,7 @@ from cleanroom.images.cache import (
     list_images,
     prune_images,
 )
+from cleanroom.images.debimage import build_debian_image
 from cleanroom.images.importer import import_image
 from cleanroom.images.manifest import GuestImage, image_from_paths, verify_image
 from cleanroom.images.ocipull import pull_oci_image
@@ -32,6 +33,7 @@ __all__ = [
     "PlainProgress",
     "Progress",
     "RichProgress",
+    "build_debian_image",
     "current_image",
     "ensure_image",
     "image_digest",

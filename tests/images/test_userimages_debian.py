@@ -1,0 +1,74 @@
+"""Debian package lists built with mmdebstrap from the host's configured archive."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from ocitools import debugfs
+
+from cleanroom.errors import ImageUnavailable
+from cleanroom.images import build_debian_image
+from cleanroom.images.debimage import host_suite, resolve_debian_packages
+from cleanroom.policy import DebianImage
+
+
+def test_unknown_package_is_image_unavailable(image_cache: Path) -> None:
+    with pytest.raises(ImageUnavailable) as info:
+        resolve_debian_packages(DebianImage(None, ("no-such-package-cleanroom",)))
+    assert info.value.details["cause"] == "not_found"
+
+
+def test_other_suite_is_refused_before_any_download(image_cache: Path) -> None:
+    with pytest.raises(ImageUnavailable) as info:
+        build_debian_image(DebianImage("no-such-suite", ("hello",)))
+    assert info.value.details["suite"] == "no-such-suite"
+    assert not image_cache.exists() or not [
+        p for p in image_cache.iterdir() if not p.name.startswith(".")
+    ]
+
+
+def test_resolution_is_stable_and_depends_on_the_set(image_cache: Path) -> None:
+    a_key, a_set = resolve_debian_packages(DebianImage(None, ("hello",)))
+    assert a_key == resolve_debian_packages(DebianImage(host_suite(), ("hello",)))[0]
+    assert any(item.startswith("hello=") for item in a_set)
+    assert any(item.startswith("apt=") for item in a_set)
+    assert any(item.startswith("coreutils=") for item in a_set)  # the essential set
+    b_key, _ = resolve_debian_packages(DebianImage(None, ("hello", "ca-certificates")))
+    assert b_key != a_key
+
+
+@pytest.mark.archive
+def test_mmdebstrap_build_runs_maintainer_scripts_and_is_cached(
+    image_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (run scripts/setup)")
+    spec = DebianImage(None, ("ca-certificates", "hello"))
+    cached = build_debian_image(spec)
+    image = cached.image
+    assert image.source == f"debian:{host_suite()}:ca-certificates,hello"
+    assert stat.S_IMODE(image.rootfs.stat().st_mode) == 0o444
+    assert dict(image.config.env)["PATH"].endswith("/usr/bin:/sbin:/bin")
+    rootfs = image.rootfs
+    # Written by ca-certificates' postinst (update-ca-certificates).
+    bundle = debugfs(rootfs, "stat /etc/ssl/certs/ca-certificates.crt")
+    assert "Type: regular" in bundle
+    size = re.search(r"Project: +\d+ +Size: (\d+)", bundle)
+    assert size is not None
+    assert int(size.group(1)) > 100_000
+    assert "Type: regular" in debugfs(rootfs, "stat /usr/bin/hello")
+    # Made by the alternatives system and by base-passwd's maintainer scripts.
+    assert "Type: symlink" in debugfs(rootfs, "stat /etc/alternatives/awk")
+    assert "root:x:0:0" in debugfs(rootfs, "cat /etc/passwd")
+    assert "hello" in debugfs(rootfs, "cat /var/lib/dpkg/status")
+    # The same set again is a cache hit: mmdebstrap cannot even be found now.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    (empty / "apt-get").symlink_to(shutil.which("apt-get") or "apt-get")
+    (empty / "apt-cache").symlink_to(shutil.which("apt-cache") or "apt-cache")
+    monkeypatch.setenv("PATH", str(empty))
+    assert build_debian_image(DebianImage(None, ("hello", "ca-certificates"))).image == image
