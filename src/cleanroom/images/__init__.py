@@ -25,22 +25,42 @@ from cleanroom.images.progress import (
     Progress,
     RichProgress,
 )
+from cleanroom.images.usercache import (
+    CachedImage,
+    check_disk_fits,
+    list_user_images,
+    lookup_user_image,
+    prune_user_images,
+    remove_user_images,
+)
+from cleanroom.images.userimage import ImageConfig, UserImage
+from cleanroom.images.userimages import ensure_cached_image, ensure_user_image
 
 __all__ = [
+    "CachedImage",
     "GuestImage",
+    "ImageConfig",
     "JsonProgress",
     "NullProgress",
     "PlainProgress",
     "Progress",
     "RichProgress",
+    "UserImage",
     "build_debian_image",
+    "check_disk_fits",
     "current_image",
+    "ensure_cached_image",
     "ensure_image",
+    "ensure_user_image",
     "image_digest",
     "image_from_paths",
     "import_image",
     "list_images",
+    "list_user_images",
+    "lookup_user_image",
     "prune_images",
+    "prune_user_images",
     "pull_oci_image",
+    "remove_user_images",
     "verify_image",
 ]
