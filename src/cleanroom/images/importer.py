@@ -108,7 +108,7 @@ def import_image(
         )
         progress.finish("copy")
         tree, config, digest = unpack_dir_image(
-            work / "dir", work, expected=None, progress=progress
+            work / "dir", work, expected=None, progress=progress, scan_layers=True
         )
         origin = {"kind": kind, "file": path.name, "manifest": digest}
         return Produced(digest, source, tree, config, origin)

@@ -29,6 +29,7 @@ from cleanroom.images.ocijson import (
     read_bounded,
 )
 from cleanroom.images.progress import NullProgress, Progress
+from cleanroom.images.rootfstar import scan_layer
 from cleanroom.images.skopeo import run_skopeo, run_umoci, tls_flag
 from cleanroom.images.usercache import CachedImage, Produced, lookup_user_image, obtain_user_image
 from cleanroom.images.userimage import ImageConfig
@@ -40,12 +41,18 @@ PLATFORM_FLAGS = ("--override-os", "linux", "--override-arch", "amd64")
 
 
 def unpack_dir_image(
-    image_dir: Path, work: Path, *, expected: str | None, progress: Progress
+    image_dir: Path,
+    work: Path,
+    *,
+    expected: str | None,
+    progress: Progress,
+    scan_layers: bool = False,
 ) -> tuple[Path, ImageConfig, str]:
     """Check and unpack a skopeo ``dir:`` image into ``work/rootfs``.
 
     Returns the tree, the image config and the manifest digest (which must be
-    ``expected`` when given). Intermediate copies are removed.
+    ``expected`` when given). With ``scan_layers`` (imported archives) every
+    layer is first checked for hostile members. Intermediate copies are removed.
     """
     raw = read_bounded(image_dir / "manifest.json", "manifest")
     digest = blob_digest(raw)
@@ -62,6 +69,9 @@ def unpack_dir_image(
             details={"cause": "digest_mismatch", "expected": manifest.config_digest},
         )
     config = parse_config(parse_json(config_raw, "config"))
+    if scan_layers:
+        for layer in manifest.layers:
+            scan_layer(image_dir / layer[7:])
     layout = work / "oci"
     progress.start("unpack", f"applying {len(manifest.layers)} layer(s)")
     run_skopeo(["copy", "--quiet", f"dir:{image_dir}", f"oci:{layout}:image"], "converting")

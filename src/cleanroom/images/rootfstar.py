@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cleanroom.errors import ImageUnavailable
 
-__all__ = ["extract_rootfs"]
+__all__ = ["extract_rootfs", "scan_layer"]
 
 _MAX_MEMBERS = 2_000_000
 
@@ -115,3 +115,42 @@ def extract_rootfs(archive: Path, tree: Path) -> int:
         ) from exc
     tree.chmod(0o755)
     return len(members)
+
+
+def scan_layer(layer: Path) -> None:
+    """Refuse an image layer (a tar, optionally compressed) with hostile members.
+
+    Absolute names, ``..``, device nodes and hard links out of the tree are
+    refused; symlinks and whiteouts are left to the unpacker, which resolves
+    every path inside the image's root. Streams the layer once; writes nothing.
+    """
+    try:
+        with tarfile.open(layer, mode="r|*") as tar:
+            seen = 0
+            while True:
+                try:
+                    member = tar.next()
+                except tarfile.ReadError:
+                    if seen == 0:
+                        raise
+                    # Some writers (umoci among them) omit the end-of-archive
+                    # blocks and the last member's padding: no header can
+                    # follow, for any reader, so this is the end.
+                    break
+                if member is None:
+                    break
+                seen += 1
+                _normal(member.name, "a member name")
+                if member.ischr() or member.isblk():
+                    raise _hostile(member.name, "device nodes are not allowed")
+                if member.islnk():
+                    _normal(member.linkname, "a hard link target")
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise ImageUnavailable(
+            f"layer {layer.name[:12]} is not a readable tar archive",
+            details={"cause": "corrupt_archive", "error": str(exc)[:200]},
+        ) from exc
+    except OSError as exc:
+        raise ImageUnavailable(
+            f"cannot read layer {layer.name[:12]}: {exc.strerror or exc}"
+        ) from exc
