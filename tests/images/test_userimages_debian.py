@@ -64,7 +64,15 @@ def test_mmdebstrap_build_runs_maintainer_scripts_and_is_cached(
     # Made by the alternatives system and by base-passwd's maintainer scripts.
     assert "Type: symlink" in debugfs(rootfs, "stat /etc/alternatives/awk")
     assert "root:x:0:0" in debugfs(rootfs, "cat /etc/passwd")
-    assert "hello" in debugfs(rootfs, "cat /var/lib/dpkg/status")
+    # What was installed is exactly the resolved set the image is keyed by.
+    installed = set()
+    for stanza in debugfs(rootfs, "cat /var/lib/dpkg/status").split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Version|Architecture): (\S+)$", stanza, re.M))
+        if fields:
+            installed.add(f"{fields['Package']}={fields['Version']}:{fields['Architecture']}")
+    key, resolved = resolve_debian_packages(spec)
+    assert image.key == key
+    assert installed == set(resolved)
     # The same set again is a cache hit: mmdebstrap cannot even be found now.
     empty = tmp_path / "bin"
     empty.mkdir()

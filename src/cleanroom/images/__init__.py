@@ -3,6 +3,12 @@
 ``ensure_image()`` returns the image for the current inputs (Debian package
 candidates, the agent's sources, the recipe), building it on first use into
 the content-addressed cache ``cleanroom.paths.images_dir()/<digest>/``.
+
+User images (what a run's commands see as ``/``) live beside it in
+``images_dir()/user/<digest>/``: ``ensure_user_image(spec)`` pulls a
+digest-pinned OCI image (:func:`pull_oci_image`), builds a Debian package list
+(:func:`build_debian_image`) or finds an imported one (:func:`import_image`),
+and returns a :class:`UserImage` whose read-only ext4 base is never written.
 """
 
 from __future__ import annotations
