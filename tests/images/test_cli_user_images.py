@@ -95,3 +95,23 @@ def test_import_hostile_tarball_reports_cause(image_cache: Path, tmp_path: Path)
     assert result.exit_code == 69
     error = _lines(result.stdout)[-1]["error"]
     assert error["details"]["cause"] == "hostile_archive"
+
+
+def test_prepare_pulls_the_policy_image(
+    oci_images: PushedImages, image_cache: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "cleanroom.yaml").write_text("version: 1\n")
+    result = invoke(["image", "prepare", str(repo), "--json"])
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout)[-1] == {"event": "image", "image": None}
+    ref = oci_images.refs["bb"]
+    (repo / "cleanroom.yaml").write_text(f"version: 1\nsandbox:\n  image:\n    ref: {ref}\n")
+    result = invoke(["image", "prepare", str(repo), "--json"])
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout)[-1]["image"]["key"] == ref.partition("@")[2]
+    (repo / "cleanroom.yaml").write_text("version: 1\nsandbox:\n  image:\n    ref: busybox\n")
+    result = invoke(["image", "prepare", str(repo)])
+    assert result.exit_code == 65
+    assert "policy_invalid" in result.stderr

@@ -3,7 +3,8 @@
 ``pull REF`` fetches a digest-pinned OCI/Docker image (a cache hit needs no
 network); ``import FILE`` reads a ``docker save`` archive, an OCI archive or
 layout, or a root filesystem tarball, and prints the ``ref`` to write in a
-policy; ``rm SELECTOR...`` removes entries by digest prefix or source. Each
+policy; ``prepare [DIR]`` pulls or builds (Debian package lists) the image
+DIR's policy names; ``rm SELECTOR...`` removes entries by digest prefix or source. Each
 takes ``--json`` (progress events and the result as JSON lines on stdout).
 """
 
@@ -123,6 +124,25 @@ def _import(args: argparse.Namespace, make_progress: ProgressFactory) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace, make_progress: ProgressFactory) -> int:
+    from cleanroom.config import load_config
+    from cleanroom.images import ensure_cached_image
+    from cleanroom.policy import load_policy
+
+    policy = load_policy(Path(args.directory))
+    if policy.image is None:
+        if args.as_json:
+            print_json({"event": "image", "image": None})
+        else:
+            sys.stdout.write("the policy names no image: runs use the built-in image\n")
+        return 0
+    with contextlib.ExitStack() as stack:
+        progress = make_progress(args.as_json, stack)
+        cached = ensure_cached_image(policy.image, images=load_config().images, progress=progress)
+    _print_result(cached, args.as_json, "ready:")
+    return 0
+
+
 def _rm(args: argparse.Namespace) -> int:
     from cleanroom.images import remove_user_images
 
@@ -136,7 +156,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def register_user_commands(group: Subcommands, make_progress: ProgressFactory) -> None:
-    """Add ``pull``, ``import`` and ``rm`` to the ``image`` group."""
+    """Add ``pull``, ``import``, ``prepare`` and ``rm`` to the ``image`` group."""
     pull = add_command(
         group,
         "pull",
@@ -155,6 +175,14 @@ def register_user_commands(group: Subcommands, make_progress: ProgressFactory) -
     imp.add_argument("file", help="The archive (or OCI layout directory).")
     imp.add_argument("--name", help="Name shown as the source. [default: the file name]")
     add_json(imp, _JSON_HELP)
+    prepare = add_command(
+        group,
+        "prepare",
+        lambda args: _prepare(args, make_progress),
+        "Pull or build the image a repository's policy names (a cache hit if it exists).",
+    )
+    prepare.add_argument("directory", nargs="?", default=".", help="The repository. [default: .]")
+    add_json(prepare, _JSON_HELP)
     rm = add_command(
         group, "rm", _rm, "Remove user images by digest (a unique prefix) or exact source."
     )
