@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cleanroom.images.progress import NullProgress, Progress
 __all__ = ["auth_file", "is_loopback_registry", "run_skopeo", "run_umoci", "tls_flag"]
 
 _TIMEOUT = "30m"
+_STDERR_LIMIT = 1 << 20
 # Substrings of skopeo/containers-image messages -> our cause (first match wins).
 _CAUSES: tuple[tuple[str, str], ...] = (
     ("unauthorized", "unauthorized"),
@@ -88,30 +90,35 @@ def _cause(stderr: str) -> str:
 def _run(
     argv: list[str], what: str, progress: Progress, step: str | None
 ) -> subprocess.CompletedProcess[bytes]:
-    try:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-        )
-    except OSError as exc:
-        raise ImageUnavailable(
-            f"cannot run {argv[0]}: {exc.strerror or exc}",
-            details={"cause": "tool_failed", "missing_tools": [argv[0]]},
-        ) from exc
-    out = bytearray()
-    blobs = 0
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        out += line
-        if step is not None and line.startswith(b"Copying blob"):
-            blobs += 1
-            progress.advance(step, blobs, None, "blobs")
-    _, err = proc.communicate()
+    # stderr goes to a file: a pipe nobody reads while stdout streams could fill and stall.
+    with tempfile.TemporaryFile() as err_file:
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=err_file, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise ImageUnavailable(
+                f"cannot run {argv[0]}: {exc.strerror or exc}",
+                details={"cause": "tool_failed", "missing_tools": [argv[0]]},
+            ) from exc
+        out = bytearray()
+        blobs = 0
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                out += line
+                if step is not None and line.startswith(b"Copying blob"):
+                    blobs += 1
+                    progress.advance(step, blobs, None, "blobs")
+        proc.wait()
+        err_file.seek(0)
+        err = err_file.read(_STDERR_LIMIT)
     if proc.returncode != 0:
         stderr = err.decode(errors="replace").strip()
         cause = _cause(stderr)
         raise ImageUnavailable(
             f"{what} failed ({cause.replace('_', ' ')})",
-            details={"cause": cause, "stderr": stderr[-2000:], "argv": argv},
+            details={"cause": cause, "stderr": stderr[-2000:], "argv": argv[:4]},
         )
     return subprocess.CompletedProcess(argv, 0, bytes(out), err)
 
