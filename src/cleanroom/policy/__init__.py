@@ -28,6 +28,7 @@ from cleanroom.policy.model import (
     Decision,
     DenyRule,
 )
+from cleanroom.policy.sandbox import check_resources, select_image
 
 __all__ = [
     "DEFAULT_ALLOW_PORTS",
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidImageRef",
     "OciImage",
     "Resources",
+    "check_resources",
     "compile_policy_text",
     "decide",
     "find_policy",
@@ -52,4 +54,5 @@ __all__ = [
     "normalize_host",
     "parse_host",
     "parse_image_ref",
+    "select_image",
 ]
