@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -186,3 +188,33 @@ def make_index(layout: Path, tag: str, members: dict[str, str]) -> None:
 def debugfs(image: Path, request: str) -> str:
     """``debugfs -R REQUEST`` on an ext4 file (read-only; nothing is mounted)."""
     return run("debugfs", "-R", request, image).decode()
+
+
+def docker_archive(path: Path, layer_members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    """A hand-made ``docker save`` archive with one layer holding ``layer_members``."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        for info, data in layer_members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    layer_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    manifest = [{"Config": "config.json", "RepoTags": ["evil:1"], "Layers": ["layer.tar"]}]
+    files = {
+        "layer.tar": layer_bytes,
+        "config.json": json.dumps(config).encode(),
+        "manifest.json": json.dumps(manifest).encode(),
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
 
 import pytest
-from ocitools import debugfs, run
+from ocitools import debugfs, docker_archive, run
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images import import_image, pull_oci_image
@@ -154,41 +152,11 @@ def test_corrupt_inputs(image_cache: Path, tmp_path: Path) -> None:
     assert not (image_cache.exists() and [p for p in image_cache.iterdir() if p.name != ".lock"])
 
 
-def _docker_archive(path: Path, layer_members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    """A hand-made ``docker save`` archive with one layer holding ``layer_members``."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        for info, data in layer_members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    layer_bytes = layer.getvalue()
-    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }
-    manifest = [{"Config": "config.json", "RepoTags": ["evil:1"], "Layers": ["layer.tar"]}]
-    files = {
-        "layer.tar": layer_bytes,
-        "config.json": json.dumps(config).encode(),
-        "manifest.json": json.dumps(manifest).encode(),
-    }
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 @pytest.mark.parametrize("case", ["absolute", "dotdot", "device", "hardlink-out"])
 def test_hostile_layers_in_docker_archives_are_refused(
     case: str, image_cache: Path, tmp_path: Path
 ) -> None:
-    archive = _docker_archive(tmp_path / f"{case}.tar", HOSTILE[case])
+    archive = docker_archive(tmp_path / f"{case}.tar", HOSTILE[case])
     assert detect_archive(archive) == "docker-archive"
     with pytest.raises(ImageUnavailable) as info:
         import_image(archive)
@@ -198,7 +166,7 @@ def test_hostile_layers_in_docker_archives_are_refused(
 
 
 def test_hand_made_docker_archive_imports(image_cache: Path, tmp_path: Path) -> None:
-    archive = _docker_archive(
+    archive = docker_archive(
         tmp_path / "ok.tar",
         [
             (_info("bin", tarfile.DIRTYPE), None),

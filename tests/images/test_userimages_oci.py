@@ -6,15 +6,17 @@ The resulting ext4 files are inspected with debugfs, never mounted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
-from ocitools import Registry, debugfs, free_port, run
+from ocitools import Registry, debugfs, docker_archive, free_port, run
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images import pull_oci_image
@@ -200,3 +202,28 @@ def test_auth_failure_and_credentials_from_auth_file(
         assert image.key == digest
     finally:
         registry.stop()
+
+
+def test_hostile_layer_from_a_registry_stays_inside_the_image(
+    oci_images: PushedImages, image_cache: Path, tmp_path: Path
+) -> None:
+    # Registry layers are unpacked by umoci, which resolves every path inside the
+    # image's root: '..' and writes through symlinks land inside, never on the host.
+    escape = f"cleanroom-escape-{free_port()}"
+    up = tarfile.TarInfo(f"../../../../../tmp/{escape}")
+    link = tarfile.TarInfo("lnk")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/tmp"
+    through = tarfile.TarInfo(f"lnk/{escape}-2")
+    archive = docker_archive(tmp_path / "evil.tar", [(up, b"x"), (link, None), (through, b"y")])
+    name = f"{oci_images.registry.host}/test/evil"
+    run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-archive:{archive}",
+        f"docker://{name}:1")  # fmt: skip
+    raw = run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}:1")
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    image = pull_oci_image(parse_image_ref(f"{name}@{digest}")).image
+    assert not Path("/tmp", escape).exists()
+    assert not Path("/tmp", f"{escape}-2").exists()
+    listing = debugfs(image.rootfs, "ls /tmp")
+    assert escape in listing
+    assert f"{escape}-2" in listing
