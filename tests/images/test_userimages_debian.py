@@ -12,7 +12,8 @@ from ocitools import debugfs
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images import build_debian_image
-from cleanroom.images.debimage import host_suite, resolve_debian_packages
+from cleanroom.images.aptsuite import host_suite
+from cleanroom.images.debimage import resolve_debian_packages
 from cleanroom.policy import DebianImage
 
 
@@ -22,13 +23,28 @@ def test_unknown_package_is_image_unavailable(image_cache: Path) -> None:
     assert info.value.details["cause"] == "not_found"
 
 
-def test_other_suite_is_refused_before_any_download(image_cache: Path) -> None:
+@pytest.mark.archive
+def test_unknown_suite_is_image_unavailable(image_cache: Path) -> None:
     with pytest.raises(ImageUnavailable) as info:
         build_debian_image(DebianImage("no-such-suite", ("hello",)))
+    assert info.value.details["cause"] == "not_found"
     assert info.value.details["suite"] == "no-such-suite"
-    assert not image_cache.exists() or not [
-        p for p in image_cache.iterdir() if not p.name.startswith(".")
-    ]
+    assert not [p for p in image_cache.iterdir() if not p.name.startswith(".")]
+
+
+@pytest.mark.archive
+def test_another_suite_resolves_from_its_own_lists(image_cache: Path) -> None:
+    other = "trixie" if host_suite() != "trixie" else "bookworm"
+    host_key, host_set = resolve_debian_packages(DebianImage(None, ("hello",)))
+    key, resolved = resolve_debian_packages(DebianImage(other, ("hello",)))
+    assert key != host_key
+    assert set(resolved) != set(host_set)
+    assert any(item.startswith("hello=") for item in resolved)
+    sources = list((image_cache / ".apt" / other / "sources").iterdir())
+    assert sources
+    assert all(host_suite() not in p.read_text().split() for p in sources)
+    # Resolved again with the same lists: the same key, from the resolution cache.
+    assert resolve_debian_packages(DebianImage(other, ("hello",)))[0] == key
 
 
 def test_resolution_is_stable_and_depends_on_the_set(image_cache: Path) -> None:

@@ -2,7 +2,8 @@
 
 Resolution: apt, with an empty dpkg status (so nothing counts as installed),
 simulates installing the essential set, ``apt`` and the requested packages
-from the host's configured sources, without recommends. The sorted
+from the host's configured sources (for another suite than the host's, from
+a private apt state: see :mod:`cleanroom.images.aptsuite`), without recommends. The sorted
 ``name=version:arch`` list it prints is the *resolved package set*; the image
 key is the SHA-256 of that set with the suite and variant, so an image is
 rebuilt only when the set changes. Resolutions are cached per apt state (the
@@ -23,7 +24,7 @@ import re
 from pathlib import Path
 
 from cleanroom.errors import ImageUnavailable
-from cleanroom.images.debian import apt_state_key
+from cleanroom.images.aptsuite import AptSuite, apt_for_suite, host_suite
 from cleanroom.images.importer import DEFAULT_PATH
 from cleanroom.images.progress import NullProgress, Progress
 from cleanroom.images.tools import run_tool
@@ -36,7 +37,7 @@ from cleanroom.images.usercache import (
 from cleanroom.images.userimage import ImageConfig
 from cleanroom.policy.image import DebianImage
 
-__all__ = ["build_debian_image", "host_suite", "resolve_debian_packages", "sources_files"]
+__all__ = ["build_debian_image", "resolve_debian_packages"]
 
 _VARIANT = "apt"
 _INST_RE = re.compile(r"^Inst (\S+) \((\S+) .*\[(\S+)\]\)", re.MULTILINE)
@@ -45,35 +46,8 @@ _RESOLVED_LIMIT = 64 << 20
 _NO_RECOMMENDS = "APT::Install-Recommends=false"
 
 
-def host_suite() -> str:
-    """The host's Debian codename (``VERSION_CODENAME`` in ``/etc/os-release``)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                value = line.partition("=")[2].strip().strip('"')
-                if value:
-                    return value
-    raise ImageUnavailable("cannot tell the host's Debian release (no VERSION_CODENAME)")
-
-
-def sources_files() -> list[Path]:
-    """The host's apt sources files (one-line ``.list`` and deb822 ``.sources``)."""
-    found: list[Path] = []
-    main = Path("/etc/apt/sources.list")
-    if main.is_file() and main.read_text().strip():
-        found.append(main)
-    directory = Path("/etc/apt/sources.list.d")
-    if directory.is_dir():
-        found += sorted(
-            p for p in directory.iterdir() if p.suffix in (".list", ".sources") and p.is_file()
-        )
-    if not found:
-        raise ImageUnavailable("the host has no apt sources configured")
-    return found
-
-
-def _essential() -> list[str]:
-    out = run_tool(["apt-cache", "dumpavail"]).stdout.decode(errors="replace")
+def _essential(apt: AptSuite) -> list[str]:
+    out = run_tool(["apt-cache", *apt.options, "dumpavail"]).stdout.decode(errors="replace")
     names: list[str] = []
     for stanza in out.split("\n\n"):
         if "\nEssential: yes" in stanza and stanza.startswith("Package: "):
@@ -81,10 +55,10 @@ def _essential() -> list[str]:
     return sorted(set(names))
 
 
-def _simulate(packages: tuple[str, ...]) -> list[str]:
+def _simulate(apt: AptSuite, packages: tuple[str, ...]) -> list[str]:
     argv = [
-        "apt-get", "-s", "-q", "-o", "Dir::State::status=/dev/null", "-o", _NO_RECOMMENDS,
-        "install", "apt", *_essential(), *packages,
+        "apt-get", "-s", "-q", *apt.options, "-o", "Dir::State::status=/dev/null",
+        "-o", _NO_RECOMMENDS, "install", "apt", *_essential(apt), *packages,
     ]  # fmt: skip
     try:
         out = run_tool(argv).stdout.decode(errors="replace")
@@ -100,23 +74,15 @@ def _simulate(packages: tuple[str, ...]) -> list[str]:
 
 
 def resolve_debian_packages(spec: DebianImage) -> tuple[str, list[str]]:
-    """The image key and the resolved ``name=version:arch`` set for ``spec``.
-
-    Only the host's own release can be resolved here (its apt lists are used).
-    """
+    """The image key and the resolved ``name=version:arch`` set for ``spec``."""
     suite = spec.suite or host_suite()
-    if suite != host_suite():
-        raise ImageUnavailable(
-            f"Debian suite {suite!r} is not the host's ({host_suite()}); "
-            "only the host's release can be built here",
-            details={"cause": "not_found", "suite": suite},
-        )
+    apt = apt_for_suite(suite, user_images_dir())
     request: dict[str, object] = {
         "suite": suite,
         "variant": _VARIANT,
         "packages": sorted(set(spec.packages)),
     }
-    apt_state = apt_state_key()
+    apt_state = [list(item) for item in apt.state]
     request_text = json.dumps(request, sort_keys=True)
     cache = user_images_dir() / _RESOLVED_CACHE
     known: dict[str, list[str]] = {}
@@ -134,7 +100,7 @@ def resolve_debian_packages(spec: DebianImage) -> tuple[str, list[str]]:
                     }
     resolved = known.get(request_text)
     if resolved is None:
-        resolved = _simulate(spec.packages)
+        resolved = _simulate(apt, spec.packages)
         known[request_text] = resolved
         with contextlib.suppress(OSError):
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +134,7 @@ def build_debian_image(spec: DebianImage, *, progress: Progress | None = None) -
         ]  # fmt: skip
         if spec.packages:
             argv.append(f"--include={','.join(spec.packages)}")
-        argv += [suite, tree, *sources_files()]
+        argv += [suite, tree, *apt_for_suite(suite, user_images_dir()).sources]
         try:
             run_tool(argv)
         except ImageUnavailable as exc:
