@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import emit_json, host_facts, print_table, summarize
 
-from cleanroom.config import QemuConfig, RuntimeConfig
+from cleanroom.backends.qemu import QemuConfig
+from cleanroom.config import RuntimeConfig
 from cleanroom.service import Service
 
 

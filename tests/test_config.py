@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom.backend_table import BACKENDS, settings_class
+from cleanroom.backends.firecracker import FirecrackerConfig
+from cleanroom.backends.qemu import QemuConfig
 from cleanroom.config import (
-    FirecrackerConfig,
     NetworkConfig,
     PoolConfig,
-    QemuConfig,
     RuntimeConfig,
     WorkspaceConfig,
     load_config,
@@ -212,3 +213,56 @@ def test_unreadable_config_is_translated(tmp_path: Path) -> None:
     with pytest.raises(ConfigInvalid) as info:
         load_config(path)
     assert isinstance(info.value.__cause__, OSError)
+
+
+def test_every_table_backend_has_its_own_section() -> None:
+    config = RuntimeConfig()
+    assert set(config.backends) == set(BACKENDS)
+    for name in BACKENDS:
+        assert type(config.backends[name]) is settings_class(name)
+        assert getattr(config, name) is config.backends[name]
+
+
+def test_unknown_backend_section_is_located() -> None:
+    assert problems_of("backends:\n  gvisor: {}\n") == [
+        "config.yaml:2:3: backends.gvisor: unknown key 'gvisor' "
+        "(expected one of: firecracker, qemu)"
+    ]
+
+
+def test_sections_by_name_as_before() -> None:
+    import cleanroom.config as config_module  # noqa: PLC0415 - the moved names, as old code imports them
+
+    assert config_module.QemuConfig is QemuConfig
+    assert config_module.FirecrackerConfig is FirecrackerConfig
+    qemu = QemuConfig(accel="tcg", launch_seconds=120)
+    config = RuntimeConfig(qemu=qemu)
+    assert config.qemu is qemu
+    assert config.backends["qemu"] is qemu
+    assert config == RuntimeConfig(backends={"qemu": qemu})
+    assert config != RuntimeConfig()
+    assert hash(config) == hash(RuntimeConfig(qemu=qemu))
+    with pytest.raises(TypeError, match="unknown backend section 'bochs'"):
+        RuntimeConfig(bochs=qemu)
+    with pytest.raises(AttributeError):
+        _ = config.bochs
+
+
+def test_binary_path_may_be_a_command_name() -> None:
+    text = "backends:\n  firecracker: {binary_path: firecracker}\n  qemu: {binary_path: qemu-kvm}\n"
+    config = parse_config_text(text, "config.yaml")
+    assert config.firecracker.binary_path == Path("firecracker")
+    assert config.qemu.binary_path == Path("qemu-kvm")
+    assert problems_of("backends: {qemu: {binary_path: bin/qemu}}\n") == [
+        "config.yaml:1:32: backends.qemu.binary_path: must be an absolute path, got 'bin/qemu'"
+    ]
+
+
+def test_readme_config_section_parses() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Runtime configuration", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config_text(block, "README.md")
+    assert config.firecracker.binary_path == Path("firecracker")
+    assert config.firecracker.initrd is None
+    assert config.firecracker.launch_seconds == 30.0

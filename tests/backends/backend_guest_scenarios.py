@@ -101,6 +101,10 @@ async def commands_and_discarded_writes(backend: Backend, tmp_path: Path) -> Non
         assert bytes(out.stdout) == b"written\n"
         timings = dict(guest.timings)
         assert {"rootfs_method", "rootfs_prepare_ms", "vmm_start_ms"} <= set(timings)
+        assert guest.facts.rootfs_method == timings["rootfs_method"]
+        assert guest.facts.workspace_seeded is False  # booted without a workspace
+        numeric = {k: v for k, v in timings.items() if k not in guest.facts.legacy_timings()}
+        assert all(isinstance(v, float | int) and not isinstance(v, bool) for v in numeric.values())
         assert guest.plan_path.is_file()
     assert_nothing_left(guest, first_dir, pid)
 

@@ -136,3 +136,11 @@ def test_argv_plain_and_in_netns() -> None:
     ]
     argv = build_argv("firecracker", NET)
     assert argv[:5] == ["ip", "netns", "exec", "cr-run1", "firecracker"]
+
+
+def test_direct_boot_config_validates(validator: jsonschema.Draft202012Validator) -> None:
+    config = build_config(_launch(initrd=None))
+    assert sorted(validator.iter_errors(config), key=str) == []
+    assert "initrd_path" not in config["boot-source"]
+    assert "init=/sbin/cleanroom-init" in config["boot-source"]["boot_args"].split()
+    assert "init=/sbin/cleanroom-init" not in boot_args(_launch()).split()

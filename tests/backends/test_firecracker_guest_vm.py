@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from backend_guest_scenarios import commands_and_discarded_writes, launch_deadline_too_short
 
-from cleanroom.backends.firecracker import FirecrackerBackend
-from cleanroom.backends.qemu import VerdictCache
-from cleanroom.config import FirecrackerConfig
+from cleanroom.backends.firecracker import FirecrackerBackend, FirecrackerConfig
+from cleanroom.backends.verdicts import VerdictCache
 from cleanroom.errors import BackendUnavailable
 from cleanroom.images import GuestImage, ensure_image
 

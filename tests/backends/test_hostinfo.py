@@ -101,3 +101,17 @@ def test_find_vmm_binary_configured_then_path(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable, match="install it") as info:
         find_vmm_binary(None, "no-such-vmm-here", not_on_path="install it")
     assert info.value.details == {"missing": "no-such-vmm-here"}
+
+
+def test_find_vmm_binary_bare_name_is_looked_up_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = _script(tmp_path, "true")
+    monkeypatch.setenv("PATH", str(Path(tool).parent))
+    name = Path(Path(tool).name)
+    assert find_vmm_binary(name, "no-such-vmm", not_on_path="unused") == tool
+    monkeypatch.chdir(tmp_path)  # a file of that name in the working directory is not used
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(BackendUnavailable, match="not on PATH") as info:
+        find_vmm_binary(name, "no-such-vmm", not_on_path="unused")
+    assert info.value.details == {"missing": str(name)}

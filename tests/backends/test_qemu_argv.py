@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from cleanroom.backends.base import NetworkAttachment
 from cleanroom.backends.qemu.argv import (
     AGENT_PORT_NAME,
     QemuLaunch,
+    QemuMachine,
     build_argv,
     kernel_cmdline,
 )
@@ -28,7 +30,11 @@ def _launch(**kw: Any) -> QemuLaunch:
         "tsc_khz": 2100000,
     }
     base.update(kw)
-    return QemuLaunch(**base)
+    machine_keys = {f.name for f in fields(QemuMachine)} - {"rootfs"}
+    machine = QemuMachine(
+        rootfs=Path("/img/rootfs.ext4"), **{k: v for k, v in base.items() if k in machine_keys}
+    )
+    return QemuLaunch(machine=machine, **{k: v for k, v in base.items() if k not in machine_keys})
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:
@@ -125,3 +131,12 @@ def test_commas_in_paths_are_escaped() -> None:
 def test_extra_kernel_args_are_appended_last() -> None:
     args = kernel_cmdline(_launch(extra_kernel_args=("foo=1",))).split()
     assert args[-1] == "foo=1"
+
+
+def test_direct_boot_without_initrd() -> None:
+    launch = _launch(initrd=None)
+    argv = build_argv(launch)
+    assert "-initrd" not in argv
+    args = kernel_cmdline(launch).split()
+    assert {"root=/dev/vda", "rootfstype=ext4", "rw", "init=/sbin/cleanroom-init"} <= set(args)
+    assert "init=/sbin/cleanroom-init" not in kernel_cmdline(_launch()).split()

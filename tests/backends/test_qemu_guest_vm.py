@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from backend_guest_scenarios import commands_and_discarded_writes, launch_deadline_too_short
 
-from cleanroom.backends.qemu import QemuBackend, VerdictCache
-from cleanroom.config import QemuConfig
+from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.images import GuestImage, ensure_image
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]

@@ -6,7 +6,14 @@ import ipaddress
 
 from cleanroom.network.addressing import DEFAULT_POOL, guest_mac, plan_slot, slot_count
 from cleanroom.network.egress import allowed_elements, denied_elements, name_verdict
-from cleanroom.network.ruleset import RunRules, explicit_elements, run_ruleset, uplink_ruleset
+from cleanroom.network.ruleset import (
+    RUN_TABLE,
+    RunRules,
+    drop_all_ruleset,
+    explicit_elements,
+    run_ruleset,
+    uplink_ruleset,
+)
 from cleanroom.policy import compile_policy_text
 
 POLICY = compile_policy_text(
@@ -97,3 +104,21 @@ def test_uplink_ruleset_masquerades_the_pool_only() -> None:
     text = uplink_ruleset(DEFAULT_POOL)
     assert f'ip saddr {DEFAULT_POOL} oifname != "crnv*" masquerade' in text
     assert f'iifname "crnv*" ip daddr {DEFAULT_POOL} drop' in text
+
+
+def test_drop_all_ruleset_replaces_the_table_with_four_dropping_hooks() -> None:
+    lines = drop_all_ruleset().splitlines()
+    assert lines[:3] == [
+        f"table inet {RUN_TABLE}",
+        f"delete table inet {RUN_TABLE}",
+        f"table inet {RUN_TABLE} {{",
+    ]
+    hooks = [line.strip() for line in lines if "hook" in line]
+    assert hooks == [
+        "type filter hook prerouting priority raw; policy drop;",
+        "type filter hook input priority filter; policy drop;",
+        "type filter hook forward priority filter; policy drop;",
+        "type filter hook output priority filter; policy drop;",
+    ]
+    assert lines[-1] == "}"
+    assert "accept" not in drop_all_ruleset()

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
+from cleanroom.backends.qemu import QemuConfig
+from cleanroom.config import NetworkConfig, PoolConfig, RuntimeConfig
 from cleanroom.network import read_events
 from cleanroom.service import LaunchOptions, Service
 from conftest import DNS_ADDR, PROBE, Internet, netns_names

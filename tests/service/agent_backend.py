@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import cleanroom
-from cleanroom.backends.base import Capabilities, GuestSpec, Isolation
+from cleanroom.backends.base import Capabilities, GuestFacts, GuestSpec, Isolation
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import RuntimeLaunchFailed
-from cleanroom.service.types import DoctorCheck
 
 SRC = str(Path(cleanroom.__file__).resolve().parent.parent)
 
@@ -68,6 +68,10 @@ class AgentProcessGuest:
     @property
     def console_path(self) -> Path:
         return self.spec.run_dir / "console.log"
+
+    @property
+    def facts(self) -> GuestFacts:
+        return GuestFacts(rootfs_method="none", workspace_seeded=False)
 
     @property
     def timings(self) -> Mapping[str, Any]:

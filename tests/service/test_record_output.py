@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from cleanroom.errors import CleanroomError
 from cleanroom.service.output import CAPTURE_LIMIT, OutputCapture
-from cleanroom.service.record import RECORD_NAME, TIMING_KEYS, RunRecorder, read_record
+from cleanroom.service.record import (
+    RECORD_NAME,
+    TIMING_KEYS,
+    RunRecorder,
+    WorkspaceFacts,
+    read_record,
+)
 from cleanroom.service.types import RunEvent, RunOutput
 
 
@@ -61,3 +69,78 @@ async def test_capture_bounds_memory_and_keeps_logs(tmp_path: Path) -> None:
     assert (tmp_path / "stderr.log").read_bytes() == b"\xff\xfe oops"
     assert len(events) == 7
     assert all(isinstance(e, RunOutput) for e in events)
+
+
+def _recorder(run_dir: Path) -> RunRecorder:
+    return RunRecorder(
+        run_id="r", cleanroom_id="c", backend="b", policy_hash="h", command=[], run_dir=run_dir
+    )
+
+
+def test_timed_records_a_finished_step_only(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path)
+    with rec.timed("configure"):
+        time.sleep(0.02)
+    with pytest.raises(RuntimeError), rec.timed("command"):
+        raise RuntimeError("the step failed")
+    with pytest.raises(KeyError):
+        rec.timed("made_up").__enter__()
+    data = rec.snapshot()
+    configure_ms = data["configure_ms"]
+    assert isinstance(configure_ms, float)
+    assert configure_ms >= 20
+    assert data["command_ms"] is None
+
+
+def test_record_facts_land_under_the_documented_keys(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path)
+    rec.add_artifact("plan", "qemu-argv.json")
+    with pytest.raises(KeyError):
+        rec.add_artifact("core_dump", "core")
+    rec.set_guest(isolation="qemu-tcg", agent_version="1", kernel="6.1")
+    rec.set_pool("hit", boot_ms=1234.56, idle_ms=7.89)
+    rec.set_workspace(
+        WorkspaceFacts(
+            method="stream",
+            files=2,
+            bytes=10,
+            archive_bytes=3072,
+            skipped=("fifo",),
+            extracted_files=2,
+            refused=0,
+            read_only=False,
+        )
+    )
+    rec.set_no_network()
+    data = rec.finish(status="error", error=CleanroomError("boom"))
+    on_disk = read_record(tmp_path)
+    assert on_disk == data
+    assert on_disk["artifacts"] == {
+        "stdout": "stdout.log",
+        "stderr": "stderr.log",
+        "console": "console.log",
+        "plan": "qemu-argv.json",
+    }
+    assert (on_disk["isolation"], on_disk["guest"]) == (
+        "qemu-tcg",
+        {"agent_version": "1", "kernel": "6.1"},
+    )
+    assert (on_disk["pool"], on_disk["pool_guest"]) == ("hit", {"boot_ms": 1234.6, "idle_ms": 7.9})
+    assert on_disk["workspace"] == {
+        "method": "stream",
+        "files": 2,
+        "bytes": 10,
+        "archive_bytes": 3072,
+        "skipped": ["fifo"],
+        "extracted_files": 2,
+        "refused": 0,
+        "read_only": False,
+    }
+    assert on_disk["network"] == {"mode": "none", "allowed": 0, "blocked": 0}
+    assert on_disk["error"] == {"code": "internal_error", "message": "boom"}
+    rec.cleaned_up(CleanroomError("disk busy"))
+    again = read_record(tmp_path)
+    assert (again["cleanup"], again["cleanup_error"]) == (
+        "failed",
+        {"code": "internal_error", "message": "disk busy"},
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from agent_backend import AgentProcessBackend
+from no_network import NoNetwork
 
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import CleanroomError
@@ -19,16 +20,6 @@ from cleanroom.service import pool as pool_module
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RECORD_NAME
-
-
-class NoNetwork:
-    """A network layer for policies without allow rules: never asked for anything."""
-
-    async def setup(self, run_id: str, policy: object, run_dir: Path) -> object:
-        raise AssertionError("a policy without allow rules needs no network")
-
-    async def teardown(self, lease: object) -> object:
-        raise AssertionError("no lease was made")
 
 
 @pytest.fixture

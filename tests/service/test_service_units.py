@@ -6,11 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from no_network import NoNetwork
 
 from cleanroom.backends import Capabilities, Guest, GuestSpec
 from cleanroom.config import RuntimeConfig
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest, RunNotFound
-from cleanroom.service import DoctorCheck, LaunchOptions, Service
+from cleanroom.service import LaunchOptions, Service
 
 CAPS = Capabilities(
     backend_name="qemu",
@@ -45,14 +47,6 @@ class StubBackend:
         return None
 
 
-class StubNetwork:
-    async def setup(self, run_id: str, policy: object, run_dir: Path) -> object:
-        raise AssertionError("not used")
-
-    async def teardown(self, lease: object) -> object:
-        raise AssertionError("not used")
-
-
 ALLOWING = "version: 1\nsandbox:\n  network:\n    allow:\n      - host: example.test\n"
 
 
@@ -63,7 +57,7 @@ def _repo(tmp_path: Path, policy: str) -> Path:
 
 async def test_backend_without_filtering_fails_closed(tmp_path: Path) -> None:
     caps = dataclasses.replace(CAPS, network_host_port_filtering=False)
-    svc = Service(RuntimeConfig(), backends={"qemu": StubBackend(caps)}, network=StubNetwork())
+    svc = Service(RuntimeConfig(), backends={"qemu": StubBackend(caps)}, network=NoNetwork())
     with pytest.raises(BackendCapabilityMismatch) as caught:
         await svc.launch(_repo(tmp_path, ALLOWING), backend="qemu")
     assert caught.value.details["missing"] == ["network_host_port_filtering"]
@@ -80,7 +74,7 @@ async def test_no_egress_enforcement_fails_closed_for_allow_rules(tmp_path: Path
 
 
 async def test_launch_option_validation(tmp_path: Path) -> None:
-    svc = Service(RuntimeConfig(), backends={"qemu": StubBackend(CAPS)}, network=StubNetwork())
+    svc = Service(RuntimeConfig(), backends={"qemu": StubBackend(CAPS)}, network=NoNetwork())
     repo = _repo(tmp_path, "version: 1\n")
     for options in (
         LaunchOptions(launch_seconds=0),

@@ -11,20 +11,25 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from cleanroom.service.types import DoctorCheck
+from cleanroom.doctor import DoctorCheck
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "Backend",
     "Capabilities",
     "Guest",
+    "GuestFacts",
     "GuestSpec",
     "Isolation",
     "NetworkAttachment",
 ]
 
-Isolation = Literal["firecracker-kvm", "qemu-kvm", "qemu-tcg"]
+Isolation = str
+"""How a guest is isolated, ``<backend>-<mechanism>``: today ``firecracker-kvm``,
+``qemu-kvm`` or ``qemu-tcg``. A plain string so that a new backend names its own
+without touching this module."""
 
 
 @dataclass(frozen=True)
@@ -52,19 +57,6 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
-class NetworkAttachment:
-    """The run's network, prepared by the network layer before the VMM starts.
-
-    The VMM process must run inside ``netns`` (``ip netns exec``) and attach
-    the guest NIC to the TAP device ``tap`` with MAC ``mac``.
-    """
-
-    netns: str
-    tap: str
-    mac: str
-
-
-@dataclass(frozen=True)
 class GuestSpec:
     """Everything a backend needs to start one guest for one run."""
 
@@ -78,8 +70,26 @@ class GuestSpec:
     workspace: Path | None = None
     """A host directory to copy into the guest's /workspace disk before boot (no
     special files in it); None: the disk starts empty and the service streams
-    the workspace through the agent. ``Guest.timings['workspace_seeded']`` says
+    the workspace through the agent. ``Guest.facts.workspace_seeded`` says
     which happened."""
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """How a guest was started (for the run record and the service's next steps)."""
+
+    rootfs_method: str
+    """How the run's rootfs copy was made: ``reflink``, ``copy``, ``qcow2-overlay``, ..."""
+    workspace_seeded: bool
+    """Whether the workspace disk already holds ``GuestSpec.workspace`` (no streaming needed)."""
+
+    def legacy_timings(self) -> dict[str, str | bool]:
+        """These facts under the keys ``Guest.timings`` carried before ``facts`` existed.
+
+        Deprecated: kept in ``timings`` for one release so that readers of
+        ``timings['rootfs_method']`` and ``timings['workspace_seeded']`` keep working.
+        """
+        return {"rootfs_method": self.rootfs_method, "workspace_seeded": self.workspace_seeded}
 
 
 class Guest(Protocol):
@@ -101,9 +111,17 @@ class Guest(Protocol):
         ...
 
     @property
+    def facts(self) -> GuestFacts:
+        """How this guest was started (rootfs method, whether the workspace is seeded)."""
+        ...
+
+    @property
     def timings(self) -> Mapping[str, Any]:
-        """Backend timings in ms: ``rootfs_prepare_ms``, ``vmm_start_ms``, and
-        ``rootfs_method`` (e.g. ``reflink``, ``copy``, ``qcow2-overlay``)."""
+        """Backend timings in ms (numbers): ``rootfs_prepare_ms``, ``vmm_start_ms``, ...
+
+        Deprecated for one release: it also holds ``GuestFacts.legacy_timings()``
+        (``rootfs_method``, ``workspace_seeded``); read them from ``facts``.
+        """
         ...
 
     async def open_channel(

@@ -127,11 +127,20 @@ def vmm_version(binary: str, pattern: re.Pattern[str]) -> str:
 
 
 def find_vmm_binary(configured: Path | None, default: str, *, not_on_path: str) -> str:
-    """``configured`` if set (it must exist), else ``default`` looked up on PATH.
+    """``configured`` if set (a path must exist; a bare command name is looked up
+    on PATH), else ``default`` looked up on PATH.
 
     Raises ``BackendUnavailable`` with ``details['missing']`` naming the path or
-    program; ``not_on_path`` is the message when the PATH lookup fails.
+    program; ``not_on_path`` is the message when the PATH lookup of ``default`` fails.
     """
+    if configured is not None and not configured.is_absolute() and len(configured.parts) == 1:
+        found = shutil.which(str(configured))
+        if found is None:
+            raise BackendUnavailable(
+                f"configured {default} binary {str(configured)!r} is not on PATH",
+                details={"missing": str(configured)},
+            )
+        return found
     if configured is not None:
         if not configured.is_file():
             raise BackendUnavailable(

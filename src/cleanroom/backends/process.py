@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.netspec import NetworkAttachment
 
-__all__ = ["VmmProcess", "console_tail", "pdeathsig_prefix"]
+__all__ = ["VmmProcess", "console_tail", "netns_prefix", "pdeathsig_prefix"]
 
 _SETPRIV = "setpriv"
 
@@ -39,6 +40,11 @@ def pdeathsig_prefix() -> list[str]:
             details={"missing": _SETPRIV},
         )
     return [path, "--pdeathsig", "KILL", "--"]
+
+
+def netns_prefix(network: NetworkAttachment | None) -> list[str]:
+    """``ip netns exec NS`` (which execs in place, keeping the PID) or nothing."""
+    return [] if network is None else ["ip", "netns", "exec", network.netns]
 
 
 def console_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cleanroom.backends.base import Guest, GuestSpec
+from cleanroom.backends.base import Guest, GuestFacts, GuestSpec
 from cleanroom.backends.process import VmmProcess, console_tail
 from cleanroom.backends.rootfs import RootfsCopy, RootfsMethod, prepare_rootfs, remove_rootfs
 from cleanroom.backends.workspace_disk import (
@@ -35,8 +36,8 @@ __all__ = [
     "RunDisks",
     "VmGuest",
     "boot_canary",
-    "prepare_run_disks",
-    "removing_disks_on_failure",
+    "run_disks",
+    "write_plan",
 ]
 
 PLAN_FILE_NAME = "plan.json"
@@ -52,16 +53,20 @@ class RunDisks:
     workspace: WorkspaceDisk
 
 
-async def prepare_run_disks(
+@contextlib.asynccontextmanager
+async def run_disks(
     spec: GuestSpec,
     base_rootfs: Path,
     methods: Sequence[RootfsMethod],
     *,
+    vmm: str,
     qemu_img: str = "qemu-img",
-) -> RunDisks:
-    """Make the run's rootfs copy and workspace disk in ``spec.run_dir``.
+) -> AsyncIterator[RunDisks]:
+    """Make the run's rootfs copy and workspace disk in ``spec.run_dir`` for the block
+    that starts ``vmm`` on them; if the block raises, remove both disks again.
 
-    Raises ``RuntimeLaunchFailed``; on failure neither disk is left behind.
+    Raises ``RuntimeLaunchFailed``: making a disk failed, or the block raised an
+    ``OSError`` (writing the plan, say); anything else the block raises passes as is.
     """
     run_dir = spec.run_dir
     rootfs = await asyncio.to_thread(
@@ -72,26 +77,46 @@ async def prepare_run_disks(
     except BaseException:
         remove_rootfs(run_dir)
         raise
-    return RunDisks(rootfs, workspace)
-
-
-def _remove_run_disks(run_dir: Path) -> None:
-    remove_rootfs(run_dir)
-    remove_workspace_disk(run_dir)
-
-
-@contextlib.contextmanager
-def removing_disks_on_failure(run_dir: Path, vmm: str) -> Iterator[None]:
-    """Remove the run's disks if the block raises; an ``OSError`` (writing the plan,
-    say) becomes ``RuntimeLaunchFailed`` naming ``vmm``, anything else passes as is."""
     try:
-        yield
+        yield RunDisks(rootfs, workspace)
     except OSError as exc:
         _remove_run_disks(run_dir)
         raise RuntimeLaunchFailed(f"could not start {vmm}: {exc}") from exc
     except BaseException:
         _remove_run_disks(run_dir)
         raise
+
+
+def write_plan(
+    spec: GuestSpec,
+    disks: RunDisks,
+    base_rootfs: Path,
+    *,
+    backend: str,
+    isolation: str,
+    argv: Sequence[str],
+    **extra: Any,
+) -> None:
+    """Write the run's ``plan.json``: backend, run id, isolation, the exact argv,
+    the VMM-specific ``extra`` entries, and how the rootfs copy was made."""
+    plan = {
+        "backend": backend,
+        "run_id": spec.run_id,
+        "isolation": isolation,
+        "argv": list(argv),
+        **extra,
+        "rootfs": {
+            "path": str(disks.rootfs.path),
+            "method": disks.rootfs.method,
+            "base": str(base_rootfs),
+        },
+    }
+    (spec.run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
+
+
+def _remove_run_disks(run_dir: Path) -> None:
+    remove_rootfs(run_dir)
+    remove_workspace_disk(run_dir)
 
 
 class VmGuest:
@@ -105,12 +130,13 @@ class VmGuest:
     def __init__(self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks) -> None:
         self._spec = spec
         self._process = process
-        self._timings: dict[str, Any] = {
-            "rootfs_method": disks.rootfs.method,
+        self._facts = GuestFacts(
+            rootfs_method=disks.rootfs.method, workspace_seeded=disks.workspace.seeded
+        )
+        self._timings: dict[str, float] = {
             "rootfs_prepare_ms": disks.rootfs.prepare_ms,
             "vmm_start_ms": process.start_ms,
             "workspace_disk_ms": disks.workspace.prepare_ms,
-            "workspace_seeded": disks.workspace.seeded,
         }
         self._spawned_at = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
@@ -125,8 +151,13 @@ class VmGuest:
         return self._spec.run_dir / CONSOLE_LOG_NAME
 
     @property
+    def facts(self) -> GuestFacts:
+        return self._facts
+
+    @property
     def timings(self) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self._timings))
+        # The legacy fact keys go once the service reads ``facts`` (see Guest.timings).
+        return MappingProxyType({**self._timings, **self._facts.legacy_timings()})
 
     @property
     def pid(self) -> int:
@@ -151,6 +182,15 @@ class VmGuest:
                 **details,
             },
         )
+
+    def _check_channel_unopened(self) -> None:
+        """``RuntimeLaunchFailed`` if the guest is destroyed or its channel was handed out."""
+        if self._destroyed:
+            raise RuntimeLaunchFailed("guest was destroyed", details={"run_id": self._spec.run_id})
+        if self._writer is not None:
+            raise RuntimeLaunchFailed(
+                "agent channel already opened", details={"run_id": self._spec.run_id}
+            )
 
     def _channel_opened(self, writer: asyncio.StreamWriter) -> None:
         """Record the agent stream (closed by ``destroy``) and when it became ready."""

@@ -19,7 +19,7 @@ import ipaddress
 import secrets
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
@@ -212,22 +212,18 @@ class DnsFilter:
         name = str(question.qname).rstrip(".").lower()
         qtype = QTYPE.get(question.qtype, str(question.qtype))
         verdict = self._verdict(name)
+
+        def record(decision: str, answers: Sequence[str] = (), **extra: object) -> None:
+            self.audit.write(
+                "dns", name=name, qtype=qtype, decision=decision, answers=list(answers), **extra
+            )
+
         if not verdict.allowed:
             reply.header.rcode = RCODE.REFUSED
-            self.audit.write(
-                "dns", name=name, qtype=qtype, decision="refused", answers=[], rule=verdict.rule
-            )
+            record("refused", rule=verdict.rule)
             return bytes(reply.pack())
         if question.qtype != QTYPE.A:
-            self.audit.write(
-                "dns",
-                name=name,
-                qtype=qtype,
-                decision="allowed",
-                answers=[],
-                rule=verdict.rule,
-                note="only A records are answered",
-            )
+            record("allowed", rule=verdict.rule, note="only A records are answered")
             return bytes(reply.pack())
         try:
             upstream = await self.upstream.query(name, "A")
@@ -237,25 +233,14 @@ class DnsFilter:
                 )
         except (UpstreamFailed, CleanroomError) as exc:
             reply.header.rcode = RCODE.SERVFAIL
-            self.audit.write(
-                "dns",
-                name=name,
-                qtype=qtype,
-                decision="servfail",
-                answers=[],
-                rule=verdict.rule,
-                error=str(exc),
-            )
+            record("servfail", rule=verdict.rule, error=str(exc))
             return bytes(reply.pack())
         reply.header.rcode = upstream.rcode
         for rr in upstream.record.rr:
             reply.add_answer(rr)
-        self.audit.write(
-            "dns",
-            name=name,
-            qtype=qtype,
-            decision="allowed",
-            answers=[str(a) for a in upstream.addresses],
+        record(
+            "allowed",
+            [str(a) for a in upstream.addresses],
             ports=list(verdict.ports),
             rule=verdict.rule,
             rcode=RCODE.get(upstream.rcode, str(upstream.rcode)),

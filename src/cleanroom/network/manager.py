@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cleanroom.agent.messages import GuestNetwork
-from cleanroom.backends.base import NetworkAttachment
 from cleanroom.errors import CleanroomError, NetworkSetupFailed
+from cleanroom.netspec import GuestInterface, NetworkAttachment
 from cleanroom.network.addressing import DEFAULT_POOL, GUEST_PREFIX, LinkPlan, guest_mac
 from cleanroom.network.audit import EVENTS_FILE, AuditLog
 from cleanroom.network.cleanup import NetworkSummary, collect_counters, delete_netns
@@ -100,9 +99,9 @@ class RunNetwork:
     network_setup_ms: float
 
     @property
-    def guest(self) -> GuestNetwork:
-        """The guest agent's eth0 settings."""
-        return GuestNetwork(
+    def guest(self) -> GuestInterface:
+        """The guest's eth0 settings (the service hands them to the agent)."""
+        return GuestInterface(
             address=self.address,
             prefix=self.prefix,
             gateway=self.gateway,

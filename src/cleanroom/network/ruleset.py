@@ -199,6 +199,14 @@ table inet {RUN_TABLE} {{
 """
 
 
+_DROP_ALL_HOOKS = (
+    ("prerouting", "raw"),
+    ("input", "filter"),
+    ("forward", "filter"),
+    ("output", "filter"),
+)
+
+
 def drop_all_ruleset() -> str:
     """The run table of a reserved slot: every packet in, out or through is dropped.
 
@@ -207,23 +215,12 @@ def drop_all_ruleset() -> str:
     one transaction (it starts with ``delete table``), so there is never a
     moment without a table.
     """
-    return f"""table inet {RUN_TABLE}
-delete table inet {RUN_TABLE}
-table inet {RUN_TABLE} {{
-\tchain prerouting {{
-\t\ttype filter hook prerouting priority raw; policy drop;
-\t}}
-\tchain input {{
-\t\ttype filter hook input priority filter; policy drop;
-\t}}
-\tchain forward {{
-\t\ttype filter hook forward priority filter; policy drop;
-\t}}
-\tchain output {{
-\t\ttype filter hook output priority filter; policy drop;
-\t}}
-}}
-"""
+    chains = "".join(
+        f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority {priority}; policy drop;\n\t}}\n"
+        for hook, priority in _DROP_ALL_HOOKS
+    )
+    head = f"table inet {RUN_TABLE}\ndelete table inet {RUN_TABLE}\n"
+    return f"{head}table inet {RUN_TABLE} {{\n{chains}}}\n"
 
 
 def add_elements(set_name: str, timed: Iterable[tuple[Element, int]]) -> str:

@@ -38,13 +38,11 @@ def rule_label(host: str, ports: tuple[int, ...] | None) -> str:
 
 
 @dataclass(frozen=True)
-class AllowRule:
-    """Egress to ``host`` on ``ports`` (sorted, unique) is allowed."""
+class _HostRule:
+    """What every rule has: the host it is about, and how that host is written."""
 
     host: str
     kind: HostKind
-    ports: tuple[int, ...]
-    reason: str | None = None
 
     @property
     def spec(self) -> HostSpec:
@@ -55,6 +53,14 @@ class AllowRule:
     def network(self) -> IPNetwork | None:
         """The address block for ``ip``/``cidr`` rules, else ``None``."""
         return self.spec.network
+
+
+@dataclass(frozen=True)
+class AllowRule(_HostRule):
+    """Egress to ``host`` on ``ports`` (sorted, unique) is allowed."""
+
+    ports: tuple[int, ...]
+    reason: str | None = None
 
     def label(self) -> str:
         """``host:ports`` as shown in decisions and the CLI."""
@@ -66,22 +72,10 @@ class AllowRule:
 
 
 @dataclass(frozen=True)
-class DenyRule:
+class DenyRule(_HostRule):
     """Egress to ``host`` is denied on ``ports``, or on every port when ``ports`` is ``None``."""
 
-    host: str
-    kind: HostKind
     ports: tuple[int, ...] | None = None
-
-    @property
-    def spec(self) -> HostSpec:
-        """The host as a matcher."""
-        return HostSpec(self.host, self.kind)
-
-    @property
-    def network(self) -> IPNetwork | None:
-        """The address block for ``ip``/``cidr`` rules, else ``None``."""
-        return self.spec.network
 
     def covers_port(self, port: int) -> bool:
         """Whether the rule applies to ``port``."""

@@ -23,7 +23,9 @@ hosts normalised and ports sorted and de-duplicated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cleanroom._yaml import (
     Problems,
@@ -45,6 +47,8 @@ from cleanroom.policy.model import DEFAULT_ALLOW_PORTS, AllowRule, DenyRule
 from cleanroom.policy.schema_sandbox import read_image, read_resources
 
 __all__ = ["PolicyDocument", "read_policy"]
+
+_Rule = TypeVar("_Rule", AllowRule, DenyRule)
 
 SUPPORTED_VERSION = 1
 _MIN_PORT, _MAX_PORT = 1, 65535
@@ -122,23 +126,28 @@ def _read_network(
     default = entries.get("default")
     if default is not None:
         _read_default(default.value, join_key(path, "default"), problems)
-    allow: list[AllowRule] = []
-    allow_entry = entries.get("allow")
-    if allow_entry is not None:
-        allow_path = join_key(path, "allow")
-        for index, item in enumerate(read_sequence(allow_entry.value, allow_path, problems) or ()):
-            rule = _read_allow(item, join_index(allow_path, index), problems)
-            if rule is not None:
-                allow.append(rule)
-    deny: list[DenyRule] = []
-    deny_entry = entries.get("deny")
-    if deny_entry is not None:
-        deny_path = join_key(path, "deny")
-        for index, item in enumerate(read_sequence(deny_entry.value, deny_path, problems) or ()):
-            deny_rule = _read_deny(item, join_index(deny_path, index), problems)
-            if deny_rule is not None:
-                deny.append(deny_rule)
-    return tuple(allow), tuple(deny)
+    allow = _read_rules(entries, "allow", path, problems, _read_allow)
+    deny = _read_rules(entries, "deny", path, problems, _read_deny)
+    return allow, deny
+
+
+def _read_rules(
+    entries: dict[str, YamlEntry],
+    key: str,
+    path: str,
+    problems: Problems,
+    read_rule: Callable[[YamlNode, str, Problems], _Rule | None],
+) -> tuple[_Rule, ...]:
+    """The valid rules of the list under ``key`` (invalid ones are recorded in ``problems``)."""
+    entry = entries.get(key)
+    if entry is None:
+        return ()
+    list_path = join_key(path, key)
+    rules = (
+        read_rule(item, join_index(list_path, index), problems)
+        for index, item in enumerate(read_sequence(entry.value, list_path, problems) or ())
+    )
+    return tuple(rule for rule in rules if rule is not None)
 
 
 def _is_null(node: YamlNode) -> bool:

@@ -1,7 +1,7 @@
 """Run finalization after the answer: releasing a finished run's guest and network.
 
 A run's result (exit status and output) is known when its command exits. By
-then the runner has already SIGKILLed the guest's VMM, so nothing of the run
+then the run path has already SIGKILLed the guest's VMM, so nothing of the run
 executes any more; what is left -- reaping the VMM, removing its disks,
 tearing down the run's network namespace and reading its counters, writing
 the final run record, letting the warm pool refill -- takes tens of

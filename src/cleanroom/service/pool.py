@@ -1,9 +1,9 @@
 """The warm pool: guests booted ahead of time, each used by exactly one run.
 
 A pooled guest is an ordinary guest of its backend (own fresh copy-on-write
-rootfs) that has already answered the agent hello. Without a network provider
-it has no NIC at all; with one (a :class:`SlotProvider`), it boots on a
-reserved network slot: its TAP exists from boot (microVMs cannot hot-plug a
+rootfs) that has already answered the agent hello. Without a network layer
+it has no NIC at all; with one (:class:`~cleanroom.service.network.RunNetworks`),
+it boots on a reserved network slot: its TAP exists from boot (microVMs cannot hot-plug a
 NIC) but the slot's table drops everything, so there is no network path out
 until a run claims the guest and activates the slot with its policy. A run
 takes one, sends its workspace and command, and destroys it afterwards
@@ -26,21 +26,22 @@ import os
 import shutil
 import tarfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 
 from cleanroom.agent import AgentClient
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.errors import CleanroomError
-from cleanroom.policy import CompiledPolicy
 from cleanroom.service.boots import BootGate
+from cleanroom.service.greet import boot_and_greet
 from cleanroom.service.ids import new_run_id
+from cleanroom.service.network import RunNetworks, Slot
 
-__all__ = ["REFILL_GRACE", "SlotProvider", "WarmGuest", "WarmPool"]
+__all__ = ["REFILL_GRACE", "WarmGuest", "WarmPool"]
 
 log = structlog.get_logger("cleanroom.pool")
 
@@ -52,23 +53,6 @@ after a few executions, and under TCG the second pass is still ~2x the third."""
 
 REFILL_GRACE = 1.0
 """Seconds after a hit before the refill starts, unless the run ends sooner."""
-
-
-@runtime_checkable
-class SlotProvider(Protocol):
-    """Two-phase run networks (see ``cleanroom.network.NetworkManager``)."""
-
-    async def reserve(self, owner_id: str) -> Any:
-        """A slot (with an ``attachment``) whose table drops everything."""
-        ...
-
-    async def activate(self, slot: Any, run_id: str, policy: CompiledPolicy, run_dir: Path) -> Any:
-        """Open ``slot`` for one run's policy; returns the run's network lease."""
-        ...
-
-    async def teardown(self, target: Any) -> Any:
-        """Remove a slot or a lease (idempotent)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +68,7 @@ class WarmGuest:
     """``time.monotonic()`` when it became ready."""
     agent_version: str
     kernel: str
-    slot: Any = None
+    slot: Slot | None = None
     """The reserved network slot the guest's NIC is on (None: no NIC)."""
 
     def discard_dir(self) -> None:
@@ -102,7 +86,7 @@ class WarmPool:
         size: int,
         root: Path,
         launch_seconds: float,
-        network: SlotProvider | None = None,
+        network: RunNetworks | None = None,
         boots: BootGate | None = None,
     ) -> None:
         self._backend = backend
@@ -125,7 +109,7 @@ class WarmPool:
         return self._size
 
     @property
-    def network(self) -> SlotProvider | None:
+    def network(self) -> RunNetworks | None:
         """The provider pooled guests' network slots come from (None: guests have no NIC)."""
         return self._network
 
@@ -220,44 +204,40 @@ class WarmPool:
         guest_id = "pool-" + new_run_id().removeprefix("run-")
         guest_dir = self._root / guest_id
         guest_dir.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self._launch_seconds
-        guest: Guest | None = None
-        slot: Any = None
-        try:
-            if self._network is not None:
-                slot = await self._network.reserve(guest_id)
-            spec = GuestSpec(
-                run_id=guest_id,
-                run_dir=guest_dir,
-                launch_seconds=self._launch_seconds,
-                network=slot.attachment if slot is not None else None,
-            )
-            guest = await self._backend.launch(spec)
-            reader, writer = await guest.open_channel(deadline)
-            client = AgentClient(reader, writer)
-            info = await client.hello(timeout=max(0.1, deadline - loop.time()))
-            await _self_test(client)
-        except BaseException as exc:
-            if guest is not None:
-                await asyncio.shield(guest.destroy())
-            if slot is not None and self._network is not None:
-                await asyncio.shield(self._network.teardown(slot))
-            shutil.rmtree(guest_dir, ignore_errors=True)
-            if isinstance(exc, CleanroomError | asyncio.CancelledError):
-                raise
-            if isinstance(exc, Exception):
+        started = time.monotonic()
+        async with contextlib.AsyncExitStack() as stack:
+            # Everything made so far is released unless the guest becomes ready.
+            stack.callback(shutil.rmtree, guest_dir, ignore_errors=True)
+            try:
+                slot = None
+                if self._network is not None:
+                    slot = await self._network.reserve(guest_id)
+                    stack.push_async_callback(_shielded, slot.release)
+                spec = GuestSpec(
+                    run_id=guest_id,
+                    run_dir=guest_dir,
+                    launch_seconds=self._launch_seconds,
+                    network=slot.attachment if slot is not None else None,
+                )
+
+                def launched(guest: Guest) -> None:
+                    stack.push_async_callback(_shielded, guest.destroy)
+
+                greeted = await boot_and_greet(self._backend, spec, launched)
+                await _self_test(greeted.client)
+            except Exception as exc:
+                if isinstance(exc, CleanroomError):
+                    raise
                 raise CleanroomError(f"warm guest failed: {exc}") from exc
-            raise
+            stack.pop_all()
         return WarmGuest(
-            guest=guest,
-            client=client,
+            guest=greeted.guest,
+            client=greeted.client,
             guest_dir=guest_dir,
-            boot_ms=(loop.time() - start) * 1000,
+            boot_ms=(time.monotonic() - started) * 1000,
             ready_at=time.monotonic(),
-            agent_version=info.agent_version,
-            kernel=info.kernel,
+            agent_version=greeted.info.agent_version,
+            kernel=greeted.info.kernel,
             slot=slot,
         )
 
@@ -265,9 +245,18 @@ class WarmPool:
         with contextlib.suppress(Exception):
             await warm.client.close()
         await warm.guest.destroy()
-        if warm.slot is not None and self._network is not None:
-            await self._network.teardown(warm.slot)
+        if warm.slot is not None:
+            await warm.slot.release()
         warm.discard_dir()
+
+
+async def _shielded(release: Callable[[], Awaitable[object]]) -> None:
+    """Run ``release`` to the end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(release())
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
 
 
 async def _self_test(client: AgentClient) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import structlog
 
 from cleanroom import paths
+from cleanroom.backend_table import backend_names
 from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
@@ -28,9 +29,10 @@ from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
-from cleanroom.service.pool import SlotProvider, WarmPool
+from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
-from cleanroom.service.runner import NetworkProvider, RunPlan, execute_run
+from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
@@ -57,11 +59,12 @@ class Service:
         config: RuntimeConfig,
         *,
         backends: dict[str, Backend] | None = None,
-        network: NetworkProvider | None = None,
+        network: NetworkLayer[LeaseT, SlotT] | None = None,
     ) -> None:
+        """``network``: the egress layer (default: a ``NetworkManager``, made by :meth:`start`)."""
         self._config = config
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._network = network
+        self._network: RunNetworks | None = bind_network(network) if network is not None else None
         self._network_error: str | None = None
         self._contexts: dict[str, _Context] = {}
         self._terminated: set[str] = set()
@@ -84,10 +87,10 @@ class Service:
             except CleanroomError as exc:
                 self._network_error = exc.message
             else:
-                self._network = manager
-        reconcile = getattr(self._network, "reconcile", None)
-        if reconcile is not None:
-            removed = await reconcile()
+                # mypy checks here that the manager conforms to NetworkLayer.
+                self._network = bind_network(manager)
+        if self._network is not None:
+            removed = await self._network.reconcile()
             if removed:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
@@ -119,7 +122,7 @@ class Service:
                 launch_seconds=self._backend_launch_seconds(name),
                 # Pooled guests boot on reserved (drop-all) network slots when the
                 # network layer can reserve them, so networked runs can be served warm.
-                network=self._network if isinstance(self._network, SlotProvider) else None,
+                network=self._network,
                 boots=self._boots,
             )
             self._pools[name] = pool
@@ -315,10 +318,14 @@ class Service:
         """See ``ServiceAPI.doctor``."""
         checks = await asyncio.to_thread(host_checks)
         name = resolve_backend_name(None, self._config)
-        for be_name in ("qemu", "firecracker"):
+        for be_name in backend_names():
             try:
                 be = await self._backend(be_name)
-                checks.extend(await be.doctor())
+                # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
+                # the backend's checks into the service's own check type.
+                checks.extend(
+                    DoctorCheck(c.name, c.status, c.reason, c.details) for c in await be.doctor()
+                )
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
@@ -353,13 +360,12 @@ class Service:
         async with self._lock:
             be = self._backends.get(name)
             if be is None:
-                be = get_backend(name, self._config)  # type: ignore[arg-type]
+                be = get_backend(name, self._config)
                 self._backends[name] = be
             return be
 
     def _backend_launch_seconds(self, name: str) -> float:
-        section = getattr(self._config, name)
-        return float(section.launch_seconds)
+        return float(self._config.backends[name].launch_seconds)
 
     def _check_capabilities(self, policy: CompiledPolicy, caps: Capabilities) -> None:
         if not policy.allow:

@@ -16,6 +16,7 @@ from cleanroom.backends.firecracker.config import (
     build_config,
 )
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
+from cleanroom.backends.firecracker.settings import FirecrackerConfig
 from cleanroom.backends.firecracker.vsock import (
     HybridVsockError,
     HybridVsockProtocolError,
@@ -26,6 +27,7 @@ from cleanroom.backends.firecracker.vsock import (
 __all__ = [
     "AGENT_VSOCK_PORT",
     "FirecrackerBackend",
+    "FirecrackerConfig",
     "FirecrackerGuest",
     "FirecrackerLaunch",
     "FirecrackerMachine",

@@ -5,29 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cleanroom.backends.base import Capabilities, GuestSpec
+from cleanroom.backends.firecracker.config import FirecrackerLaunch
 from cleanroom.backends.firecracker.guest import FirecrackerGuest, FirecrackerMachine
+from cleanroom.backends.firecracker.settings import FirecrackerConfig
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
-    find_vmm_binary,
     host_kvm_identity,
     vmm_version,
 )
-from cleanroom.backends.images import resolve_image
+from cleanroom.backends.images import BootImage, verify_boot_image
 from cleanroom.backends.process import pdeathsig_prefix
-from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache
-from cleanroom.backends.vmguest import boot_canary
-from cleanroom.config import FirecrackerConfig
+from cleanroom.backends.verdicts import cached_verdict
+from cleanroom.backends.vmbackend import VmBackend
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import (
     BackendUnavailable,
     CleanroomError,
     ImageUnavailable,
 )
-from cleanroom.images import GuestImage, verify_image
-from cleanroom.service.types import DoctorCheck
 
 __all__ = [
     "DEFAULT_FIRECRACKER_BINARY",
@@ -45,12 +43,7 @@ _VERSION = re.compile(r"Firecracker\s+v?([0-9][^\s]*)")
 
 def find_firecracker(config: FirecrackerConfig) -> str:
     """The binary to run; ``BackendUnavailable`` naming exactly what is missing."""
-    return find_vmm_binary(
-        config.binary_path,
-        DEFAULT_FIRECRACKER_BINARY,
-        not_on_path="firecracker binary not found: not on PATH and "
-        "backends.firecracker.binary_path is not set",
-    )
+    return FirecrackerBackend(config).find_binary()
 
 
 def is_elf(path: Path) -> bool:
@@ -71,21 +64,17 @@ def _firecracker_version(binary: str) -> str:
     return vmm_version(binary, _VERSION)
 
 
-class FirecrackerBackend:
+class FirecrackerBackend(VmBackend[FirecrackerConfig, FirecrackerMachine, FirecrackerGuest]):
     """Implements ``cleanroom.backends.base.Backend`` with Firecracker."""
 
     name = "firecracker"
+    default_binary = DEFAULT_FIRECRACKER_BINARY
+    not_on_path = (
+        "firecracker binary not found: not on PATH and backends.firecracker.binary_path is not set"
+    )
 
-    def __init__(self, config: FirecrackerConfig, *, verdicts: VerdictCache | None = None) -> None:
-        self._config = config
-        self._verdicts = verdicts if verdicts is not None else VerdictCache()
-        self._lock = asyncio.Lock()
-        self._machine: FirecrackerMachine | None = None
-        self._caps: Capabilities | None = None
-
-    def _image(self) -> GuestImage:
-        c = self._config
-        image = resolve_image("firecracker", c.kernel_image, c.initrd, c.rootfs, c.kernel_image)
+    def _image(self) -> BootImage:
+        image = self._configured_image(vmlinux=True)
         if not is_elf(image.vmlinux):
             raise ImageUnavailable(
                 f"firecracker needs an uncompressed ELF vmlinux; {image.vmlinux} is not ELF",
@@ -102,9 +91,9 @@ class FirecrackerBackend:
             )
         return identity
 
-    def _machine_for(self, binary: str, image: GuestImage) -> FirecrackerMachine:
-        return FirecrackerMachine(
-            binary=binary,
+    def machine_for(self, binary: str, image: BootImage) -> FirecrackerMachine:
+        """The machine that ``binary`` and ``image`` give with this config (touches no file)."""
+        launch = FirecrackerLaunch(
             vmlinux=image.vmlinux,
             initrd=image.initrd,
             rootfs=image.rootfs,
@@ -112,62 +101,34 @@ class FirecrackerBackend:
             memory_mib=self._config.memory_mib,
             guest_cid=self._config.guest_cid,
         )
+        return FirecrackerMachine(binary=binary, launch=launch)
 
-    async def _canary(self, machine: FirecrackerMachine) -> tuple[bool, str]:
-        return await boot_canary(
-            lambda spec: FirecrackerGuest.start(machine, spec),
-            name="fc-canary",
-            label="firecracker",
-            seconds=FIRECRACKER_CANARY_SECONDS,
+    async def _start(self, machine: FirecrackerMachine, spec: GuestSpec) -> FirecrackerGuest:
+        return await FirecrackerGuest.start(machine, spec)
+
+    async def _resolve(self) -> tuple[FirecrackerMachine, Capabilities]:
+        binary = self.find_binary()
+        identity = self._kvm()
+        pdeathsig_prefix()
+        version = await asyncio.to_thread(_firecracker_version, binary)
+        image = await asyncio.to_thread(self._image)
+        machine = self.machine_for(binary, image)
+        verdict = await cached_verdict(
+            self._verdicts,
+            firecracker_verdict_key(identity, version, image.digest),
+            lambda: self._canary(
+                machine, name="fc-canary", label="firecracker", seconds=FIRECRACKER_CANARY_SECONDS
+            ),
         )
-
-    async def prepare(self) -> Capabilities:
-        async with self._lock:
-            if self._caps is not None:
-                return self._caps
-            binary = find_firecracker(self._config)
-            identity = self._kvm()
-            pdeathsig_prefix()
-            version = await asyncio.to_thread(_firecracker_version, binary)
-            image = await asyncio.to_thread(self._image)
-            machine = self._machine_for(binary, image)
-            key = firecracker_verdict_key(identity, version, image.digest)
-            verdict = self._verdicts.get(key)
-            if verdict is None:
-                booted, reason = await self._canary(machine)
-                verdict = AccelVerdict(
-                    key=key,
-                    kvm_works=booted,
-                    reason=reason,
-                    checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                )
-                self._verdicts.put(verdict)
-            if not verdict.kvm_works:
-                raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
-            self._machine = machine
-            self._caps = Capabilities(
-                backend_name="firecracker",
-                backend_version=version,
-                isolation="firecracker-kvm",
-                network_default_deny=True,
-                network_host_port_filtering=True,
-                dns_control=True,
-                policy_immutability=True,
-                audit_event_emission=True,
-            )
-            return self._caps
-
-    async def launch(self, spec: GuestSpec) -> FirecrackerGuest:
-        if self._machine is None:
-            await self.prepare()
-        assert self._machine is not None
-        return await FirecrackerGuest.start(self._machine, spec)
+        if not verdict.kvm_works:
+            raise BackendUnavailable(verdict.reason, details={"checked_at": verdict.checked_at})
+        return machine, self._capabilities(version, "firecracker-kvm")
 
     def cached_usable(self) -> bool:
         """Cheap check used by backend auto-selection: binary, /dev/kvm, and a cached
         passing canary verdict for the current image (no boot, no build)."""
         try:
-            binary = find_firecracker(self._config)
+            binary = self.find_binary()
             identity = self._kvm()
             version = _firecracker_version(binary)
             image = self._image()
@@ -179,7 +140,7 @@ class FirecrackerBackend:
     async def doctor(self) -> list[DoctorCheck]:
         checks: list[DoctorCheck] = []
         try:
-            binary = find_firecracker(self._config)
+            binary = self.find_binary()
             version = await asyncio.to_thread(_firecracker_version, binary)
             checks.append(DoctorCheck("firecracker.binary", "pass", f"{binary} {version}"))
         except BackendUnavailable as exc:
@@ -192,13 +153,13 @@ class FirecrackerBackend:
         try:
             image = await asyncio.to_thread(self._image)
             checks.append(DoctorCheck("firecracker.kernel", "pass", f"ELF vmlinux {image.vmlinux}"))
-            await asyncio.to_thread(verify_image, image)
+            await asyncio.to_thread(verify_boot_image, image)
             checks.append(
                 DoctorCheck("firecracker.rootfs", "pass", f"rootfs {image.rootfs} verified")
+            )
+            checks.append(
+                DoctorCheck("firecracker.boot", "pass", image.describe(), {"boot": image.boot})
             )
         except CleanroomError as exc:
             checks.append(DoctorCheck("firecracker.image", "warn", exc.message, exc.details))
         return checks
-
-    async def close(self) -> None:
-        """Nothing backend-wide to release."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.backends.base import NetworkAttachment
+from cleanroom.backends.images import agent_boot_args
+from cleanroom.backends.process import netns_prefix
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "AGENT_VSOCK_PORT",
@@ -38,7 +40,8 @@ class FirecrackerLaunch:
     """Everything that determines one Firecracker config file."""
 
     vmlinux: Path
-    initrd: Path
+    initrd: Path | None
+    """None: the kernel boots the rootfs directly (``DIRECT_BOOT_ARGS``)."""
     rootfs: Path
     vcpus: int = 1
     memory_mib: int = 256
@@ -60,11 +63,10 @@ def boot_args(launch: FirecrackerLaunch) -> str:
         "reboot=k",
         "panic=1",
         "pci=off",
-        "cleanroom.root=/dev/vda",
-        f"cleanroom.channel=vsock:{launch.agent_port}",
+        *agent_boot_args(
+            f"vsock:{launch.agent_port}", direct=launch.initrd is None, debug=launch.debug
+        ),
     ]
-    if launch.debug:
-        args.append("cleanroom.debug=1")
     return " ".join(args)
 
 
@@ -73,7 +75,7 @@ def build_config(launch: FirecrackerLaunch) -> dict[str, Any]:
     config: dict[str, Any] = {
         "boot-source": {
             "kernel_image_path": str(launch.vmlinux),
-            "initrd_path": str(launch.initrd),
+            **({} if launch.initrd is None else {"initrd_path": str(launch.initrd)}),
             "boot_args": boot_args(launch),
         },
         "drives": [
@@ -120,10 +122,9 @@ def build_argv(
 ) -> list[str]:
     """``prefix`` + (``ip netns exec NS`` when networked) + firecracker with its
     API socket and config file (both relative to the run directory)."""
-    netns = [] if network is None else ["ip", "netns", "exec", network.netns]
     return [
         *prefix,
-        *netns,
+        *netns_prefix(network),
         binary,
         "--api-sock",
         API_SOCKET_NAME,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.firecracker.config import (
@@ -25,14 +24,12 @@ from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
 from cleanroom.backends.rootfs import RootfsMethod
 from cleanroom.backends.vmguest import (
     CONSOLE_LOG_NAME,
-    PLAN_FILE_NAME,
     VMM_LOG_NAME,
     RunDisks,
     VmGuest,
-    prepare_run_disks,
-    removing_disks_on_failure,
+    run_disks,
+    write_plan,
 )
-from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = ["FIRECRACKER_ROOTFS_METHODS", "FirecrackerGuest", "FirecrackerMachine"]
 
@@ -42,16 +39,11 @@ FIRECRACKER_ROOTFS_METHODS: tuple[RootfsMethod, ...] = ("reflink", "copy")
 
 @dataclass(frozen=True)
 class FirecrackerMachine:
-    """The host-side inputs of a Firecracker guest."""
+    """The host-side inputs of a Firecracker guest: its binary, and the launch every
+    guest starts from (``launch.rootfs`` is the read-only base each run copies)."""
 
     binary: str
-    vmlinux: Path
-    initrd: Path
-    rootfs: Path
-    vcpus: int = 1
-    memory_mib: int = 256
-    guest_cid: int = 3
-    debug: bool = False
+    launch: FirecrackerLaunch
 
 
 class FirecrackerGuest(VmGuest):
@@ -70,38 +62,28 @@ class FirecrackerGuest(VmGuest):
         Raises ``RuntimeLaunchFailed``; on failure the per-run disk is removed.
         """
         run_dir = spec.run_dir
-        disks = await prepare_run_disks(spec, machine.rootfs, FIRECRACKER_ROOTFS_METHODS)
-        rootfs = disks.rootfs
-        with removing_disks_on_failure(run_dir, "Firecracker"):
-            launch = FirecrackerLaunch(
-                vmlinux=machine.vmlinux,
-                initrd=machine.initrd,
-                rootfs=rootfs.path,
-                vcpus=machine.vcpus,
-                memory_mib=machine.memory_mib,
-                guest_cid=machine.guest_cid,
+        base = machine.launch.rootfs
+        async with run_disks(spec, base, FIRECRACKER_ROOTFS_METHODS, vmm="Firecracker") as disks:
+            launch = replace(
+                machine.launch,
+                rootfs=disks.rootfs.path,
                 network=spec.network,
                 workspace_disk=disks.workspace.path,
-                debug=machine.debug,
             )
             config = build_config(launch)
             (run_dir / CONFIG_FILE_NAME).write_text(json.dumps(config, indent=2) + "\n")
             argv = build_argv(machine.binary, spec.network, prefix=pdeathsig_prefix())
-            plan = {
-                "backend": "firecracker",
-                "run_id": spec.run_id,
-                "isolation": "firecracker-kvm",
-                "argv": argv,
-                "cwd": str(run_dir),
-                "config_file": str(run_dir / CONFIG_FILE_NAME),
-                "config": config,
-                "rootfs": {
-                    "path": str(rootfs.path),
-                    "method": rootfs.method,
-                    "base": str(machine.rootfs),
-                },
-            }
-            (run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
+            write_plan(
+                spec,
+                disks,
+                base,
+                backend="firecracker",
+                isolation="firecracker-kvm",
+                argv=argv,
+                cwd=str(run_dir),
+                config_file=str(run_dir / CONFIG_FILE_NAME),
+                config=config,
+            )
             for stale in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
                 (run_dir / stale).unlink(missing_ok=True)
             process = VmmProcess.spawn(
@@ -119,10 +101,7 @@ class FirecrackerGuest(VmGuest):
     async def open_channel(
         self, deadline: float
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._destroyed or self._writer is not None:
-            raise RuntimeLaunchFailed(
-                "guest destroyed or channel already opened", details={"run_id": self._spec.run_id}
-            )
+        self._check_channel_unopened()
         try:
             reader, writer = await connect_hybrid_vsock(
                 self._spec.run_dir / VSOCK_SOCKET_NAME,

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cleanroom.backends.base import NetworkAttachment
+from cleanroom.backends.images import agent_boot_args
+from cleanroom.backends.process import netns_prefix
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "AGENT_CHARDEV",
     "AGENT_PORT_NAME",
     "QemuLaunch",
+    "QemuMachine",
     "build_argv",
     "kernel_cmdline",
     "netns_prefix",
@@ -36,28 +39,40 @@ Accel = Literal["kvm", "tcg"]
 
 
 @dataclass(frozen=True)
-class QemuLaunch:
-    """Everything that determines one QEMU command line."""
+class QemuMachine:
+    """The host-side inputs every guest of a prepared QEMU backend shares: binary,
+    image files (``rootfs`` is the read-only base each run copies), sizing, accel."""
 
     binary: str
     kernel: Path
-    initrd: Path
+    initrd: Path | None
+    """None: the kernel boots the rootfs directly (``DIRECT_BOOT_ARGS``)."""
     rootfs: Path
-    rootfs_format: Literal["raw", "qcow2"]
-    console_log: Path
-    agent_fd: int
-    qmp_fd: int
     accel: Accel
     vcpus: int = 1
     memory_mib: int = 256
     tsc_khz: int | None = None
     """Host TSC kHz; passed as ``tsc_early_khz`` under TCG."""
-    network: NetworkAttachment | None = None
-    workspace_disk: Path | None = None
-    """A second virtio-blk disk the guest mounts at /workspace (found by its label)."""
+    qemu_img: str = "qemu-img"
     debug: bool = False
     """Console on an emulated UART (``ttyS0``) so the earliest kernel messages are kept."""
     extra_kernel_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QemuLaunch:
+    """Everything that determines one QEMU command line: the machine, plus the run's
+    own rootfs copy, console log, inherited channel descriptors and network."""
+
+    machine: QemuMachine
+    rootfs: Path
+    rootfs_format: Literal["raw", "qcow2"]
+    console_log: Path
+    agent_fd: int
+    qmp_fd: int
+    network: NetworkAttachment | None = None
+    workspace_disk: Path | None = None
+    """A second virtio-blk disk the guest mounts at /workspace (found by its label)."""
 
 
 def _opt(value: object) -> str:
@@ -67,51 +82,49 @@ def _opt(value: object) -> str:
 
 def kernel_cmdline(launch: QemuLaunch) -> str:
     """The guest kernel command line for ``launch``."""
+    m = launch.machine
     args = [
-        "console=ttyS0" if launch.debug else "console=hvc0",
-        "loglevel=7" if launch.debug else "quiet",
+        "console=ttyS0" if m.debug else "console=hvc0",
+        "loglevel=7" if m.debug else "quiet",
         # With -no-reboot a panic or reboot makes QEMU exit, so a dead guest
         # is noticed at once instead of at the launch deadline.
         "panic=-1",
         "reboot=t",
-        "cleanroom.root=/dev/vda",
-        f"cleanroom.channel=virtio-serial:{AGENT_PORT_NAME}",
+        *agent_boot_args(
+            f"virtio-serial:{AGENT_PORT_NAME}", direct=m.initrd is None, debug=m.debug
+        ),
     ]
-    if launch.debug:
-        args.append("cleanroom.debug=1")
-    if launch.accel == "tcg" and launch.tsc_khz:
-        args.append(f"tsc_early_khz={launch.tsc_khz}")
-    args.extend(launch.extra_kernel_args)
+    if m.accel == "tcg" and m.tsc_khz:
+        args.append(f"tsc_early_khz={m.tsc_khz}")
+    args.extend(m.extra_kernel_args)
     return " ".join(args)
-
-
-def netns_prefix(network: NetworkAttachment | None) -> list[str]:
-    """``ip netns exec NS`` (which execs in place, keeping the PID) or nothing."""
-    return [] if network is None else ["ip", "netns", "exec", network.netns]
 
 
 def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     """The full argv: ``prefix`` (e.g. the death-signal wrapper), the netns
     wrapper when networked, then QEMU and its arguments."""
+    m = launch.machine
     machine = "microvm,acpi=on,pit=off,pic=off,rtc=on," + (
-        "isa-serial=on" if launch.debug else "isa-serial=off"
+        "isa-serial=on" if m.debug else "isa-serial=off"
     )
-    if launch.accel == "kvm":
+    if m.accel == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
     else:
         # tb-size=32 trims ~50 MiB of translation cache per guest.
         accel = ["-accel", "tcg,tb-size=32", "-cpu", "max"]
-    argv = [*prefix, *netns_prefix(launch.network), launch.binary]
+    argv = [*prefix, *netns_prefix(launch.network), m.binary]
     argv += ["-M", machine, *accel]
-    argv += ["-m", str(launch.memory_mib), "-smp", str(launch.vcpus)]
+    argv += ["-m", str(m.memory_mib), "-smp", str(m.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    argv += ["-kernel", str(launch.kernel), "-initrd", str(launch.initrd)]
+    argv += ["-kernel", str(m.kernel)]
+    if m.initrd is not None:
+        argv += ["-initrd", str(m.initrd)]
     argv += ["-append", kernel_cmdline(launch)]
     argv += ["-chardev", f"socket,id=qmp,fd={launch.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     argv += ["-chardev", f"file,id=console,path={_opt(launch.console_log)}"]
     argv += ["-chardev", f"socket,id={AGENT_CHARDEV},fd={launch.agent_fd}"]
     argv += ["-device", "virtio-serial-device,max_ports=4"]
-    if launch.debug:
+    if m.debug:
         argv += ["-serial", "chardev:console"]
     else:
         argv += ["-device", "virtconsole,chardev=console"]

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from cleanroom.backends.base import Capabilities, GuestSpec
+from cleanroom.backends.base import Capabilities, GuestSpec, Isolation
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
-    find_vmm_binary,
     host_kvm_identity,
     host_tsc_khz,
     vmm_version,
 )
-from cleanroom.backends.images import resolve_image
+from cleanroom.backends.images import BootImage, verify_boot_image
 from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
-from cleanroom.backends.vmguest import boot_canary
-from cleanroom.config import QemuConfig
+from cleanroom.backends.qemu.settings import QemuConfig
+from cleanroom.backends.vmbackend import VmBackend
+from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
-from cleanroom.images import GuestImage, verify_image
-from cleanroom.service.types import DoctorCheck
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
 
@@ -41,111 +40,75 @@ def qemu_version(binary: str) -> str:
     return vmm_version(binary, _VERSION)
 
 
-class QemuBackend:
+class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
     """``qemu-system-x86_64 -M microvm``; implements ``cleanroom.backends.base.Backend``."""
 
     name = "qemu"
+    default_binary = DEFAULT_QEMU_BINARY
+    not_on_path = f"{DEFAULT_QEMU_BINARY} is not on PATH (install qemu-system-x86)"
 
     def __init__(self, config: QemuConfig, *, verdicts: VerdictCache | None = None) -> None:
-        self._config = config
-        self._verdicts = verdicts if verdicts is not None else VerdictCache()
-        self._lock = asyncio.Lock()
-        self._machine: QemuMachine | None = None
-        self._caps: Capabilities | None = None
+        super().__init__(config, verdicts=verdicts)
         self.verdict: AccelVerdict | None = None
         """The KVM canary verdict behind the chosen accel (None if none was needed)."""
 
-    def _binary(self) -> str:
-        return find_vmm_binary(
-            self._config.binary_path,
-            DEFAULT_QEMU_BINARY,
-            not_on_path=f"{DEFAULT_QEMU_BINARY} is not on PATH (install qemu-system-x86)",
-        )
-
-    def _image(self) -> GuestImage:
-        c = self._config
-        return resolve_image("qemu", c.kernel_image, c.initrd, c.rootfs)
+    def _image(self) -> BootImage:
+        return self._configured_image()
 
     def _qemu_img(self, binary: str) -> str:
         sibling = Path(binary).with_name("qemu-img")
         return str(sibling) if sibling.is_file() else "qemu-img"
 
-    async def _kvm_canary(self, binary: str, image: GuestImage) -> tuple[bool, str]:
-        machine = QemuMachine(
+    def _machine_for(
+        self, binary: str, image: BootImage, accel: Accel, tsc_khz: int | None = None
+    ) -> QemuMachine:
+        return QemuMachine(
             binary=binary,
             kernel=image.kernel,
             initrd=image.initrd,
             rootfs=image.rootfs,
-            accel="kvm",
+            accel=accel,
+            vcpus=self._config.vcpus,
             memory_mib=self._config.memory_mib,
+            tsc_khz=tsc_khz,
             qemu_img=self._qemu_img(binary),
         )
-        return await boot_canary(
-            lambda spec: QemuGuest.start(machine, spec),
-            name="kvm-canary",
-            label="KVM",
-            seconds=KVM_CANARY_SECONDS,
-        )
 
-    async def prepare(self) -> Capabilities:
-        async with self._lock:
-            if self._caps is not None:
-                return self._caps
-            binary = self._binary()
-            pdeathsig_prefix()  # fails early, naming setpriv, if it is missing
-            version = await asyncio.to_thread(qemu_version, binary)
-            image = await asyncio.to_thread(self._image)
-            accel: Accel
-            accel, self.verdict = await resolve_accel(
-                self._config.accel,
-                qemu_version=version,
-                image_digest=image.digest,
-                canary=lambda: self._kvm_canary(binary, image),
-                cache=self._verdicts,
-            )
-            tsc = await asyncio.to_thread(host_tsc_khz) if accel == "tcg" else None
-            self._machine = QemuMachine(
-                binary=binary,
-                kernel=image.kernel,
-                initrd=image.initrd,
-                rootfs=image.rootfs,
-                accel=accel,
-                vcpus=self._config.vcpus,
-                memory_mib=self._config.memory_mib,
-                tsc_khz=tsc,
-                qemu_img=self._qemu_img(binary),
-            )
-            self._caps = Capabilities(
-                backend_name="qemu",
-                backend_version=version,
-                isolation="qemu-kvm" if accel == "kvm" else "qemu-tcg",
-                # The guest has no NIC unless the network layer attaches a TAP
-                # inside the run's namespace, where its ruleset applies.
-                network_default_deny=True,
-                network_host_port_filtering=True,
-                dns_control=True,
-                policy_immutability=True,
-                audit_event_emission=True,
-            )
-            return self._caps
+    async def _start(self, machine: QemuMachine, spec: GuestSpec) -> QemuGuest:
+        return await QemuGuest.start(machine, spec)
+
+    async def _resolve(self) -> tuple[QemuMachine, Capabilities]:
+        binary = self.find_binary()
+        pdeathsig_prefix()  # fails early, naming setpriv, if it is missing
+        version = await asyncio.to_thread(qemu_version, binary)
+        image = await asyncio.to_thread(self._image)
+        canary_machine = replace(self._machine_for(binary, image, "kvm"), vcpus=1)
+        accel: Accel
+        accel, self.verdict = await resolve_accel(
+            self._config.accel,
+            qemu_version=version,
+            image_digest=image.digest,
+            canary=lambda: self._canary(
+                canary_machine, name="kvm-canary", label="KVM", seconds=KVM_CANARY_SECONDS
+            ),
+            cache=self._verdicts,
+        )
+        tsc = await asyncio.to_thread(host_tsc_khz) if accel == "tcg" else None
+        machine = self._machine_for(binary, image, accel, tsc)
+        isolation: Isolation = "qemu-kvm" if accel == "kvm" else "qemu-tcg"
+        return machine, self._capabilities(version, isolation)
 
     @property
     def machine(self) -> QemuMachine | None:
         """The resolved machine after ``prepare`` (for diagnostics and tests)."""
         return self._machine
 
-    async def launch(self, spec: GuestSpec) -> QemuGuest:
-        if self._machine is None:
-            await self.prepare()
-        assert self._machine is not None
-        return await QemuGuest.start(self._machine, spec)
-
     async def doctor(self) -> list[DoctorCheck]:
         checks: list[DoctorCheck] = []
         binary: str | None = None
         version: str | None = None
         try:
-            binary = self._binary()
+            binary = self.find_binary()
             version = await asyncio.to_thread(qemu_version, binary)
             checks.append(
                 DoctorCheck("qemu.binary", "pass", f"{binary} {version}", {"version": version})
@@ -159,10 +122,10 @@ class QemuBackend:
             )
         else:
             checks.append(DoctorCheck("qemu.kvm", "pass", f"{KVM_DEVICE} present ({identity})"))
-        image: GuestImage | None = None
+        image: BootImage | None = None
         try:
             image = await asyncio.to_thread(self._image)
-            await asyncio.to_thread(verify_image, image)
+            await asyncio.to_thread(verify_boot_image, image)
             checks.append(
                 DoctorCheck(
                     "qemu.image",
@@ -171,13 +134,14 @@ class QemuBackend:
                     {"digest": image.digest, "path": str(image.path)},
                 )
             )
+            checks.append(DoctorCheck("qemu.boot", "pass", image.describe(), {"boot": image.boot}))
         except CleanroomError as exc:
             checks.append(DoctorCheck("qemu.image", "fail", exc.message, exc.details))
         checks.append(self._accel_check(identity, version, image))
         return checks
 
     def _accel_check(
-        self, identity: str | None, version: str | None, image: GuestImage | None
+        self, identity: str | None, version: str | None, image: BootImage | None
     ) -> DoctorCheck:
         requested = self._config.accel
         if requested != "auto":
@@ -198,6 +162,3 @@ class QemuBackend:
             f"accel {chosen}: {verdict.reason}",
             {"checked_at": verdict.checked_at, "kvm_works": verdict.kvm_works},
         )
-
-    async def close(self) -> None:
-        """Nothing backend-wide to release (guests are owned by their runs)."""

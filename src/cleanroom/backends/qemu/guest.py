@@ -8,24 +8,20 @@ written to the channel before that wait in QEMU until the agent reads them.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-from dataclasses import dataclass
-from pathlib import Path
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
-from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, build_argv
+from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, QemuMachine, build_argv
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.rootfs import RootfsMethod
 from cleanroom.backends.vmguest import (
     CONSOLE_LOG_NAME,
-    PLAN_FILE_NAME,
     VMM_LOG_NAME,
     RunDisks,
     VmGuest,
-    prepare_run_disks,
-    removing_disks_on_failure,
+    run_disks,
+    write_plan,
 )
 from cleanroom.errors import RuntimeLaunchFailed
 
@@ -36,23 +32,6 @@ QEMU_ROOTFS_METHODS: tuple[RootfsMethod, ...] = ("reflink", "qcow2-overlay", "co
 
 _POLL_SECONDS = 0.025
 _DEAD_STATES = frozenset({"internal-error", "guest-panicked", "shutdown", "io-error"})
-
-
-@dataclass(frozen=True)
-class QemuMachine:
-    """The host-side inputs of a QEMU guest (binary, image artifacts, sizing, accel)."""
-
-    binary: str
-    kernel: Path
-    initrd: Path
-    rootfs: Path
-    accel: Accel
-    vcpus: int = 1
-    memory_mib: int = 256
-    tsc_khz: int | None = None
-    qemu_img: str = "qemu-img"
-    debug: bool = False
-    extra_kernel_args: tuple[str, ...] = ()
 
 
 class QemuGuest(VmGuest):
@@ -82,50 +61,36 @@ class QemuGuest(VmGuest):
         the per-run disk is removed.
         """
         run_dir = spec.run_dir
-        disks = await prepare_run_disks(
-            spec, machine.rootfs, QEMU_ROOTFS_METHODS, qemu_img=machine.qemu_img
-        )
-        rootfs = disks.rootfs
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_path = run_dir / CONSOLE_LOG_NAME
         try:
-            with removing_disks_on_failure(run_dir, "QEMU"):
+            async with run_disks(
+                spec, machine.rootfs, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
+            ) as disks:
                 launch = QemuLaunch(
-                    binary=machine.binary,
-                    kernel=machine.kernel,
-                    initrd=machine.initrd,
-                    rootfs=rootfs.path,
-                    rootfs_format=rootfs.format,
+                    machine=machine,
+                    rootfs=disks.rootfs.path,
+                    rootfs_format=disks.rootfs.format,
                     console_log=console_path,
                     agent_fd=agent_vm.fileno(),
                     qmp_fd=qmp_vm.fileno(),
-                    accel=machine.accel,
-                    vcpus=machine.vcpus,
-                    memory_mib=machine.memory_mib,
-                    tsc_khz=machine.tsc_khz,
                     network=spec.network,
                     workspace_disk=disks.workspace.path,
-                    debug=machine.debug,
-                    extra_kernel_args=machine.extra_kernel_args,
                 )
                 argv = build_argv(launch, prefix=pdeathsig_prefix())
-                plan = {
-                    "backend": "qemu",
-                    "run_id": spec.run_id,
-                    "isolation": f"qemu-{machine.accel}",
-                    "argv": argv,
-                    "inherited_fds": {
+                write_plan(
+                    spec,
+                    disks,
+                    machine.rootfs,
+                    backend="qemu",
+                    isolation=f"qemu-{machine.accel}",
+                    argv=argv,
+                    inherited_fds={
                         str(launch.qmp_fd): "QMP monitor (socketpair)",
                         str(launch.agent_fd): "agent channel (socketpair)",
                     },
-                    "rootfs": {
-                        "path": str(rootfs.path),
-                        "method": rootfs.method,
-                        "base": str(machine.rootfs),
-                    },
-                }
-                (run_dir / PLAN_FILE_NAME).write_text(json.dumps(plan, indent=2) + "\n")
+                )
                 console_path.touch()
                 process = VmmProcess.spawn(
                     argv,
@@ -160,12 +125,7 @@ class QemuGuest(VmGuest):
     async def open_channel(
         self, deadline: float
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._destroyed:
-            raise RuntimeLaunchFailed("guest was destroyed", details={"run_id": self._spec.run_id})
-        if self._agent_sock is None:
-            raise RuntimeLaunchFailed(
-                "agent channel already opened", details={"run_id": self._spec.run_id}
-            )
+        self._check_channel_unopened()
         loop = asyncio.get_running_loop()
 
         def remaining() -> float:
@@ -195,6 +155,7 @@ class QemuGuest(VmGuest):
         except TimeoutError as exc:
             raise self._failed(timeout_msg) from exc
         sock, self._agent_sock = self._agent_sock, None
+        assert sock is not None  # handed over once, with the writer recorded
         reader, writer = await asyncio.open_connection(sock=sock)
         self._channel_opened(writer)
         return reader, writer

@@ -1,0 +1,30 @@
+"""The ``backends.qemu`` section of the runtime config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from cleanroom._yaml import YamlEntry
+from cleanroom.backends.vmsettings import VMM_KEYS, VmmSettings
+from cleanroom.config_reader import SectionReader
+
+__all__ = ["QemuAccel", "QemuConfig"]
+
+QemuAccel = Literal["auto", "kvm", "tcg"]
+_ACCELS: tuple[QemuAccel, ...] = ("auto", "kvm", "tcg")
+
+
+@dataclass(frozen=True)
+class QemuConfig(VmmSettings):
+    """Settings of the QEMU backend; ``accel: auto`` takes KVM only where a canary boots."""
+
+    accel: QemuAccel = "auto"
+
+    KEYS: ClassVar[tuple[str, ...]] = (*VMM_KEYS, "accel")
+
+    @classmethod
+    def _own_fields(
+        cls, reader: SectionReader, section: dict[str, YamlEntry], path: str
+    ) -> dict[str, Any]:
+        return {"accel": reader.choice(section, "accel", path, _ACCELS, "auto")}

@@ -1,0 +1,69 @@
+"""Boot a guest and greet its agent: the one way every guest (cold or pooled) starts.
+
+The caller learns of the guest the moment its VMM exists (``launched``), so it
+can take ownership (destroy it on every exit path) before anything else can
+fail; after that the agent channel is opened and the hello answered within
+the spec's ``launch_seconds``, counted from the launch call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cleanroom.agent import AgentClient, AgentError, GuestInfo
+from cleanroom.backends.base import Backend, Guest, GuestSpec
+from cleanroom.errors import RuntimeLaunchFailed
+
+__all__ = ["Greeted", "boot_and_greet"]
+
+
+@dataclass(frozen=True)
+class Greeted:
+    """A booted guest whose agent answered the hello."""
+
+    guest: Guest
+    client: AgentClient
+    info: GuestInfo
+    connect_ms: float
+    """Launch call to agent channel open."""
+    ready_ms: float
+    """Launch call to hello answered."""
+
+
+async def boot_and_greet(
+    backend: Backend, spec: GuestSpec, launched: Callable[[Guest], None]
+) -> Greeted:
+    """Launch a guest of ``backend`` for ``spec`` and greet its agent.
+
+    ``launched`` is called with the guest as soon as its VMM exists, before
+    anything else is awaited: from then on the caller owns the guest (this
+    function never destroys it). Raises ``RuntimeLaunchFailed`` (with the
+    console tail) when the agent does not answer in time, and whatever the
+    backend's ``launch`` / ``open_channel`` raise.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + spec.launch_seconds
+    guest = await backend.launch(spec)
+    launched(guest)
+    reader, writer = await guest.open_channel(deadline)
+    connect_ms = (loop.time() - started) * 1000
+    client = AgentClient(reader, writer)
+    try:
+        info = await client.hello(timeout=max(0.1, deadline - loop.time()))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(client.close())
+        if isinstance(exc, AgentError | TimeoutError):
+            raise RuntimeLaunchFailed(
+                f"the guest agent did not answer: {exc}",
+                details={
+                    "launch_seconds": spec.launch_seconds,
+                    "console_tail": guest.console_tail(),
+                },
+            ) from exc
+        raise
+    return Greeted(guest, client, info, connect_ms, (loop.time() - started) * 1000)

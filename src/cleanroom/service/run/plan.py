@@ -1,0 +1,31 @@
+"""What the service decided for one run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+
+from cleanroom.policy import CompiledPolicy
+
+__all__ = ["Defer", "RunPlan"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the service decided for one run."""
+
+    run_id: str
+    cleanroom_id: str
+    backend_name: str
+    command: tuple[str, ...]
+    cwd: Path
+    run_dir: Path
+    policy: CompiledPolicy
+    read_only_workspace: bool
+    launch_seconds: float
+    timeout: float | None = None
+
+
+Defer = Callable[[str, Coroutine[None, None, None]], None]
+"""Takes a finished run's finalizer (by run id) to run in the background."""

@@ -1,0 +1,81 @@
+"""Configure the guest and give it the workspace.
+
+A guest whose disk was made on the host already holds the workspace; any
+other gets it streamed through the agent as a tar archive, which is prepared
+on a thread while the guest handles configure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+from cleanroom.service.record import RunRecorder, WorkspaceFacts
+from cleanroom.service.run.obtain import Obtained
+from cleanroom.service.run.plan import RunPlan
+from cleanroom.service.run.resources import RunResources, remove_path
+from cleanroom.service.workspace import ArchiveStats, PreparedArchive, prepare_archive
+
+__all__ = ["EMPTY_TAR", "configure_and_transfer"]
+
+EMPTY_TAR = bytes(1024)
+"""An empty tar archive (two zero blocks)."""
+
+
+async def configure_and_transfer(
+    plan: RunPlan, obtained: Obtained, scan: ArchiveStats, rec: RunRecorder, res: RunResources
+) -> None:
+    """Configure ``obtained``'s guest (entropy, network), then put the workspace in place.
+
+    Raises the agent's errors (``AgentError``) and ``InvalidRequest`` for an
+    unreadable workspace; an archive file left behind is removed by ``res``.
+    """
+    client = obtained.client
+    archiving: asyncio.Future[PreparedArchive] | None = None
+    if not obtained.seeded:
+        archiving = asyncio.ensure_future(prepare_archive(plan.cwd, scan.bytes, plan.run_dir))
+        res.push(_archive_remover(archiving))
+    with rec.timed("configure"):
+        await client.configure(entropy_seed=os.urandom(64), network=obtained.network)
+    extracted = refused = archive_bytes = 0
+    with rec.timed("workspace_transfer"):
+        if archiving is None:
+            # Already on the guest's disk. Only a read-only workspace needs the
+            # agent: an empty stream makes it apply the read-only bind mount.
+            if plan.read_only_workspace:
+                ws = await client.send_workspace([EMPTY_TAR], read_only=True)
+                extracted, refused = ws.files, ws.skipped
+        else:
+            prepared = await archiving
+            rec.timing("workspace_archive_ms", prepared.archive_ms)
+            archive_bytes = prepared.stats.archive_bytes
+            ws = await client.send_workspace(prepared.chunks, read_only=plan.read_only_workspace)
+            extracted, refused = ws.files, ws.skipped
+            if prepared.path is not None:
+                remove_path(prepared.path)
+    rec.set_workspace(
+        WorkspaceFacts(
+            method="disk" if obtained.seeded else "stream",
+            files=scan.files,
+            bytes=scan.bytes,
+            archive_bytes=archive_bytes,
+            skipped=tuple(scan.skipped),
+            extracted_files=extracted,
+            refused=refused,
+            read_only=plan.read_only_workspace,
+        )
+    )
+
+
+def _archive_remover(archiving: asyncio.Future[PreparedArchive]) -> Callable[[], Awaitable[None]]:
+    async def remove() -> None:
+        # Let the archiving thread finish first, so its file is not written after removal.
+        await asyncio.wait({archiving})
+        if archiving.cancelled() or archiving.exception() is not None:
+            return
+        path = archiving.result().path
+        if path is not None:
+            await asyncio.to_thread(remove_path, path)
+
+    return remove
