@@ -11,7 +11,8 @@ import pytest
 
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.server import ListenAddress
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.service import Service
+from cleanroom.testing import AgentProcessBackend, ServerThread, agent_service
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,8 @@ def _image_for_marked_tests(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("guest_image")
 
 
-# A real server on a real unix socket over the fake service (client and CLI tests).
+# A real server on a real unix socket over the real service, whose guests are
+# agent processes (client, server and CLI tests).
 
 
 @pytest.fixture
@@ -42,21 +44,36 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def repo(root: Path) -> Path:
-    """A repository whose policy the fake service accepts."""
+    """A repository with a policy that allows no egress (what the test service can run)."""
     path = root / "repo"
     path.mkdir()
-    (path / "cleanroom.yaml").write_text("\n")
+    (path / "cleanroom.yaml").write_text("version: 1\n")
     return path
 
 
 @pytest.fixture
-def fake(root: Path) -> FakeService:
-    return FakeService(root / "state")
+def state(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The state directory (``$XDG_STATE_HOME``) of the service under test."""
+    path = root / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(path))
+    return path
 
 
 @pytest.fixture
-def host(fake: FakeService, root: Path) -> Iterator[str]:
-    """``unix://`` address of a server thread serving ``fake``."""
+def backend() -> AgentProcessBackend:
+    """The service's ``qemu`` backend: guests are agent processes."""
+    return AgentProcessBackend()
+
+
+@pytest.fixture
+def service(backend: AgentProcessBackend, state: Path) -> Service:
+    """The real service over ``backend`` (the server thread starts and closes it)."""
+    return agent_service(backend)
+
+
+@pytest.fixture
+def host(service: Service, root: Path) -> Iterator[str]:
+    """``unix://`` address of a server thread serving ``service``."""
     sock = root / "run" / "s.sock"
-    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)):
+    with ServerThread(service, ListenAddress(scheme="unix", path=sock)):
         yield f"unix://{sock}"

@@ -25,6 +25,7 @@ PACKAGE = Path(cleanroom.__file__).resolve().parent
 LAYERS: dict[str, int] = {
     # bottom: values, errors, parsing
     "": 0,  # cleanroom/__init__.py
+    "_fields": 0,
     "_yaml": 0,
     "backend_table": 0,
     "config": 0,

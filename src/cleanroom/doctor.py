@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cleanroom._fields import Wire
+
 __all__ = ["DoctorCheck", "DoctorStatus"]
 
 DoctorStatus = Literal["pass", "warn", "fail"]
 
 
 @dataclass(frozen=True)
-class DoctorCheck:
+class DoctorCheck(Wire):
     """One line of ``cleanroom doctor``."""
 
     name: str

@@ -1,6 +1,6 @@
-"""Fixtures: a real server (uvicorn on a unix socket) over the fake service.
+"""Fixtures: a real server (uvicorn on a unix socket) over the real service.
 
-``root``, ``repo`` and ``fake`` come from the suite-wide ``tests/conftest.py``.
+``root``, ``repo``, ``backend`` and ``service`` come from the suite-wide ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cleanroom.server import ListenAddress
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.service import Service
+from cleanroom.testing import ServerThread
 
 
 @pytest.fixture
@@ -26,6 +27,6 @@ def sock(short_tmp: Path) -> Path:
 
 
 @pytest.fixture
-def server(fake: FakeService, sock: Path) -> Iterator[ServerThread]:
-    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)) as running:
+def server(service: Service, sock: Path) -> Iterator[ServerThread]:
+    with ServerThread(service, ListenAddress(scheme="unix", path=sock)) as running:
         yield running

@@ -13,7 +13,8 @@ import pytest
 from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.paths import default_socket_path
 from cleanroom.server import ListenAddress, bind, parse_listen
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.service import Service
+from cleanroom.testing import ServerThread
 
 
 def mode(path: Path) -> int:
@@ -51,13 +52,13 @@ def test_default_socket_dir_is_0700(short_tmp: Path, monkeypatch: pytest.MonkeyP
     assert not path.exists()
 
 
-def test_stale_socket_is_replaced(fake: FakeService, sock: Path) -> None:
+def test_stale_socket_is_replaced(service: Service, sock: Path) -> None:
     sock.parent.mkdir(mode=0o700)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(sock))  # a socket file whose server is gone
     dead.close()
     assert sock.exists()
-    with ServerThread(fake, ListenAddress(scheme="unix", path=sock)):
+    with ServerThread(service, ListenAddress(scheme="unix", path=sock)):
         transport = httpx.HTTPTransport(uds=str(sock))
         with httpx.Client(transport=transport, base_url="http://x") as client:
             assert client.get("/healthz").json()["ok"] is True
@@ -98,8 +99,8 @@ def test_tcp_is_loopback_only_by_default() -> None:
         bind(parse_listen("tcp://0.0.0.0:0"))
 
 
-def test_tcp_loopback_serves(fake: FakeService) -> None:
-    with ServerThread(fake, parse_listen("tcp://127.0.0.1:0")) as running:
+def test_tcp_loopback_serves(service: Service) -> None:
+    with ServerThread(service, parse_listen("tcp://127.0.0.1:0")) as running:
         assert running.url.startswith("tcp://127.0.0.1:")
         base = "http://" + running.url.removeprefix("tcp://")
         assert httpx.get(base + "/healthz").json()["ok"] is True

@@ -15,9 +15,9 @@ from schemathesis import checks as st_checks
 from schemathesis.specs.openapi import checks as oa_checks
 
 from cleanroom.server import create_app, parse_listen
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.testing import ServerThread, agent_service
 
-DOC: dict[str, Any] = create_app(FakeService(Path("/nonexistent"))).openapi()
+DOC: dict[str, Any] = create_app(agent_service()).openapi()
 schema = schemathesis.openapi.from_dict(DOC)
 
 CHECKS = [
@@ -32,11 +32,13 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="crs-oa-"))
-    try:
-        with ServerThread(FakeService(root), parse_listen("tcp://127.0.0.1:0")) as running:
-            yield "http://" + running.url.removeprefix("tcp://")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(root / "state"))
+        try:
+            with ServerThread(agent_service(), parse_listen("tcp://127.0.0.1:0")) as running:
+                yield "http://" + running.url.removeprefix("tcp://")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_document_shape() -> None:

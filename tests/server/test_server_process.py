@@ -36,7 +36,7 @@ def fake_server(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path
         [
             sys.executable,
             "-m",
-            "cleanroom.server.testing",
+            "cleanroom.testing.server",
             "--listen",
             f"unix://{sock}",
             "--state",
@@ -92,7 +92,7 @@ def test_autostart_starts_a_detached_server_once(short_tmp: Path) -> None:
     argv = [
         sys.executable,
         "-m",
-        "cleanroom.server.testing",
+        "cleanroom.testing.server",
         "--listen",
         endpoint.url,
         "--state",

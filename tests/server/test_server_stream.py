@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from cleanroom.server import Utf8Chunker
-from cleanroom.server.testing import FakeService, ServerThread
+from cleanroom.service import Service
+from cleanroom.testing import ServerThread, runs_with_status
 
 NDJSON = {"accept": "application/x-ndjson"}
 
@@ -109,9 +110,9 @@ def test_error_before_start_is_a_plain_error_response(http: httpx.Client) -> Non
 
 
 def test_error_after_start_is_the_last_line(http: httpx.Client, repo: Path) -> None:
-    (repo / "cleanroom.yaml").write_text("timeout_seconds: 1\n")
     events = stream_lines(
-        http, {"cwd": str(repo), "command": ["sh", "-c", "echo before; sleep 30"]}
+        http,
+        {"cwd": str(repo), "command": ["sh", "-c", "echo before; sleep 30"], "timeout_seconds": 1},
     )
     assert events[0]["type"] == "started"
     assert {"type": "stdout", "data": "before\n"} in events
@@ -147,7 +148,7 @@ def wait_for(condition: Any, what: str, limit: float = 15.0) -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_cancels_the_run(
-    server: ServerThread, sock: Path, fake: FakeService, repo: Path, stream: bool
+    server: ServerThread, sock: Path, service: Service, repo: Path, stream: bool
 ) -> None:
     transport = httpx.HTTPTransport(uds=str(sock))
     with httpx.Client(transport=transport, base_url="http://x", timeout=2) as client:
@@ -156,12 +157,15 @@ def test_client_disconnect_cancels_the_run(
             with client.stream("POST", "/v1/exec", json=body, headers=NDJSON) as response:
                 started = json.loads(next(response.iter_lines()))
             # leaving the block closed the connection mid-stream
-            wait_for(lambda: started["run_id"] in fake.cancelled_runs, "the run to be cancelled")
+            wait_for(
+                lambda: started["run_id"] in runs_with_status("cancelled"),
+                "the run to be cancelled",
+            )
         else:
             with pytest.raises(httpx.ReadTimeout):
                 client.post("/v1/exec", json=body)  # the client gives up after 2 s
-            wait_for(lambda: len(fake.cancelled_runs) == 1, "the run to be cancelled")
-    wait_for(lambda: fake.list_cleanrooms() == [], "the exec context to be terminated")
+            wait_for(lambda: len(runs_with_status("cancelled")) == 1, "the run to be cancelled")
+    wait_for(lambda: service.list_cleanrooms() == [], "the exec context to be terminated")
 
 
 async def test_parallel_runs_through_the_server(

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from agent_backend import AgentProcessBackend
 
-from cleanroom.agent import GuestNetwork
 from cleanroom.backends.base import NetworkAttachment
 from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.netspec import GuestInterface
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.network import bind_network
 from cleanroom.service.record import RECORD_NAME, JsonValue, RunRecorder, read_record
 from cleanroom.service.run import NetworkHold, RunPlan, execute_run
 
 ATTACHMENT = NetworkAttachment(netns="crn-test", tap="tap0", mac="02:00:00:00:00:01")
-GUEST_NET = GuestNetwork("10.0.0.2", 30, "10.0.0.1", "10.0.0.1")
+GUEST_NET = GuestInterface("10.0.0.2", 30, "10.0.0.1", "10.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class FakeSlot:
 class FakeLease:
     run_id: str
     attachment: NetworkAttachment = ATTACHMENT
-    guest: GuestNetwork = GUEST_NET
+    guest: GuestInterface = GUEST_NET
 
     @property
     def timings(self) -> Mapping[str, float]:

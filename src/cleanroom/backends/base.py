@@ -83,14 +83,6 @@ class GuestFacts:
     workspace_seeded: bool
     """Whether the workspace disk already holds ``GuestSpec.workspace`` (no streaming needed)."""
 
-    def legacy_timings(self) -> dict[str, str | bool]:
-        """These facts under the keys ``Guest.timings`` carried before ``facts`` existed.
-
-        Deprecated: kept in ``timings`` for one release so that readers of
-        ``timings['rootfs_method']`` and ``timings['workspace_seeded']`` keep working.
-        """
-        return {"rootfs_method": self.rootfs_method, "workspace_seeded": self.workspace_seeded}
-
 
 class Guest(Protocol):
     """One running microVM. ``destroy`` must be safe to call at any time, repeatedly."""
@@ -116,12 +108,9 @@ class Guest(Protocol):
         ...
 
     @property
-    def timings(self) -> Mapping[str, Any]:
-        """Backend timings in ms (numbers): ``rootfs_prepare_ms``, ``vmm_start_ms``, ...
-
-        Deprecated for one release: it also holds ``GuestFacts.legacy_timings()``
-        (``rootfs_method``, ``workspace_seeded``); read them from ``facts``.
-        """
+    def timings(self) -> Mapping[str, float]:
+        """Backend timings in ms: ``rootfs_prepare_ms``, ``vmm_start_ms``, ... (numbers only;
+        how the guest was started is in ``facts``)."""
         ...
 
     async def open_channel(

@@ -155,9 +155,8 @@ class VmGuest:
         return self._facts
 
     @property
-    def timings(self) -> Mapping[str, Any]:
-        # The legacy fact keys go once the service reads ``facts`` (see Guest.timings).
-        return MappingProxyType({**self._timings, **self._facts.legacy_timings()})
+    def timings(self) -> Mapping[str, float]:
+        return MappingProxyType(self._timings)
 
     @property
     def pid(self) -> int:

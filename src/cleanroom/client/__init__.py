@@ -1,8 +1,8 @@
 """The Python client for the cleanroom server (sync and asyncio, over HTTP/JSON).
 
-Results are frozen dataclasses (``LaunchResult``, and the service's
-``RunResult``, ``CleanroomInfo``, ``DoctorCheck``); streamed runs yield the
-service's ``RunStarted``/``RunOutput``/``RunExit`` events; errors are raised as
+Results are the frozen wire models of :mod:`cleanroom.models` (``LaunchResult``,
+``RunResult``, ``CleanroomInfo``, ``DoctorCheck``…); streamed runs yield its
+``RunStarted``/``RunOutput``/``RunExit`` events; errors are raised as
 the :mod:`cleanroom.errors` class matching the server's error code.
 
 ``Client`` speaks HTTP through the standard library (fast to import, for the
@@ -13,15 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.client._endpoint import HOST_ENV, Endpoint, resolve_endpoint
 from cleanroom.client._sync import Client
-from cleanroom.client._wire import (
-    HOST_ENV,
-    DoctorReport,
-    Endpoint,
-    Health,
-    LaunchResult,
-    resolve_endpoint,
-)
+from cleanroom.models import DoctorReport, Health, LaunchResult
 
 if TYPE_CHECKING:
     from cleanroom.client._async import AsyncClient

@@ -5,37 +5,34 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from cleanroom.client._wire import (
+from cleanroom.client import _calls as calls
+from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
-    NDJSON,
-    DoctorReport,
     Endpoint,
-    Health,
-    LaunchResult,
-    StreamState,
-    check,
     connection_error,
-    error_from_body,
-    exec_body,
-    launch_body,
-    parse_cleanroom,
-    parse_doctor,
-    parse_health,
-    parse_launch,
-    parse_run,
     precheck,
     resolve_endpoint,
-    run_body,
-    run_record_path,
 )
 from cleanroom.errors import ServerUnavailable
-from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
+from cleanroom.events import NDJSON, EventDecoder
+from cleanroom.models import (
+    CleanroomInfo,
+    DoctorReport,
+    Health,
+    LaunchOptions,
+    LaunchResult,
+    RunEvent,
+    RunResult,
+)
 
 __all__ = ["AsyncClient"]
+
+T = TypeVar("T")
 
 
 def _long_timeout(connect: float) -> httpx.Timeout:
@@ -94,20 +91,20 @@ class AsyncClient:
             kind = "lost"
         return connection_error(self.endpoint, kind, str(exc) or type(exc).__name__)
 
-    async def _request(
-        self, method: str, path: str, *, json: Any = None, long: bool = False
-    ) -> dict[str, Any]:
-        timeout = _long_timeout(self._timeout) if long else self._timeout
+    async def _call(self, call: Call[T]) -> T:
+        timeout = _long_timeout(self._timeout) if call.long else self._timeout
         precheck(self.endpoint)
         try:
-            response = await self._http.request(method, path, json=json, timeout=timeout)
+            response = await self._http.request(
+                call.method, call.path, json=call.body, timeout=timeout
+            )
         except httpx.TransportError as exc:
             raise self._unavailable(exc) from exc
-        return check(response.status_code, response.content)
+        return answer(call, response.status_code, response.content)
 
     async def health(self) -> Health:
         """``GET /healthz``."""
-        return parse_health(await self._request("GET", "/healthz"))
+        return await self._call(calls.health())
 
     async def launch(
         self,
@@ -117,23 +114,17 @@ class AsyncClient:
         options: LaunchOptions | None = None,
     ) -> LaunchResult:
         """Launch a context from ``cwd``'s policy."""
-        body = launch_body(cwd, backend, options)
-        return parse_launch(
-            await self._request("POST", "/v1/cleanrooms/launch", json=body, long=True)
-        )
+        return await self._call(calls.launch(cwd, backend, options))
 
     async def run(
         self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
     ) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = run_body(cleanroom_id, command, timeout)
-        return parse_run(await self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
+        return await self._call(calls.run(cleanroom_id, command, timeout))
 
     async def terminate(self, cleanroom_id: str) -> None:
         """Terminate the context (idempotent)."""
-        await self._request(
-            "POST", "/v1/cleanrooms/terminate", json={"cleanroom_id": cleanroom_id}, long=True
-        )
+        await self._call(calls.terminate(cleanroom_id))
 
     async def exec(
         self,
@@ -145,21 +136,19 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = exec_body(cwd, command, backend, options, timeout)
-        return parse_run(await self._request("POST", "/v1/exec", json=body, long=True))
+        return await self._call(calls.exec_(cwd, command, backend, options, timeout))
 
     async def list_cleanrooms(self) -> list[CleanroomInfo]:
         """The live contexts, oldest first."""
-        body = await self._request("GET", "/v1/cleanrooms")
-        return [parse_cleanroom(item) for item in body["cleanrooms"]]
+        return await self._call(calls.list_cleanrooms())
 
     async def run_record(self, run_id: str) -> dict[str, Any]:
         """The run's record (``run-observability.json``)."""
-        return await self._request("GET", run_record_path(run_id))
+        return await self._call(calls.run_record(run_id))
 
     async def doctor(self) -> DoctorReport:
         """The server's readiness checks."""
-        return parse_doctor(await self._request("GET", "/v1/doctor", long=True))
+        return await self._call(calls.doctor())
 
     def run_stream(
         self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
@@ -169,8 +158,7 @@ class AsyncClient:
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early (``aclose``) disconnects, which cancels the run.
         """
-        body = run_body(cleanroom_id, command, timeout)
-        return self._stream("/v1/cleanrooms/run", body)
+        return self._stream(calls.run(cleanroom_id, command, timeout))
 
     def exec_stream(
         self,
@@ -182,26 +170,25 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = exec_body(cwd, command, backend, options, timeout)
-        return self._stream("/v1/exec", body)
+        return self._stream(calls.exec_(cwd, command, backend, options, timeout))
 
-    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[RunEvent]:
-        state = StreamState()
+    async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
+        decoder = EventDecoder()
         precheck(self.endpoint)
         try:
             async with self._http.stream(
-                "POST",
-                path,
-                json=body,
+                call.method,
+                call.path,
+                json=call.body,
                 headers={"accept": NDJSON},
                 timeout=_long_timeout(self._timeout),
             ) as response:
                 if response.status_code >= 400:
                     raise error_from_body(response.status_code, await response.aread())
                 async for line in response.aiter_lines():
-                    event = state.event(line)
+                    event = decoder.event(line)
                     if event is not None:
                         yield event
         except httpx.TransportError as exc:
             raise self._unavailable(exc) from exc
-        state.ended(self.endpoint)
+        stream_ended(decoder, self.endpoint)

@@ -5,35 +5,32 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from cleanroom.client._http import Failure, Response, open_request
-from cleanroom.client._wire import (
+from cleanroom.client import _calls as calls
+from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
-    NDJSON,
-    DoctorReport,
     Endpoint,
-    Health,
-    LaunchResult,
-    StreamState,
-    check,
     connection_error,
-    error_from_body,
-    exec_body,
-    launch_body,
-    parse_cleanroom,
-    parse_doctor,
-    parse_health,
-    parse_launch,
-    parse_run,
     precheck,
     resolve_endpoint,
-    run_body,
-    run_record_path,
 )
-from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunEvent, RunResult
+from cleanroom.client._http import Failure, Response, open_request
+from cleanroom.events import NDJSON, EventDecoder
+from cleanroom.models import (
+    CleanroomInfo,
+    DoctorReport,
+    Health,
+    LaunchOptions,
+    LaunchResult,
+    RunEvent,
+    RunResult,
+)
 
 __all__ = ["Client"]
+
+T = TypeVar("T")
 
 
 class Client:
@@ -65,37 +62,33 @@ class Client:
     ) -> None:
         self.close()
 
-    def _open(
-        self, method: str, path: str, body: Any, *, long: bool, accept: str = "application/json"
-    ) -> Response:
+    def _open(self, call: Call[Any], accept: str) -> Response:
         precheck(self.endpoint)
         try:
             return open_request(
                 self.endpoint.base_url,
                 self.endpoint.uds,
-                method,
-                path,
-                json_body=body,
+                call.method,
+                call.path,
+                json_body=call.body,
                 accept=accept,
                 connect_timeout=self._timeout,
-                read_timeout=None if long else self._timeout,
+                read_timeout=None if call.long else self._timeout,
             )
         except Failure as exc:
             raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
 
-    def _request(
-        self, method: str, path: str, *, json: Any = None, long: bool = False
-    ) -> dict[str, Any]:
-        with self._open(method, path, json, long=long) as response:
+    def _call(self, call: Call[T]) -> T:
+        with self._open(call, "application/json") as response:
             try:
                 content = response.read()
             except Failure as exc:
                 raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
-        return check(response.status, content)
+        return answer(call, response.status, content)
 
     def health(self) -> Health:
         """``GET /healthz``."""
-        return parse_health(self._request("GET", "/healthz"))
+        return self._call(calls.health())
 
     def launch(
         self,
@@ -105,21 +98,17 @@ class Client:
         options: LaunchOptions | None = None,
     ) -> LaunchResult:
         """Launch a context from ``cwd``'s policy."""
-        body = launch_body(cwd, backend, options)
-        return parse_launch(self._request("POST", "/v1/cleanrooms/launch", json=body, long=True))
+        return self._call(calls.launch(cwd, backend, options))
 
     def run(
         self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
     ) -> RunResult:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        body = run_body(cleanroom_id, command, timeout)
-        return parse_run(self._request("POST", "/v1/cleanrooms/run", json=body, long=True))
+        return self._call(calls.run(cleanroom_id, command, timeout))
 
     def terminate(self, cleanroom_id: str) -> None:
         """Terminate the context (idempotent)."""
-        self._request(
-            "POST", "/v1/cleanrooms/terminate", json={"cleanroom_id": cleanroom_id}, long=True
-        )
+        self._call(calls.terminate(cleanroom_id))
 
     def exec(
         self,
@@ -131,21 +120,19 @@ class Client:
         timeout: float | None = None,
     ) -> RunResult:
         """Launch, run once, terminate."""
-        body = exec_body(cwd, command, backend, options, timeout)
-        return parse_run(self._request("POST", "/v1/exec", json=body, long=True))
+        return self._call(calls.exec_(cwd, command, backend, options, timeout))
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
         """The live contexts, oldest first."""
-        body = self._request("GET", "/v1/cleanrooms")
-        return [parse_cleanroom(item) for item in body["cleanrooms"]]
+        return self._call(calls.list_cleanrooms())
 
     def run_record(self, run_id: str) -> dict[str, Any]:
         """The run's record (``run-observability.json``)."""
-        return self._request("GET", run_record_path(run_id))
+        return self._call(calls.run_record(run_id))
 
     def doctor(self) -> DoctorReport:
         """The server's readiness checks."""
-        return parse_doctor(self._request("GET", "/v1/doctor", long=True))
+        return self._call(calls.doctor())
 
     def run_stream(
         self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
@@ -155,8 +142,7 @@ class Client:
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early disconnects, which cancels the run.
         """
-        body = run_body(cleanroom_id, command, timeout)
-        return self._stream("/v1/cleanrooms/run", body)
+        return self._stream(calls.run(cleanroom_id, command, timeout))
 
     def exec_stream(
         self,
@@ -168,19 +154,18 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        body = exec_body(cwd, command, backend, options, timeout)
-        return self._stream("/v1/exec", body)
+        return self._stream(calls.exec_(cwd, command, backend, options, timeout))
 
-    def _stream(self, path: str, body: dict[str, Any]) -> Iterator[RunEvent]:
-        state = StreamState()
-        with self._open("POST", path, body, long=True, accept=NDJSON) as response:
+    def _stream(self, call: Call[RunResult]) -> Iterator[RunEvent]:
+        decoder = EventDecoder()
+        with self._open(call, NDJSON) as response:
             try:
                 if response.status >= 400:
                     raise error_from_body(response.status, response.read())
                 for line in response.lines():
-                    event = state.event(line)
+                    event = decoder.event(line)
                     if event is not None:
                         yield event
             except Failure as exc:
                 raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
-        state.ended(self.endpoint)
+        stream_ended(decoder, self.endpoint)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from cleanroom.events import NDJSON, Utf8Chunker
 from cleanroom.server.app import create_app
 from cleanroom.server.listen import BoundListener, ListenAddress, bind, parse_listen
 from cleanroom.server.runner import CleanroomServer, configure_logging, serve_forever
-from cleanroom.server.streaming import NDJSON, Utf8Chunker
 
 __all__ = [
     "NDJSON",

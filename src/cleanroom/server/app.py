@@ -1,7 +1,9 @@
 """The HTTP application: routes that translate JSON to service calls and errors to bodies.
 
-``create_app(service)`` takes any :class:`~cleanroom.service.ServiceAPI`, so the
-same app serves the real service and test fakes. Every error response is
+``create_app(service)`` takes any :class:`~cleanroom.service.ServiceAPI`. Request
+and response bodies are the wire models of :mod:`cleanroom.models`: pydantic
+validates requests against them (with the rules stated on their fields) and
+renders them into the OpenAPI document. Every error response is
 ``{"error": {"code", "message", "details"}}`` with the error class's status;
 errors are mapped by class, and anything unexpected becomes a logged 500
 ``internal_error`` with a generic message.
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -23,26 +24,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cleanroom
 from cleanroom.errors import CleanroomError, InvalidRequest, NotFound, RunCancelled
-from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
-from cleanroom.server.models import (
-    CleanroomModel,
-    CleanroomsResponse,
-    DoctorCheckModel,
-    DoctorResponse,
+from cleanroom.events import NDJSON
+from cleanroom.models import (
+    CleanroomList,
+    DoctorReport,
     ErrorBody,
     ExecRequest,
-    HealthResponse,
-    LaunchOptionsModel,
+    Health,
     LaunchRequest,
-    LaunchResponse,
+    LaunchResult,
     RunRequest,
-    RunResponse,
+    RunResult,
+    Terminated,
     TerminateRequest,
-    TerminateResponse,
 )
-from cleanroom.server.streaming import NDJSON, RunStreamResponse, as_cleanroom_error
+from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
+from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
 from cleanroom.service.api import ServiceAPI
-from cleanroom.service.types import EventSink, LaunchOptions, RunResult
+from cleanroom.service.types import EventSink
 
 __all__ = ["create_app"]
 
@@ -63,6 +62,15 @@ _STREAMING = {
     "description": "The run result; or, with `Accept: application/x-ndjson`, one JSON "
     "event per line: started, stdout/stderr chunks, then exit or error.",
     "content": {NDJSON: {"schema": {"type": "string"}}},
+}
+
+
+# pydantic names these differently for dataclasses than for models; the API keeps
+# the model names it has always reported.
+_ERROR_TYPES = {
+    "unexpected_keyword_argument": "extra_forbidden",
+    "missing_argument": "missing",
+    "missing_keyword_only_argument": "missing",
 }
 
 
@@ -115,24 +123,6 @@ async def _cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
                     await task
 
 
-def _absolute(field: str, value: str) -> Path:
-    path = Path(value)
-    if not path.is_absolute():
-        raise InvalidRequest(
-            f"{field} must be an absolute path, got {value!r}",
-            details={"errors": [{"loc": ["body", *field.split(".")], "msg": "not absolute"}]},
-        )
-    return path
-
-
-def _launch_options(model: LaunchOptionsModel | None) -> LaunchOptions | None:
-    if model is None:
-        return None
-    if model.run_dir is not None:
-        _absolute("options.run_dir", model.run_dir)
-    return model.to_options()
-
-
 def _wants_stream(request: Request) -> bool:
     return NDJSON in request.headers.get("accept", "")
 
@@ -152,20 +142,18 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     _install_error_handlers(app)
     _install_openapi(app)
 
-    @app.get("/healthz", response_model=HealthResponse, responses=_GET_ERRORS)
-    async def healthz() -> HealthResponse:
-        return HealthResponse(version=cleanroom.__version__)
+    @app.get("/healthz", response_model=Health, responses=_GET_ERRORS)
+    async def healthz() -> Health:
+        return Health(ok=True, version=cleanroom.__version__)
 
-    @app.post("/v1/cleanrooms/launch", response_model=LaunchResponse, responses=_LAUNCH_ERRORS)
-    async def launch(body: LaunchRequest) -> LaunchResponse:
-        cwd = _absolute("cwd", body.cwd)
-        options = _launch_options(body.options)
-        info = await _guard(service.launch(cwd, backend=body.backend, options=options))
-        return LaunchResponse.of(info)
+    @app.post("/v1/cleanrooms/launch", response_model=LaunchResult, responses=_LAUNCH_ERRORS)
+    async def launch(body: LaunchRequest) -> LaunchResult:
+        info = await _guard(service.launch(body.cwd, backend=body.backend, options=body.options))
+        return LaunchResult.of(info)
 
     @app.post(
         "/v1/cleanrooms/run",
-        response_model=RunResponse,
+        response_model=RunResult,
         responses={**_RUN_ERRORS, 200: _STREAMING},
     )
     async def run(body: RunRequest, request: Request) -> Any:
@@ -176,36 +164,32 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
 
         if _wants_stream(request):
             return RunStreamResponse(start)
-        return RunResponse.of(await _cancel_on_disconnect(request, start(None)))
+        return await _cancel_on_disconnect(request, start(None))
 
-    @app.post("/v1/cleanrooms/terminate", response_model=TerminateResponse, responses=_RUN_ERRORS)
-    async def terminate(body: TerminateRequest) -> TerminateResponse:
+    @app.post("/v1/cleanrooms/terminate", response_model=Terminated, responses=_RUN_ERRORS)
+    async def terminate(body: TerminateRequest) -> Terminated:
         await _guard(service.terminate(body.cleanroom_id))
-        return TerminateResponse()
+        return Terminated()
 
-    @app.post("/v1/exec", response_model=RunResponse, responses={**_LAUNCH_ERRORS, 200: _STREAMING})
+    @app.post("/v1/exec", response_model=RunResult, responses={**_LAUNCH_ERRORS, 200: _STREAMING})
     async def exec_(body: ExecRequest, request: Request) -> Any:
-        cwd = _absolute("cwd", body.cwd)
-        options = _launch_options(body.options)
-
         def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
             return service.exec(
-                cwd,
+                body.cwd,
                 body.command,
                 backend=body.backend,
-                options=options,
+                options=body.options,
                 on_event=on_event,
                 timeout=body.timeout_seconds,
             )
 
         if _wants_stream(request):
             return RunStreamResponse(start)
-        return RunResponse.of(await _cancel_on_disconnect(request, start(None)))
+        return await _cancel_on_disconnect(request, start(None))
 
-    @app.get("/v1/cleanrooms", response_model=CleanroomsResponse, responses=_GET_ERRORS)
-    async def list_cleanrooms() -> CleanroomsResponse:
-        infos = _guard_sync(service.list_cleanrooms)
-        return CleanroomsResponse(cleanrooms=[CleanroomModel.of(i) for i in infos])
+    @app.get("/v1/cleanrooms", response_model=CleanroomList, responses=_GET_ERRORS)
+    async def list_cleanrooms() -> CleanroomList:
+        return CleanroomList(tuple(_guard_sync(service.list_cleanrooms)))
 
     @app.get(
         "/v1/runs/{run_id}",
@@ -216,13 +200,9 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     async def run_record(run_id: str) -> dict[str, Any]:
         return await _guard(service.run_record(run_id))
 
-    @app.get("/v1/doctor", response_model=DoctorResponse, responses=_GET_ERRORS)
-    async def doctor() -> DoctorResponse:
-        checks = await _guard(service.doctor())
-        return DoctorResponse(
-            ok=all(c.status != "fail" for c in checks),
-            checks=[DoctorCheckModel.of(c) for c in checks],
-        )
+    @app.get("/v1/doctor", response_model=DoctorReport, responses=_GET_ERRORS)
+    async def doctor() -> DoctorReport:
+        return DoctorReport.of(await _guard(service.doctor()))
 
     return app
 
@@ -267,7 +247,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             {
                 "loc": [str(p) for p in e.get("loc", ())],
                 "msg": str(e.get("msg", "")),
-                "type": str(e.get("type", "")),
+                "type": _ERROR_TYPES.get(str(e.get("type", "")), str(e.get("type", ""))),
             }
             for e in exc.errors()
         ]

@@ -1,9 +1,4 @@
-"""Live NDJSON streaming of a run: one JSON object per line, output as it is produced.
-
-Line types, in order: ``started`` (run_id, cleanroom_id, run_dir), any number of
-``stdout``/``stderr`` (``data`` is text, or base64 with ``"encoding": "base64"``
-when the bytes are not valid UTF-8), then exactly one ``exit`` (every run result
-field) or ``error`` (``{"error": {code, message, details}}``).
+"""Live NDJSON streaming of a run over ASGI (the line format is :mod:`cleanroom.events`).
 
 An error that happens before the run starts (unknown context, bad policy) is
 answered as an ordinary JSON error response with the error's HTTP status, so a
@@ -14,7 +9,6 @@ disconnects mid-stream cancels the run.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import Callable, Coroutine
@@ -25,69 +19,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cleanroom.errors import CleanroomError
-from cleanroom.server.models import RunResponse
+from cleanroom.events import NDJSON, Utf8Chunker, error_line, exit_line, output_line, started_line
 from cleanroom.service.types import EventSink, RunEvent, RunOutput, RunResult, RunStarted
 
-__all__ = ["NDJSON", "RunStreamResponse", "Utf8Chunker", "error_response_bytes"]
+__all__ = ["RunStreamResponse", "as_cleanroom_error", "error_response_bytes"]
 
-NDJSON = "application/x-ndjson"
-_MAX_UTF8_TAIL = 3
 _log = structlog.get_logger("cleanroom.server")
 
 RunStarter = Callable[[EventSink], Coroutine[Any, Any, RunResult]]
-
-
-class Utf8Chunker:
-    """Turns one output stream's byte chunks into ``(data, encoding)`` pairs.
-
-    A UTF-8 sequence split across chunk boundaries is held back (at most 3
-    bytes) until the next chunk, so it does not force base64 on either half.
-    Chunks that are not valid UTF-8 become base64 (``encoding="base64"``).
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> tuple[str, str | None] | None:
-        """Encode ``data`` (plus any held-back tail); ``None`` when nothing is ready."""
-        buf = self._pending + data
-        cut = len(buf) - _incomplete_tail(buf)
-        head, self._pending = buf[:cut], buf[cut:]
-        return _encode(head) if head else None
-
-    def flush(self) -> tuple[str, str | None] | None:
-        """Whatever is still held back (an incomplete sequence: always base64)."""
-        rest, self._pending = self._pending, b""
-        return _encode(rest) if rest else None
-
-
-def _incomplete_tail(buf: bytes) -> int:
-    """Length of a trailing UTF-8 sequence that a following chunk could complete."""
-    for back in range(1, min(_MAX_UTF8_TAIL, len(buf)) + 1):
-        byte = buf[-back]
-        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
-            continue
-        if byte >= 0xF0:
-            need = 4
-        elif byte >= 0xE0:
-            need = 3
-        elif byte >= 0xC0:
-            need = 2
-        else:
-            return 0
-        return back if need > back else 0
-    return 0
-
-
-def _encode(data: bytes) -> tuple[str, str | None]:
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def error_response_bytes(exc: CleanroomError) -> bytes:
@@ -175,13 +114,13 @@ class RunStreamResponse(Response):
         for stream, chunker in chunkers.items():
             tail = chunker.flush()
             if tail is not None:
-                await _send_body(send, _output_line(stream, tail))
+                await _send_body(send, output_line(stream, tail))
         failure = run.exception()
         if failure is None:
-            final = {"type": "exit", **RunResponse.of(run.result()).model_dump(mode="json")}
+            final = exit_line(run.result())
         else:
-            final = {"type": "error", **as_cleanroom_error(failure).to_dict()}
-        await _send_body(send, _line(final))
+            final = error_line(as_cleanroom_error(failure))
+        await _send_body(send, final)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -213,26 +152,12 @@ async def _next(
 
 async def _send_event(send: Send, event: RunEvent, chunkers: dict[str, Utf8Chunker]) -> None:
     if isinstance(event, RunStarted):
-        line = {
-            "type": "started",
-            "run_id": event.run_id,
-            "cleanroom_id": event.cleanroom_id,
-            "run_dir": str(event.run_dir),
-        }
-        await _send_body(send, _line(line))
+        await _send_body(send, started_line(event))
     elif isinstance(event, RunOutput):
         encoded = chunkers[event.stream].feed(event.data)
         if encoded is not None:
-            await _send_body(send, _output_line(event.stream, encoded))
+            await _send_body(send, output_line(event.stream, encoded))
     # RunExit is not forwarded: the final line is built from the run's return value.
-
-
-def _output_line(stream: str, encoded: tuple[str, str | None]) -> bytes:
-    data, encoding = encoded
-    obj: dict[str, Any] = {"type": stream, "data": data}
-    if encoding is not None:
-        obj["encoding"] = encoding
-    return _line(obj)
 
 
 async def _send_body(send: Send, body: bytes) -> None:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from cleanroom.agent import GuestNetwork
-from cleanroom.backends.base import NetworkAttachment
+from cleanroom.netspec import GuestInterface, NetworkAttachment
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.record import JsonValue
 
@@ -44,7 +43,7 @@ class NetworkLease(Protocol):
     def attachment(self) -> NetworkAttachment: ...
 
     @property
-    def guest(self) -> GuestNetwork: ...
+    def guest(self) -> GuestInterface: ...
 
     @property
     def timings(self) -> Mapping[str, float]:
@@ -117,7 +116,7 @@ class Lease:
     """A run's network, released through :meth:`release`."""
 
     attachment: NetworkAttachment
-    guest: GuestNetwork
+    guest: GuestInterface
     policy_resolution_ms: float | None
     release: Release
     """Tear the network down and summarize it (idempotent)."""

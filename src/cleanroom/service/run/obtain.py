@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -185,17 +186,17 @@ async def _boot_cold(
     await asyncio.to_thread(remove_path, staging)
     if root != plan.run_dir:
         await asyncio.to_thread(remove_path, root)
-    seeded = bool(greeted.guest.timings.get("workspace_seeded"))
+    seeded = greeted.guest.facts.workspace_seeded
     return Obtained(
         greeted.guest, greeted.client, guest_net, greeted.guest.plan_path, seeded, start="cold"
     )
 
 
 def _lease_network(lease: Lease, rec: RunRecorder) -> GuestNetwork:
-    """The guest's network settings of ``lease``; records its policy resolution time."""
+    """The agent's configure message for ``lease``'s eth0; records its policy resolution time."""
     if lease.policy_resolution_ms is not None:
         rec.timing("policy_resolution_ms", lease.policy_resolution_ms)
-    return lease.guest
+    return GuestNetwork(**dataclasses.asdict(lease.guest))
 
 
 def _closer(client: AgentClient) -> Callable[[], Awaitable[None]]:
@@ -207,17 +208,12 @@ def _closer(client: AgentClient) -> Callable[[], Awaitable[None]]:
 
 
 def _copy_guest_timings(guest: Guest, rec: RunRecorder) -> None:
-    # Guest.timings also carries facts that are not timings (rootfs_method, pool).
-    timings = dict(guest.timings)
+    timings = guest.timings
     for key in ("rootfs_prepare_ms", "workspace_disk_ms", "vmm_start_ms"):
         value = timings.get(key)
         if isinstance(value, int | float):
             rec.timing(key, float(value))
-    method = timings.get("rootfs_method")
-    if method is not None:
-        rec.set_rootfs_method(str(method))
-    if "pool" in timings:
-        rec.set_pool(str(timings["pool"]))
+    rec.set_rootfs_method(guest.facts.rootfs_method)
 
 
 @contextlib.asynccontextmanager

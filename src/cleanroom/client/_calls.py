@@ -1,0 +1,167 @@
+"""The client's one interface: every API call as data (what to send, how to read the answer).
+
+Both clients build their calls here and differ only in how they move bytes
+(``_sync`` on its own small HTTP transport, ``_async`` on httpx). Request
+bodies are the wire models of :mod:`cleanroom.models` (their rules are checked
+before anything is sent); answers are parsed strictly into those models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+from cleanroom.client._endpoint import Endpoint, run_record_path
+from cleanroom.errors import CleanroomError, InvalidRequest, ServerUnavailable, error_class_for_code
+from cleanroom.events import EventDecoder
+from cleanroom.models import (
+    CleanroomInfo,
+    CleanroomList,
+    DoctorReport,
+    ExecRequest,
+    Health,
+    LaunchOptions,
+    LaunchRequest,
+    LaunchResult,
+    RunRequest,
+    RunResult,
+    TerminateRequest,
+    from_dict,
+    to_dict,
+)
+
+__all__ = ["Call", "answer", "error_from_body", "stream_ended"]
+
+T = TypeVar("T")
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and the parser of its successful answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Body], T]
+    body: Body | None = None
+    long: bool = False
+    """True for calls that may take minutes (no read timeout)."""
+
+
+def _options(options: LaunchOptions | None) -> LaunchOptions | None:
+    """``options`` with ``run_dir`` made absolute on the client's side."""
+    if options is None or options.run_dir is None:
+        return options
+    return replace(options, run_dir=Path(options.run_dir).absolute())
+
+
+def health() -> Call[Health]:
+    """``GET /healthz``."""
+    return Call("GET", "/healthz", lambda body: from_dict(Health, body))
+
+
+def launch(
+    cwd: Path | str, backend: str | None, options: LaunchOptions | None
+) -> Call[LaunchResult]:
+    """Launch a context from ``cwd`` (made absolute here)."""
+    request = LaunchRequest(Path(cwd).absolute(), backend, _options(options))
+    return Call(
+        "POST",
+        "/v1/cleanrooms/launch",
+        lambda body: from_dict(LaunchResult, body),
+        to_dict(request, drop_none=True),
+        long=True,
+    )
+
+
+def _argv(command: Sequence[str]) -> tuple[str, ...]:
+    # The request checks the argv (a bare string is refused there, not split).
+    return cast("tuple[str, ...]", command)
+
+
+def _result(body: Body) -> RunResult:
+    return from_dict(RunResult, body)
+
+
+def run(cleanroom_id: str, command: Sequence[str], timeout: float | None) -> Call[RunResult]:
+    """Run ``command`` in the context (``POST /v1/cleanrooms/run``)."""
+    request = RunRequest(cleanroom_id, _argv(command), timeout)
+    return Call("POST", "/v1/cleanrooms/run", _result, to_dict(request, drop_none=True), long=True)
+
+
+def exec_(
+    cwd: Path | str,
+    command: Sequence[str],
+    backend: str | None,
+    options: LaunchOptions | None,
+    timeout: float | None,
+) -> Call[RunResult]:
+    """Launch, run once, terminate (``POST /v1/exec``)."""
+    argv = _argv(command)
+    request = ExecRequest(Path(cwd).absolute(), argv, backend, _options(options), timeout)
+    return Call("POST", "/v1/exec", _result, to_dict(request, drop_none=True), long=True)
+
+
+def terminate(cleanroom_id: str) -> Call[None]:
+    """Terminate the context (idempotent)."""
+    body = to_dict(TerminateRequest(cleanroom_id))
+    return Call("POST", "/v1/cleanrooms/terminate", lambda _: None, body, long=True)
+
+
+def list_cleanrooms() -> Call[list[CleanroomInfo]]:
+    """The live contexts, oldest first."""
+    return Call(
+        "GET", "/v1/cleanrooms", lambda body: list(from_dict(CleanroomList, body).cleanrooms)
+    )
+
+
+def run_record(run_id: str) -> Call[Body]:
+    """The run's record (``run-observability.json``), as the server stored it."""
+    return Call("GET", run_record_path(run_id), lambda body: body)
+
+
+def doctor() -> Call[DoctorReport]:
+    """The server's readiness checks."""
+    return Call("GET", "/v1/doctor", lambda body: from_dict(DoctorReport, body), long=True)
+
+
+def error_from_body(status: int, content: bytes) -> CleanroomError:
+    """The error class the server raised (by code), with its details."""
+    try:
+        error = json.loads(content)["error"]
+        code, message = str(error["code"]), str(error["message"])
+        details = error.get("details") or {}
+    except (ValueError, KeyError, TypeError):
+        snippet = content[:200].decode("utf-8", "replace")
+        return CleanroomError(f"unexpected response from server (HTTP {status}): {snippet}")
+    return error_class_for_code(code)(message, details=dict(details))
+
+
+def answer(call: Call[T], status: int, content: bytes) -> T:
+    """The parsed answer of a successful response; raises the server's error otherwise."""
+    if status >= 400:
+        raise error_from_body(status, content)
+    try:
+        body = json.loads(content)
+    except ValueError as exc:
+        raise CleanroomError("the server sent a response that is not JSON") from exc
+    if not isinstance(body, dict):
+        raise CleanroomError("the server sent an unexpected JSON response")
+    try:
+        return call.parse(body)
+    except InvalidRequest as exc:  # the server's answer, not the caller's request, is wrong
+        raise CleanroomError(f"the server sent an unexpected response: {exc.message}") from exc
+
+
+def stream_ended(decoder: EventDecoder, endpoint: Endpoint) -> None:
+    """At the end of a run stream: raises if neither ``exit`` nor ``error`` arrived."""
+    if not decoder.finished:
+        details = {"address": endpoint.url}
+        if decoder.run_id is not None:
+            details["run_id"] = decoder.run_id
+        raise ServerUnavailable(
+            "the server closed the stream before the run ended", details=details
+        )

@@ -1,0 +1,293 @@
+"""The values that cross the API: requests, results, run events (frozen dataclasses).
+
+One definition serves the service, the server and both clients. Each field rule
+(absolute paths, no NUL bytes, the timeout bound, a non-empty argv) is stated
+once, as metadata on the field (see :mod:`cleanroom._fields`): requests check
+their rules when built, the server has pydantic enforce the same rules and
+publish them in the OpenAPI document, and clients parse responses strictly
+with :func:`from_dict` (unknown keys are errors). Standard library only, so
+the sync client stays fast to import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from cleanroom._fields import (
+    Absolute,
+    Argv,
+    Bounds,
+    NonEmpty,
+    NoNul,
+    Wire,
+    check,
+    from_dict,
+    to_dict,
+)
+from cleanroom.doctor import DoctorCheck
+
+__all__ = [
+    "MAX_LAUNCH_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
+    "CleanroomInfo",
+    "CleanroomList",
+    "DoctorCheck",
+    "DoctorReport",
+    "ErrorBody",
+    "ErrorDetail",
+    "ExecRequest",
+    "Health",
+    "LaunchOptions",
+    "LaunchRequest",
+    "LaunchResult",
+    "RunEvent",
+    "RunExit",
+    "RunOutput",
+    "RunRequest",
+    "RunResult",
+    "RunStarted",
+    "TerminateRequest",
+    "Terminated",
+    "from_dict",
+    "to_dict",
+]
+
+MAX_TIMEOUT_SECONDS = 86400.0
+"""The longest command timeout a request may ask for (one day)."""
+MAX_LAUNCH_SECONDS = 3600.0
+"""The longest a request may let a guest take to become ready (one hour)."""
+
+AbsPath = Annotated[Path, Absolute()]
+Name = Annotated[str, NoNul()]
+Id = Annotated[str, NonEmpty(), NoNul()]
+Command = Annotated[tuple[str, ...], Argv()]
+"""argv, run without a shell (a list on the wire)."""
+Timeout = Annotated[float, Bounds(gt=0, le=MAX_TIMEOUT_SECONDS)]
+"""Kill the command's process group after this many seconds (error ``run_timeout``)."""
+
+
+# -- requests ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchOptions(Wire):
+    """Per-context options given at launch (all optional).
+
+    Its rules are checked when it travels in a request (``LaunchRequest``,
+    ``ExecRequest``), not when it is built, so a service may be handed one to judge.
+    """
+
+    run_dir: AbsPath | None = None
+    """Root under which each run's directory is created (default: the state dir's ``runs/``)."""
+    read_only_workspace: bool | None = None
+    """Mount /workspace read-only in the guest (default: runtime config ``workspace.access``)."""
+    launch_seconds: Annotated[float, Bounds(gt=0, le=MAX_LAUNCH_SECONDS)] | None = None
+    """How long a guest may take to become ready (default: the backend's config)."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest(Wire):
+    """``POST /v1/cleanrooms/launch``."""
+
+    cwd: AbsPath
+    """Absolute path of the repository directory (holds the policy)."""
+    backend: Name | None = None
+    """Backend name; default from the runtime config."""
+    options: LaunchOptions | None = None
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class RunRequest(Wire):
+    """``POST /v1/cleanrooms/run``."""
+
+    cleanroom_id: Id
+    command: Command
+    """argv, run without a shell."""
+    timeout_seconds: Timeout | None = None
+    """Kill the command's process group after this many seconds (error ``run_timeout``)."""
+
+    def __post_init__(self) -> None:
+        check(self)
+        object.__setattr__(self, "command", tuple(self.command))
+
+
+@dataclass(frozen=True)
+class TerminateRequest(Wire):
+    """``POST /v1/cleanrooms/terminate``."""
+
+    cleanroom_id: Id
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class ExecRequest(Wire):
+    """``POST /v1/exec``: launch, run once, terminate."""
+
+    cwd: AbsPath
+    """Absolute path of the repository directory (holds the policy)."""
+    command: Command
+    """argv, run without a shell."""
+    backend: Name | None = None
+    """Backend name; default from the runtime config."""
+    options: LaunchOptions | None = None
+    timeout_seconds: Timeout | None = None
+    """Kill the command's process group after this many seconds (error ``run_timeout``)."""
+
+    def __post_init__(self) -> None:
+        check(self)
+        object.__setattr__(self, "command", tuple(self.command))
+
+    @property
+    def launch(self) -> LaunchRequest:
+        """The launch half of the request."""
+        return LaunchRequest(self.cwd, self.backend, self.options)
+
+
+# -- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanroomInfo(Wire):
+    """A launched context: its policy is compiled once and frozen for its lifetime."""
+
+    cleanroom_id: str
+    backend: str
+    cwd: Path
+    policy_source: Path
+    policy_hash: str
+    run_dir_root: Path
+    read_only_workspace: bool
+    created_at: str
+    """RFC 3339 UTC timestamp."""
+    runs: tuple[str, ...] = ()
+    """Ids of the runs started in this context, oldest first."""
+
+
+@dataclass(frozen=True)
+class LaunchResult(Wire):
+    """A launched context, as the launch call answers it."""
+
+    cleanroom_id: str
+    backend: str
+    policy_source: Path
+    policy_hash: str
+    run_dir_root: Path
+
+    @classmethod
+    def of(cls, info: CleanroomInfo) -> LaunchResult:
+        """The launch answer for ``info``."""
+        return cls(
+            info.cleanroom_id, info.backend, info.policy_source, info.policy_hash, info.run_dir_root
+        )
+
+
+@dataclass(frozen=True)
+class RunResult(Wire):
+    """The outcome of one command.
+
+    ``stdout``/``stderr`` hold at most the service's capture limit (1 MiB each,
+    decoded as UTF-8 with replacement); the complete logs are in ``run_dir``.
+    """
+
+    run_id: str
+    cleanroom_id: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+    plan_path: Path
+    signal: str | None = None
+    """Name of the signal that killed the command (``exit_code`` is then 128+N)."""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class CleanroomList(Wire):
+    """``GET /v1/cleanrooms``: the live contexts, oldest first."""
+
+    cleanrooms: tuple[CleanroomInfo, ...]
+
+
+@dataclass(frozen=True)
+class Terminated(Wire):
+    """Terminate always answers ``true`` (it is idempotent for launched ids)."""
+
+    terminated: bool = True
+
+
+@dataclass(frozen=True)
+class DoctorReport(Wire):
+    """The server's readiness checks; ``ok`` is false when any failed."""
+
+    ok: bool
+    checks: tuple[DoctorCheck, ...]
+
+    @classmethod
+    def of(cls, checks: tuple[DoctorCheck, ...] | list[DoctorCheck]) -> DoctorReport:
+        """The report of ``checks``."""
+        return cls(all(c.status != "fail" for c in checks), tuple(checks))
+
+
+@dataclass(frozen=True)
+class Health(Wire):
+    """``GET /healthz``."""
+
+    ok: bool
+    version: str
+
+
+@dataclass(frozen=True)
+class ErrorDetail(Wire):
+    """A stable ``code`` (see :mod:`cleanroom.errors`), a human message, structured details."""
+
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorBody(Wire):
+    """Every error response: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail
+
+
+# -- run events ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """First event of a streamed run."""
+
+    run_id: str
+    cleanroom_id: str
+    run_dir: Path
+    type: Literal["started"] = "started"
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """A chunk of the command's output, delivered as it is produced."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+    type: Literal["output"] = "output"
+
+
+@dataclass(frozen=True)
+class RunExit:
+    """Last event of a successful streamed run (errors are raised instead)."""
+
+    result: RunResult
+    type: Literal["exit"] = "exit"
+
+
+RunEvent = RunStarted | RunOutput | RunExit
