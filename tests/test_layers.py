@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "_yaml": 0,
     "backend_table": 0,
     "config": 0,
+    "config_images": 0,
     "config_reader": 0,
     "doctor": 0,
     "errors": 0,

@@ -20,6 +20,7 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
       resolvers: [IP, ...]           # upstream DNS; default: the host's /etc/resolv.conf
     pool:
       size: 0                        # warm guests kept ready
+    images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``, a bare command name is looked up on ``PATH`` too; image
@@ -48,11 +49,13 @@ from cleanroom._yaml import (
     read_str,
 )
 from cleanroom.backend_table import BackendSettings, load_ref, settings_class
+from cleanroom.config_images import IMAGES_KEYS, ImagesConfig, read_images
 from cleanroom.config_reader import SectionReader, is_null
 from cleanroom.errors import ConfigInvalid
 
 __all__ = [
     "BackendName",
+    "ImagesConfig",
     "NetworkConfig",
     "PoolConfig",
     "RuntimeConfig",
@@ -123,6 +126,7 @@ class RuntimeConfig:
     network: NetworkConfig
     pool: PoolConfig
     backends: Mapping[str, BackendSettings]
+    images: ImagesConfig
     source: Path | None = field(compare=False)
 
     def __init__(
@@ -134,6 +138,7 @@ class RuntimeConfig:
         pool: PoolConfig | None = None,
         backends: Mapping[str, BackendSettings] | None = None,
         source: Path | None = None,
+        images: ImagesConfig | None = None,
         **sections: BackendSettings,
     ) -> None:
         merged = _default_sections()
@@ -148,6 +153,7 @@ class RuntimeConfig:
         setter(self, "pool", pool if pool is not None else PoolConfig())
         setter(self, "backends", MappingProxyType(merged))
         setter(self, "source", source)
+        setter(self, "images", images if images is not None else ImagesConfig())
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: a backend's section by name.
@@ -157,7 +163,7 @@ class RuntimeConfig:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __hash__(self) -> int:
-        return hash((self.default_backend, self.workspace, self.network, self.pool))
+        return hash((self.default_backend, self.workspace, self.network, self.pool, self.images))
 
 
 def _read_network(reader: SectionReader, section: dict[str, YamlEntry]) -> NetworkConfig:
@@ -202,7 +208,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool")
+    top = ("default_backend", "workspace", "backends", "network", "pool", "images")
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = SectionReader(problems)
     names = backend_table.backend_names()
@@ -220,6 +226,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     )
     pool = reader.section(entries, "pool", "", ("size",))
     size = reader.integer(pool, "size", "pool", 0, minimum=0)
+    images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
@@ -227,6 +234,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         backends=sections,
         network=network,
         pool=PoolConfig(size=size),
+        images=images,
     )
 
 

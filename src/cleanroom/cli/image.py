@@ -1,13 +1,15 @@
-"""``cleanroom image ...``: build, list and verify the guest image (no server needed).
+"""``cleanroom image ...``: the guest image and user images (no server needed).
 
-``build [--force] [--json]`` builds the image for the current inputs unless it
+``build [--force] [--json]`` builds the guest image for the current inputs unless it
 is cached (progress on stderr: a live bar on a terminal, plain lines
 otherwise; with ``--json`` every progress event and the result are JSON lines
-on stdout). ``ls [--json]`` lists cached images, marking the current one.
-``verify [DIGEST] [--json]`` re-hashes every file of the current (or the
-named) image. ``prune [--keep N] [--json]`` deletes all but the current image
-and the N newest others. Errors print their stable code; the exit status is the error's
-``exit_code``.
+on stdout). ``ls [--json]`` lists cached guest images, marking the current one,
+then the user images. ``verify [DIGEST] [--json]`` re-hashes every file of the
+current (or the named) guest image. ``prune [--keep N] [--unused DAYS] [--json]``
+deletes all but the current guest image and the N newest others, and with
+``--unused`` the user images not used for DAYS days. User images (see
+:mod:`cleanroom.cli.image_user`): ``pull REF``, ``import FILE``, ``rm``.
+Errors print their stable code; the exit status is the error's ``exit_code``.
 """
 
 # The image builder (and rich, for the progress bar) load only when a command runs.
@@ -20,6 +22,7 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.cli.image_user import print_user_images, register_user_commands, user_image_to_dict
 from cleanroom.cli.options import (
     Subcommands,
     add_command,
@@ -33,7 +36,7 @@ from cleanroom.errors import ImageUnavailable
 if TYPE_CHECKING:
     from cleanroom.images import GuestImage, Progress
 
-__all__ = ["image_to_dict", "register"]
+__all__ = ["image_to_dict", "make_progress", "register"]
 
 _JSON_HELP = "Print JSON lines instead of text."
 
@@ -67,19 +70,25 @@ def _print_image(image: GuestImage) -> None:
         out.write(f"  {role:8} {size / (1 << 20):7.1f} MiB\n")
 
 
-def _build(args: argparse.Namespace) -> int:
-    from cleanroom.images import JsonProgress, PlainProgress, RichProgress, ensure_image
+def make_progress(as_json: bool, stack: contextlib.ExitStack) -> Progress:
+    """JSON lines on stdout, a live bar on a terminal, or plain lines on stderr.
 
-    # Leaving the stack stops a live progress bar before an error is printed.
+    The stack stops a live bar when it is left (before an error is printed).
+    """
+    from cleanroom.images import JsonProgress, PlainProgress, RichProgress
+
+    if as_json:
+        return JsonProgress(sys.stdout)
+    if sys.stderr.isatty():
+        return stack.enter_context(RichProgress())
+    return PlainProgress(sys.stderr)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from cleanroom.images import ensure_image
+
     with contextlib.ExitStack() as stack:
-        progress: Progress
-        if args.as_json:
-            progress = JsonProgress(sys.stdout)
-        elif sys.stderr.isatty():
-            progress = stack.enter_context(RichProgress())
-        else:
-            progress = PlainProgress(sys.stderr)
-        image = ensure_image(force=args.force, progress=progress)
+        image = ensure_image(force=args.force, progress=make_progress(args.as_json, stack))
     if args.as_json:
         print_json({"event": "image", "image": image_to_dict(image)})
     else:
@@ -88,22 +97,23 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from cleanroom.images import current_image, list_images
+    from cleanroom.images import current_image, list_images, list_user_images
 
     images = list_images()
     current = current_image()
     current_digest = current.digest if current is not None else None
+    user = list_user_images()
     if args.as_json:
         print_json(
             {
                 "current": current_digest,
                 "images": [image_to_dict(i) for i in images],
+                "user_images": [user_image_to_dict(c) for c in user],
             }
         )
         return 0
     if not images:
         sys.stdout.write("no images (run: cleanroom image build)\n")
-        return 0
     for image in images:
         mark = "*" if image.digest == current_digest else " "
         size = sum(int(e["size"]) for e in image.manifest["artifacts"].values())
@@ -112,6 +122,7 @@ def _ls(args: argparse.Namespace) -> int:
             f"kernel {image.kernel_version}  agent {image.agent_version}  "
             f"{size / (1 << 20):.0f} MiB\n"
         )
+    print_user_images(user)
     return 0
 
 
@@ -148,22 +159,34 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from cleanroom.images import prune_images
+    from cleanroom.images import prune_images, prune_user_images
 
     removed = prune_images(keep=args.keep)
+    removed_user = []
+    if args.unused is not None:
+        removed_user = prune_user_images(unused_seconds=args.unused * 86400.0)
     if args.as_json:
-        print_json({"removed": removed})
+        body: dict[str, Any] = {"removed": removed}
+        if args.unused is not None:
+            body["removed_user"] = [c.image.key for c in removed_user]
+        print_json(body)
     else:
         for digest in removed:
             sys.stdout.write(f"removed {digest[:12]}\n")
         sys.stdout.write(f"{len(removed)} image(s) removed\n")
+        if args.unused is not None:
+            for cached in removed_user:
+                sys.stdout.write(f"removed {cached.image.key[7:19]}  {cached.image.source}\n")
+            sys.stdout.write(f"{len(removed_user)} user image(s) removed\n")
     return 0
 
 
 def register(commands: Subcommands) -> None:
     """Add the ``image`` command group."""
     group = add_group(
-        commands, "image", "Build, list and verify the guest image (kernel, initramfs, rootfs)."
+        commands,
+        "image",
+        "The guest image (kernel, initramfs, rootfs) and user images (pull, import, rm).",
     )
     build = add_command(
         group,
@@ -177,7 +200,8 @@ def register(commands: Subcommands) -> None:
         group,
         "ls",
         _ls,
-        "List the cached images, newest first; `*` marks the one for the current inputs.",
+        "List the cached guest images, newest first (`*` marks the one for the current "
+        "inputs), then the user images, most recently used first.",
     )
     add_json(ls, _JSON_HELP)
     verify = add_command(
@@ -201,4 +225,11 @@ def register(commands: Subcommands) -> None:
         default=1,
         help="Older images to keep besides the current one. [default: 1]",
     )
+    prune.add_argument(
+        "--unused",
+        type=non_negative_int,
+        metavar="DAYS",
+        help="Also delete user images not used for DAYS days (0: every user image).",
+    )
     add_json(prune, _JSON_HELP)
+    register_user_commands(group, make_progress)

@@ -28,6 +28,7 @@ from cleanroom.images.tools import REQUIRED_TOOLS, require_tools, run_tool
 from cleanroom.paths import images_dir
 
 __all__ = [
+    "build_lock",
     "current_image",
     "ensure_image",
     "image_digest",
@@ -81,7 +82,8 @@ def list_images() -> list[GuestImage]:
 
 
 @contextlib.contextmanager
-def _build_lock(root: Path, progress: Progress) -> Iterator[None]:
+def build_lock(root: Path, progress: Progress) -> Iterator[None]:
+    """Hold the exclusive builder lock of the cache directory ``root`` (waits, saying so)."""
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -143,7 +145,7 @@ def ensure_image(
             progress.info(f"image {inputs.digest[:12]} is cached")
             return image
     require_tools(list(REQUIRED_TOOLS))
-    with _build_lock(root, progress):
+    with build_lock(root, progress):
         if not force:
             # Another builder may have finished this image while we waited for the lock.
             with contextlib.suppress(ImageUnavailable):
@@ -175,7 +177,7 @@ def prune_images(*, keep: int = 1, progress: Progress | None = None) -> list[str
         return []
     current = current_image()
     removed: list[str] = []
-    with _build_lock(root, progress):
+    with build_lock(root, progress):
         others = [i for i in list_images() if current is None or i.digest != current.digest]
         for image in others[max(keep, 0) :]:
             # Rename first so a half-deleted directory never looks like an image.

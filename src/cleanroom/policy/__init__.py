@@ -11,6 +11,15 @@ from __future__ import annotations
 from cleanroom.policy.compile import compile_policy_text
 from cleanroom.policy.decide import decide, name_allowed
 from cleanroom.policy.hosts import HostKind, HostSpec, InvalidHost, normalize_host, parse_host
+from cleanroom.policy.image import (
+    DebianImage,
+    ImageRef,
+    ImageSpec,
+    InvalidImageRef,
+    OciImage,
+    Resources,
+    parse_image_ref,
+)
 from cleanroom.policy.load import find_policy, load_policy
 from cleanroom.policy.model import (
     DEFAULT_ALLOW_PORTS,
@@ -19,16 +28,24 @@ from cleanroom.policy.model import (
     Decision,
     DenyRule,
 )
+from cleanroom.policy.sandbox import check_resources, select_image
 
 __all__ = [
     "DEFAULT_ALLOW_PORTS",
     "AllowRule",
     "CompiledPolicy",
+    "DebianImage",
     "Decision",
     "DenyRule",
     "HostKind",
     "HostSpec",
+    "ImageRef",
+    "ImageSpec",
     "InvalidHost",
+    "InvalidImageRef",
+    "OciImage",
+    "Resources",
+    "check_resources",
     "compile_policy_text",
     "decide",
     "find_policy",
@@ -36,4 +53,6 @@ __all__ = [
     "name_allowed",
     "normalize_host",
     "parse_host",
+    "parse_image_ref",
+    "select_image",
 ]

@@ -66,5 +66,7 @@ def compile_policy_text(
         allow=allow,
         deny=deny,
         source=Path(source_name),
+        image=document.image,
+        resources=document.resources,
         warnings=(*warnings, *_shadow_warnings(allow, deny)),
     )

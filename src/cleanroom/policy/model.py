@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cleanroom.policy.hosts import HostKind, HostSpec, IPAddress, IPNetwork
+from cleanroom.policy.image import ImageSpec, Resources
 
 __all__ = [
     "DEFAULT_ALLOW_PORTS",
@@ -107,7 +108,9 @@ class CompiledPolicy:
     """A validated, normalised policy in canonical form.
 
     ``source`` and ``warnings`` describe where it came from and are not part of
-    :meth:`canonical_json` or :attr:`policy_hash`.
+    :meth:`canonical_json` or :attr:`policy_hash`. ``image`` (``None``: the
+    built-in image) and ``resources`` are, but only when set, so policies
+    without them keep the hashes they always had.
     """
 
     allow: tuple[AllowRule, ...]
@@ -116,19 +119,23 @@ class CompiledPolicy:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     version: int = 1
     default: Literal["deny"] = "deny"
+    image: ImageSpec | None = None
+    resources: Resources = field(default_factory=Resources)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical dictionary (what is hashed)."""
-        return {
-            "version": self.version,
-            "sandbox": {
-                "network": {
-                    "default": self.default,
-                    "allow": [rule.to_dict() for rule in self.allow],
-                    "deny": [rule.to_dict() for rule in self.deny],
-                }
-            },
+        sandbox: dict[str, Any] = {
+            "network": {
+                "default": self.default,
+                "allow": [rule.to_dict() for rule in self.allow],
+                "deny": [rule.to_dict() for rule in self.deny],
+            }
         }
+        if self.image is not None:
+            sandbox["image"] = self.image.to_dict()
+        if not self.resources.is_default:
+            sandbox["resources"] = self.resources.to_dict()
+        return {"version": self.version, "sandbox": sandbox}
 
     def canonical_json(self) -> str:
         """Sorted-key, whitespace-free JSON of :meth:`to_dict`."""

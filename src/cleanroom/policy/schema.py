@@ -13,6 +13,8 @@
         deny:                       # optional list
           - host: evil.example.test
             ports: [22]             # optional; omitted or null: every port
+      image: {ref: ...} | {debian: {suite, packages}}   # optional (see schema_sandbox)
+      resources: {vcpus, memory_mib, disk_mib}          # optional (see schema_sandbox)
 
 :func:`read_policy` walks the located YAML tree and records every problem it
 finds (it does not stop at the first); rules come back in file order with
@@ -22,7 +24,7 @@ hosts normalised and ports sorted and de-duplicated.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cleanroom._yaml import (
@@ -40,7 +42,9 @@ from cleanroom._yaml import (
     read_str,
 )
 from cleanroom.policy.hosts import HostSpec, InvalidHost, parse_host
+from cleanroom.policy.image import ImageSpec, Resources
 from cleanroom.policy.model import DEFAULT_ALLOW_PORTS, AllowRule, DenyRule
+from cleanroom.policy.schema_sandbox import read_image, read_resources
 
 __all__ = ["PolicyDocument", "read_policy"]
 
@@ -56,6 +60,8 @@ class PolicyDocument:
 
     allow: tuple[AllowRule, ...]
     deny: tuple[DenyRule, ...]
+    image: ImageSpec | None = None
+    resources: Resources = field(default_factory=Resources)
 
 
 def read_policy(text: str, problems: Problems) -> PolicyDocument | None:
@@ -87,13 +93,28 @@ def _read_root(root: YamlNode, problems: Problems) -> PolicyDocument | None:
             )
     allow: tuple[AllowRule, ...] = ()
     deny: tuple[DenyRule, ...] = ()
+    image: ImageSpec | None = None
+    resources = Resources()
     sandbox = entries.get("sandbox")
     if sandbox is not None:
-        sandbox_entries = read_mapping(sandbox.value, "sandbox", problems, allowed=("network",))
-        network = (sandbox_entries or {}).get("network")
+        sandbox_entries = (
+            read_mapping(
+                sandbox.value, "sandbox", problems, allowed=("network", "image", "resources")
+            )
+            or {}
+        )
+        network = sandbox_entries.get("network")
         if network is not None:
             allow, deny = _read_network(network.value, "sandbox.network", problems)
-    return PolicyDocument(allow, deny)
+        image_entry = sandbox_entries.get("image")
+        if image_entry is not None and not _is_null(image_entry.value):
+            image = read_image(image_entry.value, "sandbox.image", problems)
+        resources_entry = sandbox_entries.get("resources")
+        if resources_entry is not None and not _is_null(resources_entry.value):
+            resources = (
+                read_resources(resources_entry.value, "sandbox.resources", problems) or resources
+            )
+    return PolicyDocument(allow, deny, image, resources)
 
 
 def _read_network(
