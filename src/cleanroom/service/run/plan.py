@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleanroom.policy import CompiledPolicy
@@ -25,6 +25,12 @@ class RunPlan:
     read_only_workspace: bool
     launch_seconds: float
     timeout: float | None = None
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    """The command's environment (values are secrets: never recorded or logged)."""
+    stdin: bytes | None = field(default=None, repr=False)
+    """The command's standard input (None: empty)."""
+    artifacts: tuple[str, ...] = ()
+    """Globs of workspace files to copy out after the command."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]
