@@ -53,7 +53,7 @@ MAX_ENV = 1024
 """Most environment variables one request may pass."""
 MAX_GLOBS = 64
 """Most artifact globs one request may carry."""
-MAX_STDIN_BYTES = 1 << 20
+MAX_STDIN_BYTES = 512 << 10
 """Largest standard input a request may carry (decoded bytes)."""
 
 
@@ -208,13 +208,14 @@ class EnvNames(_Rule):
 def _b64_problem(value: Any, limit: int) -> tuple[str, str] | None:
     if not isinstance(value, str):
         return "string_type", "must be a base64 string"
+    too_long = ("too_long", f"must decode to at most {limit} bytes")
     if len(value) > (limit + 2) // 3 * 4:
-        return "too_long", f"must decode to at most {limit} bytes"
+        return too_long
     try:
-        binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        decoded = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (ValueError, UnicodeEncodeError):
         return "value_error", "must be valid base64"
-    return None
+    return too_long if len(decoded) > limit else None
 
 
 @dataclasses.dataclass(frozen=True)

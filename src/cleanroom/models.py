@@ -83,8 +83,8 @@ A name is non-empty, without ``=`` or NUL (else ``invalid_request``). Values
 are never written to run records, plan files, logs or error messages; the
 record lists the names."""
 Stdin = Annotated[str, Base64(MAX_STDIN_BYTES)]
-"""The command's standard input, base64-encoded, at most 1 MiB decoded; EOF follows.
-Without it the command reads an empty stdin (``/dev/null``)."""
+"""The command's standard input, base64-encoded, at most 512 KiB decoded (a request
+body is at most 1 MiB); EOF follows. Without it the command's stdin is empty."""
 ArtifactGlobs = Annotated[tuple[str, ...], Globs()]
 """Workspace files to keep after the run: relative globs (``*``, ``?``, ``**``)."""
 
@@ -143,7 +143,7 @@ class RunRequest(Wire):
     env: Env | None = field(default=None, repr=False)
     """Environment variables for the command (names to values; values stay secret)."""
     stdin_base64: Stdin | None = field(default=None, repr=False)
-    """Standard input, base64 (at most 1 MiB decoded), then EOF; default: empty."""
+    """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
     artifacts: ArtifactGlobs | None = None
     """Globs of workspace files to copy into the run directory's ``artifacts/``."""
 
@@ -185,7 +185,7 @@ class ExecRequest(Wire):
     env: Env | None = field(default=None, repr=False)
     """Environment variables for the command (names to values; values stay secret)."""
     stdin_base64: Stdin | None = field(default=None, repr=False)
-    """Standard input, base64 (at most 1 MiB decoded), then EOF; default: empty."""
+    """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
     artifacts: ArtifactGlobs | None = None
     """Globs of workspace files to copy into the run directory's ``artifacts/``."""
 

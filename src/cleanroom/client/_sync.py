@@ -114,7 +114,7 @@ class Client:
         """Run ``command`` (argv) in a fresh guest of the context and wait for it.
 
         ``env``: variables for the command (values are never recorded);
-        ``stdin``: its standard input, at most 1 MiB, then EOF (default: empty);
+        ``stdin``: its standard input, at most 512 KiB, then EOF (default: empty);
         ``artifacts``: relative globs of workspace files to keep (see
         :meth:`run_artifact`). The result counts the workspace's ``changes``
         (see :meth:`run_diff`, :meth:`apply_changes`).

@@ -51,7 +51,7 @@ class ServiceAPI(Protocol):
         ``timeout`` (seconds, optional) kills the command's whole process group
         when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
         guest's defaults (its values are never recorded); ``stdin`` (at most
-        1 MiB) is the command's standard input, then EOF (None: empty).
+        512 KiB) is the command's standard input, then EOF (None: empty).
         After the command, the workspace's changes (writable workspaces) and the
         files matching ``artifacts`` (relative globs) are collected from the guest.
 
