@@ -21,7 +21,7 @@ import pytest
 from cleanroom.client import AsyncClient, Client
 from cleanroom.client._calls import Inputs, exec_
 from cleanroom.errors import InvalidRequest, NotFound, WorkspaceConflict
-from cleanroom.models import MAX_STDIN_BYTES, ChangeCounts, LaunchOptions
+from cleanroom.models import MAX_STDIN_BYTES, ChangeCounts, LaunchOptions, RunExit
 from cleanroom.testing.backend import can_use_private_mounts
 
 SECRET = "s3cr3t-value-9f1c27"
@@ -248,8 +248,8 @@ def test_the_async_client_and_streams_carry_the_same(host: str, repo: Path) -> N
                 )
             ]
             exit_event = events[-1]
-            assert exit_event.type == "exit"
-            result = exit_event.result  # type: ignore[union-attr]
+            assert isinstance(exit_event, RunExit)
+            result = exit_event.result
             patch = await client.run_diff(result.run_id)
             art = await client.run_artifact(result.run_id, "made.txt")
             applied = await client.apply_changes(result.run_id)
