@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cleanroom.client import _calls as calls
 from cleanroom.client._calls import Call, Inputs, answer, error_from_body, stream_ended
@@ -22,12 +22,17 @@ from cleanroom.models import (
     Applied,
     CleanroomInfo,
     DoctorReport,
+    ExecRequest,
     Health,
     LaunchOptions,
     LaunchResult,
     RunEvent,
     RunResult,
+    from_dict,
 )
+
+if TYPE_CHECKING:
+    from cleanroom.client._tty import TerminalSession
 
 __all__ = ["Client"]
 
@@ -149,6 +154,31 @@ class Client:
     def run_record(self, run_id: str) -> dict[str, Any]:
         """The run's record (``run-observability.json``)."""
         return self._call(calls.run_record(run_id))
+
+    def exec_tty(
+        self,
+        cwd: Path | str,
+        command: Sequence[str],
+        *,
+        rows: int,
+        cols: int,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        artifacts: Sequence[str] | None = None,
+    ) -> TerminalSession:
+        """Launch, run ``command`` on a ``rows`` x ``cols`` pseudo-terminal, terminate.
+
+        The session takes keystrokes (``send``), ``resize``, ``signal`` and
+        ``eof``, and yields the terminal's output then the result (``events``).
+        """
+        from cleanroom.client._tty import open_terminal  # noqa: PLC0415 -- websockets on use
+
+        call = calls.exec_(cwd, command, backend, options, timeout, Inputs(env, None, artifacts))
+        assert call.body is not None
+        request = from_dict(ExecRequest, call.body)
+        return open_terminal(self.endpoint, request, rows, cols, self._timeout)
 
     def run_diff(self, run_id: str) -> bytes:
         """The run's workspace changes as a git-format binary patch (``git apply`` takes it;

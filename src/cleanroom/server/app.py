@@ -41,6 +41,7 @@ from cleanroom.models import (
 )
 from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
+from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.types import EventSink
 
@@ -257,6 +258,8 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     @app.get("/v1/doctor", response_model=DoctorReport, responses=_GET_ERRORS)
     async def doctor() -> DoctorReport:
         return DoctorReport.of(await _guard(service.doctor()))
+
+    install_terminal(app, service)
 
     return app
 

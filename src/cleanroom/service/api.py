@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cleanroom.models import Applied
+from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 
 __all__ = ["ServiceAPI"]
@@ -45,6 +46,7 @@ class ServiceAPI(Protocol):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
@@ -54,6 +56,8 @@ class ServiceAPI(Protocol):
         512 KiB) is the command's standard input, then EOF (None: empty).
         After the command, the workspace's changes (writable workspaces) and the
         files matching ``artifacts`` (relative globs) are collected from the guest.
+        With ``terminal`` the command runs on a pseudo-terminal of its size, fed
+        by its input (``stdin`` unused), its resizes and signals forwarded.
 
         ``on_event`` receives ``RunStarted``, then ``RunOutput`` chunks as they
         are produced, then ``RunExit``. Cancelling the calling task cancels the
@@ -83,6 +87,7 @@ class ServiceAPI(Protocol):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """Launch, run once, terminate (terminate happens also on failure)."""
         ...

@@ -36,6 +36,7 @@ from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
+from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
@@ -235,6 +236,7 @@ class Service:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """See ``ServiceAPI.run``. ``timeout`` (seconds) kills the command's process group."""
         ctx = self._contexts.get(cleanroom_id)
@@ -264,6 +266,7 @@ class Service:
             env=None if env is None else dict(env),
             stdin=stdin,
             artifacts=tuple(artifacts),
+            terminal=terminal,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
@@ -307,6 +310,7 @@ class Service:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
         _check_command(command)
@@ -321,6 +325,7 @@ class Service:
                 env=env,
                 stdin=stdin,
                 artifacts=artifacts,
+                terminal=terminal,
             )
         finally:
             await asyncio.shield(self.terminate(info.cleanroom_id))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from cleanroom.agent import AgentClient, ExitStatus
 from cleanroom.service.output import OutputCapture
 from cleanroom.service.record import RunRecorder
 from cleanroom.service.run.plan import RunPlan
+from cleanroom.service.terminal import Terminal
 
 __all__ = ["execute_command"]
 
@@ -23,6 +27,9 @@ async def execute_command(
         env_names=list(plan.env or ()),
         stdin_bytes=None if plan.stdin is None else len(plan.stdin),
     )
+    if plan.terminal is not None:
+        with rec.timed("command"):
+            return await _on_terminal(plan, plan.terminal, client, capture)
     with rec.timed("command"):
         return await client.exec(
             list(plan.command),
@@ -31,3 +38,31 @@ async def execute_command(
             timeout=plan.timeout,
             on_output=capture.write,
         )
+
+
+async def _on_terminal(
+    plan: RunPlan, terminal: Terminal, client: AgentClient, capture: OutputCapture
+) -> ExitStatus:
+    """Run on a pseudo-terminal: input typed in, resizes and signals forwarded meanwhile."""
+
+    async def forward() -> None:
+        async for control in terminal.controls():
+            if control.signal:
+                await client.signal(control.signal)
+            else:
+                await client.resize(control.rows, control.cols)
+
+    forwarding = asyncio.create_task(forward())
+    try:
+        return await client.exec(
+            list(plan.command),
+            env=plan.env,
+            stdin=terminal.input(),
+            tty=(terminal.rows, terminal.cols),
+            timeout=plan.timeout,
+            on_output=capture.write,
+        )
+    finally:
+        forwarding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await forwarding

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleanroom.policy import CompiledPolicy
+from cleanroom.service.terminal import Terminal
 
 __all__ = ["Defer", "RunPlan"]
 
@@ -31,6 +32,8 @@ class RunPlan:
     """The command's standard input (None: empty)."""
     artifacts: tuple[str, ...] = ()
     """Globs of workspace files to copy out after the command."""
+    terminal: Terminal | None = field(default=None, repr=False, compare=False)
+    """Run on a pseudo-terminal fed by this (``stdin`` is then unused)."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]
