@@ -192,12 +192,14 @@ def _exec(args: argparse.Namespace) -> int:
     argv = command_argv(args.parser, args.command)
     if args.read_only and args.apply:
         args.parser.error("--apply needs a writable workspace (not --read-only)")
+    if args.tty and args.as_json:
+        args.parser.error("-t and --json do not go together")
     if args.out is not None and not args.artifact:
         args.parser.error("--out needs --artifact GLOB")
     options = LaunchOptions(read_only_workspace=True) if args.read_only else None
     try:
         env = read_env(args.env, args.env_file)
-        stdin = read_stdin(args.interactive)
+        stdin = None if args.tty else read_stdin(args.interactive)
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
         with Client(endpoint.url) as client:
@@ -209,7 +211,14 @@ def _exec(args: argparse.Namespace) -> int:
                 "stdin": stdin,
                 "artifacts": args.artifact or None,
             }
-            if args.as_json:
+            if args.tty:
+                from cleanroom.cli.tty_exec import run_on_terminal
+
+                code, finished = run_on_terminal(client, args, argv, env, common)
+                if finished is None:
+                    return code
+                result = finished
+            elif args.as_json:
                 result = client.exec(args.cwd, argv, **common)
                 print_json(result_to_dict(result))
                 code = result.exit_code

@@ -65,6 +65,13 @@ def add_run_inputs(parser: argparse.ArgumentParser) -> None:
         help="Pass this process's standard input to the command (at most 512 KiB), then EOF; "
         "without it the command's stdin is empty.",
     )
+    parser.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="Run the command on a pseudo-terminal driven by this terminal (use as -it): "
+        "typing, window size and Ctrl-C reach it; exits with its code.",
+    )
 
 
 def add_run_outputs(parser: argparse.ArgumentParser) -> None:
