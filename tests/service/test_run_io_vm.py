@@ -3,6 +3,7 @@ workspace changes (baseline on the seeded disk, patch, apply) and artifacts."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from cleanroom.config import QemuConfig, RuntimeConfig
 from cleanroom.errors import InvalidRequest
 from cleanroom.models import ChangeCounts
-from cleanroom.service import LaunchOptions, Service
+from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
 from cleanroom.service.record import read_record
+from cleanroom.service.terminal import Terminal
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
 
@@ -99,3 +101,49 @@ async def test_a_read_only_workspace_reports_no_changes(
     assert [a.path for a in result.artifacts] == ["keep.txt"]
     with pytest.raises(InvalidRequest):
         await service.run_diff(result.run_id)
+
+
+async def test_a_terminal_run_in_a_guest(service: Service, workspace: Path, tmp_path: Path) -> None:
+    """The command gets a pseudo-terminal of the asked size; typed input reaches it,
+    a resize is seen, Ctrl-C interrupts the foreground job."""
+    terminal = Terminal(rows=33, cols=91)
+    seen: list[bytes] = []
+    prompt = asyncio.Event()
+
+    async def sink(event: RunEvent) -> None:
+        if isinstance(event, RunOutput):
+            seen.append(event.data)
+            if b"ready" in b"".join(seen):
+                prompt.set()
+
+    script = (
+        "stty size; echo ready; read line; echo got:$line; stty size; "
+        "sleep 300; echo after-sleep; exit 5"
+    )
+    run = asyncio.ensure_future(
+        service.exec(
+            workspace,
+            ["sh", "-c", script],
+            options=LaunchOptions(run_dir=tmp_path / "runs"),
+            on_event=sink,
+            terminal=terminal,
+        )
+    )
+    await asyncio.wait_for(prompt.wait(), 120)
+    await terminal.resize(50, 132)
+    await asyncio.sleep(0.5)
+    await terminal.feed(b"typed\r")
+    for _ in range(100):
+        if b"50 132" in b"".join(seen):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
+    await terminal.feed(b"\x03")  # Ctrl-C through the terminal's line discipline
+    result = await asyncio.wait_for(run, 60)
+    shown = b"".join(seen).decode(errors="replace")
+    assert "33 91" in shown
+    assert "got:typed" in shown
+    assert "50 132" in shown
+    # SIGINT reached the foreground process group (sh and its sleep) through the terminal.
+    assert "after-sleep" not in shown
+    assert (result.exit_code, result.signal) == (130, "SIGINT")
