@@ -149,3 +149,16 @@ def test_artifacts_to_out_dir(env: dict[str, str], repo: Path, root: Path) -> No
     status = cli("status", "--run-id", result["run_id"], "--json", env=env, cwd=repo)
     record = json.loads(status.stdout)
     assert len(record["workspace_artifacts"]["artifacts"]) == 2
+
+
+def test_run_in_a_launched_context_takes_env_and_stdin(env: dict[str, str], repo: Path) -> None:
+    launched = cli("launch", env=env, cwd=repo)
+    cid = launched.stdout.decode().strip()
+    try:
+        done = cli(
+            "run", "-e", "V=from-flag", "-i", cid, "--", "sh", "-c", 'cat; echo "$V"',
+            env=env, cwd=repo, stdin=b"piped\n",
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (0, b"piped\nfrom-flag\n"), done.stderr
+    finally:
+        cli("terminate", cid, env=env, cwd=repo)

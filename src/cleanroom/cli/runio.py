@@ -39,8 +39,8 @@ __all__ = [
 _STDIN_CAP = MAX_STDIN_BYTES
 
 
-def add_run_inputs(parser: argparse.ArgumentParser) -> None:
-    """``-e/--env``, ``--env-file``, ``-i/--interactive``."""
+def add_run_inputs(parser: argparse.ArgumentParser, *, tty: bool = True) -> None:
+    """``-e/--env``, ``--env-file``, ``-i/--interactive`` (and ``-t/--tty`` with ``tty``)."""
     parser.add_argument(
         "-e",
         "--env",
@@ -65,6 +65,8 @@ def add_run_inputs(parser: argparse.ArgumentParser) -> None:
         help="Pass this process's standard input to the command (at most 512 KiB), then EOF; "
         "without it the command's stdin is empty.",
     )
+    if not tty:
+        return
     parser.add_argument(
         "-t",
         "--tty",
