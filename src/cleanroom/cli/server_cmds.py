@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json
+from cleanroom.cli.runio import add_run_inputs, read_env, read_stdin
 from cleanroom.service.types import CleanroomInfo, LaunchOptions
 
 if TYPE_CHECKING:
@@ -119,13 +120,18 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+
     argv = command_argv(args.parser, args.command)
+    env = read_env(args.env, args.env_file)
+    stdin = read_stdin(args.interactive)
     with _client(args.host) as client:
         if args.as_json:
-            result = client.run(args.cleanroom_id, argv, timeout=args.timeout)
+            result = client.run(args.cleanroom_id, argv, timeout=args.timeout, env=env, stdin=stdin)
             print_json(result_to_dict(result))
             return result.exit_code
-        return stream_run(client.run_stream(args.cleanroom_id, argv, timeout=args.timeout))
+        return stream_run(
+            client.run_stream(args.cleanroom_id, argv, timeout=args.timeout, env=env, stdin=stdin)
+        )
 
 
 def _terminate(args: argparse.Namespace) -> int:
@@ -209,6 +215,7 @@ def register(commands: Subcommands) -> None:
         metavar="SECONDS",
         help="Kill the command after this many seconds (exit 124, run_timeout).",
     )
+    add_run_inputs(run, tty=False)
     run.add_argument("command", nargs="+", help="The command (after --).")
     add_host(run)
     add_json(run, "Print the result object instead of streaming.")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleanroom.policy import CompiledPolicy
+from cleanroom.service.terminal import Terminal
 
 __all__ = ["Defer", "RunPlan"]
 
@@ -25,6 +26,14 @@ class RunPlan:
     read_only_workspace: bool
     launch_seconds: float
     timeout: float | None = None
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    """The command's environment (values are secrets: never recorded or logged)."""
+    stdin: bytes | None = field(default=None, repr=False)
+    """The command's standard input (None: empty)."""
+    artifacts: tuple[str, ...] = ()
+    """Globs of workspace files to copy out after the command."""
+    terminal: Terminal | None = field(default=None, repr=False, compare=False)
+    """Run on a pseudo-terminal fed by this (``stdin`` is then unused)."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]
