@@ -18,7 +18,7 @@ from no_network import NoNetwork
 
 from cleanroom.agent import AgentClient
 from cleanroom.backends.base import GuestSpec
-from cleanroom.config import RuntimeConfig
+from cleanroom.config import LimitsConfig, RuntimeConfig
 from cleanroom.errors import CleanroomError
 from cleanroom.service import LaunchOptions, Service
 from cleanroom.service import greet as greet_module
@@ -26,6 +26,8 @@ from cleanroom.service.record import RECORD_NAME
 
 SCRIPT = Path(__file__).with_name("hostile_agent.py")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+LOG_LIMIT = 1 << 20
 
 KEPT = {RECORD_NAME, "stdout.log", "stderr.log", "console.log", "plan.json"}
 """Everything a failed run may leave in its run directory: its record and logs."""
@@ -80,7 +82,8 @@ async def service(
 ) -> AsyncIterator[Service]:
     # The host waits this long past a command's timeout for the agent's answer.
     monkeypatch.setattr(greet_module, "AgentClient", functools.partial(AgentClient, exec_grace=0.5))
-    svc = Service(RuntimeConfig(), backends={"qemu": backend}, network=NoNetwork())
+    limits = LimitsConfig(output_log_bytes=LOG_LIMIT)
+    svc = Service(RuntimeConfig(limits=limits), backends={"qemu": backend}, network=NoNetwork())
     await svc.start()
     try:
         yield svc
@@ -102,7 +105,7 @@ CASES = [
     ("exit_nested", "guest_agent_failed"),
     ("exit_wrong_keys", "guest_agent_failed"),
     ("output_trickle", "run_timeout"),
-    ("output_endless", "run_timeout"),
+    ("output_endless", "output_limit"),
 ]
 
 
@@ -131,4 +134,5 @@ async def test_hostile_agent_ends_with_stable_code_and_no_leaks(
     assert record["error"]["code"] == code
     assert record["status"] == ("timeout" if code == "run_timeout" else "error")
     assert record["cleanup"] == "done"
+    assert (run_dir / "stdout.log").stat().st_size <= LOG_LIMIT
     assert _fds() <= fds_before  # the channel, console and pipes are all closed

@@ -239,6 +239,8 @@ class Service:
         argv = _check_command(command)
         if timeout is not None and not 0 < timeout <= 86400:
             raise InvalidRequest("timeout must be in (0, 86400] seconds")
+        if timeout is None:  # every run ends: none may hold a guest for ever
+            timeout = self._config.limits.run_timeout_seconds
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
         self._runs[run_id] = run_dir
@@ -254,6 +256,7 @@ class Service:
             read_only_workspace=ctx.info.read_only_workspace,
             launch_seconds=ctx.launch_seconds,
             timeout=timeout,
+            limits=self._config.limits,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare

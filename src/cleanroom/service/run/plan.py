@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cleanroom.config_limits import LimitsConfig
 from cleanroom.policy import CompiledPolicy
 
 __all__ = ["Defer", "RunPlan"]
@@ -25,6 +26,8 @@ class RunPlan:
     read_only_workspace: bool
     launch_seconds: float
     timeout: float | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """The runtime config's caps (output and console log bytes, workspace size)."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]

@@ -62,7 +62,7 @@ async def execute_run(
         command=list(plan.command),
         run_dir=plan.run_dir,
     )
-    capture = OutputCapture(plan.run_dir, on_event)
+    capture = OutputCapture(plan.run_dir, on_event, plan.limits.output_log_bytes)
     res = RunResources(rec)
     status: ExitStatus | None = None
     try:
