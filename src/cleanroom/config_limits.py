@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from cleanroom._yaml import YamlEntry
 from cleanroom.config_reader import SectionReader
 
-__all__ = ["LIMITS_KEYS", "LimitsConfig", "read_limits"]
+__all__ = ["DEFAULT_CONSOLE_LOG_BYTES", "LIMITS_KEYS", "LimitsConfig", "read_limits"]
+
+DEFAULT_CONSOLE_LOG_BYTES = 8 << 20
 
 LIMITS_KEYS = (
     "console_log_bytes",
@@ -39,7 +41,7 @@ _MAX_TIMEOUT = 86400  # the longest timeout a request may give
 class LimitsConfig:
     """Caps on every resource a guest or a client can grow (see the module doc)."""
 
-    console_log_bytes: int = 8 << 20
+    console_log_bytes: int = DEFAULT_CONSOLE_LOG_BYTES
     output_log_bytes: int = 256 << 20
     run_timeout_seconds: float = 3600.0
     workspace_bytes: int = 8 << 30
