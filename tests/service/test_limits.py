@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from agent_backend import AgentProcessBackend
 from no_network import NoNetwork
 
 from cleanroom.config import LimitsConfig, RuntimeConfig, parse_config_text
-from cleanroom.errors import ConfigInvalid, OutputLimitExceeded, RunTimeout
+from cleanroom.errors import ConfigInvalid, OutputLimitExceeded, RunTimeout, WorkspaceTooLarge
 from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
 from cleanroom.service.output import CAPTURE_LIMIT
 from cleanroom.service.record import RECORD_NAME
+from cleanroom.service.workspace import scan_workspace
 
 LOG_LIMIT = 3 * CAPTURE_LIMIT
 
@@ -140,3 +142,43 @@ def test_limits_section_is_parsed_strictly() -> None:
         with pytest.raises(ConfigInvalid) as caught:
             parse_config_text(bad, "config.yaml")
         assert any(where in p for p in caught.value.details["problems"]), (bad, caught.value)
+
+
+async def test_workspace_size_caps_allocated_and_apparent(
+    backend: AgentProcessBackend, repo: Path
+) -> None:
+    with (repo / "sparse.bin").open("wb") as fh:  # 64 MiB apparent, 4 KiB allocated
+        fh.write(b"x" * 4096)
+        fh.truncate(64 << 20)
+    (repo / "dense.bin").write_bytes(b"y" * (2 << 20))
+    os.link(repo / "dense.bin", repo / "dense-link.bin")  # a hard link counts once
+    cases = [
+        (LimitsConfig(workspace_bytes=1 << 20), "workspace_bytes"),
+        (LimitsConfig(workspace_apparent_bytes=32 << 20), "workspace_apparent_bytes"),
+    ]
+    for limits, key in cases:
+        svc = await _service(backend, limits)
+        try:
+            info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / key))
+            with pytest.raises(WorkspaceTooLarge) as caught:
+                await svc.run(info.cleanroom_id, ["true"])
+        finally:
+            await svc.close()
+        assert caught.value.code == "workspace_too_large"
+        assert caught.value.details["limit"] == key
+        record = json.loads((_only_run_dir(repo.parent / key) / RECORD_NAME).read_text())
+        assert record["error"]["code"] == "workspace_too_large"
+        assert record["cleanup"] == "done"
+    assert backend.guests == []  # refused before any guest was started
+    # Within both caps (allocated ~2 MiB + 4 KiB, apparent ~68 MiB): the run goes ahead.
+    stats = scan_workspace(repo)
+    assert stats.allocated < (3 << 20) < (64 << 20) < stats.bytes
+    svc = await _service(
+        backend, LimitsConfig(workspace_bytes=3 << 20, workspace_apparent_bytes=80 << 20)
+    )
+    try:
+        info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / "ok"))
+        result = await svc.run(info.cleanroom_id, ["stat", "-c", "%s", "sparse.bin"])
+    finally:
+        await svc.close()
+    assert result.stdout == f"{64 << 20}\n"

@@ -26,7 +26,7 @@ from cleanroom.service.run.plan import Defer, RunPlan
 from cleanroom.service.run.resources import RunResources
 from cleanroom.service.run.transfer import configure_and_transfer
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
-from cleanroom.service.workspace import scan_workspace
+from cleanroom.service.workspace import check_workspace_size, scan_workspace
 
 __all__ = ["execute_run"]
 
@@ -115,6 +115,7 @@ async def _run_in_guest(
 ) -> tuple[Obtained, ExitStatus]:
     with rec.timed("workspace_scan"):
         scan = await asyncio.to_thread(scan_workspace, plan.cwd)
+    check_workspace_size(scan, plan.limits)  # before anything is copied or booted
     obtained = await obtain_guest(plan, backend, network, pool, boots, scan, rec, res)
     try:
         await configure_and_transfer(plan, obtained, scan, rec, res)
