@@ -86,6 +86,10 @@ class CleanroomError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 
+    def http_headers(self) -> dict[str, str]:
+        """Extra HTTP response headers this error asks for (none by default)."""
+        return {}
+
 
 class InvalidRequest(CleanroomError):
     """A request was malformed, mistyped, or named something that cannot exist."""
@@ -230,6 +234,10 @@ class CapacityExhausted(CleanroomError):
     code = "capacity_exhausted"
     status = 503
     exit_code = 75
+
+    def http_headers(self) -> dict[str, str]:
+        """``Retry-After``: whole seconds from ``details['retry_after']``."""
+        return {"Retry-After": str(max(1, round(float(self.details.get("retry_after", 1)))))}
 
 
 class GuestAgentFailed(CleanroomError):

@@ -88,6 +88,7 @@ class RunStreamResponse(Response):
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
+                        *((k.lower().encode(), v.encode()) for k, v in exc.http_headers().items()),
                     ],
                 }
             )

@@ -18,6 +18,7 @@ from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backe
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
     BackendCapabilityMismatch,
+    CapacityExhausted,
     CleanroomError,
     CleanroomNotFound,
     InvalidRequest,
@@ -39,6 +40,9 @@ from cleanroom.service.workspace import remove_dead_stagings
 __all__ = ["Service"]
 
 log = structlog.get_logger("cleanroom.service")
+
+RETRY_AFTER_SECONDS = 5
+"""What a run refused for capacity is told to wait (``Retry-After``)."""
 
 
 @dataclass
@@ -241,6 +245,7 @@ class Service:
             raise InvalidRequest("timeout must be in (0, 86400] seconds")
         if timeout is None:  # every run ends: none may hold a guest for ever
             timeout = self._config.limits.run_timeout_seconds
+        self._check_capacity()
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
         self._runs[run_id] = run_dir
@@ -287,6 +292,16 @@ class Service:
             with contextlib.suppress(BaseException):
                 await task
             raise
+
+    def _check_capacity(self) -> None:
+        """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""
+        limit = self._config.limits.max_concurrent_runs
+        running = sum(len(ctx.tasks) for ctx in self._contexts.values())
+        if running >= limit:
+            raise CapacityExhausted(
+                f"the server already runs {running} runs (limits.max_concurrent_runs)",
+                details={"running": running, "limit": limit, "retry_after": RETRY_AFTER_SECONDS},
+            )
 
     async def exec(
         self,
