@@ -53,7 +53,7 @@ async def execute_run(
     record) then goes to ``defer`` if given (see ``cleanroom.service.finalize``);
     without it, it completes before this returns.
     """
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    plan.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     rec = RunRecorder(
         run_id=plan.run_id,
         cleanroom_id=plan.cleanroom_id,
