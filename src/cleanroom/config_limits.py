@@ -9,6 +9,9 @@
       workspace_bytes: 8589934592      # workspace input, bytes allocated on the host disk
       workspace_apparent_bytes: 68719476736  # workspace input, apparent size (sparse holes count)
       max_concurrent_runs: 16          # more at once: capacity_exhausted (503, Retry-After)
+      runs_max_age_days: 30            # finished run directories older than this are pruned
+      runs_max_count: 1000             # ... beyond this many (oldest first)
+      runs_max_bytes: 21474836480      # ... until the rest take at most this much disk
 
 Every key is optional; the defaults are the values above.
 """
@@ -31,6 +34,9 @@ LIMITS_KEYS = (
     "workspace_bytes",
     "workspace_apparent_bytes",
     "max_concurrent_runs",
+    "runs_max_age_days",
+    "runs_max_count",
+    "runs_max_bytes",
 )
 
 _MIN_LOG_BYTES = 4096
@@ -47,6 +53,9 @@ class LimitsConfig:
     workspace_bytes: int = 8 << 30
     workspace_apparent_bytes: int = 64 << 30
     max_concurrent_runs: int = 16
+    runs_max_age_days: float = 30.0
+    runs_max_count: int = 1000
+    runs_max_bytes: int = 20 << 30
 
 
 def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsConfig:
@@ -74,5 +83,14 @@ def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsC
         ),
         max_concurrent_runs=reader.integer(
             section, "max_concurrent_runs", "limits", d.max_concurrent_runs, minimum=1
+        ),
+        runs_max_age_days=reader.seconds(
+            section, "runs_max_age_days", "limits", d.runs_max_age_days
+        ),
+        runs_max_count=reader.integer(
+            section, "runs_max_count", "limits", d.runs_max_count, minimum=0
+        ),
+        runs_max_bytes=reader.integer(
+            section, "runs_max_bytes", "limits", d.runs_max_bytes, minimum=0
         ),
     )

@@ -33,6 +33,7 @@ from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
+from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
@@ -100,6 +101,7 @@ class Service:
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
         remove_dead_stagings()
+        await self._repair_runs()
         if self._config.pool.size > 0:
             name = resolve_backend_name(None, self._config)
             try:
@@ -292,6 +294,17 @@ class Service:
             with contextlib.suppress(BaseException):
                 await task
             raise
+
+    async def _repair_runs(self) -> None:
+        """Repair runs a dead server left in the default run root, then prune it."""
+        root = paths.state_dir() / "runs"
+        repaired = await asyncio.to_thread(repair_runs, root)
+        if repaired:
+            log.warning("repaired runs of a previous server", runs=repaired)
+        keep = retention(self._config.limits)
+        pruned = await asyncio.to_thread(prune_runs, root, keep)
+        if pruned:
+            log.info("pruned old runs", runs=len(pruned))
 
     def _check_capacity(self) -> None:
         """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""

@@ -20,6 +20,7 @@ from cleanroom.service.network import RunNetworks
 from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RunRecorder, Status
+from cleanroom.service.repair import hold_run
 from cleanroom.service.run.execute import execute_command
 from cleanroom.service.run.obtain import Obtained, obtain_guest
 from cleanroom.service.run.plan import Defer, RunPlan
@@ -64,6 +65,7 @@ async def execute_run(
     )
     capture = OutputCapture(plan.run_dir, on_event, plan.limits.output_log_bytes)
     res = RunResources(rec)
+    res.push(hold_run(plan.run_dir).release)  # released last: the run's owner is alive till then
     status: ExitStatus | None = None
     try:
         if on_event is not None:
