@@ -44,14 +44,16 @@ class ServiceAPI(Protocol):
     ) -> RunResult:
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
-        ``timeout`` (seconds, optional) kills the command's whole process group
+        ``timeout`` (seconds; None: the runtime config's
+        ``limits.run_timeout_seconds``) kills the command's whole process group
         when it runs longer and raises ``RunTimeout``.
 
         ``on_event`` receives ``RunStarted``, then ``RunOutput`` chunks as they
         are produced, then ``RunExit``. Cancelling the calling task cancels the
         run and destroys its guest. Raises ``CleanroomNotFound``,
         ``InvalidRequest``, ``RuntimeLaunchFailed``, ``GuestAgentFailed``,
-        ``RunTimeout``, ``RunCancelled``.
+        ``RunTimeout``, ``RunCancelled``, ``OutputLimitExceeded``,
+        ``WorkspaceTooLarge``, ``CapacityExhausted`` (``limits``).
 
         When it returns, the guest has been killed (nothing of the run executes
         any more); reaping it and releasing its disks and network finish in the
