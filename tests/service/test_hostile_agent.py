@@ -67,6 +67,12 @@ class HostileBackend(AgentProcessBackend):
         return guest
 
 
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state directory of this test's own: a service's start repairs and prunes it."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[HostileBackend]:
     be = HostileBackend()

@@ -15,10 +15,17 @@ from cleanroom.config import LimitsConfig, RuntimeConfig, parse_config_text
 from cleanroom.errors import ConfigInvalid, OutputLimitExceeded, RunTimeout, WorkspaceTooLarge
 from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
 from cleanroom.service.output import CAPTURE_LIMIT
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RECORD_NAME
 from cleanroom.service.workspace import scan_workspace
 
 LOG_LIMIT = 3 * CAPTURE_LIMIT
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state directory of this test's own: a service's start repairs and prunes it."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture
@@ -182,3 +189,18 @@ async def test_workspace_size_caps_allocated_and_apparent(
     finally:
         await svc.close()
     assert result.stdout == f"{64 << 20}\n"
+
+
+async def test_console_limit_reaches_pooled_guests(
+    backend: AgentProcessBackend, tmp_path: Path
+) -> None:
+    # (Cold guests get it through the run plan: see test_limits_vm.)
+    pool = WarmPool(
+        backend, size=1, root=tmp_path / "pool", launch_seconds=30, console_log_bytes=12345
+    )
+    pool.start()
+    try:
+        await pool.wait_ready(1, timeout=30)
+    finally:
+        await pool.close()
+    assert backend.guests[0].spec.console_log_bytes == 12345

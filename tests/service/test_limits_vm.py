@@ -18,7 +18,11 @@ CONSOLE_LIMIT = 256 * 1024
 FLOOD = 64 << 20
 
 
-async def test_console_flood_is_capped_and_qemu_is_sandboxed(tmp_path: Path) -> None:
+async def test_console_flood_is_capped_and_qemu_is_sandboxed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state directory of its own: a service's start repairs and prunes it.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "cleanroom.yaml").write_text("version: 1\n")

@@ -86,7 +86,12 @@ async def test_repair_by_owner_lock(tmp_path: Path) -> None:
     finally:
         await hold.release()
     assert not (live / LOCK_NAME).exists()
-    assert repair_runs(root) == ["run-000000000003"]  # its owner is gone now
+    # No record and no lock file: no owner ever locked it here (a server without
+    # run locks made it), so whether its owner lives is unknowable: left alone.
+    assert repair_runs(root) == []
+    assert all((live / disk).exists() for disk in DISKS)
+    (live / LOCK_NAME).write_text("")  # a lock file nobody holds: its owner died
+    assert repair_runs(root) == ["run-000000000003"]
 
 
 def _finished(root: Path, name: str, age_days: float, size: int, now: float) -> Path:
@@ -135,7 +140,8 @@ def test_cli_runs_prune(tmp_path: Path) -> None:
     now = time.time()
     for i in range(3):
         _finished(root, f"run-00000000000{i}", 3 - i, 100, now)
-    _run_dir(root, "run-00000000000c", None)  # a crashed one
+    crashed = _run_dir(root, "run-00000000000c", None)  # a crashed one
+    (crashed / LOCK_NAME).write_text("")
     cli = str(Path(sys.executable).with_name("cleanroom"))
     out = subprocess.run(
         [cli, "runs", "prune", "--root", str(root), "--max-count", "1", "--json"],

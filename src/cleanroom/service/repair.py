@@ -144,8 +144,9 @@ def _interrupted(run_dir: Path) -> dict[str, object]:
 def repair_runs(root: Path) -> list[str]:
     """Repair the run directories under ``root`` left by a dead owner; their ids.
 
-    A directory whose record is missing or says ``cleanup: pending`` and whose
-    owner lock nobody holds has its disks removed; its record then says
+    A directory whose record is missing (its lock file present) or says
+    ``cleanup: pending``, and whose owner lock nobody holds, has its disks
+    removed; its record then says
     ``cleanup: done`` and, if the run never answered (``running`` or no
     record), ``status: interrupted`` with an ``internal_error``.
     """
@@ -154,6 +155,10 @@ def repair_runs(root: Path) -> list[str]:
         record = _read(run_dir)
         if record is not None and record.get("cleanup") != "pending":
             continue  # finished and released
+        if record is None and not os.path.lexists(run_dir / LOCK_NAME):
+            # No owner lock was ever taken (a server without run locks made it,
+            # or it is microseconds old): whether its owner lives is unknowable.
+            continue
         with _unowned(run_dir) as unowned:
             if not unowned:
                 continue  # its owner is alive

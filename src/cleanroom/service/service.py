@@ -130,6 +130,7 @@ class Service:
                 # network layer can reserve them, so networked runs can be served warm.
                 network=self._network,
                 boots=self._boots,
+                console_log_bytes=self._config.limits.console_log_bytes,
             )
             self._pools[name] = pool
             pool.start()
