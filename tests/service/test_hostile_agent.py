@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agent_backend import AgentProcessBackend, AgentProcessGuest
+from agent_backend import SRC, AgentProcessBackend, AgentProcessGuest
 from no_network import NoNetwork
 
 from cleanroom.agent import AgentClient
@@ -25,7 +25,6 @@ from cleanroom.service import greet as greet_module
 from cleanroom.service.record import RECORD_NAME
 
 SCRIPT = Path(__file__).with_name("hostile_agent.py")
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 LOG_LIMIT = 1 << 20
 
