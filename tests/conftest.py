@@ -22,6 +22,16 @@ def guest_image() -> GuestImage:
 
 
 @pytest.fixture(autouse=True)
+def _private_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test gets its own ``$XDG_STATE_HOME``: a service's start repairs, prunes
+    and clears what it finds there, which must never be another test's (or a real
+    server's) runs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _image_for_marked_tests(request: pytest.FixtureRequest) -> None:
     """Tests marked ``image`` get the built image before they start."""
     if request.node.get_closest_marker("image") is not None:

@@ -21,6 +21,8 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     pool:
       size: 0                        # warm guests kept ready
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
+    limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
+             workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``, a bare command name is looked up on ``PATH`` too; image
@@ -50,12 +52,14 @@ from cleanroom._yaml import (
 )
 from cleanroom.backend_table import BackendSettings, load_ref, settings_class
 from cleanroom.config_images import IMAGES_KEYS, ImagesConfig, read_images
+from cleanroom.config_limits import LIMITS_KEYS, LimitsConfig, read_limits
 from cleanroom.config_reader import SectionReader, is_null
 from cleanroom.errors import ConfigInvalid
 
 __all__ = [
     "BackendName",
     "ImagesConfig",
+    "LimitsConfig",
     "NetworkConfig",
     "PoolConfig",
     "RuntimeConfig",
@@ -127,6 +131,7 @@ class RuntimeConfig:
     pool: PoolConfig
     backends: Mapping[str, BackendSettings]
     images: ImagesConfig
+    limits: LimitsConfig
     source: Path | None = field(compare=False)
 
     def __init__(
@@ -139,6 +144,7 @@ class RuntimeConfig:
         backends: Mapping[str, BackendSettings] | None = None,
         source: Path | None = None,
         images: ImagesConfig | None = None,
+        limits: LimitsConfig | None = None,
         **sections: BackendSettings,
     ) -> None:
         merged = _default_sections()
@@ -154,6 +160,7 @@ class RuntimeConfig:
         setter(self, "backends", MappingProxyType(merged))
         setter(self, "source", source)
         setter(self, "images", images if images is not None else ImagesConfig())
+        setter(self, "limits", limits if limits is not None else LimitsConfig())
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: a backend's section by name.
@@ -163,7 +170,16 @@ class RuntimeConfig:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __hash__(self) -> int:
-        return hash((self.default_backend, self.workspace, self.network, self.pool, self.images))
+        return hash(
+            (
+                self.default_backend,
+                self.workspace,
+                self.network,
+                self.pool,
+                self.images,
+                self.limits,
+            )
+        )
 
 
 def _read_network(reader: SectionReader, section: dict[str, YamlEntry]) -> NetworkConfig:
@@ -208,7 +224,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool", "images")
+    top = ("default_backend", "workspace", "backends", "network", "pool", "images", "limits")
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = SectionReader(problems)
     names = backend_table.backend_names()
@@ -227,6 +243,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     pool = reader.section(entries, "pool", "", ("size",))
     size = reader.integer(pool, "size", "pool", 0, minimum=0)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
+    limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
@@ -235,6 +252,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         network=network,
         pool=PoolConfig(size=size),
         images=images,
+        limits=limits,
     )
 
 

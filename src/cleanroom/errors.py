@@ -23,6 +23,9 @@ errors by class or by ``code``, never by message text.
     ├── ImageUnavailable           image_unavailable            503  69
     ├── RunTimeout                 run_timeout                  504 124
     ├── RunCancelled               run_cancelled                409 130
+    ├── OutputLimitExceeded        output_limit                 413  73
+    ├── WorkspaceTooLarge          workspace_too_large          413  65
+    ├── CapacityExhausted          capacity_exhausted           503  75
     ├── GuestAgentFailed           guest_agent_failed           502  70
     ├── NetworkSetupFailed         network_setup_failed         502  70
     ├── HostNotAllowed             host_not_allowed             403  77
@@ -38,6 +41,7 @@ __all__ = [
     "BackendCapabilityMismatch",
     "BackendError",
     "BackendUnavailable",
+    "CapacityExhausted",
     "CleanroomError",
     "CleanroomNotFound",
     "ConfigInvalid",
@@ -47,6 +51,7 @@ __all__ = [
     "InvalidRequest",
     "NetworkSetupFailed",
     "NotFound",
+    "OutputLimitExceeded",
     "PolicyConflict",
     "PolicyError",
     "PolicyInvalid",
@@ -57,6 +62,7 @@ __all__ = [
     "RuntimeLaunchFailed",
     "ServerUnavailable",
     "WorkspaceConflict",
+    "WorkspaceTooLarge",
     "error_class_for_code",
 ]
 
@@ -92,6 +98,10 @@ class CleanroomError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+    def http_headers(self) -> dict[str, str]:
+        """Extra HTTP response headers this error asks for (none by default)."""
+        return {}
 
 
 class InvalidRequest(CleanroomError, code="invalid_request", status=400, exit_code=64):
@@ -156,6 +166,25 @@ class RunTimeout(CleanroomError, code="run_timeout", status=504, exit_code=124):
 
 class RunCancelled(CleanroomError, code="run_cancelled", status=409, exit_code=130):
     """The run was cancelled (by the client, a terminate, or server shutdown)."""
+
+
+class OutputLimitExceeded(CleanroomError, code="output_limit", status=413, exit_code=73):
+    """The command wrote more to stdout or stderr than ``limits.output_log_bytes``;
+    it was killed. The logs hold the output up to the limit."""
+
+
+class WorkspaceTooLarge(CleanroomError, code="workspace_too_large", status=413, exit_code=65):
+    """The workspace is larger than ``limits.workspace_bytes`` (allocated) or
+    ``limits.workspace_apparent_bytes`` (apparent); nothing was copied."""
+
+
+class CapacityExhausted(CleanroomError, code="capacity_exhausted", status=503, exit_code=75):
+    """The server already runs ``limits.max_concurrent_runs`` runs; retry later
+    (``details['retry_after']`` seconds, also the HTTP ``Retry-After`` header)."""
+
+    def http_headers(self) -> dict[str, str]:
+        """``Retry-After``: whole seconds from ``details['retry_after']``."""
+        return {"Retry-After": str(max(1, round(float(self.details.get("retry_after", 1)))))}
 
 
 class GuestAgentFailed(CleanroomError, code="guest_agent_failed", status=502, exit_code=70):

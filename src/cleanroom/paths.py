@@ -17,6 +17,7 @@ __all__ = [
     "data_dir",
     "default_socket_path",
     "images_dir",
+    "private_dir",
     "runtime_dir",
     "state_dir",
 ]
@@ -65,15 +66,24 @@ def runtime_dir() -> Path:
     """A private (0700) per-user directory for sockets.
 
     ``$XDG_RUNTIME_DIR/cleanroom`` when that variable is set; otherwise
-    ``/tmp/cleanroom-<uid>``, created 0700 and refused if another user owns it
-    (a pre-created directory would let that user hijack the socket).
+    ``/tmp/cleanroom-<uid>``. Either way it is made 0700 and refused if it is
+    not a real directory owned by this user (a pre-created directory would let
+    its owner hijack the socket); see :func:`private_dir`.
     """
     xdg = os.environ.get("XDG_RUNTIME_DIR", "")
     if xdg and Path(xdg).is_absolute():
         path = Path(xdg) / APP
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return path
-    path = Path(f"/tmp/{APP}-{os.getuid()}")  # noqa: S108 - private, ownership-checked below
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        path = Path(f"/tmp/{APP}-{os.getuid()}")  # noqa: S108 - private, checked below
+    return private_dir(path)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only this user can use: created 0700 if missing;
+    an existing one must be a real directory (not a symlink) owned by this
+    user, and is set to 0700 if its mode is looser. Raises ``PermissionError``
+    otherwise; checked on every call, whoever made the directory."""
     path.mkdir(mode=0o700, exist_ok=True)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():

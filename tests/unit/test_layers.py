@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "backend_table": 0,
     "config": 0,
     "config_images": 0,
+    "config_limits": 0,
     "config_reader": 0,
     "doctor": 0,
     "errors": 0,

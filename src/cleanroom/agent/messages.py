@@ -15,6 +15,7 @@ import base64
 import binascii
 import builtins
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,6 +63,15 @@ DEFAULT_ENV: Mapping[str, str] = {
 MAX_SEED = 4096
 """Largest entropy seed accepted, in bytes."""
 
+MAX_DEPTH = 8
+"""Deepest nesting of arrays and objects a payload may have (the deepest message needs 2).
+
+Checked before ``json.loads`` sees the payload: the decoder recurses once per
+level, so a 10 KB frame of ``[[[[...`` would otherwise raise ``RecursionError``."""
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
 if TYPE_CHECKING:
     T = TypeVar("T")
 
@@ -70,10 +80,35 @@ def _dump(ftype: FrameType, obj: Mapping[str, Any]) -> bytes:
     return encode_frame(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
 
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of JSON ``text``, brackets inside strings not counted.
+
+    For invalid JSON it may overcount (an unterminated string's brackets count),
+    never undercount the depth the decoder would reach before failing.
+    """
+    bare = _STRING.sub("", text)
+    if bare.count("[") + bare.count("{") <= MAX_DEPTH:
+        return 0  # too few openers to be too deep: skip the walk
+    depth = deepest = 0
+    for match in _BRACKET.finditer(bare):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _load(payload: bytes, what: str, keys: frozenset[str]) -> dict[str, Any]:
+    """The JSON object in ``payload`` with exactly ``keys``; anything else (bad UTF-8,
+    bad JSON, nesting past :data:`MAX_DEPTH`, another type) raises ``AgentProtocolError``."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = payload.decode("utf-8")
+        if _nesting(text) > MAX_DEPTH:
+            raise AgentProtocolError(f"{what}: JSON nested deeper than {MAX_DEPTH}")
+        obj = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+        # RecursionError/MemoryError: belt and braces behind the depth check.
         raise AgentProtocolError(f"{what}: invalid JSON payload") from exc
     if not isinstance(obj, dict):
         raise AgentProtocolError(f"{what}: payload is not a JSON object")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cleanroom.config_limits import DEFAULT_CONSOLE_LOG_BYTES
 from cleanroom.doctor import DoctorCheck
 from cleanroom.images.userimage import UserImage
 from cleanroom.netspec import NetworkAttachment
@@ -84,6 +85,8 @@ class GuestSpec:
     """None: the backend config's value."""
     memory_mib: int | None = None
     """None: the backend config's value."""
+    console_log_bytes: int = DEFAULT_CONSOLE_LOG_BYTES
+    """Console output kept in ``console.log``; the rest is dropped (``limits``)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cleanroom import __version__
-from cleanroom.cli import doctor_cmd, exec_cmd, image, policy, server_cmds
+from cleanroom.cli import doctor_cmd, exec_cmd, image, policy, runs_cmd, server_cmds
 from cleanroom.cli.output import report_error
 from cleanroom.errors import CleanroomError
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cmds.register(commands)
     policy.register(commands)
     image.register(commands)
+    runs_cmd.register(commands)
     return parser
 
 

@@ -80,7 +80,7 @@ _ERROR_TYPES = {
 
 
 def _error_response(exc: CleanroomError, status: int | None = None) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=status or exc.status)
+    return JSONResponse(exc.to_dict(), status_code=status or exc.status, headers=exc.http_headers())
 
 
 async def _guard(awaitable: Awaitable[T]) -> T:

@@ -1,7 +1,9 @@
 """Listen addresses and the sockets the server binds itself.
 
 ``unix:///path`` sockets are created 0600 (bound under a 0177 umask, so no
-other user can ever connect, not even briefly) in a 0700 directory. A lock file
+other user can ever connect, not even briefly) in a directory owned by this
+user that no one else may write (checked at every bind; a new one is made
+0700). A lock file (opened with ``O_NOFOLLOW``: never through a symlink)
 next to the socket makes "one server per socket" race-free: the lock holder
 may replace a stale socket file left by a dead server; a second server exits
 with ``server_unavailable``. ``tcp://HOST:PORT`` binds loopback only unless
@@ -125,9 +127,12 @@ def _already(path: Path) -> ServerUnavailable:
 def _bind_unix(address: ListenAddress, path: Path) -> BoundListener:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _check_socket_dir(path.parent)
+        lock_fd = os.open(
+            f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
     except OSError as exc:
-        raise InvalidRequest(f"cannot use {path.parent}: {exc.strerror}") from exc
+        raise InvalidRequest(f"cannot use {path.parent}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -149,6 +154,16 @@ def _bind_unix(address: ListenAddress, path: Path) -> BoundListener:
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _check_socket_dir(directory: Path) -> None:
+    """Refuse a socket directory another user owns or may write (they could
+    replace the socket or its lock); ``PermissionError`` says why."""
+    st = directory.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{directory} is owned by uid {st.st_uid}, not {os.getuid()}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(f"{directory} is writable by other users")
 
 
 def _remove_stale(path: Path) -> None:

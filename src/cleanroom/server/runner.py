@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,11 @@ from cleanroom.server.app import create_app
 from cleanroom.server.listen import BoundListener, ListenAddress, bind
 from cleanroom.service.api import ServiceAPI
 
-__all__ = ["CleanroomServer", "configure_logging", "serve_forever"]
+__all__ = ["SERVER_UMASK", "CleanroomServer", "configure_logging", "serve_forever"]
+
+SERVER_UMASK = 0o077
+"""Everything the server makes (run directories, records, logs, disks, the
+workspace copies holding the repository's files) is private to its user."""
 
 _GRACEFUL_SECONDS = 10
 _log = structlog.get_logger("cleanroom.server")
@@ -142,9 +147,11 @@ def serve_forever(
 ) -> None:
     """Bind every address, then serve ``service`` in a new event loop until stopped.
 
-    Raises ``ServerUnavailable`` (another server holds an address) or
+    Sets the process's umask to :data:`SERVER_UMASK` first. Raises
+    ``ServerUnavailable`` (another server holds an address) or
     ``InvalidRequest`` (bad or refused address) before anything is served.
     """
+    os.umask(SERVER_UMASK)
     listeners: list[BoundListener] = []
     try:
         for address in addresses:

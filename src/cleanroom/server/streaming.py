@@ -4,6 +4,11 @@ An error that happens before the run starts (unknown context, bad policy) is
 answered as an ordinary JSON error response with the error's HTTP status, so a
 client sees the same status codes with or without streaming. A client that
 disconnects mid-stream cancels the run.
+
+Backpressure: the events wait in a bounded queue (:data:`STREAM_QUEUE_EVENTS`);
+when a slow client fills it, the run's event sink waits, so the agent client
+stops reading the guest's channel and the guest's writes block. Server memory
+per stream stays at a few chunks whatever the guest writes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from cleanroom.errors import CleanroomError
 from cleanroom.events import NDJSON, Utf8Chunker, error_line, exit_line, output_line, started_line
 from cleanroom.service.types import EventSink, RunEvent, RunOutput, RunResult, RunStarted
 
-__all__ = ["RunStreamResponse", "as_cleanroom_error", "error_response_bytes"]
+__all__ = ["STREAM_QUEUE_EVENTS", "RunStreamResponse", "as_cleanroom_error", "error_response_bytes"]
+
+STREAM_QUEUE_EVENTS = 16
+"""Events (each at most one 64 KiB output chunk) held for a stream's client at once."""
 
 _log = structlog.get_logger("cleanroom.server")
 
@@ -51,7 +59,7 @@ class RunStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream; cancels the run when the client goes away."""
-        queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        queue: asyncio.Queue[RunEvent] = asyncio.Queue(STREAM_QUEUE_EVENTS)
 
         async def sink(event: RunEvent) -> None:
             await queue.put(event)
@@ -88,6 +96,7 @@ class RunStreamResponse(Response):
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
+                        *((k.lower().encode(), v.encode()) for k, v in exc.http_headers().items()),
                     ],
                 }
             )

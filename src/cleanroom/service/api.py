@@ -50,7 +50,8 @@ class ServiceAPI(Protocol):
     ) -> RunResult:
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
-        ``timeout`` (seconds, optional) kills the command's whole process group
+        ``timeout`` (seconds; None: the runtime config's
+        ``limits.run_timeout_seconds``) kills the command's whole process group
         when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
         guest's defaults (its values are never recorded); ``stdin`` (at most
         512 KiB) is the command's standard input, then EOF (None: empty).
@@ -63,7 +64,8 @@ class ServiceAPI(Protocol):
         are produced, then ``RunExit``. Cancelling the calling task cancels the
         run and destroys its guest. Raises ``CleanroomNotFound``,
         ``InvalidRequest``, ``RuntimeLaunchFailed``, ``GuestAgentFailed``,
-        ``RunTimeout``, ``RunCancelled``.
+        ``RunTimeout``, ``RunCancelled``, ``OutputLimitExceeded``,
+        ``WorkspaceTooLarge``, ``CapacityExhausted`` (``limits``).
 
         When it returns, the guest has been killed (nothing of the run executes
         any more); reaping it and releasing its disks and network finish in the

@@ -35,6 +35,7 @@ import structlog
 
 from cleanroom.agent import AgentClient
 from cleanroom.backends.base import Backend, Guest, GuestSpec
+from cleanroom.config_limits import DEFAULT_CONSOLE_LOG_BYTES
 from cleanroom.errors import CleanroomError
 from cleanroom.service.boots import BootGate
 from cleanroom.service.greet import boot_and_greet
@@ -88,8 +89,10 @@ class WarmPool:
         launch_seconds: float,
         network: RunNetworks | None = None,
         boots: BootGate | None = None,
+        console_log_bytes: int = DEFAULT_CONSOLE_LOG_BYTES,
     ) -> None:
         self._backend = backend
+        self._console_log_bytes = console_log_bytes
         self._boots = boots
         self._network = network
         self._size = size
@@ -218,6 +221,7 @@ class WarmPool:
                     run_dir=guest_dir,
                     launch_seconds=self._launch_seconds,
                     network=slot.attachment if slot is not None else None,
+                    console_log_bytes=self._console_log_bytes,
                 )
 
                 def launched(guest: Guest) -> None:

@@ -19,6 +19,7 @@ from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backe
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
     BackendCapabilityMismatch,
+    CapacityExhausted,
     CleanroomError,
     CleanroomNotFound,
     InvalidRequest,
@@ -34,6 +35,7 @@ from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
+from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.terminal import Terminal
@@ -43,6 +45,9 @@ from cleanroom.service.workspace import remove_dead_stagings
 __all__ = ["Service"]
 
 log = structlog.get_logger("cleanroom.service")
+
+RETRY_AFTER_SECONDS = 5
+"""What a run refused for capacity is told to wait (``Retry-After``)."""
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Service:
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
         remove_dead_stagings()
+        await self._repair_runs()
         if self._config.pool.size > 0:
             name = resolve_backend_name(None, self._config)
             try:
@@ -128,6 +134,7 @@ class Service:
                 # network layer can reserve them, so networked runs can be served warm.
                 network=self._network,
                 boots=self._boots,
+                console_log_bytes=self._config.limits.console_log_bytes,
             )
             self._pools[name] = pool
             pool.start()
@@ -248,6 +255,9 @@ class Service:
         if timeout is not None and not 0 < timeout <= 86400:
             raise InvalidRequest("timeout must be in (0, 86400] seconds")
         _check_inputs(env, stdin, artifacts)
+        if timeout is None:  # every run ends: none may hold a guest for ever
+            timeout = self._config.limits.run_timeout_seconds
+        self._check_capacity()
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
         self._runs[run_id] = run_dir
@@ -267,6 +277,7 @@ class Service:
             stdin=stdin,
             artifacts=tuple(artifacts),
             terminal=terminal,
+            limits=self._config.limits,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
@@ -297,6 +308,27 @@ class Service:
             with contextlib.suppress(BaseException):
                 await task
             raise
+
+    async def _repair_runs(self) -> None:
+        """Repair runs a dead server left in the default run root, then prune it."""
+        root = paths.state_dir() / "runs"
+        repaired = await asyncio.to_thread(repair_runs, root)
+        if repaired:
+            log.warning("repaired runs of a previous server", runs=repaired)
+        keep = retention(self._config.limits)
+        pruned = await asyncio.to_thread(prune_runs, root, keep)
+        if pruned:
+            log.info("pruned old runs", runs=len(pruned))
+
+    def _check_capacity(self) -> None:
+        """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""
+        limit = self._config.limits.max_concurrent_runs
+        running = sum(len(ctx.tasks) for ctx in self._contexts.values())
+        if running >= limit:
+            raise CapacityExhausted(
+                f"the server already runs {running} runs (limits.max_concurrent_runs)",
+                details={"running": running, "limit": limit, "retry_after": RETRY_AFTER_SECONDS},
+            )
 
     async def exec(
         self,

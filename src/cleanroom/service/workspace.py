@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cleanroom.errors import InvalidRequest, RuntimeLaunchFailed
+from cleanroom.config_limits import LimitsConfig
+from cleanroom.errors import InvalidRequest, RuntimeLaunchFailed, WorkspaceTooLarge
 
 __all__ = [
     "MEMORY_ARCHIVE_LIMIT",
@@ -37,6 +38,7 @@ __all__ = [
     "ArchiveStats",
     "PreparedArchive",
     "archive_workspace",
+    "check_workspace_size",
     "iter_file_chunks",
     "prepare_archive",
     "remove_dead_stagings",
@@ -68,6 +70,24 @@ class ArchiveStats:
     """Size of the tar stream (0 for a scan)."""
     skipped: tuple[str, ...]
     """Relative paths of special files that were left out."""
+    allocated: int = 0
+    """Sum of regular files' allocated bytes (``st_blocks``; a sparse file's holes
+    take none; a hard-linked file counts once)."""
+
+
+def check_workspace_size(stats: ArchiveStats, limits: LimitsConfig) -> None:
+    """Raise ``WorkspaceTooLarge`` if the scanned workspace passes either cap:
+    ``limits.workspace_bytes`` (allocated on disk) or
+    ``limits.workspace_apparent_bytes`` (apparent sizes, holes included)."""
+    for measured, limit, key in (
+        (stats.allocated, limits.workspace_bytes, "workspace_bytes"),
+        (stats.bytes, limits.workspace_apparent_bytes, "workspace_apparent_bytes"),
+    ):
+        if measured > limit:
+            raise WorkspaceTooLarge(
+                f"the workspace holds {measured} bytes, more than limits.{key} ({limit})",
+                details={"limit": key, "bytes": measured, "max_bytes": limit},
+            )
 
 
 def scan_workspace(source: Path) -> ArchiveStats:
@@ -103,7 +123,13 @@ def _archive_into(source: Path, fh: BinaryIO) -> ArchiveStats:
 
 def _with_size(stats: ArchiveStats, size: int) -> ArchiveStats:
     return ArchiveStats(
-        stats.files, stats.directories, stats.symlinks, stats.bytes, size, stats.skipped
+        stats.files,
+        stats.directories,
+        stats.symlinks,
+        stats.bytes,
+        size,
+        stats.skipped,
+        stats.allocated,
     )
 
 
@@ -129,7 +155,9 @@ class _Walk:
     def __init__(self, source: Path, tar: tarfile.TarFile | None) -> None:
         self._source = source
         self._tar = tar
-        self._files = self._dirs = self._links = self._bytes = 0
+        self._files = self._dirs = self._links = self._bytes = self._allocated = 0
+        self._counted: set[tuple[int, int]] = set()
+        """(device, inode) of multiply-linked files already counted as allocated."""
         self._skipped: list[str] = []
         self._seen: dict[tuple[int, int], str] = {}
         """(device, inode) -> first name it was put under, for hard links."""
@@ -156,6 +184,7 @@ class _Walk:
             bytes=self._bytes,
             archive_bytes=archive_bytes,
             skipped=tuple(self._skipped),
+            allocated=self._allocated,
         )
 
     def _walk(self, dir_fd: int, prefix: str) -> None:
@@ -176,6 +205,11 @@ class _Walk:
             elif stat.S_ISREG(st.st_mode):
                 self._files += 1
                 self._bytes += st.st_size
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink == 1 or key not in self._counted:
+                    self._allocated += st.st_blocks * 512
+                    if st.st_nlink > 1:
+                        self._counted.add(key)
                 if self._tar is not None:
                     self._add_file(self._tar, dir_fd, entry.name, rel)
             elif stat.S_ISLNK(st.st_mode):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cleanroom.server.listen import ListenAddress, bind, parse_listen
-from cleanroom.server.runner import CleanroomServer, configure_logging
+from cleanroom.server.runner import CleanroomServer, configure_logging, serve_forever
 from cleanroom.service.api import ServiceAPI
 
 __all__ = ["ServerThread", "main"]
@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from cleanroom.testing.service import agent_service  # noqa: PLC0415 - after the env is set
 
     configure_logging()
-    listener = bind(parse_listen(args.listen))
-    asyncio.run(CleanroomServer(agent_service(), [listener]).serve())
+    # The product's own entry point: same binding, same umask, same shutdown.
+    serve_forever(agent_service(), [parse_listen(args.listen)])
 
 
 if __name__ == "__main__":

@@ -166,3 +166,15 @@ def test_user_image_read_only_with_scratch_disk_after_the_others() -> None:
     assert len(_opt(plain, "-drive")) == 2
     with pytest.raises(ValueError, match="scratch"):
         build_argv(_launch(image_disk=Path("/cache/img/rootfs.ext4")))
+
+
+def test_qemu_runs_under_its_seccomp_sandbox() -> None:
+    assert _opt(build_argv(_launch()), "-sandbox") == [
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    ]
+
+
+def test_console_to_a_socket_when_given_one() -> None:
+    chardevs = _opt(build_argv(_launch(console_fd=9)), "-chardev")
+    assert "socket,id=console,fd=9" in chardevs
+    assert not any(c.startswith("file,id=console") for c in chardevs)

@@ -23,6 +23,7 @@ from cleanroom.netspec import NetworkAttachment
 __all__ = [
     "AGENT_CHARDEV",
     "AGENT_PORT_NAME",
+    "SANDBOX",
     "QemuLaunch",
     "QemuMachine",
     "build_argv",
@@ -34,6 +35,10 @@ AGENT_PORT_NAME = "org.cleanroom.agent"
 """The virtserialport name; the guest sees /dev/virtio-ports/<name>."""
 AGENT_CHARDEV = "agent"
 """The chardev id whose ``frontend-open`` says the guest agent opened its port."""
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+"""QEMU's seccomp filter: no obsolete syscalls, no set*id, no fork/exec, no
+affinity or scheduler changes. Everything QEMU opens is opened before it
+applies (disks, TAP, /dev/urandom) or passed in as a descriptor."""
 
 Accel = Literal["kvm", "tcg"]
 
@@ -78,6 +83,9 @@ class QemuLaunch:
     read-only disk); needs ``scratch_disk``."""
     scratch_disk: Path | None = None
     """The run's writable layer over ``image_disk`` (found by its label)."""
+    console_fd: int | None = None
+    """A socket the console goes to (read by a bounded host reader, see
+    ``cleanroom.backends.console``); None: QEMU writes ``console_log`` itself."""
 
 
 def _opt(value: object) -> str:
@@ -123,12 +131,16 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     argv += ["-M", machine, *accel]
     argv += ["-m", str(m.memory_mib), "-smp", str(m.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+    argv += ["-sandbox", SANDBOX]
     argv += ["-kernel", str(m.kernel)]
     if m.initrd is not None:
         argv += ["-initrd", str(m.initrd)]
     argv += ["-append", kernel_cmdline(launch)]
     argv += ["-chardev", f"socket,id=qmp,fd={launch.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
-    argv += ["-chardev", f"file,id=console,path={_opt(launch.console_log)}"]
+    if launch.console_fd is not None:
+        argv += ["-chardev", f"socket,id=console,fd={launch.console_fd}"]
+    else:
+        argv += ["-chardev", f"file,id=console,path={_opt(launch.console_log)}"]
     argv += ["-chardev", f"socket,id={AGENT_CHARDEV},fd={launch.agent_fd}"]
     argv += ["-device", "virtio-serial-device,max_ports=4"]
     if m.debug:

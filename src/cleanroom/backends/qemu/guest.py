@@ -12,6 +12,7 @@ import socket
 from dataclasses import replace
 
 from cleanroom.backends.base import GuestSpec, Isolation
+from cleanroom.backends.console import ConsoleLog
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
 from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, QemuMachine, build_argv
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
@@ -47,8 +48,10 @@ class QemuGuest(VmGuest):
         qmp_sock: socket.socket,
         agent_sock: socket.socket,
         accel: Accel,
+        console: ConsoleLog | None = None,
     ) -> None:
         super().__init__(spec=spec, process=process, disks=disks)
+        self._console = console
         self._qmp_sock: socket.socket | None = qmp_sock
         self._agent_sock: socket.socket | None = agent_sock
         self._qmp: QmpClient | None = None
@@ -65,6 +68,7 @@ class QemuGuest(VmGuest):
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         console_path = run_dir / CONSOLE_LOG_NAME
+        console = ConsoleLog(console_path, spec.console_log_bytes)
         # A run may ask for its own guest shape (the policy's resources).
         machine = replace(
             machine,
@@ -86,6 +90,7 @@ class QemuGuest(VmGuest):
                     workspace_disk=disks.workspace.path,
                     image_disk=None if spec.image is None else spec.image.rootfs,
                     scratch_disk=None if disks.scratch is None else disks.scratch.path,
+                    console_fd=console.vmm_fd,
                 )
                 argv = build_argv(launch, prefix=pdeathsig_prefix())
                 write_plan(
@@ -98,6 +103,8 @@ class QemuGuest(VmGuest):
                     inherited_fds={
                         str(launch.qmp_fd): "QMP monitor (socketpair)",
                         str(launch.agent_fd): "agent channel (socketpair)",
+                        str(console.vmm_fd): "console (socketpair, kept up to "
+                        f"{spec.console_log_bytes} bytes)",
                     },
                 )
                 console_path.touch()
@@ -105,11 +112,13 @@ class QemuGuest(VmGuest):
                     argv,
                     stdout=run_dir / VMM_LOG_NAME,
                     stderr=run_dir / VMM_LOG_NAME,
-                    pass_fds=(launch.qmp_fd, launch.agent_fd),
+                    pass_fds=(launch.qmp_fd, launch.agent_fd, console.vmm_fd),
                 )
+                console.start()
         except BaseException:
             qmp_host.close()
             agent_host.close()
+            console.close()
             raise
         finally:
             qmp_vm.close()
@@ -121,6 +130,7 @@ class QemuGuest(VmGuest):
             qmp_sock=qmp_host,
             agent_sock=agent_host,
             accel=machine.accel,
+            console=console,
         )
 
     @property
@@ -170,7 +180,10 @@ class QemuGuest(VmGuest):
         return reader, writer
 
     async def _release_vmm_handles(self) -> None:
-        """Close the QMP client and any socket not yet handed over."""
+        """Close the QMP client, the console reader and any socket not yet handed over."""
+        if self._console is not None:
+            await asyncio.to_thread(self._console.close)
+            self._console = None
         if self._qmp is not None:
             await self._qmp.close()
             self._qmp = None

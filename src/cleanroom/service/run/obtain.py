@@ -176,6 +176,7 @@ async def _boot_cold(
         launch_seconds=plan.launch_seconds,
         network=lease.attachment if lease is not None else None,
         workspace=staging,
+        console_log_bytes=plan.limits.console_log_bytes,
     )
     async with boots.turn() if boots is not None else _no_wait() as waited_ms:
         rec.timing("boot_queue_ms", waited_ms)

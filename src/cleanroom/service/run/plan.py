@@ -6,6 +6,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cleanroom.config_limits import LimitsConfig
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.terminal import Terminal
 
@@ -34,6 +35,8 @@ class RunPlan:
     """Globs of workspace files to copy out after the command."""
     terminal: Terminal | None = field(default=None, repr=False, compare=False)
     """Run on a pseudo-terminal fed by this (``stdin`` is then unused)."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """The runtime config's caps (output and console log bytes, workspace size)."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]

@@ -21,6 +21,7 @@ from cleanroom.service.network import RunNetworks
 from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RunRecorder, Status, error_dict
+from cleanroom.service.repair import hold_run
 from cleanroom.service.run.execute import execute_command
 from cleanroom.service.run.obtain import Obtained, obtain_guest
 from cleanroom.service.run.plan import Defer, RunPlan
@@ -28,7 +29,7 @@ from cleanroom.service.run.resources import RunResources
 from cleanroom.service.run.results import Collected, collect_results
 from cleanroom.service.run.transfer import configure_and_transfer
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
-from cleanroom.service.workspace import scan_workspace
+from cleanroom.service.workspace import check_workspace_size, scan_workspace
 
 __all__ = ["execute_run"]
 
@@ -55,7 +56,7 @@ async def execute_run(
     record) then goes to ``defer`` if given (see ``cleanroom.service.finalize``);
     without it, it completes before this returns.
     """
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    plan.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     rec = RunRecorder(
         run_id=plan.run_id,
         cleanroom_id=plan.cleanroom_id,
@@ -64,8 +65,9 @@ async def execute_run(
         command=list(plan.command),
         run_dir=plan.run_dir,
     )
-    capture = OutputCapture(plan.run_dir, on_event)
+    capture = OutputCapture(plan.run_dir, on_event, plan.limits.output_log_bytes)
     res = RunResources(rec)
+    res.push(hold_run(plan.run_dir).release)  # released last: the run's owner is alive till then
     status: ExitStatus | None = None
     try:
         if on_event is not None:
@@ -120,6 +122,7 @@ async def _run_in_guest(
 ) -> tuple[Obtained, ExitStatus, Collected]:
     with rec.timed("workspace_scan"):
         scan = await asyncio.to_thread(scan_workspace, plan.cwd)
+    check_workspace_size(scan, plan.limits)  # before anything is copied or booted
     obtained = await obtain_guest(plan, backend, network, pool, boots, scan, rec, res)
     try:
         manifest = await configure_and_transfer(plan, obtained, scan, rec, res)

@@ -1,0 +1,96 @@
+"""The runtime config's ``limits`` section: caps on what a guest or a client can grow.
+
+::
+
+    limits:
+      console_log_bytes: 8388608       # guest console kept on disk (the rest is dropped)
+      output_log_bytes: 268435456      # stdout.log / stderr.log each; past it: output_limit
+      run_timeout_seconds: 3600        # a run whose request names no timeout gets this one
+      workspace_bytes: 8589934592      # workspace input, bytes allocated on the host disk
+      workspace_apparent_bytes: 68719476736  # workspace input, apparent size (sparse holes count)
+      max_concurrent_runs: 16          # more at once: capacity_exhausted (503, Retry-After)
+      runs_max_age_days: 30            # finished run directories older than this are pruned
+      runs_max_count: 1000             # ... beyond this many (oldest first)
+      runs_max_bytes: 21474836480      # ... until the rest take at most this much disk
+
+Every key is optional; the defaults are the values above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cleanroom._yaml import YamlEntry
+from cleanroom.config_reader import SectionReader
+
+__all__ = ["DEFAULT_CONSOLE_LOG_BYTES", "LIMITS_KEYS", "LimitsConfig", "read_limits"]
+
+DEFAULT_CONSOLE_LOG_BYTES = 8 << 20
+
+LIMITS_KEYS = (
+    "console_log_bytes",
+    "output_log_bytes",
+    "run_timeout_seconds",
+    "workspace_bytes",
+    "workspace_apparent_bytes",
+    "max_concurrent_runs",
+    "runs_max_age_days",
+    "runs_max_count",
+    "runs_max_bytes",
+)
+
+_MIN_LOG_BYTES = 4096
+_MAX_TIMEOUT = 86400  # the longest timeout a request may give
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Caps on every resource a guest or a client can grow (see the module doc)."""
+
+    console_log_bytes: int = DEFAULT_CONSOLE_LOG_BYTES
+    output_log_bytes: int = 256 << 20
+    run_timeout_seconds: float = 3600.0
+    workspace_bytes: int = 8 << 30
+    workspace_apparent_bytes: int = 64 << 30
+    max_concurrent_runs: int = 16
+    runs_max_age_days: float = 30.0
+    runs_max_count: int = 1000
+    runs_max_bytes: int = 20 << 30
+
+
+def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsConfig:
+    """Parse the ``limits`` section's entries (problems go to ``reader.problems``)."""
+    d = LimitsConfig()
+    timeout = reader.seconds(section, "run_timeout_seconds", "limits", d.run_timeout_seconds)
+    if timeout > _MAX_TIMEOUT:
+        entry = section["run_timeout_seconds"]
+        reader.problems.add(
+            entry.value.mark, "limits.run_timeout_seconds", f"must be at most {_MAX_TIMEOUT}"
+        )
+    return LimitsConfig(
+        console_log_bytes=reader.integer(
+            section, "console_log_bytes", "limits", d.console_log_bytes, minimum=_MIN_LOG_BYTES
+        ),
+        output_log_bytes=reader.integer(
+            section, "output_log_bytes", "limits", d.output_log_bytes, minimum=_MIN_LOG_BYTES
+        ),
+        run_timeout_seconds=min(timeout, _MAX_TIMEOUT),
+        workspace_bytes=reader.integer(
+            section, "workspace_bytes", "limits", d.workspace_bytes, minimum=0
+        ),
+        workspace_apparent_bytes=reader.integer(
+            section, "workspace_apparent_bytes", "limits", d.workspace_apparent_bytes, minimum=0
+        ),
+        max_concurrent_runs=reader.integer(
+            section, "max_concurrent_runs", "limits", d.max_concurrent_runs, minimum=1
+        ),
+        runs_max_age_days=reader.seconds(
+            section, "runs_max_age_days", "limits", d.runs_max_age_days
+        ),
+        runs_max_count=reader.integer(
+            section, "runs_max_count", "limits", d.runs_max_count, minimum=0
+        ),
+        runs_max_bytes=reader.integer(
+            section, "runs_max_bytes", "limits", d.runs_max_bytes, minimum=0
+        ),
+    )
