@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json, report_error
 from cleanroom.errors import CleanroomError
 from cleanroom.paths import state_dir
 from cleanroom.service.types import (
-    LaunchOptions,
     RunEvent,
     RunExit,
     RunOutput,
@@ -171,10 +171,12 @@ def _exec(args: argparse.Namespace) -> int:
 
     endpoint = resolve_endpoint(args.host)
     argv = command_argv(args.parser, args.command)
-    options = LaunchOptions(read_only_workspace=True) if args.read_only else None
+    options = launch_options(args.read_only, args.image)
     try:
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
+        if endpoint.is_default:
+            prepare_launch_image(args.cwd, args.image)
         with Client(endpoint.url) as client:
             if args.as_json:
                 result = client.exec(
@@ -203,6 +205,7 @@ def register(commands: Subcommands) -> None:
     add_cwd(parser, "Repository directory (holds the policy).")
     parser.add_argument("--backend", help="Backend (default: config).")
     parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    add_image_option(parser)
     parser.add_argument(
         "--timeout",
         type=float,

@@ -33,6 +33,7 @@ from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, 
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import read_record
 from cleanroom.service.run import RunPlan, execute_run
+from cleanroom.service.sandbox import Sandbox, resolve_sandbox
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
@@ -47,6 +48,7 @@ class _Context:
     policy: CompiledPolicy
     backend: Backend
     launch_seconds: float
+    sandbox: Sandbox
     tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
     terminated: bool = False
 
@@ -168,6 +170,10 @@ class Service:
         be = await self._backend(name)
         caps = await be.prepare()
         self._check_capabilities(policy, caps)
+        # Pulled or built now, so a bad image fails the launch, not a run.
+        sandbox = await asyncio.to_thread(
+            resolve_sandbox, policy, self._config, name, override=opts.image
+        )
         read_only = (
             opts.read_only_workspace
             if opts.read_only_workspace is not None
@@ -191,11 +197,17 @@ class Service:
             run_dir_root=root,
             read_only_workspace=read_only,
             created_at=utc_now(),
+            image=sandbox.image_info,
+            resources=sandbox.machine,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
-        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds)
+        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
         log.info(
-            "launched", cleanroom_id=info.cleanroom_id, backend=name, policy=policy.policy_hash
+            "launched",
+            cleanroom_id=info.cleanroom_id,
+            backend=name,
+            policy=policy.policy_hash,
+            image=sandbox.image.source if sandbox.image is not None else "built-in",
         )
         return info
 
@@ -254,6 +266,11 @@ class Service:
             read_only_workspace=ctx.info.read_only_workspace,
             launch_seconds=ctx.launch_seconds,
             timeout=timeout,
+            image=ctx.sandbox.image,
+            vcpus=ctx.sandbox.vcpus,
+            memory_mib=ctx.sandbox.memory_mib,
+            disk_mib=ctx.sandbox.disk_mib,
+            machine=ctx.sandbox.machine,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
