@@ -10,6 +10,7 @@ one guest and packs its checks into one command.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,9 +22,11 @@ from pathlib import Path
 import pytest
 from ocitools import Registry, insert, new_layout, run
 
-from cleanroom.config import QemuConfig, RuntimeConfig
+from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
+from cleanroom.models import LaunchOptions
 from cleanroom.server import ListenAddress
 from cleanroom.service import Service
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RECORD_NAME
 from cleanroom.testing import ServerThread
 
@@ -196,3 +199,57 @@ def test_node_project_npm_test_and_git_in_a_debian_image(host: str, tmp_path: Pa
     assert isinstance(record["image"], dict)
     assert record["image"]["source"].startswith("debian:")
     assert record["resources"] == {"vcpus": 1, "memory_mib": 1024, "disk_mib": 16384}
+
+
+async def _pool_of(svc: Service, key: str) -> WarmPool:
+    """The user image's pool, once the service has made it ready (in the background)."""
+    async with asyncio.timeout(300):
+        # The service offers no event for this; polling its accessor is enough here.
+        while (pool := svc.pool("qemu", key)) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    return pool
+
+
+@pytest.fixture
+def uplink() -> Iterator[NetworkConfig]:
+    """A network namespace of its own as the uplink (no route out; the host's is untouched)."""
+    name = f"crt-imgup-{os.getpid() % 0xFFFF:04x}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield NetworkConfig(uplink_netns=name, resolvers=("192.0.2.53",))
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def test_warm_pool_is_keyed_by_image(
+    app_ref: str, tmp_path: Path, uplink: NetworkConfig
+) -> None:
+    """Only the listed image is kept warm: its runs hit, a built-in image run boots cold."""
+    config = RuntimeConfig(
+        qemu=QemuConfig(accel="tcg", launch_seconds=180),
+        network=uplink,
+        pool=PoolConfig(size=1, images=(app_ref,)),
+    )
+    svc = Service(config)
+    await svc.start()
+    try:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        (repo / "cleanroom.yaml").write_text(POLICY)
+        info = await svc.launch(repo, options=LaunchOptions(image=app_ref))
+        assert info.image is not None
+        pool = await _pool_of(svc, info.image.key)
+        await pool.wait_ready(1, timeout=300)
+        assert svc.pool("qemu") is None  # the built-in image is not listed
+        warm = await svc.run(info.cleanroom_id, ["sh", "-c", "id -un; echo $TOOL_MODE; ls"])
+        assert warm.stdout == "app\nfrom-image\ncleanroom.yaml\n"
+        record = await svc.run_record(warm.run_id)
+        assert record["pool"] == "hit"
+        assert record["image"] == {"key": info.image.key, "source": info.image.source}
+        builtin = await svc.launch(repo)
+        cold = await svc.run(builtin.cleanroom_id, ["sh", "-c", "id -un"])
+        assert cold.stdout == "root\n"
+        assert (await svc.run_record(cold.run_id))["pool"] == "miss"
+        assert svc.pool("qemu") is None
+    finally:
+        await svc.close()

@@ -31,6 +31,7 @@ from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
+from cleanroom.service.pools import Pools, pool_check_name, resolve_pool_image
 from cleanroom.service.record import read_record
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
@@ -72,8 +73,13 @@ class Service:
         self._terminated: set[str] = set()
         self._runs: dict[str, Path] = {}
         self._lock = asyncio.Lock()
-        self._pools: dict[str, WarmPool] = {}
         self._boots = BootGate(default_boot_limit())
+        self._pools = Pools(
+            config.pool,
+            launch_seconds=self._backend_launch_seconds,
+            network=lambda: self._network,
+            boots=self._boots,
+        )
         self._finalizers = Finalizers()
         self._closed = False
 
@@ -98,7 +104,7 @@ class Service:
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
         remove_dead_stagings()
-        if self._config.pool.size > 0:
+        if self._pools.enabled:
             name = resolve_backend_name(None, self._config)
             try:
                 be = await self._backend(name)
@@ -106,30 +112,13 @@ class Service:
             except CleanroomError as exc:
                 log.warning("warm pool not started", backend=name, code=exc.code, error=exc.message)
             else:
-                self._pool_for(name, be)
+                images = self._config.images
+                self._pools.start(name, be, lambda entry: resolve_pool_image(entry, images))
 
-    def pool(self, backend: str) -> WarmPool | None:
-        """The warm pool of ``backend`` (None when pooling is off or not started)."""
-        return self._pools.get(backend)
-
-    def _pool_for(self, name: str, be: Backend) -> WarmPool | None:
-        if self._config.pool.size <= 0 or self._closed:
-            return None
-        pool = self._pools.get(name)
-        if pool is None:
-            pool = WarmPool(
-                be,
-                size=self._config.pool.size,
-                root=paths.state_dir() / "pool" / name,
-                launch_seconds=self._backend_launch_seconds(name),
-                # Pooled guests boot on reserved (drop-all) network slots when the
-                # network layer can reserve them, so networked runs can be served warm.
-                network=self._network,
-                boots=self._boots,
-            )
-            self._pools[name] = pool
-            pool.start()
-        return pool
+    def pool(self, backend: str, image: str | None = None) -> WarmPool | None:
+        """The warm pool of ``backend`` for the user image with key ``image`` (None: the
+        built-in image); None when that pool is off or not started."""
+        return self._pools.get(backend, image)
 
     async def close(self) -> None:
         """Cancel every run, wait for every run's cleanup, close the backends. Idempotent."""
@@ -139,8 +128,7 @@ class Service:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in self._pools.values():
-            await pool.close()
+        await self._pools.close()
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
         for ctx in self._contexts.values():
@@ -275,7 +263,12 @@ class Service:
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
         # cancellation; cancelling the caller cancels the run too.
-        pool = self._pool_for(ctx.info.backend, ctx.backend)
+        # Pooled guests are of the backend's default size: another size boots cold.
+        pool = (
+            self._pools.for_run(ctx.info.backend, ctx.backend, ctx.sandbox.image)
+            if plan.default_machine
+            else None
+        )
         task = asyncio.create_task(
             execute_run(
                 plan,
@@ -346,10 +339,10 @@ class Service:
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
-        for be_name, pool in self._pools.items():
+        for key, pool in self._pools.items():
             checks.append(
                 DoctorCheck(
-                    f"pool.{be_name}",
+                    pool_check_name(key),
                     "pass" if pool.ready else "warn",
                     f"{pool.ready}/{pool.size} warm guests ready "
                     f"({pool.hits} hits, {pool.misses} misses)",
