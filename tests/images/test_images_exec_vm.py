@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 from ocitools import Registry, insert, new_layout, run
 
+from cleanroom.cli.launch_image import prepare_launch_image
 from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
+from cleanroom.images import lookup_user_image
 from cleanroom.models import LaunchOptions
 from cleanroom.server import ListenAddress
 from cleanroom.service import Service
@@ -76,6 +78,8 @@ def _build_app_image(layout: Path, work: Path) -> None:
             (tree / "bin" / applet).symlink_to("busybox")
     (tree / "etc/passwd").write_text(PASSWD)
     (tree / "etc/group").write_text(GROUP)
+    # A new image every session, so its first pull is a real one.
+    (tree / "etc/build-id").write_text(os.urandom(8).hex())
     os.chown(tree / "home/app", 1000, 1000)
     insert(layout, "app", tree)
     run(
@@ -121,6 +125,21 @@ def _record(result: dict[str, object]) -> dict[str, object]:
     return record
 
 
+def test_cli_prepares_the_launch_image_with_progress(
+    app_ref: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `cleanroom exec` does on the local socket before asking the server."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "cleanroom.yaml").write_text(POLICY)
+    prepare_launch_image(repo, None)  # the built-in image: nothing to do
+    assert capsys.readouterr().err == ""
+    prepare_launch_image(repo, app_ref)
+    digest = app_ref.rsplit("@", 1)[1]
+    assert lookup_user_image(digest) is not None
+    assert "[pull]" in capsys.readouterr().err  # plain progress lines: not a terminal
+
+
 def test_oci_image_without_python_runs_as_its_user(host: str, app_ref: str, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -130,7 +149,8 @@ def test_oci_image_without_python_runs_as_its_user(host: str, app_ref: str, tmp_
         "id -un; id -u; echo mode=$TOOL_MODE; echo home=$HOME; echo path=$PATH; pwd; "
         "stat -c 'ws=%U' /workspace; stat -c 'notes=%U' notes.txt; "
         "touch made-here && stat -c 'new=%U' made-here; "
-        "test -e /usr/bin/python3 || echo no-python; cat /etc/passwd | cut -d: -f1 | head -2"
+        "test -e /usr/bin/python3 || echo no-python; cat /etc/passwd | cut -d: -f1 | head -2; "
+        "df -Pk / | tail -1 | awk '{print \"free_kib=\" $4}'"
     )
     proc = _cli(
         host, "exec", "--json", "--image", app_ref, "--cwd", str(repo), "--", script, cwd=repo
@@ -143,6 +163,8 @@ def test_oci_image_without_python_runs_as_its_user(host: str, app_ref: str, tmp_
     assert lines[5] == "/workspace"
     assert lines[6:9] == ["ws=app", "notes=app", "new=app"]
     assert "no-python" in lines
+    free_kib = int(lines[-1].removeprefix("free_kib="))
+    assert free_kib >= 2 << 20  # the default disk leaves / at least 2 GiB free
     record = _record(result)
     image = record["image"]
     assert isinstance(image, dict)
