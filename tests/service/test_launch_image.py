@@ -7,6 +7,7 @@ why in ``details``; nothing is left in the image cache.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,27 @@ def test_cli_exec_image_flag_reaches_the_server(host: str, repo: Path) -> None:
     )
     assert proc.returncode != 0
     assert '"policy_invalid"' in proc.stdout + proc.stderr
+
+
+def test_cli_launch_reports_image_and_resources(host: str, repo: Path) -> None:
+    _policy(repo, "  resources: {memory_mib: 512}\n")
+    proc = subprocess.run(
+        [CLEANROOM, "launch", "--host", host, "--json", "-c", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    launched = json.loads(proc.stdout)
+    assert launched["image"] is None
+    assert launched["resources"]["memory_mib"] == 512
+    forbidden = subprocess.run(
+        [CLEANROOM, "launch", "--host", host, "--image", "x/y:1", "-c", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert forbidden.returncode != 0
+    assert "policy_invalid" in forbidden.stderr
