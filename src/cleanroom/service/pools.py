@@ -20,7 +20,7 @@ from cleanroom.backends import Backend
 from cleanroom.config import BUILTIN_IMAGE, ImagesConfig, PoolConfig
 from cleanroom.errors import CleanroomError
 from cleanroom.images import UserImage, ensure_user_image
-from cleanroom.policy.image import OciImage, parse_image_ref
+from cleanroom.policy.image import OciImage, require_image_ref
 from cleanroom.service.boots import BootGate
 from cleanroom.service.network import RunNetworks
 from cleanroom.service.pool import WarmPool
@@ -151,4 +151,4 @@ def resolve_pool_image(entry: str, images: ImagesConfig) -> UserImage:
     """A ``pool.images`` ref (validated by the config) as a ready image (blocking).
 
     Raises ImageUnavailable."""
-    return ensure_user_image(OciImage(parse_image_ref(entry)), images=images)
+    return ensure_user_image(OciImage(require_image_ref(entry, "pool.images")), images=images)
