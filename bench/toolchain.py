@@ -8,8 +8,9 @@ built with mmdebstrap on first use and then a cache hit.
    QEMU command line written out here (no cleanroom server, service or
    backend code), to agent ready plus one ``true`` run inside the image (as
    every command in a user image runs), with the same empty workspace disk a
-   run gets. Only the agent protocol client and the disk format's constants
-   are cleanroom's. The disks are made before the clock starts.
+   run gets, and a console device as every guest has (its log goes to a
+   file). Only the agent protocol client and the disk format's constants are
+   cleanroom's. The disks are made before the clock starts.
 2. cold: ``POST /v1/exec`` of ``true`` through a running server, pool
    disabled, with a policy naming the same image (the launch is a cache hit).
 
@@ -101,7 +102,9 @@ async def _floor_once(tmp: Path, accel: str, image: UserImage) -> float:
         "-device", "virtio-blk-device,drive=scratch",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",
-        "-device", "virtio-serial-device",
+        "-device", "virtio-serial-device,max_ports=4",
+        "-chardev", f"file,id=console,path={tmp / 'console.log'}",
+        "-device", "virtconsole,chardev=console",
         "-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=org.cleanroom.agent",
     ]  # fmt: skip
