@@ -158,10 +158,14 @@ class Service:
         be = await self._backend(name)
         caps = await be.prepare()
         self._check_capabilities(policy, caps)
-        # Pulled or built now, so a bad image fails the launch, not a run.
-        sandbox = await asyncio.to_thread(
-            resolve_sandbox, policy, self._config, name, override=opts.image
-        )
+        # Pulled or built now, so a bad image fails the launch, not a run. Only a
+        # user image needs I/O (a thread); the built-in one is decided in place.
+        if opts.image is None and policy.image is None and self._config.images.default is None:
+            sandbox = resolve_sandbox(policy, self._config, name)
+        else:
+            sandbox = await asyncio.to_thread(
+                resolve_sandbox, policy, self._config, name, override=opts.image
+            )
         read_only = (
             opts.read_only_workspace
             if opts.read_only_workspace is not None
