@@ -11,14 +11,19 @@ the sync client stays fast to import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cleanroom._fields import (
+    MAX_STDIN_BYTES,
     Absolute,
     Argv,
+    Base64,
     Bounds,
+    EnvNames,
+    Globs,
     NonEmpty,
     NoNul,
     Wire,
@@ -30,7 +35,11 @@ from cleanroom.doctor import DoctorCheck
 
 __all__ = [
     "MAX_LAUNCH_SECONDS",
+    "MAX_STDIN_BYTES",
     "MAX_TIMEOUT_SECONDS",
+    "Applied",
+    "ArtifactInfo",
+    "ChangeCounts",
     "CleanroomInfo",
     "CleanroomList",
     "DoctorCheck",
@@ -52,6 +61,7 @@ __all__ = [
     "SandboxResources",
     "TerminateRequest",
     "Terminated",
+    "encode_stdin",
     "from_dict",
     "to_dict",
 ]
@@ -72,6 +82,26 @@ ImageOverride = Annotated[str, NonEmpty(), NoNul()]
 """An image ref overriding the policy's. Only its shape is checked here; whether it
 is a digest-pinned ref (``policy_invalid`` if not) and whether overriding is
 allowed (``policy_conflict``) is the service's decision at launch."""
+Env = Annotated[dict[str, str], EnvNames()]
+"""Environment variables for the command, laid over the guest's defaults.
+
+A name is non-empty, without ``=`` or NUL (else ``invalid_request``). Values
+are never written to run records, plan files, logs or error messages; the
+record lists the names."""
+Stdin = Annotated[str, Base64(MAX_STDIN_BYTES)]
+"""The command's standard input, base64-encoded, at most 512 KiB decoded (a request
+body is at most 1 MiB); EOF follows. Without it the command's stdin is empty."""
+ArtifactGlobs = Annotated[tuple[str, ...], Globs()]
+"""Workspace files to keep after the run: relative globs (``*``, ``?``, ``**``)."""
+
+
+def _decoded(stdin_base64: str | None) -> bytes | None:
+    return None if stdin_base64 is None else base64.b64decode(stdin_base64)
+
+
+def encode_stdin(data: bytes | None) -> str | None:
+    """``data`` as the requests' ``stdin_base64`` value."""
+    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 # -- requests ------------------------------------------------------------------------
@@ -119,10 +149,23 @@ class RunRequest(Wire):
     """argv, run without a shell."""
     timeout_seconds: Timeout | None = None
     """Kill the command's process group after this many seconds (error ``run_timeout``)."""
+    env: Env | None = field(default=None, repr=False)
+    """Environment variables for the command (names to values; values stay secret)."""
+    stdin_base64: Stdin | None = field(default=None, repr=False)
+    """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
+    artifacts: ArtifactGlobs | None = None
+    """Globs of workspace files to copy into the run directory's ``artifacts/``."""
 
     def __post_init__(self) -> None:
         check(self)
         object.__setattr__(self, "command", tuple(self.command))
+        if self.artifacts is not None:
+            object.__setattr__(self, "artifacts", tuple(self.artifacts))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """The decoded standard input (None: none given)."""
+        return _decoded(self.stdin_base64)
 
 
 @dataclass(frozen=True)
@@ -148,10 +191,23 @@ class ExecRequest(Wire):
     options: LaunchOptions | None = None
     timeout_seconds: Timeout | None = None
     """Kill the command's process group after this many seconds (error ``run_timeout``)."""
+    env: Env | None = field(default=None, repr=False)
+    """Environment variables for the command (names to values; values stay secret)."""
+    stdin_base64: Stdin | None = field(default=None, repr=False)
+    """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
+    artifacts: ArtifactGlobs | None = None
+    """Globs of workspace files to copy into the run directory's ``artifacts/``."""
 
     def __post_init__(self) -> None:
         check(self)
         object.__setattr__(self, "command", tuple(self.command))
+        if self.artifacts is not None:
+            object.__setattr__(self, "artifacts", tuple(self.artifacts))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """The decoded standard input (None: none given)."""
+        return _decoded(self.stdin_base64)
 
     @property
     def launch(self) -> LaunchRequest:
@@ -232,6 +288,38 @@ class LaunchResult(Wire):
 
 
 @dataclass(frozen=True)
+class ChangeCounts(Wire):
+    """How the workspace differs after the run from what was copied in."""
+
+    added: int
+    modified: int
+    deleted: int
+    mode_changed: int
+    skipped: int
+    """Changed files whose content did not come back (over a cap, special, unreadable)."""
+    complete: bool
+    """Whether every change came back whole: only then is there a diff, and can it be applied."""
+
+
+@dataclass(frozen=True)
+class ArtifactInfo(Wire):
+    """A file copied out of the workspace (``GET /v1/runs/{run_id}/artifacts/{path}``)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Applied(Wire):
+    """``POST /v1/runs/{run_id}/apply``: how many host paths were written, removed, chmod-ed."""
+
+    written: int
+    removed: int
+    chmodded: int
+
+
+@dataclass(frozen=True)
 class RunResult(Wire):
     """The outcome of one command.
 
@@ -250,6 +338,12 @@ class RunResult(Wire):
     """Name of the signal that killed the command (``exit_code`` is then 128+N)."""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    changes: ChangeCounts | None = None
+    """What changed in the workspace (None: read-only workspace, or not collected)."""
+    artifacts: tuple[ArtifactInfo, ...] = ()
+    """The files the request's ``artifacts`` globs matched (none matched: empty)."""
+    artifacts_caps_hit: tuple[str, ...] = ()
+    """Caps that cut the artifacts short (``max_files``, ``max_file_bytes``, ...)."""
 
 
 @dataclass(frozen=True)

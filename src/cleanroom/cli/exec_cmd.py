@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json, report_error
+from cleanroom.cli.runio import add_run_inputs, add_run_outputs, after_run, read_env, read_stdin
 from cleanroom.errors import CleanroomError
+from cleanroom.models import to_dict
 from cleanroom.paths import state_dir
 from cleanroom.service.types import (
     RunEvent,
@@ -38,7 +40,14 @@ from cleanroom.service.types import (
 if TYPE_CHECKING:
     from cleanroom.client import Client, Endpoint
 
-__all__ = ["command_argv", "register", "result_to_dict", "shell_command", "stream_run"]
+__all__ = [
+    "command_argv",
+    "register",
+    "result_to_dict",
+    "shell_command",
+    "stream_result",
+    "stream_run",
+]
 
 _CANCEL_WAIT_SECONDS = 30.0
 
@@ -61,6 +70,9 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
         "signal": result.signal,
         "stdout_truncated": result.stdout_truncated,
         "stderr_truncated": result.stderr_truncated,
+        "changes": None if result.changes is None else to_dict(result.changes),
+        "artifacts": [to_dict(a) for a in result.artifacts],
+        "artifacts_caps_hit": list(result.artifacts_caps_hit),
     }
 
 
@@ -86,6 +98,13 @@ def stream_run(
     ``wait_cancelled(cleanroom_id)`` is polled until it is true, a second
     Ctrl-C, or a time limit.
     """
+    return stream_result(events, wait_cancelled=wait_cancelled)[0]
+
+
+def stream_result(
+    events: Iterator[RunEvent], *, wait_cancelled: Callable[[str], bool] | None = None
+) -> tuple[int, RunResult | None]:
+    """Like :func:`stream_run`; also the run's result (None when it did not finish)."""
     run_id: str | None = None
     cleanroom_id: str | None = None
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -98,9 +117,9 @@ def stream_run(
             elif isinstance(event, RunStarted):
                 run_id, cleanroom_id = event.run_id, event.cleanroom_id
             elif isinstance(event, RunExit):
-                return event.result.exit_code
+                return event.result.exit_code, event.result
     except CleanroomError as exc:
-        return _report(exc, run_id)
+        return _report(exc, run_id), None
     except KeyboardInterrupt:
         close = getattr(events, "close", None)
         if close is not None:
@@ -108,9 +127,9 @@ def stream_run(
         _say(f"cancelling run {run_id or '(not started yet)'} (Ctrl-C again to stop waiting)")
         if wait_cancelled is not None and cleanroom_id is not None:
             _wait(lambda: wait_cancelled(cleanroom_id))
-        return 130
+        return 130, None
     _say("the stream ended without a result")
-    return 70
+    return 70, None
 
 
 def _wait(done: Callable[[], bool]) -> None:
@@ -171,23 +190,48 @@ def _exec(args: argparse.Namespace) -> int:
 
     endpoint = resolve_endpoint(args.host)
     argv = command_argv(args.parser, args.command)
+    if args.read_only and args.apply:
+        args.parser.error("--apply needs a writable workspace (not --read-only)")
+    if args.tty and args.as_json:
+        args.parser.error("-t and --json do not go together")
+    if args.out is not None and not args.artifact:
+        args.parser.error("--out needs --artifact GLOB")
     options = launch_options(args.read_only, args.image)
     try:
+        env = read_env(args.env, args.env_file)
+        stdin = None if args.tty else read_stdin(args.interactive)
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
         if endpoint.is_default:
             prepare_launch_image(args.cwd, args.image)
         with Client(endpoint.url) as client:
-            if args.as_json:
-                result = client.exec(
-                    args.cwd, argv, backend=args.backend, options=options, timeout=args.timeout
-                )
+            common: dict[str, Any] = {
+                "backend": args.backend,
+                "options": options,
+                "timeout": args.timeout,
+                "env": env,
+                "stdin": stdin,
+                "artifacts": args.artifact or None,
+            }
+            if args.tty:
+                from cleanroom.cli.tty_exec import run_on_terminal
+
+                code, finished = run_on_terminal(client, args, argv, env, common)
+                if finished is None:
+                    return code
+                result = finished
+            elif args.as_json:
+                result = client.exec(args.cwd, argv, **common)
                 print_json(result_to_dict(result))
-                return result.exit_code
-            events = client.exec_stream(
-                args.cwd, argv, backend=args.backend, options=options, timeout=args.timeout
-            )
-            return stream_run(events, wait_cancelled=_context_gone(client))
+                code = result.exit_code
+            else:
+                events = client.exec_stream(args.cwd, argv, **common)
+                code, finished = stream_result(events, wait_cancelled=_context_gone(client))
+                if finished is None:
+                    return code
+                result = finished
+            failed = after_run(client, result, args)
+            return failed or code
     except CleanroomError as exc:
         return report_error(exc, as_json=args.as_json)
 
@@ -212,6 +256,8 @@ def register(commands: Subcommands) -> None:
         metavar="SECONDS",
         help="Kill the command after this many seconds (exit 124, run_timeout).",
     )
+    add_run_inputs(parser)
+    add_run_outputs(parser)
     add_json(parser, "Print the result object instead of streaming.")
     parser.add_argument("--no-autostart", action="store_true", help="Do not start a local server.")
     # REMAINDER: everything from the first non-option on is the command, so

@@ -21,6 +21,7 @@ from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
 from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json
+from cleanroom.cli.runio import add_run_inputs, read_env, read_stdin
 from cleanroom.models import to_dict
 from cleanroom.service.types import CleanroomInfo
 
@@ -119,13 +120,18 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+
     argv = command_argv(args.parser, args.command)
+    env = read_env(args.env, args.env_file)
+    stdin = read_stdin(args.interactive)
     with _client(args.host) as client:
         if args.as_json:
-            result = client.run(args.cleanroom_id, argv, timeout=args.timeout)
+            result = client.run(args.cleanroom_id, argv, timeout=args.timeout, env=env, stdin=stdin)
             print_json(result_to_dict(result))
             return result.exit_code
-        return stream_run(client.run_stream(args.cleanroom_id, argv, timeout=args.timeout))
+        return stream_run(
+            client.run_stream(args.cleanroom_id, argv, timeout=args.timeout, env=env, stdin=stdin)
+        )
 
 
 def _terminate(args: argparse.Namespace) -> int:
@@ -210,6 +216,7 @@ def register(commands: Subcommands) -> None:
         metavar="SECONDS",
         help="Kill the command after this many seconds (exit 124, run_timeout).",
     )
+    add_run_inputs(run, tty=False)
     run.add_argument("command", nargs="+", help="The command (after --).")
     add_host(run)
     add_json(run, "Print the result object instead of streaming.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._calls import Call, Inputs, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
@@ -21,6 +21,7 @@ from cleanroom.client._endpoint import (
 from cleanroom.errors import ServerUnavailable
 from cleanroom.events import NDJSON, EventDecoder
 from cleanroom.models import (
+    Applied,
     CleanroomInfo,
     DoctorReport,
     Health,
@@ -117,10 +118,25 @@ class AsyncClient:
         return await self._call(calls.launch(cwd, backend, options))
 
     async def run(
-        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+        self,
+        cleanroom_id: str,
+        command: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] | None = None,
     ) -> RunResult:
-        """Run ``command`` (argv) in a fresh guest of the context and wait for it."""
-        return await self._call(calls.run(cleanroom_id, command, timeout))
+        """Run ``command`` (argv) in a fresh guest of the context and wait for it.
+
+        ``env``: variables for the command (values are never recorded);
+        ``stdin``: its standard input, at most 512 KiB, then EOF (default: empty);
+        ``artifacts``: relative globs of workspace files to keep (see
+        :meth:`run_artifact`). The result counts the workspace's ``changes``
+        (see :meth:`run_diff`, :meth:`apply_changes`).
+        """
+        inputs = Inputs(env, stdin, artifacts)
+        return await self._call(calls.run(cleanroom_id, command, timeout, inputs))
 
     async def terminate(self, cleanroom_id: str) -> None:
         """Terminate the context (idempotent)."""
@@ -134,9 +150,13 @@ class AsyncClient:
         backend: str | None = None,
         options: LaunchOptions | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] | None = None,
     ) -> RunResult:
-        """Launch, run once, terminate."""
-        return await self._call(calls.exec_(cwd, command, backend, options, timeout))
+        """Launch, run once, terminate (``env``, ``stdin``, ``artifacts``: as :meth:`run`)."""
+        inputs = Inputs(env, stdin, artifacts)
+        return await self._call(calls.exec_(cwd, command, backend, options, timeout, inputs))
 
     async def list_cleanrooms(self) -> list[CleanroomInfo]:
         """The live contexts, oldest first."""
@@ -146,19 +166,46 @@ class AsyncClient:
         """The run's record (``run-observability.json``)."""
         return await self._call(calls.run_record(run_id))
 
+    async def run_diff(self, run_id: str) -> bytes:
+        """The run's workspace changes as a git-format binary patch (``git apply`` takes it;
+        empty when nothing changed). Raises ``InvalidRequest`` when the run has no
+        complete change set (read-only workspace, a cap hit)."""
+        return await self._call(calls.run_diff(run_id))
+
+    async def run_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of the run's artifact ``path`` (as listed in ``RunResult.artifacts``)."""
+        return await self._call(calls.run_artifact(run_id, path))
+
+    async def apply_changes(self, run_id: str) -> Applied:
+        """Apply the run's workspace changes to the host directory it was copied from.
+
+        Raises ``WorkspaceConflict`` (nothing written) when a changed host path
+        was modified since the copy.
+        """
+        return await self._call(calls.apply_changes(run_id))
+
     async def doctor(self) -> DoctorReport:
         """The server's readiness checks."""
         return await self._call(calls.doctor())
 
     def run_stream(
-        self, cleanroom_id: str, command: Sequence[str], *, timeout: float | None = None
+        self,
+        cleanroom_id: str,
+        command: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Run ``command`` and yield ``RunStarted``, ``RunOutput``…, ``RunExit`` as they happen.
 
         A failed run raises its error (with ``details['run_id']`` once known).
         Closing the iterator early (``aclose``) disconnects, which cancels the run.
         """
-        return self._stream(calls.run(cleanroom_id, command, timeout))
+        return self._stream(
+            calls.run(cleanroom_id, command, timeout, Inputs(env, stdin, artifacts))
+        )
 
     def exec_stream(
         self,
@@ -168,9 +215,13 @@ class AsyncClient:
         backend: str | None = None,
         options: LaunchOptions | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        return self._stream(calls.exec_(cwd, command, backend, options, timeout))
+        inputs = Inputs(env, stdin, artifacts)
+        return self._stream(calls.exec_(cwd, command, backend, options, timeout, inputs))
 
     async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
         decoder = EventDecoder()

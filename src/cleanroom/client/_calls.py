@@ -9,15 +9,17 @@ before anything is sent); answers are parsed strictly into those models.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
+from urllib.parse import quote
 
 from cleanroom.client._endpoint import Endpoint, run_record_path
 from cleanroom.errors import CleanroomError, InvalidRequest, ServerUnavailable, error_class_for_code
 from cleanroom.events import EventDecoder
 from cleanroom.models import (
+    Applied,
     CleanroomInfo,
     CleanroomList,
     DoctorReport,
@@ -29,11 +31,12 @@ from cleanroom.models import (
     RunRequest,
     RunResult,
     TerminateRequest,
+    encode_stdin,
     from_dict,
     to_dict,
 )
 
-__all__ = ["Call", "answer", "error_from_body", "stream_ended"]
+__all__ = ["Call", "Inputs", "answer", "error_from_body", "stream_ended"]
 
 T = TypeVar("T")
 Body = dict[str, Any]
@@ -45,10 +48,13 @@ class Call(Generic[T]):
 
     method: str
     path: str
-    parse: Callable[[Body], T]
+    parse: Callable[[Any], T]
+    """Parses the answer: its JSON object, or its bytes for a ``raw`` call."""
     body: Body | None = None
     long: bool = False
     """True for calls that may take minutes (no read timeout)."""
+    raw: bool = False
+    """The answer is bytes (a patch, a file), not JSON."""
 
 
 def _options(options: LaunchOptions | None) -> LaunchOptions | None:
@@ -86,9 +92,28 @@ def _result(body: Body) -> RunResult:
     return from_dict(RunResult, body)
 
 
-def run(cleanroom_id: str, command: Sequence[str], timeout: float | None) -> Call[RunResult]:
+@dataclass(frozen=True)
+class Inputs:
+    """What a run takes besides its command: environment, stdin, artifact globs."""
+
+    env: Mapping[str, str] | None = None
+    stdin: bytes | None = None
+    artifacts: Sequence[str] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The request fields (checked by the request's rules when it is built)."""
+        return {
+            "env": None if self.env is None else dict(self.env),
+            "stdin_base64": encode_stdin(self.stdin),
+            "artifacts": None if self.artifacts is None else tuple(self.artifacts),
+        }
+
+
+def run(
+    cleanroom_id: str, command: Sequence[str], timeout: float | None, inputs: Inputs = Inputs()
+) -> Call[RunResult]:
     """Run ``command`` in the context (``POST /v1/cleanrooms/run``)."""
-    request = RunRequest(cleanroom_id, _argv(command), timeout)
+    request = RunRequest(cleanroom_id, _argv(command), timeout, **inputs.fields())
     return Call("POST", "/v1/cleanrooms/run", _result, to_dict(request, drop_none=True), long=True)
 
 
@@ -98,11 +123,31 @@ def exec_(
     backend: str | None,
     options: LaunchOptions | None,
     timeout: float | None,
+    inputs: Inputs = Inputs(),
 ) -> Call[RunResult]:
     """Launch, run once, terminate (``POST /v1/exec``)."""
     argv = _argv(command)
-    request = ExecRequest(Path(cwd).absolute(), argv, backend, _options(options), timeout)
+    request = ExecRequest(
+        Path(cwd).absolute(), argv, backend, _options(options), timeout, **inputs.fields()
+    )
     return Call("POST", "/v1/exec", _result, to_dict(request, drop_none=True), long=True)
+
+
+def run_diff(run_id: str) -> Call[bytes]:
+    """The run's workspace changes as a git-format binary patch."""
+    return Call("GET", run_record_path(run_id) + "/diff", bytes, raw=True)
+
+
+def run_artifact(run_id: str, path: str) -> Call[bytes]:
+    """The bytes of the run's artifact ``path`` (relative, as listed in the result)."""
+    where = f"{run_record_path(run_id)}/artifacts/{quote(path, safe='/')}"
+    return Call("GET", where, bytes, raw=True, long=True)
+
+
+def apply_changes(run_id: str) -> Call[Applied]:
+    """Apply the run's workspace changes to the host directory it was copied from."""
+    path = run_record_path(run_id) + "/apply"
+    return Call("POST", path, lambda body: from_dict(Applied, body), long=True)
 
 
 def terminate(cleanroom_id: str) -> Call[None]:
@@ -144,6 +189,8 @@ def answer(call: Call[T], status: int, content: bytes) -> T:
     """The parsed answer of a successful response; raises the server's error otherwise."""
     if status >= 400:
         raise error_from_body(status, content)
+    if call.raw:
+        return call.parse(content)
     try:
         body = json.loads(content)
     except ValueError as exc:

@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cleanroom
 from cleanroom.errors import CleanroomError, InvalidRequest, NotFound, RunCancelled
 from cleanroom.events import NDJSON
 from cleanroom.models import (
+    Applied,
     CleanroomList,
     DoctorReport,
     ErrorBody,
@@ -40,6 +41,7 @@ from cleanroom.models import (
 )
 from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
+from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.types import EventSink
 
@@ -64,6 +66,9 @@ _STREAMING = {
     "content": {NDJSON: {"schema": {"type": "string"}}},
 }
 
+
+_DIFF = "text/x-diff"
+_OCTETS = "application/octet-stream"
 
 # pydantic names these differently for dataclasses than for models; the API keeps
 # the model names it has always reported.
@@ -159,7 +164,13 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     async def run(body: RunRequest, request: Request) -> Any:
         def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
             return service.run(
-                body.cleanroom_id, body.command, on_event=on_event, timeout=body.timeout_seconds
+                body.cleanroom_id,
+                body.command,
+                on_event=on_event,
+                timeout=body.timeout_seconds,
+                env=body.env,
+                stdin=body.stdin_bytes,
+                artifacts=body.artifacts or (),
             )
 
         if _wants_stream(request):
@@ -181,6 +192,9 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
                 options=body.options,
                 on_event=on_event,
                 timeout=body.timeout_seconds,
+                env=body.env,
+                stdin=body.stdin_bytes,
+                artifacts=body.artifacts or (),
             )
 
         if _wants_stream(request):
@@ -200,9 +214,52 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     async def run_record(run_id: str) -> dict[str, Any]:
         return await _guard(service.run_record(run_id))
 
+    @app.get(
+        "/v1/runs/{run_id}/diff",
+        responses={
+            **_errors(400, 404, 409, 500),
+            200: {
+                "description": "The workspace changes as a git-format binary patch "
+                "(`git apply` it; empty when nothing changed).",
+                "content": {_DIFF: {"schema": {"type": "string"}}},
+            },
+        },
+        response_class=Response,
+    )
+    async def run_diff(run_id: str) -> Response:
+        return Response(await _guard(service.run_diff(run_id)), media_type=_DIFF)
+
+    @app.get(
+        "/v1/runs/{run_id}/artifacts/{path:path}",
+        responses={
+            **_errors(400, 404, 500),
+            200: {
+                "description": "The artifact's bytes.",
+                "content": {_OCTETS: {"schema": {"type": "string", "format": "binary"}}},
+            },
+        },
+        response_class=Response,
+    )
+    async def run_artifact(run_id: str, path: str) -> Response:
+        file = await _guard(service.run_artifact(run_id, path))
+        return FileResponse(file, media_type=_OCTETS)
+
+    @app.post(
+        "/v1/runs/{run_id}/apply",
+        response_model=Applied,
+        responses=_errors(400, 404, 409, 500),
+        description="Apply the run's workspace changes to the host directory it was copied "
+        "from; `workspace_conflict` (nothing written) when a changed host path was "
+        "modified since the copy.",
+    )
+    async def apply_changes(run_id: str) -> Applied:
+        return await _guard(service.apply_changes(run_id))
+
     @app.get("/v1/doctor", response_model=DoctorReport, responses=_GET_ERRORS)
     async def doctor() -> DoctorReport:
         return DoctorReport.of(await _guard(service.doctor()))
+
+    install_terminal(app, service)
 
     return app
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from cleanroom.models import Applied
+from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 
 __all__ = ["ServiceAPI"]
@@ -41,11 +43,21 @@ class ServiceAPI(Protocol):
         *,
         on_event: EventSink | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
         ``timeout`` (seconds, optional) kills the command's whole process group
-        when it runs longer and raises ``RunTimeout``.
+        when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
+        guest's defaults (its values are never recorded); ``stdin`` (at most
+        512 KiB) is the command's standard input, then EOF (None: empty).
+        After the command, the workspace's changes (writable workspaces) and the
+        files matching ``artifacts`` (relative globs) are collected from the guest.
+        With ``terminal`` the command runs on a pseudo-terminal of its size, fed
+        by its input (``stdin`` unused), its resizes and signals forwarded.
 
         ``on_event`` receives ``RunStarted``, then ``RunOutput`` chunks as they
         are produced, then ``RunExit``. Cancelling the calling task cancels the
@@ -72,6 +84,10 @@ class ServiceAPI(Protocol):
         options: LaunchOptions | None = None,
         on_event: EventSink | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """Launch, run once, terminate (terminate happens also on failure)."""
         ...
@@ -85,6 +101,31 @@ class ServiceAPI(Protocol):
 
         For a run whose guest and network are still being released in the
         background, waits until that is done, so the record is complete.
+        """
+        ...
+
+    async def run_diff(self, run_id: str) -> bytes:
+        """The run's workspace changes as a git-format binary patch (empty: no change).
+
+        Raises ``RunNotFound``; ``InvalidRequest`` when the run has no (complete)
+        change set; ``WorkspaceConflict`` when the host's base changed before the
+        patch could be made.
+        """
+        ...
+
+    async def run_artifact(self, run_id: str, path: str) -> Path:
+        """The file of the run's artifact ``path`` (relative, as listed in the record).
+
+        Raises ``RunNotFound``, ``InvalidRequest`` (malformed path), ``NotFound``.
+        """
+        ...
+
+    async def apply_changes(self, run_id: str) -> Applied:
+        """Apply the run's workspace changes to the host directory it came from.
+
+        Raises ``RunNotFound``, ``InvalidRequest`` (no or an incomplete change set),
+        ``WorkspaceConflict`` (a changed host path was modified since the copy;
+        nothing is written).
         """
         ...
 

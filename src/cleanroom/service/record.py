@@ -51,7 +51,10 @@ TIMING_KEYS = (
     "agent_connect_wait_ms",
     "configure_ms",
     "workspace_transfer_ms",
+    "workspace_baseline_ms",
     "command_ms",
+    "changes_ms",
+    "artifacts_ms",
     "network_cleanup_ms",
     "guest_teardown_ms",
     "total_ms",
@@ -145,6 +148,10 @@ class RunRecorder:
             "image": None,
             "resources": None,
             "artifacts": self._artifacts,
+            "env": [],
+            "stdin_bytes": None,
+            "changes": None,
+            "workspace_artifacts": None,
         }
         for key in TIMING_KEYS:
             self._data[key] = None
@@ -210,6 +217,26 @@ class RunRecorder:
     def set_workspace(self, facts: WorkspaceFacts) -> None:
         """How the workspace reached the guest."""
         self._data["workspace"] = facts.to_dict()
+
+    def set_inputs(self, *, env_names: Sequence[str], stdin_bytes: int | None) -> None:
+        """What went into the command: the environment's names (never its values) and
+        the size of its standard input (None: empty stdin)."""
+        self._data["env"] = sorted(env_names)
+        self._data["stdin_bytes"] = stdin_bytes
+
+    def set_changes(self, summary: Mapping[str, JsonValue]) -> None:
+        """The workspace changes (counts, paths up to a cap, caps hit, patch facts)."""
+        self._data["changes"] = dict(summary)
+
+    def update_changes(self, **facts: JsonValue) -> None:
+        """Add facts to the ``changes`` object (e.g. once the patch is rendered)."""
+        current = self._data.get("changes")
+        base = dict(current) if isinstance(current, Mapping) else {}
+        self._data["changes"] = {**base, **facts}
+
+    def set_workspace_artifacts(self, listing: Mapping[str, JsonValue]) -> None:
+        """The files copied out by the request's artifact globs (in ``artifacts/``)."""
+        self._data["workspace_artifacts"] = dict(listing)
 
     def set_network(self, summary: Mapping[str, JsonValue]) -> None:
         """The run's network summary (``mode``, counters, ...)."""

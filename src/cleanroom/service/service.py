@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import structlog
 
 from cleanroom import paths
+from cleanroom._fields import MAX_STDIN_BYTES, EnvNames, Globs
 from cleanroom.backend_table import backend_names
 from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
@@ -24,6 +25,7 @@ from cleanroom.errors import (
     RunCancelled,
     RunNotFound,
 )
+from cleanroom.models import Applied
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
@@ -34,7 +36,9 @@ from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, pool_check_name, resolve_pool_image
 from cleanroom.service.record import read_record
 from cleanroom.service.run import RunPlan, execute_run
+from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
 
@@ -233,6 +237,10 @@ class Service:
         *,
         on_event: EventSink | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """See ``ServiceAPI.run``. ``timeout`` (seconds) kills the command's process group."""
         ctx = self._contexts.get(cleanroom_id)
@@ -243,6 +251,7 @@ class Service:
         argv = _check_command(command)
         if timeout is not None and not 0 < timeout <= 86400:
             raise InvalidRequest("timeout must be in (0, 86400] seconds")
+        _check_inputs(env, stdin, artifacts)
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
         self._runs[run_id] = run_dir
@@ -263,6 +272,10 @@ class Service:
             memory_mib=ctx.sandbox.memory_mib,
             disk_mib=ctx.sandbox.disk_mib,
             machine=ctx.sandbox.machine,
+            env=None if env is None else dict(env),
+            stdin=stdin,
+            artifacts=tuple(artifacts),
+            terminal=terminal,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
@@ -308,25 +321,58 @@ class Service:
         options: LaunchOptions | None = None,
         on_event: EventSink | None = None,
         timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        artifacts: Sequence[str] = (),
+        terminal: Terminal | None = None,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
         _check_command(command)
+        _check_inputs(env, stdin, artifacts)
         info = await self.launch(cwd, backend=backend, options=options)
         try:
-            return await self.run(info.cleanroom_id, command, on_event=on_event, timeout=timeout)
+            return await self.run(
+                info.cleanroom_id,
+                command,
+                on_event=on_event,
+                timeout=timeout,
+                env=env,
+                stdin=stdin,
+                artifacts=artifacts,
+                terminal=terminal,
+            )
         finally:
             await asyncio.shield(self.terminate(info.cleanroom_id))
 
     async def run_record(self, run_id: str) -> dict[str, Any]:
         """See ``ServiceAPI.run_record``."""
+        return (await self._finished(run_id))[1]
+
+    async def _finished(self, run_id: str) -> tuple[Path, dict[str, Any]]:
+        """The finished run's directory and record (after its background release)."""
         if not run_id.startswith("run-") or "/" in run_id or len(run_id) > 64:
             raise RunNotFound(f"no run {run_id!r}", details={"run_id": run_id})
         await self._finalizers.wait(run_id)
         run_dir = self._runs.get(run_id, paths.state_dir() / "runs" / run_id)
         try:
-            return read_record(run_dir)
+            return run_dir, read_record(run_dir)
         except (OSError, ValueError, TypeError) as exc:
             raise RunNotFound(f"no record for run {run_id!r}", details={"run_id": run_id}) from exc
+
+    async def run_diff(self, run_id: str) -> bytes:
+        """See ``ServiceAPI.run_diff``."""
+        run_dir, record = await self._finished(run_id)
+        return await asyncio.to_thread(run_patch, run_dir, record)
+
+    async def run_artifact(self, run_id: str, path: str) -> Path:
+        """See ``ServiceAPI.run_artifact``."""
+        run_dir, record = await self._finished(run_id)
+        return artifact_path(run_dir, record, path)
+
+    async def apply_changes(self, run_id: str) -> Applied:
+        """See ``ServiceAPI.apply_changes``."""
+        run_dir, _ = await self._finished(run_id)
+        return await asyncio.to_thread(apply_run, run_dir)
 
     async def doctor(self) -> list[DoctorCheck]:
         """See ``ServiceAPI.doctor``."""
@@ -408,6 +454,19 @@ def _check_command(command: Sequence[str]) -> tuple[str, ...]:
     if any("\x00" in a for a in argv):
         raise InvalidRequest("command arguments must not contain NUL bytes")
     return argv
+
+
+def _check_inputs(
+    env: Mapping[str, str] | None, stdin: bytes | None, artifacts: Sequence[str]
+) -> None:
+    """The wire rules for a run's environment, stdin and artifact globs (never quoting
+    an environment value)."""
+    for rule, value, what in ((EnvNames(), env, "env"), (Globs(), artifacts, "artifacts")):
+        problem = None if value is None else rule.problem(value)
+        if problem is not None:
+            raise InvalidRequest(f"{what} {problem[1]}", details={"field": what})
+    if stdin is not None and len(stdin) > MAX_STDIN_BYTES:
+        raise InvalidRequest(f"stdin must be at most {MAX_STDIN_BYTES} bytes")
 
 
 def _current_task_cancelling() -> bool:

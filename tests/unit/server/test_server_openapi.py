@@ -51,6 +51,9 @@ def test_document_shape() -> None:
         "/v1/exec",
         "/v1/cleanrooms",
         "/v1/runs/{run_id}",
+        "/v1/runs/{run_id}/diff",
+        "/v1/runs/{run_id}/artifacts/{path}",
+        "/v1/runs/{run_id}/apply",
         "/v1/doctor",
     }
     run = paths["/v1/cleanrooms/run"]["post"]["responses"]

@@ -20,11 +20,13 @@ from typing import Literal
 
 from cleanroom.agent import AgentClient, GuestNetwork
 from cleanroom.backends.base import Backend, Guest, GuestSpec
+from cleanroom.changes import HostManifest
 from cleanroom.service.boots import BootGate
 from cleanroom.service.greet import boot_and_greet
 from cleanroom.service.network import Lease, RunNetworks
 from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
+from cleanroom.service.run.manifests import ManifestJob
 from cleanroom.service.run.plan import RunPlan
 from cleanroom.service.run.resources import NetworkHold, RunResources, remove_path
 from cleanroom.service.workspace import ArchiveStats, stage_workspace, staging_root
@@ -54,6 +56,8 @@ class Obtained:
     """The workspace is already on the guest's disk (made on the host before boot)."""
     start: Start
     """Which way the guest came (the record's ``pool``: ``hit`` for warm)."""
+    manifest: HostManifest | None = None
+    """For a host-made disk of a writable workspace: the manifest of what is on it."""
 
 
 async def obtain_guest(
@@ -156,6 +160,8 @@ async def _boot_cold(
             res.path(root)  # a directory of its own
         staging, _ = await asyncio.to_thread(stage_workspace, plan.cwd, root)
         res.path(staging)
+    # Hashed while the guest boots; done before the staged copy goes.
+    manifest = ManifestJob.start(staging, res) if not plan.read_only_workspace else None
 
     def launched(guest: Guest) -> None:
         res.guest(guest)
@@ -187,12 +193,19 @@ async def _boot_cold(
         kernel=greeted.info.kernel,
     )
     # The copy is on the guest's disk now.
+    taken = await manifest.result() if manifest is not None else None
     await asyncio.to_thread(remove_path, staging)
     if root != plan.run_dir:
         await asyncio.to_thread(remove_path, root)
     seeded = greeted.guest.facts.workspace_seeded
     return Obtained(
-        greeted.guest, greeted.client, guest_net, greeted.guest.plan_path, seeded, start="cold"
+        greeted.guest,
+        greeted.client,
+        guest_net,
+        greeted.guest.plan_path,
+        seeded,
+        start="cold",
+        manifest=taken,
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleanroom.images.userimage import UserImage
 from cleanroom.models import SandboxResources
 from cleanroom.policy import CompiledPolicy
+from cleanroom.service.terminal import Terminal
 
 __all__ = ["Defer", "RunPlan"]
 
@@ -42,6 +43,15 @@ class RunPlan:
     def default_machine(self) -> bool:
         """Whether the guest is the backend's default size (as pooled guests are)."""
         return self.vcpus is None and self.memory_mib is None and self.disk_mib is None
+
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    """The command's environment (values are secrets: never recorded or logged)."""
+    stdin: bytes | None = field(default=None, repr=False)
+    """The command's standard input (None: empty)."""
+    artifacts: tuple[str, ...] = ()
+    """Globs of workspace files to copy out after the command."""
+    terminal: Terminal | None = field(default=None, repr=False, compare=False)
+    """Run on a pseudo-terminal fed by this (``stdin`` is then unused)."""
 
 
 Defer = Callable[[str, Coroutine[None, None, None]], None]

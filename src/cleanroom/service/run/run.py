@@ -17,14 +17,16 @@ from cleanroom.errors import CleanroomError, RunCancelled, RunTimeout
 from cleanroom.models import to_dict
 from cleanroom.service.agent_errors import translate_agent_error
 from cleanroom.service.boots import BootGate
+from cleanroom.service.changestore import render_stored
 from cleanroom.service.network import RunNetworks
 from cleanroom.service.output import OutputCapture
 from cleanroom.service.pool import WarmPool
-from cleanroom.service.record import RunRecorder, Status
+from cleanroom.service.record import RunRecorder, Status, error_dict
 from cleanroom.service.run.execute import execute_command
 from cleanroom.service.run.obtain import Obtained, obtain_guest
 from cleanroom.service.run.plan import Defer, RunPlan
 from cleanroom.service.run.resources import RunResources
+from cleanroom.service.run.results import Collected, collect_results
 from cleanroom.service.run.transfer import configure_and_transfer
 from cleanroom.service.types import EventSink, RunExit, RunResult, RunStarted
 from cleanroom.service.workspace import scan_workspace
@@ -74,7 +76,7 @@ async def execute_run(
     try:
         if on_event is not None:
             await on_event(RunStarted(plan.run_id, plan.cleanroom_id, plan.run_dir))
-        obtained, status = await _run_in_guest(
+        obtained, status, collected = await _run_in_guest(
             plan, backend, network, pool, boots, rec, capture, res
         )
         _check_in_time(plan, status)
@@ -98,8 +100,11 @@ async def execute_run(
         signal=status.signal_name,
         stdout_truncated=capture.truncated("stdout"),
         stderr_truncated=capture.truncated("stderr"),
+        changes=collected.counts(),
+        artifacts=collected.artifact_infos(),
+        artifacts_caps_hit=collected.artifacts.caps_hit if collected.artifacts else (),
     )
-    finalizer = _finalize(res, rec)
+    finalizer = _finalize(res, rec, plan, collected)
     if defer is not None:
         defer(plan.run_id, finalizer)
     else:
@@ -118,16 +123,20 @@ async def _run_in_guest(
     rec: RunRecorder,
     capture: OutputCapture,
     res: RunResources,
-) -> tuple[Obtained, ExitStatus]:
+) -> tuple[Obtained, ExitStatus, Collected]:
     with rec.timed("workspace_scan"):
         scan = await asyncio.to_thread(scan_workspace, plan.cwd)
     obtained = await obtain_guest(plan, backend, network, pool, boots, scan, rec, res)
     try:
-        await configure_and_transfer(plan, obtained, scan, rec, res)
+        manifest = await configure_and_transfer(plan, obtained, scan, rec, res)
         status = await execute_command(plan, obtained.client, capture, rec)
     except AgentError as exc:
         raise translate_agent_error(exc, obtained.guest) from exc
-    return obtained, status
+    collected = Collected()
+    if not status.timed_out:
+        # Before the answer: the guest is killed right after it.
+        collected = await collect_results(plan, obtained.client, manifest, rec)
+    return obtained, status, collected
 
 
 def _check_in_time(plan: RunPlan, status: ExitStatus) -> None:
@@ -178,14 +187,31 @@ async def _fail(
         rec.cleaned_up(failure)
 
 
-async def _finalize(res: RunResources, rec: RunRecorder) -> None:
-    """Release a finished run's resources, then complete its record (``cleanup``)."""
+async def _finalize(
+    res: RunResources, rec: RunRecorder, plan: RunPlan, collected: Collected
+) -> None:
+    """Release a finished run's resources, render its patch, then complete its record."""
     try:
         await res.close()
     except Exception as exc:
+        await _render_patch(plan, rec, collected)
         rec.cleaned_up(_as_cleanroom(exc))
         raise
+    await _render_patch(plan, rec, collected)
     rec.cleaned_up()
+
+
+async def _render_patch(plan: RunPlan, rec: RunRecorder, collected: Collected) -> None:
+    """The run's patch into its run directory (``changes.patch``), or why there is none."""
+    stored = collected.changes
+    if stored is None or not stored.changes.changes:
+        return
+    try:
+        path = await asyncio.to_thread(render_stored, plan.run_dir, stored)
+    except CleanroomError as exc:
+        rec.update_changes(patch_error=error_dict(exc))
+    else:
+        rec.update_changes(patch=str(path.relative_to(plan.run_dir)))
 
 
 def _as_cleanroom(exc: BaseException) -> CleanroomError:

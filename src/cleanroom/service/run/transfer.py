@@ -3,14 +3,23 @@
 A guest whose disk was made on the host already holds the workspace; any
 other gets it streamed through the agent as a tar archive, which is prepared
 on a thread while the guest handles configure.
+
+A writable workspace also yields the host's manifest of what the guest got
+(the base its changes are compared with): read from the very archive that is
+streamed, on a thread while the transfer runs, or taken from the staged copy
+a host-made disk was built from (see ``obtain``); the agent of a disk-seeded
+guest then records its own baseline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import Awaitable, Callable
+from typing import cast
 
+from cleanroom.changes import HostManifest, manifest_from_archive
 from cleanroom.service.record import RunRecorder, WorkspaceFacts
 from cleanroom.service.run.obtain import Obtained
 from cleanroom.service.run.plan import RunPlan
@@ -25,8 +34,9 @@ EMPTY_TAR = bytes(1024)
 
 async def configure_and_transfer(
     plan: RunPlan, obtained: Obtained, scan: ArchiveStats, rec: RunRecorder, res: RunResources
-) -> None:
-    """Configure ``obtained``'s guest (entropy, network), then put the workspace in place.
+) -> HostManifest | None:
+    """Configure ``obtained``'s guest (entropy, network), then put the workspace in place;
+    the manifest of what it got (None for a read-only workspace: nothing comes back).
 
     Raises the agent's errors (``AgentError``) and ``InvalidRequest`` for an
     unreadable workspace; an archive file left behind is removed by ``res``.
@@ -39,6 +49,7 @@ async def configure_and_transfer(
     with rec.timed("configure"):
         await client.configure(entropy_seed=os.urandom(64), network=obtained.network)
     extracted = refused = archive_bytes = 0
+    manifest = None if plan.read_only_workspace else obtained.manifest
     with rec.timed("workspace_transfer"):
         if archiving is None:
             # Already on the guest's disk. Only a read-only workspace needs the
@@ -50,10 +61,24 @@ async def configure_and_transfer(
             prepared = await archiving
             rec.timing("workspace_archive_ms", prepared.archive_ms)
             archive_bytes = prepared.stats.archive_bytes
-            ws = await client.send_workspace(prepared.chunks, read_only=plan.read_only_workspace)
+            reading = None if plan.read_only_workspace else _read_manifest(prepared)
+            try:
+                ws = await client.send_workspace(
+                    prepared.chunks, read_only=plan.read_only_workspace
+                )
+            finally:
+                if reading is not None:
+                    # Its thread reads the archive file: let it finish before removal.
+                    await asyncio.wait({reading})
+                    if not reading.cancelled():
+                        reading.exception()  # retrieved; a failure is raised by result()
+            manifest = reading.result() if reading is not None else None
             extracted, refused = ws.files, ws.skipped
             if prepared.path is not None:
                 remove_path(prepared.path)
+    if archiving is None and manifest is not None:
+        with rec.timed("workspace_baseline"):
+            await client.baseline()
     rec.set_workspace(
         WorkspaceFacts(
             method="disk" if obtained.seeded else "stream",
@@ -66,6 +91,16 @@ async def configure_and_transfer(
             read_only=plan.read_only_workspace,
         )
     )
+    return manifest
+
+
+def _read_manifest(prepared: PreparedArchive) -> asyncio.Future[HostManifest]:
+    """The manifest of ``prepared``'s archive, read on a thread (from memory or its file)."""
+    if prepared.path is not None:
+        return asyncio.ensure_future(asyncio.to_thread(manifest_from_archive, prepared.path))
+    # In memory: one bytes object (joining one item copies nothing).
+    data = b"".join(cast("list[bytes]", prepared.chunks))
+    return asyncio.ensure_future(asyncio.to_thread(manifest_from_archive, io.BytesIO(data)))
 
 
 def _archive_remover(archiving: asyncio.Future[PreparedArchive]) -> Callable[[], Awaitable[None]]:

@@ -1,0 +1,79 @@
+"""The ``/v1/exec/tty`` WebSocket against the real server and service (agent-process guests):
+its protocol errors, and a client that goes away cancelling the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import ClientConnection, unix_connect
+
+from cleanroom.client import Client
+from cleanroom.client._tty import TerminalExit, TerminalOutput
+from cleanroom.errors import InvalidRequest
+from cleanroom.testing import runs_with_status
+
+
+def _connect(host: str) -> ClientConnection:
+    return unix_connect(host.removeprefix("unix://"), "ws://cleanroom/v1/exec/tty")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "not json",
+        json.dumps({"request": {"cwd": "/", "command": ["true"]}, "rows": 24}),
+        json.dumps({"request": {"cwd": "rel", "command": ["true"]}, "rows": 24, "cols": 80}),
+        json.dumps({"request": {"cwd": "/", "command": ["true"]}, "rows": 0, "cols": 80}),
+    ],
+)
+def test_a_malformed_start_is_invalid_request(host: str, first: str) -> None:
+    with _connect(host) as ws:
+        ws.send(first)
+        event = json.loads(ws.recv(timeout=30))
+    assert event["type"] == "error"
+    assert event["error"]["code"] == "invalid_request"
+
+
+def test_a_malformed_control_message_ends_the_run_with_invalid_request(
+    host: str, repo: Path
+) -> None:
+    with Client(host) as client:
+        session = client.exec_tty(repo, ["sh", "-c", "sleep 30"], rows=24, cols=80)
+        session.resize(24, 81)
+        session._safe(json.dumps({"type": "dance"}))
+        with session, pytest.raises(InvalidRequest):
+            list(session.events())
+
+
+def test_output_and_exit_through_the_session(host: str, repo: Path) -> None:
+    with Client(host) as client:
+        session = client.exec_tty(
+            repo, ["sh", "-c", "stty size; read x; echo got:$x; exit 4"], rows=12, cols=34
+        )
+        session.send(b"abc\r")
+        with session:
+            events = list(session.events())
+    shown = b"".join(e.data for e in events if isinstance(e, TerminalOutput))
+    assert b"12 34" in shown
+    assert b"got:abc" in shown
+    last = events[-1]
+    assert isinstance(last, TerminalExit)
+    assert last.result.exit_code == 4
+    assert session.run_id == last.result.run_id
+
+
+def test_closing_the_connection_cancels_the_run(host: str, repo: Path, state: Path) -> None:
+    with Client(host) as client:
+        session = client.exec_tty(repo, ["sleep", "300"], rows=24, cols=80)
+        events = session.events()
+        time.sleep(2)  # the run starts
+        session.close()
+        del events
+        deadline = time.monotonic() + 60
+        while not runs_with_status("cancelled") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert runs_with_status("cancelled")
+        assert client.list_cleanrooms() == []
