@@ -19,7 +19,8 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
       uplink_netns: NAME             # an existing network namespace; default: the host
       resolvers: [IP, ...]           # upstream DNS; default: the host's /etc/resolv.conf
     pool:
-      size: 0                        # warm guests kept ready
+      size: 0                        # warm guests kept ready, per image
+      images: [builtin]              # which images: builtin, a pinned ref or a cached key
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
     limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
              workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
@@ -57,6 +58,7 @@ from cleanroom.config_reader import SectionReader, is_null
 from cleanroom.errors import ConfigInvalid
 
 __all__ = [
+    "BUILTIN_IMAGE",
     "BackendName",
     "ImagesConfig",
     "LimitsConfig",
@@ -97,11 +99,20 @@ class NetworkConfig:
     resolvers: tuple[str, ...] | None = None
 
 
+BUILTIN_IMAGE = "builtin"
+"""``pool.images`` entry naming the built-in image."""
+
+
 @dataclass(frozen=True)
 class PoolConfig:
-    """The warm pool: how many ready guests to keep."""
+    """The warm pool: how many ready guests to keep, of which images."""
 
     size: int = 0
+    """Ready guests kept per image (and backend)."""
+    images: tuple[str, ...] = (BUILTIN_IMAGE,)
+    """The images kept warm: :data:`BUILTIN_IMAGE`, or digest-pinned refs (normalised;
+    a bare ``sha256:`` key names an image already in the cache). A run whose image
+    is not listed boots cold."""
 
 
 @dataclass(frozen=True)
@@ -240,8 +251,9 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     network = _read_network(
         reader, reader.section(entries, "network", "", ("uplink_netns", "resolvers"))
     )
-    pool = reader.section(entries, "pool", "", ("size",))
+    pool = reader.section(entries, "pool", "", ("size", "images"))
     size = reader.integer(pool, "size", "pool", 0, minimum=0)
+    pool_images = _read_pool_images(pool.get("images"), problems)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
@@ -250,10 +262,34 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         workspace=WorkspaceConfig(access=cast(WorkspaceAccess, access)),
         backends=sections,
         network=network,
-        pool=PoolConfig(size=size),
+        pool=PoolConfig(size=size, images=pool_images),
         images=images,
         limits=limits,
     )
+
+
+def _read_pool_images(entry: YamlEntry | None, problems: Problems) -> tuple[str, ...]:
+    """``pool.images``: ``builtin`` or digest-pinned refs, normalised, without repeats."""
+    if entry is None or is_null(entry.value):
+        return (BUILTIN_IMAGE,)
+    # The policy package is only needed when this key is given.
+    from cleanroom.policy.image import InvalidImageRef, parse_image_ref  # noqa: PLC0415
+
+    found: list[str] = []
+    for index, item in enumerate(read_sequence(entry.value, "pool.images", problems) or ()):
+        text = read_str(item, f"pool.images[{index}]", problems)
+        if text is None:
+            continue
+        name = text.strip()
+        if name != BUILTIN_IMAGE:
+            try:
+                name = str(parse_image_ref(name))
+            except InvalidImageRef as exc:
+                problems.add(item.mark, f"pool.images[{index}]", exc.message)
+                continue
+        if name not in found:
+            found.append(name)
+    return tuple(found)
 
 
 def load_config(path: Path | None = None) -> RuntimeConfig:

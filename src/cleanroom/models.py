@@ -57,6 +57,8 @@ __all__ = [
     "RunRequest",
     "RunResult",
     "RunStarted",
+    "SandboxImage",
+    "SandboxResources",
     "TerminateRequest",
     "Terminated",
     "encode_stdin",
@@ -76,6 +78,10 @@ Command = Annotated[tuple[str, ...], Argv()]
 """argv, run without a shell (a list on the wire)."""
 Timeout = Annotated[float, Bounds(gt=0, le=MAX_TIMEOUT_SECONDS)]
 """Kill the command's process group after this many seconds (error ``run_timeout``)."""
+ImageOverride = Annotated[str, NonEmpty(), NoNul()]
+"""An image ref overriding the policy's. Only its shape is checked here; whether it
+is a digest-pinned ref (``policy_invalid`` if not) and whether overriding is
+allowed (``policy_conflict``) is the service's decision at launch."""
 Env = Annotated[dict[str, str], EnvNames()]
 """Environment variables for the command, laid over the guest's defaults.
 
@@ -115,6 +121,9 @@ class LaunchOptions(Wire):
     """Mount /workspace read-only in the guest (default: runtime config ``workspace.access``)."""
     launch_seconds: Annotated[float, Bounds(gt=0, le=MAX_LAUNCH_SECONDS)] | None = None
     """How long a guest may take to become ready (default: the backend's config)."""
+    image: ImageOverride | None = None
+    """A digest-pinned image ref to run in instead of the policy's ``sandbox.image``
+    (refused with ``policy_conflict`` when the runtime config forbids overrides)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,28 @@ class ExecRequest(Wire):
 
 
 @dataclass(frozen=True)
+class SandboxImage(Wire):
+    """The user image a context's runs use."""
+
+    key: str
+    """Content address in the image cache (``sha256:<64 hex>``)."""
+    source: str
+    """Where it came from: the pinned ref, ``debian:<suite>`` or ``import:<name>``."""
+
+
+@dataclass(frozen=True)
+class SandboxResources(Wire):
+    """The machine each of a context's runs gets."""
+
+    vcpus: int | None
+    """None: the backend's own default."""
+    memory_mib: int | None
+    """None: the backend's own default."""
+    disk_mib: int
+    """Virtual size of each writable disk (the root layer and the workspace)."""
+
+
+@dataclass(frozen=True)
 class CleanroomInfo(Wire):
     """A launched context: its policy is compiled once and frozen for its lifetime."""
 
@@ -224,6 +255,9 @@ class CleanroomInfo(Wire):
     """RFC 3339 UTC timestamp."""
     runs: tuple[str, ...] = ()
     """Ids of the runs started in this context, oldest first."""
+    image: SandboxImage | None = None
+    """The user image (None: the built-in image)."""
+    resources: SandboxResources | None = None
 
 
 @dataclass(frozen=True)
@@ -235,12 +269,21 @@ class LaunchResult(Wire):
     policy_source: Path
     policy_hash: str
     run_dir_root: Path
+    image: SandboxImage | None = None
+    """The user image (None: the built-in image)."""
+    resources: SandboxResources | None = None
 
     @classmethod
     def of(cls, info: CleanroomInfo) -> LaunchResult:
         """The launch answer for ``info``."""
         return cls(
-            info.cleanroom_id, info.backend, info.policy_source, info.policy_hash, info.run_dir_root
+            info.cleanroom_id,
+            info.backend,
+            info.policy_source,
+            info.policy_hash,
+            info.run_dir_root,
+            info.image,
+            info.resources,
         )
 
 

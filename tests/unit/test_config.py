@@ -139,7 +139,7 @@ def test_null_paths_mean_defaults() -> None:
 
 def test_unknown_keys_are_located() -> None:
     assert problems_of("pool:\n  size: 1\n  max: 2\nbackend: qemu\n") == [
-        "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: size)",
+        "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: images, size)",
         "config.yaml:4:1: backend: unknown key 'backend' "
         "(expected one of: backends, default_backend, images, limits, network, pool, workspace)",
     ]
@@ -266,3 +266,22 @@ def test_readme_config_section_parses() -> None:
     assert config.firecracker.binary_path == Path("firecracker")
     assert config.firecracker.initrd is None
     assert config.firecracker.launch_seconds == 30.0
+
+
+def test_pool_images_are_builtin_or_pinned_refs() -> None:
+    digest = "sha256:" + "0f" * 32
+    ref = f"Registry.Example:5000/a/b:1@{digest}"
+    config = parse_config_text(
+        f"pool:\n  size: 1\n  images: [builtin, '{ref}', {digest}]\n", "config.yaml"
+    )
+    assert config.pool == PoolConfig(
+        size=1, images=("builtin", f"registry.example:5000/a/b:1@{digest}", digest)
+    )
+    assert parse_config_text("pool: {size: 1}\n", "config.yaml").pool.images == ("builtin",)
+    assert parse_config_text("pool: {images: []}\n", "config.yaml").pool.images == ()
+    with pytest.raises(ConfigInvalid) as caught:
+        parse_config_text("pool:\n  images: [node:20, 3]\n", "config.yaml")
+    problems = caught.value.details["problems"]
+    assert len(problems) == 2
+    assert problems[0].startswith("config.yaml:2:12: pool.images[0]: 'node:20' is not pinned")
+    assert problems[1].startswith("config.yaml:2:21: pool.images[1]:")

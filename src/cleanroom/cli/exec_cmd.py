@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json, report_error
 from cleanroom.cli.runio import add_run_inputs, add_run_outputs, after_run, read_env, read_stdin
@@ -29,7 +30,6 @@ from cleanroom.errors import CleanroomError
 from cleanroom.models import to_dict
 from cleanroom.paths import state_dir
 from cleanroom.service.types import (
-    LaunchOptions,
     RunEvent,
     RunExit,
     RunOutput,
@@ -196,12 +196,14 @@ def _exec(args: argparse.Namespace) -> int:
         args.parser.error("-t and --json do not go together")
     if args.out is not None and not args.artifact:
         args.parser.error("--out needs --artifact GLOB")
-    options = LaunchOptions(read_only_workspace=True) if args.read_only else None
+    options = launch_options(args.read_only, args.image)
     try:
         env = read_env(args.env, args.env_file)
         stdin = None if args.tty else read_stdin(args.interactive)
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
+        if endpoint.is_default:
+            prepare_launch_image(args.cwd, args.image)
         with Client(endpoint.url) as client:
             common: dict[str, Any] = {
                 "backend": args.backend,
@@ -247,6 +249,7 @@ def register(commands: Subcommands) -> None:
     add_cwd(parser, "Repository directory (holds the policy).")
     parser.add_argument("--backend", help="Backend (default: config).")
     parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    add_image_option(parser)
     parser.add_argument(
         "--timeout",
         type=float,

@@ -18,10 +18,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
+from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
 from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
 from cleanroom.cli.output import print_json
 from cleanroom.cli.runio import add_run_inputs, read_env, read_stdin
-from cleanroom.service.types import CleanroomInfo, LaunchOptions
+from cleanroom.models import to_dict
+from cleanroom.service.types import CleanroomInfo
 
 if TYPE_CHECKING:
     from cleanroom.client import Client
@@ -46,6 +48,8 @@ def _info_to_dict(info: CleanroomInfo) -> dict[str, Any]:
         "read_only_workspace": info.read_only_workspace,
         "created_at": info.created_at,
         "runs": list(info.runs),
+        "image": None if info.image is None else to_dict(info.image),
+        "resources": None if info.resources is None else to_dict(info.resources),
     }
 
 
@@ -101,19 +105,15 @@ def _serve_cmd(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    options = LaunchOptions(read_only_workspace=True) if args.read_only else None
+    from cleanroom.client import resolve_endpoint
+
+    options = launch_options(args.read_only, args.image)
+    if resolve_endpoint(args.host).is_default:
+        prepare_launch_image(args.cwd, args.image)
     with _client(args.host) as client:
         result = client.launch(args.cwd, backend=args.backend, options=options)
     if args.as_json:
-        print_json(
-            {
-                "cleanroom_id": result.cleanroom_id,
-                "backend": result.backend,
-                "policy_source": str(result.policy_source),
-                "policy_hash": result.policy_hash,
-                "run_dir_root": str(result.run_dir_root),
-            }
-        )
+        print_json(to_dict(result))
     else:
         sys.stdout.write(result.cleanroom_id + "\n")
     return 0
@@ -199,6 +199,7 @@ def register(commands: Subcommands) -> None:
     add_cwd(launch, "Repository directory.")
     launch.add_argument("--backend", help="Backend (default: config).")
     launch.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
+    add_image_option(launch)
     add_json(launch)
 
     run = add_command(

@@ -11,8 +11,10 @@ exactly as it would a cold guest, so every run still gets a fresh guest and a
 fresh rootfs. Taking never waits: an empty pool is a miss and the
 run boots cold. Each take starts a refill in the background.
 
-The pool belongs to one backend instance, whose image digest, vCPUs and memory
-are fixed for the server's lifetime, so that instance is the pool's key.
+A pool belongs to one backend instance (whose runtime image, vCPUs and memory
+are fixed for the server's lifetime) and one user image (or the built-in
+image): that pair is the pool's key, and only runs of that image at the
+backend's default machine size take its guests.
 A guest's slot is released with the guest (by the run's cleanup or by the pool).
 """
 
@@ -37,6 +39,7 @@ from cleanroom.agent import AgentClient
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.config_limits import DEFAULT_CONSOLE_LOG_BYTES
 from cleanroom.errors import CleanroomError
+from cleanroom.images.userimage import UserImage
 from cleanroom.service.boots import BootGate
 from cleanroom.service.greet import boot_and_greet
 from cleanroom.service.ids import new_run_id
@@ -90,9 +93,12 @@ class WarmPool:
         network: RunNetworks | None = None,
         boots: BootGate | None = None,
         console_log_bytes: int = DEFAULT_CONSOLE_LOG_BYTES,
+        image: UserImage | None = None,
     ) -> None:
+        """``image``: the user image every pooled guest attaches (None: the built-in one)."""
         self._backend = backend
         self._console_log_bytes = console_log_bytes
+        self._image = image
         self._boots = boots
         self._network = network
         self._size = size
@@ -110,6 +116,11 @@ class WarmPool:
     def size(self) -> int:
         """The configured number of warm guests."""
         return self._size
+
+    @property
+    def image(self) -> UserImage | None:
+        """The user image of the pooled guests (None: the built-in image)."""
+        return self._image
 
     @property
     def network(self) -> RunNetworks | None:
@@ -222,13 +233,14 @@ class WarmPool:
                     launch_seconds=self._launch_seconds,
                     network=slot.attachment if slot is not None else None,
                     console_log_bytes=self._console_log_bytes,
+                    image=self._image,
                 )
 
                 def launched(guest: Guest) -> None:
                     stack.push_async_callback(_shielded, guest.destroy)
 
                 greeted = await boot_and_greet(self._backend, spec, launched)
-                await _self_test(greeted.client)
+                await _self_test(greeted.client, in_user_image=self._image is not None)
             except Exception as exc:
                 if isinstance(exc, CleanroomError):
                     raise
@@ -263,8 +275,15 @@ async def _shielded(release: Callable[[], Awaitable[object]]) -> None:
     task.result()
 
 
-async def _self_test(client: AgentClient) -> None:
-    """Exercise the paths a run will use (configure, a workspace, ``true``) once.
+_ABSENT_COMMAND = "/.cleanroom-warmup-absent"
+"""What the self-test runs in a user image: a user image need not have ``true``
+(or anything at all), so the test asks for a path no image has, and expects
+the agent's own "cannot start" answer (exit 127), having chrooted into the
+image and switched to its user just as for a run's command."""
+
+
+async def _self_test(client: AgentClient, *, in_user_image: bool = False) -> None:
+    """Exercise the paths a run will use (configure, a workspace, a command) once.
 
     This proves the guest can serve a run before it counts as ready, and warms
     the emulator's translated-code cache for those paths: under TCG the first
@@ -278,11 +297,12 @@ async def _self_test(client: AgentClient) -> None:
     async def discard(stream: str, data: bytes) -> None:
         return None
 
+    argv, expected = ([_ABSENT_COMMAND], 127) if in_user_image else (["true"], 0)
     for _ in range(SELF_TEST_ROUNDS):
         await client.configure(entropy_seed=os.urandom(64), network=None)
         await client.send_workspace([_warmup_archive()], read_only=False, scratch=True)
-        status = await client.exec(["true"], on_output=discard)  # in the workspace, as runs do
-        if status.exit_code != 0:
+        status = await client.exec(argv, on_output=discard)  # in the workspace, as runs do
+        if status.exit_code != expected:
             raise CleanroomError(f"warm guest self-test failed (exit {status.exit_code})")
 
 

@@ -145,6 +145,8 @@ class RunRecorder:
             "guest": None,
             "workspace": None,
             "network": None,
+            "image": None,
+            "resources": None,
             "artifacts": self._artifacts,
             "env": [],
             "stdin_bytes": None,
@@ -204,6 +206,13 @@ class RunRecorder:
     def set_rootfs_method(self, method: str) -> None:
         """How the backend made the guest's copy-on-write rootfs."""
         self._data["rootfs_method"] = method
+
+    def set_sandbox(
+        self, *, image: Mapping[str, str] | None, resources: Mapping[str, int | None]
+    ) -> None:
+        """The user image (``{"key", "source"}``; None: the built-in one) and machine size."""
+        self._data["image"] = None if image is None else dict(image)
+        self._data["resources"] = dict(resources)
 
     def set_workspace(self, facts: WorkspaceFacts) -> None:
         """How the workspace reached the guest."""

@@ -34,10 +34,12 @@ from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
+from cleanroom.service.pools import Pools, pool_check_name, resolve_pool_image
 from cleanroom.service.record import read_record
 from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
+from cleanroom.service.sandbox import Sandbox, resolve_sandbox
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
@@ -56,6 +58,7 @@ class _Context:
     policy: CompiledPolicy
     backend: Backend
     launch_seconds: float
+    sandbox: Sandbox
     tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
     terminated: bool = False
 
@@ -79,8 +82,14 @@ class Service:
         self._terminated: set[str] = set()
         self._runs: dict[str, Path] = {}
         self._lock = asyncio.Lock()
-        self._pools: dict[str, WarmPool] = {}
         self._boots = BootGate(default_boot_limit())
+        self._pools = Pools(
+            config.pool,
+            launch_seconds=self._backend_launch_seconds,
+            network=lambda: self._network,
+            boots=self._boots,
+            console_log_bytes=config.limits.console_log_bytes,
+        )
         self._finalizers = Finalizers()
         self._closed = False
 
@@ -106,7 +115,7 @@ class Service:
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
         remove_dead_stagings()
         await self._repair_runs()
-        if self._config.pool.size > 0:
+        if self._pools.enabled:
             name = resolve_backend_name(None, self._config)
             try:
                 be = await self._backend(name)
@@ -114,31 +123,13 @@ class Service:
             except CleanroomError as exc:
                 log.warning("warm pool not started", backend=name, code=exc.code, error=exc.message)
             else:
-                self._pool_for(name, be)
+                images = self._config.images
+                self._pools.start(name, be, lambda entry: resolve_pool_image(entry, images))
 
-    def pool(self, backend: str) -> WarmPool | None:
-        """The warm pool of ``backend`` (None when pooling is off or not started)."""
-        return self._pools.get(backend)
-
-    def _pool_for(self, name: str, be: Backend) -> WarmPool | None:
-        if self._config.pool.size <= 0 or self._closed:
-            return None
-        pool = self._pools.get(name)
-        if pool is None:
-            pool = WarmPool(
-                be,
-                size=self._config.pool.size,
-                root=paths.state_dir() / "pool" / name,
-                launch_seconds=self._backend_launch_seconds(name),
-                # Pooled guests boot on reserved (drop-all) network slots when the
-                # network layer can reserve them, so networked runs can be served warm.
-                network=self._network,
-                boots=self._boots,
-                console_log_bytes=self._config.limits.console_log_bytes,
-            )
-            self._pools[name] = pool
-            pool.start()
-        return pool
+    def pool(self, backend: str, image: str | None = None) -> WarmPool | None:
+        """The warm pool of ``backend`` for the user image with key ``image`` (None: the
+        built-in image); None when that pool is off or not started."""
+        return self._pools.get(backend, image)
 
     async def close(self) -> None:
         """Cancel every run, wait for every run's cleanup, close the backends. Idempotent."""
@@ -148,8 +139,7 @@ class Service:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in self._pools.values():
-            await pool.close()
+        await self._pools.close()
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
         for ctx in self._contexts.values():
@@ -179,6 +169,14 @@ class Service:
         be = await self._backend(name)
         caps = await be.prepare()
         self._check_capabilities(policy, caps)
+        # Pulled or built now, so a bad image fails the launch, not a run. Only a
+        # user image needs I/O (a thread); the built-in one is decided in place.
+        if opts.image is None and policy.image is None and self._config.images.default is None:
+            sandbox = resolve_sandbox(policy, self._config, name)
+        else:
+            sandbox = await asyncio.to_thread(
+                resolve_sandbox, policy, self._config, name, override=opts.image
+            )
         read_only = (
             opts.read_only_workspace
             if opts.read_only_workspace is not None
@@ -202,11 +200,17 @@ class Service:
             run_dir_root=root,
             read_only_workspace=read_only,
             created_at=utc_now(),
+            image=sandbox.image_info,
+            resources=sandbox.machine,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
-        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds)
+        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
         log.info(
-            "launched", cleanroom_id=info.cleanroom_id, backend=name, policy=policy.policy_hash
+            "launched",
+            cleanroom_id=info.cleanroom_id,
+            backend=name,
+            policy=policy.policy_hash,
+            image=sandbox.image.source if sandbox.image is not None else "built-in",
         )
         return info
 
@@ -273,6 +277,11 @@ class Service:
             read_only_workspace=ctx.info.read_only_workspace,
             launch_seconds=ctx.launch_seconds,
             timeout=timeout,
+            image=ctx.sandbox.image,
+            vcpus=ctx.sandbox.vcpus,
+            memory_mib=ctx.sandbox.memory_mib,
+            disk_mib=ctx.sandbox.disk_mib,
+            machine=ctx.sandbox.machine,
             env=None if env is None else dict(env),
             stdin=stdin,
             artifacts=tuple(artifacts),
@@ -282,7 +291,12 @@ class Service:
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
         # cancellation; cancelling the caller cancels the run too.
-        pool = self._pool_for(ctx.info.backend, ctx.backend)
+        # Pooled guests are of the backend's default size: another size boots cold.
+        pool = (
+            self._pools.for_run(ctx.info.backend, ctx.backend, ctx.sandbox.image)
+            if plan.default_machine
+            else None
+        )
         task = asyncio.create_task(
             execute_run(
                 plan,
@@ -407,10 +421,10 @@ class Service:
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
-        for be_name, pool in self._pools.items():
+        for key, pool in self._pools.items():
             checks.append(
                 DoctorCheck(
-                    f"pool.{be_name}",
+                    pool_check_name(key),
                     "pass" if pool.ready else "warn",
                     f"{pool.ready}/{pool.size} warm guests ready "
                     f"({pool.hits} hits, {pool.misses} misses)",

@@ -39,7 +39,17 @@ def test_launch_run_record_list_terminate(http: httpx.Client, repo: Path) -> Non
     launched = http.post("/v1/cleanrooms/launch", json={"cwd": str(repo)})
     assert launched.status_code == 200
     info = launched.json()
-    assert set(info) == {"cleanroom_id", "backend", "policy_source", "policy_hash", "run_dir_root"}
+    assert set(info) == {
+        "cleanroom_id",
+        "backend",
+        "policy_source",
+        "policy_hash",
+        "run_dir_root",
+        "image",
+        "resources",
+    }
+    assert info["image"] is None  # the built-in image
+    assert info["resources"]["disk_mib"] == 16384
     assert info["backend"] == "qemu"  # the agent-process backend stands in for qemu
     assert info["policy_source"] == str(repo / "cleanroom.yaml")
     cid = info["cleanroom_id"]

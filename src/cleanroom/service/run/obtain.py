@@ -177,6 +177,10 @@ async def _boot_cold(
         network=lease.attachment if lease is not None else None,
         workspace=staging,
         console_log_bytes=plan.limits.console_log_bytes,
+        image=plan.image,
+        disk_mib=plan.disk_mib,
+        vcpus=plan.vcpus,
+        memory_mib=plan.memory_mib,
     )
     async with boots.turn() if boots is not None else _no_wait() as waited_ms:
         rec.timing("boot_queue_ms", waited_ms)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cleanroom.config_limits import LimitsConfig
+from cleanroom.images.userimage import UserImage
+from cleanroom.models import SandboxResources
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.terminal import Terminal
 
@@ -27,6 +29,22 @@ class RunPlan:
     read_only_workspace: bool
     launch_seconds: float
     timeout: float | None = None
+    image: UserImage | None = None
+    """The user image the command runs in (None: the built-in image)."""
+    vcpus: int | None = None
+    """The guest's vCPUs (None: the backend's config)."""
+    memory_mib: int | None = None
+    """The guest's memory (None: the backend's config)."""
+    disk_mib: int | None = None
+    """Each writable disk's size (None: the backend's default)."""
+    machine: SandboxResources | None = None
+    """The guest's size as the context reports it (defaults filled in), for the record."""
+
+    @property
+    def default_machine(self) -> bool:
+        """Whether the guest is the backend's default size (as pooled guests are)."""
+        return self.vcpus is None and self.memory_mib is None and self.disk_mib is None
+
     env: Mapping[str, str] | None = field(default=None, repr=False)
     """The command's environment (values are secrets: never recorded or logged)."""
     stdin: bytes | None = field(default=None, repr=False)

@@ -14,6 +14,7 @@ import asyncio
 from cleanroom.agent import AgentError, ExitStatus
 from cleanroom.backends.base import Backend
 from cleanroom.errors import CleanroomError, RunCancelled, RunTimeout
+from cleanroom.models import to_dict
 from cleanroom.service.agent_errors import translate_agent_error
 from cleanroom.service.boots import BootGate
 from cleanroom.service.changestore import render_stored
@@ -64,6 +65,11 @@ async def execute_run(
         policy_hash=plan.policy.policy_hash,
         command=list(plan.command),
         run_dir=plan.run_dir,
+    )
+    image = plan.image
+    rec.set_sandbox(
+        image=None if image is None else {"key": image.key, "source": image.source},
+        resources={} if plan.machine is None else to_dict(plan.machine),
     )
     capture = OutputCapture(plan.run_dir, on_event, plan.limits.output_log_bytes)
     res = RunResources(rec)
