@@ -24,7 +24,7 @@ from cleanroom.service import LaunchOptions, Service
 from cleanroom.service import greet as greet_module
 from cleanroom.service.record import RECORD_NAME
 
-SCRIPT = Path(__file__).with_name("hostile_agent.py")
+SCRIPT = Path(__file__).resolve().parents[2] / "support" / "hostile_agent.py"
 
 LOG_LIMIT = 1 << 20
 
