@@ -13,7 +13,6 @@ from typing import Any, Literal
 import structlog
 
 from cleanroom import paths
-from cleanroom._fields import MAX_STDIN_BYTES, EnvNames, Globs
 from cleanroom.backend_table import backend_names
 from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
@@ -26,7 +25,7 @@ from cleanroom.errors import (
     RunCancelled,
     RunNotFound,
 )
-from cleanroom.models import Applied
+from cleanroom.models import Applied, LaunchRequest, RunRequest, encode_stdin
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.doctor import host_checks
@@ -158,12 +157,9 @@ class Service:
         """See ``ServiceAPI.launch``."""
         opts = options or LaunchOptions()
         cwd = Path(cwd)
-        if not cwd.is_absolute():
-            raise InvalidRequest("cwd must be an absolute path", details={"cwd": str(cwd)})
+        LaunchRequest(cwd=cwd, backend=backend, options=opts)  # the wire rules, stated once
         if not cwd.is_dir():
             raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
-        if opts.launch_seconds is not None and not 0 < opts.launch_seconds <= 3600:
-            raise InvalidRequest("launch_seconds must be in (0, 3600]")
         policy = await asyncio.to_thread(load_policy, cwd)
         name = resolve_backend_name(backend, self._config)
         be = await self._backend(name)
@@ -183,8 +179,6 @@ class Service:
             else self._config.workspace.access == "ro"
         )
         root = opts.run_dir if opts.run_dir is not None else paths.state_dir() / "runs"
-        if not root.is_absolute():
-            raise InvalidRequest("run_dir must be an absolute path", details={"run_dir": str(root)})
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -255,10 +249,7 @@ class Service:
             raise CleanroomNotFound(
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
-        argv = _check_command(command)
-        if timeout is not None and not 0 < timeout <= 86400:
-            raise InvalidRequest("timeout must be in (0, 86400] seconds")
-        _check_inputs(env, stdin, artifacts)
+        argv = _checked(cleanroom_id, command, timeout, env, stdin, artifacts).command
         if timeout is None:  # every run ends: none may hold a guest for ever
             timeout = self._config.limits.run_timeout_seconds
         self._check_capacity()
@@ -359,8 +350,8 @@ class Service:
         terminal: Terminal | None = None,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
-        _check_command(command)
-        _check_inputs(env, stdin, artifacts)
+        # Judged before anything is launched (the run checks them again, cheaply).
+        _checked("exec", command, timeout, env, stdin, artifacts)
         info = await self.launch(cwd, backend=backend, options=options)
         try:
             return await self.run(
@@ -477,28 +468,27 @@ class Service:
             )
 
 
-def _check_command(command: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(command, str | bytes) or not command:
-        raise InvalidRequest("command must be a non-empty list of strings")
-    argv = tuple(command)
-    if not all(isinstance(a, str) for a in argv):
-        raise InvalidRequest("command must be a non-empty list of strings")
-    if any("\x00" in a for a in argv):
-        raise InvalidRequest("command arguments must not contain NUL bytes")
-    return argv
-
-
-def _check_inputs(
-    env: Mapping[str, str] | None, stdin: bytes | None, artifacts: Sequence[str]
-) -> None:
-    """The wire rules for a run's environment, stdin and artifact globs (never quoting
-    an environment value)."""
-    for rule, value, what in ((EnvNames(), env, "env"), (Globs(), artifacts, "artifacts")):
-        problem = None if value is None else rule.problem(value)
-        if problem is not None:
-            raise InvalidRequest(f"{what} {problem[1]}", details={"field": what})
-    if stdin is not None and len(stdin) > MAX_STDIN_BYTES:
-        raise InvalidRequest(f"stdin must be at most {MAX_STDIN_BYTES} bytes")
+def _checked(
+    cleanroom_id: str,
+    command: Sequence[str],
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    stdin: bytes | None,
+    artifacts: Sequence[str],
+) -> RunRequest:
+    """The run's inputs as the wire's ``RunRequest``, whose rules (argv, timeout bound,
+    NUL bytes, environment names, stdin size, globs) live in ``cleanroom.models`` only;
+    ``InvalidRequest`` (never quoting an environment value) when one is broken."""
+    if isinstance(command, str | bytes):
+        raise InvalidRequest("command must be a sequence of arguments, not a string")
+    return RunRequest(
+        cleanroom_id=cleanroom_id,
+        command=tuple(command),
+        timeout_seconds=timeout,
+        env=None if env is None else dict(env),
+        stdin_base64=encode_stdin(stdin),
+        artifacts=tuple(artifacts) or None,
+    )
 
 
 def _current_task_cancelling() -> bool:
