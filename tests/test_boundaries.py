@@ -1,0 +1,187 @@
+"""Every cap at its limit and one past it: request body, output capture, agent frame.
+
+A cap tested only far beyond its limit lets an off-by-one (``>`` vs ``>=``)
+through; each test here sends exactly the limit (accepted, untouched) and one
+byte more (refused or truncated), through the real component.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cleanroom.agent.errors import AgentProtocolError
+from cleanroom.agent.protocol import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+from cleanroom.server.middleware import DEFAULT_BODY_LIMIT
+from cleanroom.service.output import CAPTURE_LIMIT, OutputCapture
+from cleanroom.service.types import RunEvent
+
+MIB = 1024 * 1024
+
+
+def test_the_caps_are_what_the_docs_say() -> None:
+    assert DEFAULT_BODY_LIMIT == MIB
+    assert CAPTURE_LIMIT == MIB
+    assert MAX_PAYLOAD == MIB
+
+
+# Request body (server/middleware.py), over a real server
+
+
+@pytest.fixture
+def http(host: str) -> Iterator[httpx.Client]:
+    transport = httpx.HTTPTransport(uds=host.removeprefix("unix://"))
+    with httpx.Client(transport=transport, base_url="http://cleanroom", timeout=60) as client:
+        yield client
+
+
+def _run_body(size: int) -> bytes:
+    """A valid run request of exactly ``size`` bytes (for a context that does not exist)."""
+    empty = json.dumps({"cleanroom_id": "cr-nope", "command": ["echo", ""]}).encode()
+    body = json.dumps({"cleanroom_id": "cr-nope", "command": ["echo", "a" * (size - len(empty))]})
+    assert len(body.encode()) == size
+    return body.encode()
+
+
+def _chunks(body: bytes, size: int = 65536) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_of_exactly_the_limit_reaches_the_app(http: httpx.Client, chunked: bool) -> None:
+    body = _run_body(DEFAULT_BODY_LIMIT)
+    content = _chunks(body) if chunked else body
+    response = http.post(
+        "/v1/cleanrooms/run", content=content, headers={"content-type": "application/json"}
+    )
+    # The app answered: the whole body was parsed and the id looked up.
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "cleanroom_not_found"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_one_past_the_limit_is_413(http: httpx.Client, chunked: bool) -> None:
+    body = _run_body(DEFAULT_BODY_LIMIT + 1)
+    content = _chunks(body) if chunked else body
+    response = http.post(
+        "/v1/cleanrooms/run", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["details"]["limit_bytes"] == DEFAULT_BODY_LIMIT
+    assert error["details"]["size_bytes"] == DEFAULT_BODY_LIMIT + 1
+
+
+# Output capture (service/output.py)
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+async def test_capture_of_exactly_the_limit_is_whole(tmp_path: Path, pieces: int) -> None:
+    seen: list[RunEvent] = []
+
+    async def sink(event: RunEvent) -> None:
+        seen.append(event)
+
+    cap = OutputCapture(tmp_path, sink)
+    data = bytes(i % 251 for i in range(CAPTURE_LIMIT))
+    cuts = [CAPTURE_LIMIT * k // pieces for k in range(pieces + 1)]
+    for start, end in itertools.pairwise(cuts):
+        await cap.write("stdout", data[start:end])
+    cap.close()
+    assert not cap.truncated("stdout")
+    assert cap.text("stdout") == data.decode("utf-8", errors="replace")
+    assert (tmp_path / "stdout.log").read_bytes() == data
+    assert len(seen) == pieces
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+async def test_capture_one_past_the_limit_is_truncated(tmp_path: Path, pieces: int) -> None:
+    cap = OutputCapture(tmp_path, None)
+    data = b"b" * CAPTURE_LIMIT + b"Z"
+    cuts = [len(data) * k // pieces for k in range(pieces + 1)]
+    for start, end in itertools.pairwise(cuts):
+        await cap.write("stderr", data[start:end])
+    cap.close()
+    assert cap.truncated("stderr")
+    assert not cap.truncated("stdout")
+    assert cap.text("stderr") == "b" * CAPTURE_LIMIT  # the prefix, without the extra byte
+    assert (tmp_path / "stderr.log").read_bytes() == data  # the log keeps everything
+
+
+async def test_capture_past_the_limit_keeps_only_the_prefix(tmp_path: Path) -> None:
+    cap = OutputCapture(tmp_path, None)
+    await cap.write("stdout", b"x" * (CAPTURE_LIMIT - 1))
+    await cap.write("stdout", b"yz")  # straddles the limit
+    await cap.write("stdout", b"more")  # wholly past it
+    cap.close()
+    assert cap.text("stdout") == "x" * (CAPTURE_LIMIT - 1) + "y"
+    assert cap.truncated("stdout")
+
+
+@pytest.mark.parametrize(("size", "truncated"), [(CAPTURE_LIMIT, False), (CAPTURE_LIMIT + 1, True)])
+def test_run_output_at_and_past_the_limit_over_http(
+    http: httpx.Client, repo: Path, size: int, truncated: bool
+) -> None:
+    # The real service with a real agent: the command's bytes go through the
+    # agent protocol, the capture, the response and the record.
+    script = f"head -c {size} /dev/zero | tr '\\0' q; printf e >&2"
+    response = http.post("/v1/exec", json={"cwd": str(repo), "command": ["sh", "-c", script]})
+    assert response.status_code == 200
+    result = response.json()
+    assert result["stdout_truncated"] is truncated
+    assert result["stderr_truncated"] is False
+    assert result["stdout"] == "q" * CAPTURE_LIMIT
+    assert result["stderr"] == "e"
+    assert (Path(result["run_dir"]) / "stdout.log").stat().st_size == size
+
+
+# Agent frames (agent/protocol.py)
+
+
+def test_frame_of_exactly_the_limit_encodes_and_decodes() -> None:
+    payload = b"p" * MAX_PAYLOAD
+    wire = encode_frame(FrameType.STDOUT, payload)
+    assert len(wire) == HEADER_SIZE + MAX_PAYLOAD
+    decoder = FrameDecoder()
+    decoder.push(wire[:-1])
+    assert decoder.pop() is None  # one byte short: still waiting, not failed
+    decoder.push(wire[-1:])
+    frame = decoder.pop()
+    assert frame is not None
+    assert (frame.type, frame.payload) == (FrameType.STDOUT, payload)
+
+
+def test_frame_one_past_the_limit_is_refused_both_ways() -> None:
+    with pytest.raises(AgentProtocolError, match="exceeds"):
+        encode_frame(FrameType.STDOUT, b"p" * (MAX_PAYLOAD + 1))
+    decoder = FrameDecoder()
+    decoder.push(struct.pack(">IB", MAX_PAYLOAD + 1, FrameType.STDOUT))
+    with pytest.raises(AgentProtocolError, match="exceeds"):
+        decoder.pop()  # refused on the header, before any payload is buffered
+    assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("limit", [0, 1, 4096])
+def test_decoder_limit_is_inclusive(limit: int) -> None:
+    at = FrameDecoder(max_payload=limit)
+    assert at.feed(struct.pack(">IB", limit, FrameType.STDIN) + b"s" * limit) == [
+        Frame(FrameType.STDIN, b"s" * limit)
+    ]
+    past = FrameDecoder(max_payload=limit)
+    with pytest.raises(AgentProtocolError):
+        past.feed(struct.pack(">IB", limit + 1, FrameType.STDIN))
