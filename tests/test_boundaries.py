@@ -148,6 +148,8 @@ def test_run_output_at_and_past_the_limit_over_http(
     assert result["stdout"] == "q" * CAPTURE_LIMIT
     assert result["stderr"] == "e"
     assert (Path(result["run_dir"]) / "stdout.log").stat().st_size == size
+    record = http.get(f"/v1/runs/{result['run_id']}").json()
+    assert (record["stdout_truncated"], record["stderr_truncated"]) == (truncated, False)
 
 
 # Agent frames (agent/protocol.py)
