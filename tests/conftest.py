@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +15,29 @@ from cleanroom.images import GuestImage, ensure_image
 from cleanroom.server import ListenAddress
 from cleanroom.service import Service
 from cleanroom.testing import AgentProcessBackend, ServerThread, agent_service
+
+# No shared host state: this test run gets its own namespace prefix (never the
+# product's ``crn-``, so a live server's reconcile leaves it alone and this run's
+# reconcile touches only what it made), and its own owner-record and staging
+# directories. Set when this conftest is imported (before the other conftests and
+# every test module); test servers started as processes inherit them.
+RUN_TAG = secrets.token_hex(3)
+_PRIVATE = Path(tempfile.mkdtemp(prefix=f"crt-{RUN_TAG}-"))
+_STAGING = Path("/dev/shm") / f"cleanroom-tests-{RUN_TAG}"
+
+
+_STAGING.mkdir(mode=0o700, exist_ok=True)
+os.environ.update(
+    CLEANROOM_TEST_TAG=RUN_TAG,
+    CLEANROOM_NETNS_PREFIX=f"crt{RUN_TAG}-",
+    CLEANROOM_NETNS_OWNER_DIR=str(_PRIVATE / "netns-owners"),
+    CLEANROOM_STAGING_DIR=str(_STAGING),
+)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_PRIVATE, ignore_errors=True)
+    shutil.rmtree(_STAGING, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

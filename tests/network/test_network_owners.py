@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -9,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom.errors import ConfigInvalid
 from cleanroom.network import NetworkManager
-from cleanroom.network.owners import OWNER_DIR, forget_owner, owned_elsewhere, record_owner
+from cleanroom.network.manager import DEFAULT_PREFIX, default_prefix
+from cleanroom.network.owners import (
+    OWNER_DIR,
+    forget_owner,
+    owned_elsewhere,
+    owner_dir,
+    record_owner,
+)
 from conftest import TEST_PREFIX, netns_names
 
 
@@ -48,8 +57,10 @@ async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
     subprocess.run(["ip", "netns", "add", name], check=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        (OWNER_DIR / name).write_text(f"{other.pid} {_start_time(other.pid)}\n")
+        owners = owner_dir()
+        assert owners != OWNER_DIR  # this test run's own
+        owners.mkdir(parents=True, exist_ok=True)
+        (owners / name).write_text(f"{other.pid} {_start_time(other.pid)}\n")
         manager = NetworkManager(Settings(), prefix=TEST_PREFIX)
         assert name not in await manager.reconcile()
         assert name in netns_names()
@@ -57,10 +68,55 @@ async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
         other.wait()
         assert name in await manager.reconcile()
         assert name not in netns_names()
-        assert not (OWNER_DIR / name).exists()
+        assert not (owners / name).exists()
     finally:
         if other.poll() is None:
             other.kill()
             other.wait()
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         forget_owner(name)
+
+
+def test_owner_dir_and_prefix_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CLEANROOM_NETNS_OWNER_DIR", str(tmp_path / "owners"))
+    monkeypatch.setenv("CLEANROOM_NETNS_PREFIX", "crx9-")
+    assert owner_dir() == tmp_path / "owners"
+    record_owner("crx9-a")
+    assert (tmp_path / "owners" / "crx9-a").read_text().split()[0] == str(os.getpid())
+    forget_owner("crx9-a")
+    assert list((tmp_path / "owners").iterdir()) == []
+    manager = NetworkManager(Settings())
+    assert manager.prefix == "crx9-"
+    assert manager.netns_name("run-0123456789abcdef") == "crx9-456789abcdef"
+    assert NetworkManager(Settings(), prefix="given-").prefix == "given-"
+    monkeypatch.delenv("CLEANROOM_NETNS_OWNER_DIR")
+    monkeypatch.delenv("CLEANROOM_NETNS_PREFIX")
+    assert owner_dir() == OWNER_DIR
+    assert default_prefix() == DEFAULT_PREFIX == "crn-"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLEANROOM_NETNS_OWNER_DIR", "relative/dir"),
+        ("CLEANROOM_NETNS_PREFIX", "Upper-"),
+        ("CLEANROOM_NETNS_PREFIX", "9starts-with-digit"),
+        ("CLEANROOM_NETNS_PREFIX", "a" * 17),
+        ("CLEANROOM_NETNS_PREFIX", "has/slash"),
+    ],
+)
+def test_bad_settings_are_config_invalid(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigInvalid):
+        owner_dir() if name.endswith("OWNER_DIR") else default_prefix()
+
+
+def test_this_test_run_is_private() -> None:
+    assert TEST_PREFIX != DEFAULT_PREFIX
+    assert not TEST_PREFIX.startswith(DEFAULT_PREFIX)  # a live server's reconcile skips it
+    assert default_prefix() == TEST_PREFIX
+    assert owner_dir() != OWNER_DIR
