@@ -81,6 +81,10 @@ def test_body_one_past_the_limit_is_413(http: httpx.Client, chunked: bool) -> No
         "/v1/cleanrooms/run", content=content, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
+    # The unread rest of the body must not be taken for a next request.
+    assert response.headers["connection"] == "close"
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
     error = response.json()["error"]
     assert error["code"] == "invalid_request"
     assert error["details"]["limit_bytes"] == DEFAULT_BODY_LIMIT

@@ -79,9 +79,13 @@ def test_every_error_class_is_in_the_table() -> None:
 @pytest.mark.parametrize("cls", _classes(), ids=lambda cls: cls.__name__)
 def test_class_attributes_match_the_table(cls: type[CleanroomError]) -> None:
     assert (cls.code, cls.status, cls.exit_code) == TABLE[cls.__name__]
-    exc = cls("boom", details={"k": 1})
+    details = {"k": 1}
+    exc = cls("boom", details=details)
     assert exc.to_dict() == {"error": {"code": cls.code, "message": "boom", "details": {"k": 1}}}
     assert str(exc) == f"{cls.code}: boom"
+    assert exc.args == ("boom",)  # what repr() and pickling see
+    assert exc.details is not details  # a copy: the caller's dict stays theirs
+    assert cls("bare").details == {}
 
 
 @pytest.mark.parametrize("cls", _classes(), ids=lambda cls: cls.__name__)
