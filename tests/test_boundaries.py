@@ -12,6 +12,7 @@ import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from cleanroom.agent.protocol import (
     FrameType,
     encode_frame,
 )
-from cleanroom.server.middleware import DEFAULT_BODY_LIMIT
+from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, BodyLimit
 from cleanroom.service.output import CAPTURE_LIMIT, OutputCapture
 from cleanroom.service.types import RunEvent
 
@@ -191,3 +192,21 @@ def test_decoder_limit_is_inclusive(limit: int) -> None:
     past = FrameDecoder(max_payload=limit)
     with pytest.raises(AgentProtocolError):
         past.feed(struct.pack(">IB", limit + 1, FrameType.STDIN))
+
+
+async def test_body_limit_passes_other_scopes_through_untouched() -> None:
+    seen: list[tuple[object, object, object]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("a lifespan scope's messages are the app's to read")
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent for the app")
+
+    scope = {"type": "lifespan"}
+    await BodyLimit(app, limit=0)(scope, receive, send)
+    assert seen == [(scope, receive, send)]
+    assert seen[0][0] is scope
