@@ -160,6 +160,28 @@ def test_a_path_swapped_for_a_symlink_mid_walk_is_never_followed(
     assert b"do not read" not in buf.getvalue()
 
 
+def test_a_file_swapped_for_a_fifo_mid_walk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open follows no symlink, but a FIFO (or a device) opens fine: the walk
+    re-checks what it opened and refuses anything but a regular file."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "data.txt").write_text("regular when looked at\n")
+    real_openat = workspace_module._openat
+
+    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == "data.txt" and not (ws / name).is_fifo():
+            (ws / name).unlink()
+            os.mkfifo(ws / name)
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    buf = io.BytesIO()
+    with pytest.raises(InvalidRequest, match="stopped being a regular file"):
+        archive_workspace(ws, buf)
+
+
 def _listing(root: Path) -> dict[str, tuple[str, int, str]]:
     out: dict[str, tuple[str, int, str]] = {}
     for path in sorted(root.rglob("*")):
