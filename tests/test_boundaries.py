@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,8 +89,32 @@ def test_body_one_past_the_limit_is_413(http: httpx.Client, chunked: bool) -> No
     assert int(response.headers["content-length"]) == len(response.content)
     error = response.json()["error"]
     assert error["code"] == "invalid_request"
+    assert error["message"] == (
+        f"request body too large ({DEFAULT_BODY_LIMIT + 1} bytes; "
+        f"the limit is {DEFAULT_BODY_LIMIT})"
+    )
     assert error["details"]["limit_bytes"] == DEFAULT_BODY_LIMIT
     assert error["details"]["size_bytes"] == DEFAULT_BODY_LIMIT + 1
+
+
+def test_declared_length_past_the_limit_is_refused_before_any_body(host: str) -> None:
+    # Content-Length alone says too much: the answer comes without the server
+    # waiting for (or buffering) a single byte of the body.
+    head = (
+        "POST /v1/cleanrooms/run HTTP/1.1\r\nHost: cleanroom\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {DEFAULT_BODY_LIMIT + 1}\r\n\r\n"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(15)
+        conn.connect(host.removeprefix("unix://"))
+        conn.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = conn.recv(65536)
+            assert chunk, "the server closed without answering"
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413 ")
 
 
 # Output capture (service/output.py)
