@@ -23,9 +23,7 @@ from cleanroom.testing import AgentProcessBackend, ServerThread, agent_service
 # every test module); test servers started as processes inherit them.
 RUN_TAG = secrets.token_hex(3)
 _PRIVATE = Path(tempfile.mkdtemp(prefix=f"crt-{RUN_TAG}-"))
-_STAGING = Path("/dev/shm") / f"cleanroom-tests-{RUN_TAG}"
-
-
+_STAGING = Path("/dev/shm") / f"cleanroom-tests-{RUN_TAG}"  # private: mode 0700
 _STAGING.mkdir(mode=0o700, exist_ok=True)
 os.environ.update(
     CLEANROOM_TEST_TAG=RUN_TAG,

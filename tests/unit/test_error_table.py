@@ -28,7 +28,7 @@ from cleanroom.errors import CleanroomError, error_class_for_code
 from cleanroom.service import Service
 from cleanroom.testing import AgentProcessBackend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("cleanroom"))
 
 # class name -> (code, HTTP status, CLI exit status)
