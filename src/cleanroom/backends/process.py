@@ -177,7 +177,9 @@ class VmmProcess:
             if self._exit is not None and self._exit_loop is not None and not self._exit.done():
                 with contextlib.suppress(RuntimeError):  # that loop is already closed
                     self._exit_loop.remove_reader(self._pidfd)
-                self._exit.cancel()
+                # Resolve, never cancel: other waiters still await this future
+                # (through shield), and a cancel would reach them as CancelledError.
+                self._exit.set_result(None)
             os.close(self._pidfd)
             self._pidfd = None
         return status

@@ -172,3 +172,18 @@ def test_console_tail(tmp_path: Path) -> None:
     tail = console_tail(log, 3)
     assert tail == ["line 98", "line 99", "\ufffd"]
     assert console_tail(log, 0) == []
+
+
+async def test_a_reap_by_one_waiter_resolves_the_others(tmp_path: Path) -> None:
+    """The exit is reaped by a poll before the pidfd callback ran: the waiters
+    already parked on the exit event see the status, not a cancellation."""
+    proc = VmmProcess.spawn(["sleep", "60"], stdout=tmp_path / "o", stderr=tmp_path / "e")
+    waiters = [asyncio.ensure_future(proc.wait_exit(30)) for _ in range(3)]
+    await asyncio.sleep(0)  # every waiter is parked on the exit event
+    os.kill(proc.pid, 9)
+    deadline = time.monotonic() + 10
+    while not _zombie(proc.pid):  # dead, not reaped; the loop has not run meanwhile
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert await proc.wait_exit(1) == -9  # this one reaps it
+    assert await asyncio.gather(*waiters) == [-9, -9, -9]
