@@ -184,6 +184,6 @@ async def test_a_reap_by_one_waiter_resolves_the_others(tmp_path: Path) -> None:
     deadline = time.monotonic() + 10
     while not _zombie(proc.pid):  # dead, not reaped; the loop has not run meanwhile
         assert time.monotonic() < deadline
-        time.sleep(0.001)
+        time.sleep(0.001)  # noqa: ASYNC251 -- blocking on purpose: the loop must not run
     assert await proc.wait_exit(1) == -9  # this one reaps it
     assert await asyncio.gather(*waiters) == [-9, -9, -9]
