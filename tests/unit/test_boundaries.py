@@ -235,3 +235,40 @@ async def test_body_limit_passes_other_scopes_through_untouched() -> None:
     await BodyLimit(app, limit=0)(scope, receive, send)
     assert seen == [(scope, receive, send)]
     assert seen[0][0] is scope
+
+
+async def _drive(messages: list[dict[str, Any]], limit: int = 8) -> tuple[list[Any], list[Any]]:
+    """Run BodyLimit over an HTTP scope whose receive yields ``messages``; returns what
+    the app read (None if it was never called) and what was sent."""
+    reached: list[Any] = []
+    sent: list[Any] = []
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return queue.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, app_receive: Any, app_send: Any) -> None:
+        reached.append(await app_receive())
+
+    await BodyLimit(app, limit=limit)({"type": "http", "headers": []}, receive, send)
+    return reached, sent
+
+
+async def test_body_limit_never_calls_the_app_for_a_client_that_left() -> None:
+    reached, sent = await _drive(
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+    )
+    assert (reached, sent) == ([], [])  # a partial body is never executed
+
+
+async def test_body_limit_reads_messages_without_the_optional_keys() -> None:
+    # ASGI makes "body" (default b"") and "more_body" (default False) optional.
+    reached, _ = await _drive([{"type": "http.request"}])
+    assert reached == [{"type": "http.request", "body": b"", "more_body": False}]
+    reached, _ = await _drive(
+        [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request"}]
+    )
+    assert reached == [{"type": "http.request", "body": b"ab", "more_body": False}]
