@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +16,49 @@ from cleanroom.images import GuestImage, ensure_image
 from cleanroom.server import ListenAddress
 from cleanroom.service import Service
 from cleanroom.testing import AgentProcessBackend, ServerThread, agent_service
+
+# No shared host state: this test run gets its own namespace prefix (never the
+# product's ``crn-``, so a live server's reconcile leaves it alone and this run's
+# reconcile touches only what it made), and its own owner-record and staging
+# directories. Set when this conftest is imported (before the other conftests and
+# every test module); test servers started as processes inherit them.
+RUN_TAG = secrets.token_hex(3)
+_TMP = Path(tempfile.gettempdir())
+_SHM = Path("/dev/shm")  # the product's default staging place (tmpfs)
+_OWN = f"{os.getpid()}-{RUN_TAG}"
+_PRIVATE = _TMP / f"cleanroom-tests-{_OWN}"
+_STAGING = _SHM / f"cleanroom-tests-{_OWN}"  # private: mode 0700
+
+
+def _remove_private_dirs() -> None:
+    shutil.rmtree(_PRIVATE, ignore_errors=True)
+    shutil.rmtree(_STAGING, ignore_errors=True)
+
+
+def _sweep_dead_runs() -> None:
+    """Remove the private directories of earlier test runs whose process is gone
+    (killed runs cannot clean up after themselves)."""
+    for parent in (_TMP, _SHM):
+        for path in parent.glob("cleanroom-tests-*-*"):
+            pid = path.name.removeprefix("cleanroom-tests-").split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+_sweep_dead_runs()
+_PRIVATE.mkdir(mode=0o700)
+_STAGING.mkdir(mode=0o700)
+atexit.register(_remove_private_dirs)  # also when pytest stops before configuring
+os.environ.update(
+    CLEANROOM_TEST_TAG=RUN_TAG,
+    CLEANROOM_NETNS_PREFIX=f"crt{RUN_TAG}-",
+    CLEANROOM_NETNS_OWNER_DIR=str(_PRIVATE / "netns-owners"),
+    CLEANROOM_STAGING_DIR=str(_STAGING),
+)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _remove_private_dirs()
 
 
 @pytest.fixture(scope="session")

@@ -218,10 +218,12 @@ def _all_subclasses(cls: type[CleanroomError]) -> list[type[CleanroomError]]:
 def error_class_for_code(code: str) -> type[CleanroomError]:
     """The most specific error class carrying ``code`` (``CleanroomError`` if unknown).
 
-    Used by the client to raise the same class the server raised.
+    Used by the client to raise the same class the server raised. Only the
+    classes of this module count: a private subclass elsewhere (which may carry
+    a public code) is never what a client should raise.
     """
     best: type[CleanroomError] = CleanroomError
     for cls in _all_subclasses(CleanroomError):
-        if cls.code == code:
+        if cls.code == code and cls.__module__ == __name__:
             best = cls  # later entries are deeper in the tree, hence more specific
     return best

@@ -1,7 +1,8 @@
 """Network test topology: a fake internet namespace and fake guest namespaces.
 
 Everything lives in namespaces these fixtures create (names start with
-``crt``) and is removed in finalizers, also on failure. The internet has no
+``crt`` and carry this test run's random tag) and is removed in finalizers,
+also on failure. The internet has no
 route out: its addresses are on its own ``lo`` and on the run veths only.
 """
 
@@ -21,9 +22,11 @@ import pytest
 import cleanroom.network.probe as probe_module
 
 HERE = Path(__file__).resolve().parent
-TAG = f"{os.getpid() % 0xFFFF:04x}"
+TAG = os.environ["CLEANROOM_TEST_TAG"]
+"""This test run's random tag (tests/conftest.py); every namespace made here carries it."""
 INET_NS = f"crt-inet-{TAG}"
-TEST_PREFIX = f"crn-t{TAG}-"
+TEST_PREFIX = os.environ["CLEANROOM_NETNS_PREFIX"]
+"""Run namespaces' prefix: the managers and services under test use it by default."""
 DNS_ADDR = "192.0.2.53"
 PROBE = str(Path(probe_module.__file__).resolve())
 

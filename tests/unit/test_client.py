@@ -139,6 +139,10 @@ def test_stream_errors(host: str, repo: Path) -> None:
         with pytest.raises(RunTimeout) as caught:
             seen.extend(client.exec_stream(repo, ["sleep", "30"], timeout=0.5))
         assert caught.value.details["run_id"].startswith("run-")
+        # The run started (and said so) before it timed out; nothing else came.
+        assert len(seen) == 1
+        assert isinstance(seen[0], RunStarted)
+        assert seen[0].run_id == caught.value.details["run_id"]
 
 
 def test_closing_a_stream_cancels_the_run(host: str, repo: Path) -> None:

@@ -4,7 +4,11 @@ Lifetime guarantee: a VMM never outlives the server. Every VMM is started
 through ``setpriv --pdeathsig KILL`` (util-linux), which sets
 ``PR_SET_PDEATHSIG`` and then execs the VMM in the same process, so the kernel
 kills the VMM when the thread that started it dies, even if the server is
-SIGKILLed. This avoids ``preexec_fn``, which is unsafe in a threaded process.
+SIGKILLed. The signal is set only after the fork, so a server that dies
+between the fork and the ``prctl`` would leave an orphan that no death signal
+reaches: after setting it, a POSIX shell (exec'd in place, same PID) checks
+that its parent is still the server and exits otherwise, then execs the VMM.
+This avoids ``preexec_fn``, which is unsafe in a threaded process.
 Because the death signal follows the *thread* that forked, VMMs must be
 started from the event-loop thread (which lives as long as the server).
 Each VMM also gets its own session (``setsid``) so a terminal's Ctrl-C
@@ -26,20 +30,32 @@ from pathlib import Path
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.netspec import NetworkAttachment
 
-__all__ = ["VmmProcess", "console_tail", "netns_prefix", "pdeathsig_prefix"]
+__all__ = ["ORPHANED_EXIT", "VmmProcess", "console_tail", "netns_prefix", "pdeathsig_prefix"]
 
 _SETPRIV = "setpriv"
+_SH = "/bin/sh"
+ORPHANED_EXIT = 125
+"""The wrapper's exit status when the server died before the death signal was set."""
+_PARENT_CHECK = '[ "$PPID" = "$1" ] || exit {code}; shift; exec "$@"'
 
 
-def pdeathsig_prefix() -> list[str]:
-    """The argv prefix that makes the following command die with its parent."""
+def pdeathsig_prefix(parent: int | None = None) -> list[str]:
+    """The argv prefix that makes the following command die with its parent.
+
+    ``parent`` is the PID that will spawn the command (default: this process).
+    The command never starts if that process is gone by the time the death
+    signal is set (the wrapper exits with :data:`ORPHANED_EXIT`); once it is
+    set, the kernel kills the command when that process dies.
+    """
     path = shutil.which(_SETPRIV)
     if path is None:
         raise RuntimeLaunchFailed(
             "setpriv (util-linux) is required to tie VMM lifetime to the server",
             details={"missing": _SETPRIV},
         )
-    return [path, "--pdeathsig", "KILL", "--"]
+    expected = os.getpid() if parent is None else parent
+    check = _PARENT_CHECK.format(code=ORPHANED_EXIT)
+    return [path, "--pdeathsig", "KILL", "--", _SH, "-c", check, "sh", str(expected)]
 
 
 def netns_prefix(network: NetworkAttachment | None) -> list[str]:
@@ -161,7 +177,9 @@ class VmmProcess:
             if self._exit is not None and self._exit_loop is not None and not self._exit.done():
                 with contextlib.suppress(RuntimeError):  # that loop is already closed
                     self._exit_loop.remove_reader(self._pidfd)
-                self._exit.cancel()
+                # Resolve, never cancel: other waiters still await this future
+                # (through shield), and a cancel would reach them as CancelledError.
+                self._exit.set_result(None)
             os.close(self._pidfd)
             self._pidfd = None
         return status

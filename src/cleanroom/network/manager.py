@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cleanroom.errors import CleanroomError, NetworkSetupFailed
+from cleanroom.errors import CleanroomError, ConfigInvalid, NetworkSetupFailed
 from cleanroom.netspec import GuestInterface, NetworkAttachment
 from cleanroom.network.addressing import DEFAULT_POOL, GUEST_PREFIX, LinkPlan, guest_mac
 from cleanroom.network.audit import EVENTS_FILE, AuditLog
@@ -42,17 +43,36 @@ from cleanroom.policy import CompiledPolicy
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "PREFIX_ENV",
     "NetworkManager",
     "NetworkSettings",
     "NetworkSlot",
     "NetworkSummary",
     "RunNetwork",
+    "default_prefix",
     "system_resolvers",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "crn-"
+PREFIX_ENV = "CLEANROOM_NETNS_PREFIX"
+"""Overrides :data:`DEFAULT_PREFIX` (tests give each run its own prefix)."""
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
+
+
+def default_prefix() -> str:
+    """``$CLEANROOM_NETNS_PREFIX`` if set, else :data:`DEFAULT_PREFIX`; ``ConfigInvalid``
+    unless it is 1-16 lowercase letters, digits and dashes starting with a letter."""
+    value = os.environ.get(PREFIX_ENV)
+    if not value:
+        return DEFAULT_PREFIX
+    if _PREFIX_RE.fullmatch(value) is None:
+        raise ConfigInvalid(
+            f"{PREFIX_ENV} must be 1-16 of a-z, 0-9 and '-', starting with a letter",
+            details={"value": value[:300]},
+        )
+    return value
 
 
 class NetworkSettings(Protocol):
@@ -136,7 +156,8 @@ class NetworkManager:
     """Reserves, activates and tears down run networks (one instance per server).
 
     ``pool`` is the private IPv4 block run links are carved from; ``prefix``
-    names everything this manager owns (namespaces), so :meth:`reconcile` can
+    (default: :func:`default_prefix`) names everything this manager owns
+    (namespaces), so :meth:`reconcile` can
     find leftovers; ``ttl_floor`` is the minimum lifetime (s) of addresses
     learned from DNS answers.
     """
@@ -146,7 +167,7 @@ class NetworkManager:
         config: NetworkSettings,
         *,
         pool: ipaddress.IPv4Network = DEFAULT_POOL,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         ttl_floor: int = 60,
     ) -> None:
         self.uplink_netns = config.uplink_netns
@@ -154,7 +175,7 @@ class NetworkManager:
             tuple(config.resolvers) if config.resolvers is not None else system_resolvers()
         )
         self.pool = pool
-        self.prefix = prefix
+        self.prefix = default_prefix() if prefix is None else prefix
         self.ttl_floor = ttl_floor
         self._links = Links(config.uplink_netns, pool)
         self._live: dict[str, _Live] = {}

@@ -1,9 +1,11 @@
 """Which process owns a run namespace, so that reconciling never touches a live server's.
 
 Namespace names are host-wide, so the owner records are too: one file per
-namespace under :data:`OWNER_DIR` holding the owner's PID and its start time
-(which tells a reused PID apart). A namespace is a leftover when its record is
-missing or names a process that no longer exists.
+namespace under :func:`owner_dir` (:data:`OWNER_DIR` unless
+``$CLEANROOM_NETNS_OWNER_DIR`` names another absolute directory, e.g. a test
+run's private one) holding the owner's PID and its start time (which tells a
+reused PID apart). A namespace is a leftover when its record is missing or
+names a process that no longer exists.
 """
 
 from __future__ import annotations
@@ -12,9 +14,33 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["OWNER_DIR", "forget_owner", "owned_elsewhere", "record_owner"]
+from cleanroom.errors import ConfigInvalid
+
+__all__ = [
+    "OWNER_DIR",
+    "OWNER_DIR_ENV",
+    "forget_owner",
+    "owned_elsewhere",
+    "owner_dir",
+    "record_owner",
+]
 
 OWNER_DIR = Path("/run/cleanroom/netns-owners")
+OWNER_DIR_ENV = "CLEANROOM_NETNS_OWNER_DIR"
+
+
+def owner_dir() -> Path:
+    """The owner-record directory: ``$CLEANROOM_NETNS_OWNER_DIR`` if set, else
+    :data:`OWNER_DIR`. Raises ``ConfigInvalid`` for a relative path."""
+    value = os.environ.get(OWNER_DIR_ENV)
+    if not value:
+        return OWNER_DIR
+    path = Path(value)
+    if not path.is_absolute():
+        raise ConfigInvalid(
+            f"{OWNER_DIR_ENV} must be an absolute path", details={"value": value[:300]}
+        )
+    return path
 
 
 def _start_time(pid: int) -> str | None:
@@ -25,24 +51,25 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22: starttime in clock ticks
 
 
-def record_owner(netns: str, owner_dir: Path = OWNER_DIR) -> None:
+def record_owner(netns: str, directory: Path | None = None) -> None:
     """Mark ``netns`` as owned by this process."""
-    owner_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    where = directory or owner_dir()
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid = os.getpid()
-    (owner_dir / netns).write_text(f"{pid} {_start_time(pid)}\n")
+    (where / netns).write_text(f"{pid} {_start_time(pid)}\n")
 
 
-def forget_owner(netns: str, owner_dir: Path = OWNER_DIR) -> None:
+def forget_owner(netns: str, directory: Path | None = None) -> None:
     """Drop ``netns``'s owner record (after the namespace is gone)."""
     with contextlib.suppress(OSError):
-        (owner_dir / netns).unlink()
+        (directory or owner_dir()).joinpath(netns).unlink()
 
 
-def owned_elsewhere(netns: str, owner_dir: Path = OWNER_DIR) -> bool:
+def owned_elsewhere(netns: str, directory: Path | None = None) -> bool:
     """Whether another live process owns ``netns`` (records of this process do not count:
     its own live namespaces are known to its manager)."""
     try:
-        pid_text, start = (owner_dir / netns).read_text().split()
+        pid_text, start = (directory or owner_dir()).joinpath(netns).read_text().split()
         pid = int(pid_text)
     except (OSError, ValueError):
         return False

@@ -147,6 +147,8 @@ class RunRecorder:
             "network": None,
             "image": None,
             "resources": None,
+            "stdout_truncated": False,
+            "stderr_truncated": False,
             "artifacts": self._artifacts,
             "env": [],
             "stdin_bytes": None,
@@ -245,6 +247,11 @@ class RunRecorder:
     def set_no_network(self) -> None:
         """The run had no network path at all."""
         self.set_network({"mode": "none", "allowed": 0, "blocked": 0})
+
+    def set_output(self, *, stdout_truncated: bool, stderr_truncated: bool) -> None:
+        """Whether each stream wrote more than the response kept (the logs hold it all)."""
+        self._data["stdout_truncated"] = stdout_truncated
+        self._data["stderr_truncated"] = stderr_truncated
 
     # -- outcome -----------------------------------------------------------------------
 

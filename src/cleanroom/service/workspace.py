@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cleanroom.config_limits import LimitsConfig
-from cleanroom.errors import InvalidRequest, RuntimeLaunchFailed, WorkspaceTooLarge
+from cleanroom.errors import ConfigInvalid, InvalidRequest, RuntimeLaunchFailed, WorkspaceTooLarge
 
 __all__ = [
     "MEMORY_ARCHIVE_LIMIT",
     "STAGE_IN_MEMORY_LIMIT",
+    "STAGING_DIR_ENV",
     "ArchiveStats",
     "PreparedArchive",
     "archive_workspace",
@@ -44,6 +45,7 @@ __all__ = [
     "remove_dead_stagings",
     "scan_workspace",
     "stage_workspace",
+    "staging_dir",
     "staging_root",
 ]
 
@@ -292,21 +294,39 @@ busy disk, writing the copy there costs several times the disk image itself."""
 
 _SHM = Path("/dev/shm")  # noqa: S108 -- tmpfs on every Linux; our dirs in it are 0700
 _STAGE_PREFIX = "cleanroom-stage-"
+STAGING_DIR_ENV = "CLEANROOM_STAGING_DIR"
+"""Names another (absolute) directory for in-memory stagings, e.g. a test run's own."""
+
+
+def staging_dir() -> Path:
+    """Where in-memory stagings go: ``$CLEANROOM_STAGING_DIR`` if set, else ``/dev/shm``.
+    Raises ``ConfigInvalid`` for a relative path."""
+    value = os.environ.get(STAGING_DIR_ENV)
+    if not value:
+        return _SHM
+    path = Path(value)
+    if not path.is_absolute():
+        raise ConfigInvalid(
+            f"{STAGING_DIR_ENV} must be an absolute path", details={"value": value[:300]}
+        )
+    return path
 
 
 def staging_root(size: int, run_dir: Path) -> Path:
     """Where to stage a workspace of ``size`` bytes: a fresh private directory in
-    ``/dev/shm`` (named after this process, see :func:`remove_dead_stagings`)
+    :func:`staging_dir` (named after this process, see :func:`remove_dead_stagings`)
     up to :data:`STAGE_IN_MEMORY_LIMIT`, else ``run_dir``."""
-    if size <= STAGE_IN_MEMORY_LIMIT and _SHM.is_dir():
-        return Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-", dir=_SHM))
+    shm = staging_dir()
+    if size <= STAGE_IN_MEMORY_LIMIT and shm.is_dir():
+        return Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-", dir=shm))
     return run_dir
 
 
 def remove_dead_stagings() -> list[str]:
-    """Remove staging directories left in ``/dev/shm`` by processes that are gone."""
+    """Remove staging directories left in :func:`staging_dir` by processes that are gone."""
     removed = []
-    for path in _SHM.glob(f"{_STAGE_PREFIX}*") if _SHM.is_dir() else ():
+    shm = staging_dir()
+    for path in shm.glob(f"{_STAGE_PREFIX}*") if shm.is_dir() else ():
         pid = path.name.removeprefix(_STAGE_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(path, ignore_errors=True)

@@ -40,7 +40,8 @@ from cleanroom.paths import images_dir
 
 NewcReader = Callable[[bytes], dict[str, tuple[int, bytes]]]
 
-pytestmark = pytest.mark.image
+# Builds download Debian packages (apt-get download): the offline subset skips them.
+pytestmark = [pytest.mark.image, pytest.mark.archive]
 
 
 def debugfs(rootfs: Path, request: str) -> str:

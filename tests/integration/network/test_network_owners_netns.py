@@ -11,7 +11,7 @@ import pytest
 from network_fixtures import TEST_PREFIX, netns_names
 
 from cleanroom.network import NetworkManager
-from cleanroom.network.owners import OWNER_DIR, forget_owner
+from cleanroom.network.owners import OWNER_DIR, forget_owner, owner_dir
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,10 @@ async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
     subprocess.run(["ip", "netns", "add", name], check=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        (OWNER_DIR / name).write_text(f"{other.pid} {_start_time(other.pid)}\n")
+        owners = owner_dir()
+        assert owners != OWNER_DIR  # this test run's own
+        owners.mkdir(parents=True, exist_ok=True)
+        (owners / name).write_text(f"{other.pid} {_start_time(other.pid)}\n")
         manager = NetworkManager(Settings(), prefix=TEST_PREFIX)
         assert name not in await manager.reconcile()
         assert name in netns_names()
@@ -39,7 +41,7 @@ async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
         other.wait()
         assert name in await manager.reconcile()
         assert name not in netns_names()
-        assert not (OWNER_DIR / name).exists()
+        assert not (owners / name).exists()
     finally:
         if other.poll() is None:
             other.kill()

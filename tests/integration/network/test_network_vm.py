@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from network_fixtures import DNS_ADDR, PROBE, Internet, netns_names
+from network_fixtures import DNS_ADDR, PROBE, TEST_PREFIX, Internet, netns_names
 
 from cleanroom.backends.qemu import QemuConfig
 from cleanroom.config import NetworkConfig, PoolConfig, RuntimeConfig
@@ -176,7 +176,7 @@ async def test_policy_enforced_in_a_real_guest(service: Service, tmp_path: Path)
     assert isinstance(record["network_cleanup_ms"], float)
     assert isinstance(record["policy_resolution_ms"], float)
     # The run's namespace, TAP and table are gone with it.
-    assert not [n for n in netns_names() if n.startswith("crn-")]
+    assert not [n for n in netns_names() if n.startswith(TEST_PREFIX)]
 
 
 async def test_policy_without_allow_rules_gives_no_nic(service: Service, tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ async def test_pooled_guest_serves_a_networked_run(internet: Internet, tmp_path:
         assert pool is not None
         await pool.wait_ready(1)
         # The idle pooled guest's NIC sits behind a drop-everything table.
-        idle = [n for n in netns_names() if n.startswith("crn-")]
+        idle = [n for n in netns_names() if n.startswith(TEST_PREFIX)]
         assert len(idle) == 1
         _assert_drop_all(idle[0])
 
@@ -250,9 +250,9 @@ async def test_pooled_guest_serves_a_networked_run(internet: Internet, tmp_path:
         # The run's namespace went with its guest; the refilled guest's slot drops all.
         assert idle[0] not in netns_names()
         await pool.wait_ready(1)
-        refilled = [n for n in netns_names() if n.startswith("crn-")]
+        refilled = [n for n in netns_names() if n.startswith(TEST_PREFIX)]
         assert len(refilled) == 1
         _assert_drop_all(refilled[0])
     finally:
         await svc.close()
-    assert not [n for n in netns_names() if n.startswith("crn-")]
+    assert not [n for n in netns_names() if n.startswith(TEST_PREFIX)]

@@ -95,10 +95,29 @@ def test_unknown_type_fails() -> None:
 
 
 def test_payload_on_empty_marker_fails() -> None:
-    with pytest.raises(AgentProtocolError):
+    with pytest.raises(AgentProtocolError, match="SHUTDOWN frame carries a payload"):
         FrameDecoder().feed(struct.pack(">IB", 1, FrameType.SHUTDOWN) + b"x")
-    with pytest.raises(AgentProtocolError):
+    with pytest.raises(AgentProtocolError, match="SHUTDOWN frames carry no payload"):
         encode_frame(FrameType.SHUTDOWN, b"x")
+
+
+def test_decoder_compacts_its_buffer_without_losing_a_partial_frame() -> None:
+    # More than MAX_PAYLOAD bytes consumed while a frame is still partial: the next
+    # push drops the consumed prefix and must keep the partial frame's position.
+    big = Frame(FrameType.STDOUT, b"a" * MAX_PAYLOAD)
+    tail = Frame(FrameType.STDERR, b"0123456789")
+    wire = encode_frame(big.type, big.payload) + encode_frame(tail.type, tail.payload)
+    split = len(wire) - 4
+    dec = FrameDecoder()
+    dec.push(wire[:split])
+    assert dec.pop() == big
+    assert dec.pop() is None
+    assert dec.pending == split - (5 + MAX_PAYLOAD)
+    dec.push(wire[split:])
+    assert dec.pop() == tail
+    assert dec.pop() is None
+    assert dec.pending == 0
+    assert dec.feed(encode_frame(FrameType.GOODBYE)) == [Frame(FrameType.GOODBYE)]
 
 
 def test_decoder_stays_failed() -> None:

@@ -124,9 +124,12 @@ async def test_sigint_reaches_the_foreground_group(agent: Agent) -> None:
     # Ctrl-C must stop the sleep (its group), not the shell (which ignores SIGINT).
     task = _start(agent, ["sh", "-i"], screen, keys, env={"PS1": "$ "})
     # Quotes keep the terminal's echo of the typed line from matching the output.
+    keys.type(b"echo sh''ell=$$ o''k\n")
+    await screen.wait_for(b" ok\r\n")
+    shell = int(bytes(screen.stdout).split(b"shell=")[1].split()[0])
     keys.type(b"echo sle''eping; sleep 300\n")
     await screen.wait_for(b"sleeping\r\n")
-    await asyncio.sleep(0.3)  # let the shell exec sleep
+    await _foreground_child(shell, "sleep")  # the shell made sleep the terminal's group
     await agent.client.signal(signal.SIGINT)
     await screen.wait_for(b"sleeping\r\n\r\n$ ")  # the shell survived and prompts again
     keys.type(b"echo sta''tus:$?\n")
@@ -134,6 +137,26 @@ async def test_sigint_reaches_the_foreground_group(agent: Agent) -> None:
     keys.type(b"exit 5\n")
     status = await asyncio.wait_for(task, 30)
     assert status.exit_code == 5
+
+
+async def _foreground_child(parent: int, name: str, timeout: float = 30) -> int:
+    """The PID of ``parent``'s child ``name`` once it leads its own process group and
+    that group is its terminal's foreground group (a poll with a deadline)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat.rsplit(")", 1)[1].split()
+                ppid, pgrp, tpgid = int(fields[1]), int(fields[2]), int(fields[5])
+                if comm == name and ppid == parent and pgrp == int(entry.name) == tpgid:
+                    return pgrp
+            await asyncio.sleep(0.01)
 
 
 async def test_sigint_on_a_plain_command(agent: Agent) -> None:
@@ -162,12 +185,19 @@ async def test_tty_and_plain_execs_share_a_session(agent: Agent) -> None:
 
 async def test_resize_without_a_terminal_is_ignored(agent: Agent) -> None:
     await agent.client.resize(10, 10)  # nothing runs
-    out = Output()
+    out, keys = Screen(), Keyboard()
     task = asyncio.create_task(
-        agent.client.exec(["sh", "-c", "echo ready; sleep 0.3; echo done"], cwd="/", on_output=out)
+        agent.client.exec(
+            ["sh", "-c", "echo ready; read line; echo done"],
+            cwd="/",
+            stdin=keys.stream(),
+            on_output=out,
+        )
     )
-    await asyncio.sleep(0.1)
-    await agent.client.resize(10, 10)
+    await out.wait_for(b"ready\n")
+    await agent.client.resize(10, 10)  # while the command waits for its input
+    keys.type(b"go\n")
+    keys.close()
     status = await asyncio.wait_for(task, 30)
     assert (status.exit_code, bytes(out.stdout)) == (0, b"ready\ndone\n")
 

@@ -119,14 +119,26 @@ async def test_not_listening_then_listening(tmp_path: Path) -> None:
             return
         await echo_after_ok(reader, writer)
 
+    # The connector asks vmm_alive before each attempt: the listener appears only
+    # after two attempts found no socket file at all.
+    attempts = 0
+    tried_twice = asyncio.Event()
+
+    def alive() -> bool:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 3:
+            tried_twice.set()
+        return True
+
     async def start_late() -> contextlib.AsyncExitStack:
-        await asyncio.sleep(0.2)  # no socket file at all for a while
+        await tried_twice.wait()
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(peer(sock, refuse_then_accept))
         return stack
 
     starter = asyncio.create_task(start_late())
-    reader, writer = await connect_hybrid_vsock(sock, 1024, _deadline(10))
+    reader, writer = await connect_hybrid_vsock(sock, 1024, _deadline(10), vmm_alive=alive)
     stack = await starter
     try:
         assert await reader.readexactly(5) == b"early"

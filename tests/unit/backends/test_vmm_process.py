@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from cleanroom.backends.process import VmmProcess, console_tail, pdeathsig_prefix
+from cleanroom.backends.process import ORPHANED_EXIT, VmmProcess, console_tail, pdeathsig_prefix
 
 
 def _open_fds() -> set[str]:
@@ -59,37 +59,102 @@ async def test_concurrent_waiters_all_see_the_exit(tmp_path: Path) -> None:
     assert await proc.wait_exit(1) == statuses[3]
 
 
-def test_vmm_dies_with_its_parent(tmp_path: Path) -> None:
-    """SIGKILL the (server) parent: the kernel kills its VMM child via PDEATHSIG."""
+# Stands in for a slow fork: execs the rest of its argv only once its parent is gone,
+# which forces the spawn's race window (parent dead before the death signal is set).
+_AFTER_PARENT_DIES = """
+import os, sys, time
+parent = int(sys.argv[1])
+deadline = time.monotonic() + 60
+while os.getppid() == parent and time.monotonic() < deadline:
+    time.sleep(0.005)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _spawning_parent(tmp_path: Path, late: bool) -> tuple[subprocess.Popen[bytes], Path]:
+    """A process that spawns ``sleep 300`` as a VMM (``late``: the spawned process
+    reaches the death-signal wrapper only after the parent died), writes its PID
+    to the returned file and then blocks until killed."""
     pid_file = tmp_path / "child.pid"
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import os, sys, threading
         from pathlib import Path
         from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
-        p = VmmProcess.spawn([*pdeathsig_prefix(), "sleep", "300"],
+        late = {late!r}
+        pre = [sys.executable, "-c", {_AFTER_PARENT_DIES!r}, str(os.getpid())] if late else []
+        p = VmmProcess.spawn([*pre, *pdeathsig_prefix(), "sleep", "300"],
                              stdout=Path("/dev/null"), stderr=Path("/dev/null"))
-        Path({str(pid_file)!r}).write_text(str(p.pid))
-        time.sleep(300)
+        tmp = Path({str(pid_file)!r} + ".tmp")
+        tmp.write_text(str(p.pid))
+        tmp.rename({str(pid_file)!r})
+        threading.Event().wait()
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    return subprocess.Popen([sys.executable, "-c", script]), pid_file
+
+
+def _wait_for_pid(pid_file: Path, parent: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert parent.poll() is None, "the spawning process failed"
+        assert time.monotonic() < deadline, "no child was spawned"
+        time.sleep(0.01)
+    return int(pid_file.read_text())
+
+
+def _assert_gone(child: int) -> None:
+    """The orphan is reparented and reaped by init (or a subreaper) once it dies."""
+    deadline = time.monotonic() + 10
     try:
-        for _ in range(500):
-            if pid_file.exists() and pid_file.read_text():
-                break
-            time.sleep(0.02)
-        child = int(pid_file.read_text())
+        while _alive(child) and not _zombie(child):
+            assert time.monotonic() < deadline, "the VMM outlived its parent"
+            time.sleep(0.01)
+    finally:
+        if _alive(child) and not _zombie(child):
+            os.kill(child, 9)
+
+
+def test_vmm_dies_with_its_parent(tmp_path: Path) -> None:
+    """SIGKILL the (server) parent: the kernel kills its VMM child via PDEATHSIG."""
+    parent, pid_file = _spawning_parent(tmp_path, late=False)
+    try:
+        child = _wait_for_pid(pid_file, parent)
         assert _alive(child)
     finally:
         parent.kill()
         parent.wait()
-    # The orphan is reparented and reaped by init (or a subreaper) once it dies.
-    for _ in range(500):
-        if not _alive(child) or _zombie(child):
-            break
-        time.sleep(0.02)
-    assert not _alive(child) or _zombie(child)
+    _assert_gone(child)
+
+
+def test_parent_killed_right_after_spawn_leaves_no_vmm(tmp_path: Path) -> None:
+    """The parent dies after the fork but before the death signal is set (forced here):
+    the wrapper sees it has a new parent and never starts the VMM."""
+    parent, pid_file = _spawning_parent(tmp_path, late=True)
+    try:
+        child = _wait_for_pid(pid_file, parent)
+    finally:
+        parent.kill()  # right after spawn: the child is still waiting to reach setpriv
+        parent.wait()
+    _assert_gone(child)
+
+
+def test_orphan_check_refuses_a_foreign_parent(tmp_path: Path) -> None:
+    """The wrapper compares its parent with the PID it was built for."""
+    proc = VmmProcess.spawn(
+        [*pdeathsig_prefix(parent=1), "touch", str(tmp_path / "ran")],
+        stdout=tmp_path / "o",
+        stderr=tmp_path / "e",
+    )
+    assert asyncio.run(proc.wait_exit(30)) == ORPHANED_EXIT
+    assert not (tmp_path / "ran").exists()
+    ok = VmmProcess.spawn(
+        [*pdeathsig_prefix(), "touch", str(tmp_path / "ran")],
+        stdout=tmp_path / "o",
+        stderr=tmp_path / "e",
+    )
+    assert asyncio.run(ok.wait_exit(30)) == 0
+    assert (tmp_path / "ran").exists()
 
 
 def _zombie(pid: int) -> bool:
@@ -107,3 +172,18 @@ def test_console_tail(tmp_path: Path) -> None:
     tail = console_tail(log, 3)
     assert tail == ["line 98", "line 99", "\ufffd"]
     assert console_tail(log, 0) == []
+
+
+async def test_a_reap_by_one_waiter_resolves_the_others(tmp_path: Path) -> None:
+    """The exit is reaped by a poll before the pidfd callback ran: the waiters
+    already parked on the exit event see the status, not a cancellation."""
+    proc = VmmProcess.spawn(["sleep", "60"], stdout=tmp_path / "o", stderr=tmp_path / "e")
+    waiters = [asyncio.ensure_future(proc.wait_exit(30)) for _ in range(3)]
+    await asyncio.sleep(0)  # every waiter is parked on the exit event
+    os.kill(proc.pid, 9)
+    deadline = time.monotonic() + 10
+    while not _zombie(proc.pid):  # dead, not reaped; the loop has not run meanwhile
+        assert time.monotonic() < deadline
+        time.sleep(0.001)  # noqa: ASYNC251 -- blocking on purpose: the loop must not run
+    assert await proc.wait_exit(1) == -9  # this one reaps it
+    assert await asyncio.gather(*waiters) == [-9, -9, -9]

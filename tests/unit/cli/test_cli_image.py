@@ -113,6 +113,7 @@ def test_build_without_tools_names_them(
 
 
 @pytest.mark.image
+@pytest.mark.image
 def test_build_json_is_a_cache_hit_for_the_session_image(built_image: GuestImage) -> None:
     result = invoke(["image", "build", "--json"])
     assert result.exit_code == 0, result.output

@@ -13,6 +13,7 @@ import pytest
 from agent_backend import AgentProcessBackend
 from test_network_seam import FakeLayer
 
+from cleanroom.agent.protocol import AGENT_VERSION
 from cleanroom.backends.base import Guest, GuestSpec
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.service.greet import boot_and_greet
@@ -33,7 +34,7 @@ async def test_greeted_guest_answers(backend: AgentProcessBackend, tmp_path: Pat
     owned: list[Guest] = []
     greeted = await boot_and_greet(backend, GuestSpec("run-1", tmp_path, 20.0), owned.append)
     assert owned == [greeted.guest]
-    assert greeted.info.agent_version
+    assert greeted.info.agent_version == AGENT_VERSION
     assert 0 < greeted.connect_ms <= greeted.ready_ms
     await greeted.client.close()
 

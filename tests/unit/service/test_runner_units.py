@@ -50,6 +50,13 @@ async def service(backend: AgentProcessBackend) -> AsyncIterator[Service]:
         await svc.close()
 
 
+async def _let_the_loop_run(rounds: int = 50) -> None:
+    """Give every ready task ``rounds`` turns: what can finish without I/O or a timer
+    has finished after this, deterministically (no wall-clock wait)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
 def _record_on_disk(run_dir: Path) -> dict[str, object]:
     value: dict[str, object] = json.loads((run_dir / RECORD_NAME).read_text())
     return value
@@ -71,7 +78,7 @@ async def test_answer_comes_before_release_and_the_record_waits_for_it(
     assert (on_disk["status"], on_disk["exit_code"], on_disk["cleanup"]) == ("exited", 3, "pending")
     assert on_disk["guest_teardown_ms"] is None
     reading = asyncio.ensure_future(service.run_record(result.run_id))
-    await asyncio.sleep(0.2)
+    await _let_the_loop_run()  # reading the file needs no I/O wait: only the release holds it
     assert not reading.done()  # the record is not final yet
     gate.set()
     record = await reading
@@ -81,13 +88,26 @@ async def test_answer_comes_before_release_and_the_record_waits_for_it(
     assert record == _record_on_disk(result.run_dir)
 
 
-async def test_close_waits_for_every_release(backend: AgentProcessBackend, repo: Path) -> None:
+async def test_close_waits_for_every_release(
+    backend: AgentProcessBackend, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     svc = Service(RuntimeConfig(), backends={"qemu": backend}, network=NoNetwork())
     await svc.start()
     gate = backend.release_gate = asyncio.Event()
     results = await asyncio.gather(*(svc.exec(repo, ["true"]) for _ in range(2)))
+    draining = asyncio.Event()
+    finalizers = svc._finalizers  # observe where close waits
+    drain = finalizers.drain
+
+    async def observed_drain() -> None:
+        draining.set()
+        await drain()
+
+    monkeypatch.setattr(finalizers, "drain", observed_drain)
     closing = asyncio.ensure_future(svc.close())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(draining.wait(), 30)
+    await _let_the_loop_run()
+    assert finalizers.pending == 2
     assert not closing.done()
     gate.set()
     await closing
@@ -161,7 +181,7 @@ async def test_refill_waits_until_the_claiming_run_is_done(
     backend: AgentProcessBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _claimed(backend, tmp_path / "pool", 60.0, monkeypatch) as (pool, _):
-        await asyncio.sleep(0.3)
+        await _let_the_loop_run()  # a refill started now would have launched a guest
         assert len(backend.guests) == 1  # no boot while the run uses its guest
         pool.released()
         await _launched(backend, 2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cleanroom.errors import InvalidRequest
+from cleanroom.errors import ConfigInvalid, InvalidRequest
 from cleanroom.service import workspace as workspace_module
 from cleanroom.service.workspace import (
     STAGE_IN_MEMORY_LIMIT,
@@ -20,6 +20,7 @@ from cleanroom.service.workspace import (
     iter_file_chunks,
     remove_dead_stagings,
     stage_workspace,
+    staging_dir,
     staging_root,
 )
 
@@ -159,6 +160,28 @@ def test_a_path_swapped_for_a_symlink_mid_walk_is_never_followed(
     assert b"do not read" not in buf.getvalue()
 
 
+def test_a_file_swapped_for_a_fifo_mid_walk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open follows no symlink, but a FIFO (or a device) opens fine: the walk
+    re-checks what it opened and refuses anything but a regular file."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "data.txt").write_text("regular when looked at\n")
+    real_openat = workspace_module._openat
+
+    def racing_openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == "data.txt" and not (ws / name).is_fifo():
+            (ws / name).unlink()
+            os.mkfifo(ws / name)
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", racing_openat)
+    buf = io.BytesIO()
+    with pytest.raises(InvalidRequest, match="stopped being a regular file"):
+        archive_workspace(ws, buf)
+
+
 def _listing(root: Path) -> dict[str, tuple[str, int, str]]:
     out: dict[str, tuple[str, int, str]] = {}
     for path in sorted(root.rglob("*")):
@@ -208,14 +231,27 @@ def test_stage_workspace_fails_cleanly_on_a_mid_walk_swap(
 def test_small_workspaces_stage_in_memory_and_dead_stagings_go(tmp_path: Path) -> None:
     mine = staging_root(1024, tmp_path)
     try:
-        assert mine.parent == Path("/dev/shm")
+        assert mine.parent == staging_dir() != Path("/dev/shm")  # this test run's own
         assert mine.stat().st_mode & 0o777 == 0o700
         assert staging_root(STAGE_IN_MEMORY_LIMIT + 1, tmp_path) == tmp_path
         # A staging directory of a process that is gone (pid_max is at most 2**22).
-        dead = Path("/dev/shm") / f"cleanroom-stage-{2**22 + 1}-test"
+        dead = staging_dir() / f"cleanroom-stage-{2**22 + 1}-test"
         dead.mkdir()
         assert dead.name in remove_dead_stagings()
         assert not dead.exists()
         assert mine.exists()  # ours: this process lives
     finally:
         shutil.rmtree(mine, ignore_errors=True)
+
+
+def test_staging_dir_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CLEANROOM_STAGING_DIR", str(tmp_path))
+    assert staging_dir() == tmp_path
+    assert staging_root(10, tmp_path / "run").parent == tmp_path
+    monkeypatch.setenv("CLEANROOM_STAGING_DIR", "relative")
+    with pytest.raises(ConfigInvalid):
+        staging_dir()
+    monkeypatch.delenv("CLEANROOM_STAGING_DIR")
+    assert staging_dir() == Path("/dev/shm")

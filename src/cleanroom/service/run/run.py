@@ -88,6 +88,7 @@ async def execute_run(
     # The answer is complete: nothing of the run may execute past this point.
     obtained.guest.kill()
     capture.close()
+    _record_output(rec, capture)
     rec.finish(
         status="exited", exit_code=status.exit_code, signal=status.signal_name, cleanup="pending"
     )
@@ -142,6 +143,13 @@ async def _run_in_guest(
     return obtained, status, collected
 
 
+def _record_output(rec: RunRecorder, capture: OutputCapture) -> None:
+    rec.set_output(
+        stdout_truncated=capture.truncated("stdout"),
+        stderr_truncated=capture.truncated("stderr"),
+    )
+
+
 def _check_in_time(plan: RunPlan, status: ExitStatus) -> None:
     """Raise ``RunTimeout`` if the agent killed the command at its timeout."""
     if status.timed_out:
@@ -166,6 +174,7 @@ async def _fail(
     except Exception as cleanup_exc:  # noqa: BLE001 -- recorded; the run's own error is raised
         failure = _as_cleanroom(cleanup_exc)
     capture.close()
+    _record_output(rec, capture)
     outcome: Status = "error"
     if isinstance(exc, asyncio.CancelledError):
         error: CleanroomError = RunCancelled(
