@@ -23,6 +23,7 @@ from cleanroom.agent.messages import GuestNetwork
 from cleanroom.agent.protocol import ERR_CONFIGURE
 
 __all__ = [
+    "SNAPSHOT_CMDLINE_FLAG",
     "add_entropy",
     "bind_read_only",
     "configure_network",
@@ -34,7 +35,9 @@ __all__ = [
     "mount_workspace_disk",
     "power_off",
     "read_cmdline",
+    "reseed_crng",
     "set_hostname",
+    "snapshot_mode_requested",
     "unmount",
 ]
 
@@ -48,6 +51,15 @@ MNT_DETACH = 0x2
 RB_POWER_OFF = 0x4321FEDC
 # _IOW('R', 0x03, int[2]): credit entropy to the kernel pool (CAP_SYS_ADMIN).
 RNDADDENTROPY = 0x40085203
+# _IO('R', 0x07): reseed the kernel CRNG from its input pool now (CAP_SYS_ADMIN).
+RNDRESEEDCRNG = 0x5207
+# _IO(0x12, 97): write back and drop a block device's buffer cache.
+BLKFLSBUF = 0x1261
+
+SNAPSHOT_CMDLINE_FLAG = "cleanroom.snapshot=1"
+"""On the kernel command line of a guest booted to be snapshotted: init leaves the
+workspace disk alone, and the agent mounts it at its first configure (after a restore,
+when the disk attached is the run's own)."""
 
 _libc: ctypes.CDLL | None = None
 
@@ -183,12 +195,45 @@ def find_labelled_disk(
     return None
 
 
-def mount_workspace_disk(target: str) -> str | None:
+def snapshot_mode_requested(cmdline: str) -> bool:
+    """Whether the kernel command line carries :data:`SNAPSHOT_CMDLINE_FLAG`."""
+    return SNAPSHOT_CMDLINE_FLAG in cmdline.split()
+
+
+def drop_block_caches(sys_block: str = "/sys/block", dev: str = "/dev") -> None:
+    """Drop every virtio disk's buffer cache (ioctl BLKFLSBUF).
+
+    A guest restored from a snapshot may still hold blocks it read from the
+    placeholder disk attached at snapshot time (the kernel's partition scan reads
+    its first page); the run's own disk now sits behind that device, so nothing
+    cached from before may be read again.
+    """
+    try:
+        names = sorted(n for n in os.listdir(sys_block) if n.startswith("vd"))
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(os.path.join(dev, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def mount_workspace_disk(target: str, *, fresh: bool = False) -> str | None:
     """Mount the workspace disk (if the VMM attached one) at ``target``; returns its device.
 
+    ``fresh``: drop the disks' buffer caches first (see :func:`drop_block_caches`).
     ``noinit_itable``: the disk is a fresh sparse file, so zeroing its inode
     tables in the background would only cost the host writes and CPU.
     """
+    if fresh:
+        drop_block_caches()
     device = find_labelled_disk(WORKSPACE_LABEL)
     if device is None:
         return None
@@ -231,6 +276,21 @@ def add_entropy(seed: bytes, *, credit: bool) -> None:
                 dev.write(seed)
     except OSError as exc:
         raise GuestOperationFailed(ERR_CONFIGURE, f"entropy seed: {exc}") from exc
+
+
+def reseed_crng() -> None:
+    """Make the kernel CRNG reseed from its input pool now (ioctl RNDRESEEDCRNG).
+
+    Credited entropy reseeds the CRNG at once only before it is first ready;
+    a guest restored from a snapshot is long past that, and until its next
+    scheduled reseed it would hand out the same bytes as every other guest
+    restored from that snapshot. Needs CAP_SYS_ADMIN (the VM's init).
+    """
+    try:
+        with open("/dev/random", "wb", buffering=0) as dev:
+            fcntl.ioctl(dev.fileno(), RNDRESEEDCRNG)
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"CRNG reseed: {exc}") from exc
 
 
 def _ip(*args: str) -> None:

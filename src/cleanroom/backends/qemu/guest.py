@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any, Self
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
@@ -55,12 +58,23 @@ class QemuGuest(VmGuest):
         self._accel = accel
 
     @classmethod
-    async def start(cls, machine: QemuMachine, spec: GuestSpec) -> QemuGuest:
+    async def start(
+        cls,
+        machine: QemuMachine,
+        spec: GuestSpec,
+        *,
+        base_rootfs: Path | None = None,
+        extra_argv: Sequence[str] = (),
+        plan_extra: Mapping[str, Any] | None = None,
+    ) -> Self:
         """Prepare the run's disk, write the plan, and spawn QEMU.
 
-        Raises ``RuntimeLaunchFailed``; on failure nothing is left running and
-        the per-run disk is removed.
+        ``base_rootfs`` replaces the machine's (a snapshot's saved disk state);
+        ``extra_argv`` goes at the end of QEMU's arguments and ``plan_extra`` into
+        the plan (both: a restore's ``-incoming``). Raises ``RuntimeLaunchFailed``;
+        on failure nothing is left running and the per-run disk is removed.
         """
+        base = machine.rootfs if base_rootfs is None else base_rootfs
         run_dir = spec.run_dir
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -73,7 +87,7 @@ class QemuGuest(VmGuest):
         )
         try:
             async with run_disks(
-                spec, machine.rootfs, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
+                spec, base, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
             ) as disks:
                 launch = QemuLaunch(
                     machine=machine,
@@ -87,11 +101,11 @@ class QemuGuest(VmGuest):
                     image_disk=None if spec.image is None else spec.image.rootfs,
                     scratch_disk=None if disks.scratch is None else disks.scratch.path,
                 )
-                argv = build_argv(launch, prefix=pdeathsig_prefix())
+                argv = [*build_argv(launch, prefix=pdeathsig_prefix()), *extra_argv]
                 write_plan(
                     spec,
                     disks,
-                    machine.rootfs,
+                    base,
                     backend="qemu",
                     isolation=f"qemu-{machine.accel}",
                     argv=argv,
@@ -99,6 +113,7 @@ class QemuGuest(VmGuest):
                         str(launch.qmp_fd): "QMP monitor (socketpair)",
                         str(launch.agent_fd): "agent channel (socketpair)",
                     },
+                    **(plan_extra or {}),
                 )
                 console_path.touch()
                 process = VmmProcess.spawn(
