@@ -17,7 +17,7 @@ from cleanroom.agent import AgentClient, AgentError, GuestInfo
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.errors import RuntimeLaunchFailed
 
-__all__ = ["Greeted", "boot_and_greet"]
+__all__ = ["Greeted", "boot_and_greet", "greet"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,17 @@ async def boot_and_greet(
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = started + spec.launch_seconds
     guest = await backend.launch(spec)
     launched(guest)
+    return await greet(guest, spec, started)
+
+
+async def greet(guest: Guest, spec: GuestSpec, started: float) -> Greeted:
+    """Open ``guest``'s agent channel and greet its agent within ``spec.launch_seconds``
+    of ``started`` (a ``loop.time()``); raises as :func:`boot_and_greet` does and
+    never destroys the guest."""
+    loop = asyncio.get_running_loop()
+    deadline = started + spec.launch_seconds
     reader, writer = await guest.open_channel(deadline)
     connect_ms = (loop.time() - started) * 1000
     client = AgentClient(reader, writer)

@@ -1,0 +1,102 @@
+"""Runs restored from a snapshot of a booted guest, on real QEMU guests (TCG here).
+
+One snapshot boot (into a private snapshot directory), then restored runs and
+the cold fallback; every run packs its checks into one command.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
+from cleanroom.backends.qemu.snapshot import MEMORY_NAME
+from cleanroom.config import RuntimeConfig
+from cleanroom.images.snapshots import SnapshotCache
+from cleanroom.service import LaunchOptions, Service
+from cleanroom.service.record import RECORD_NAME
+
+pytestmark = [pytest.mark.vm, pytest.mark.image]
+
+POLICY = "version: 1\nsandbox:\n  network:\n    default: deny\n"
+
+# Kernel CRNG bytes, a Python `random` value, the agent-made workspace mount
+# and the kernel's boot id, one per line.
+PROBE = (
+    "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
+    "python3 -c 'import random; print(random.getrandbits(64))'; "
+    "cat /workspace/data.txt; cat /proc/sys/kernel/random/boot_id"
+)
+
+
+@pytest.fixture
+async def qemu(tmp_path: Path) -> AsyncIterator[QemuBackend]:
+    config = QemuConfig(accel="tcg", launch_seconds=120)
+    backend = QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
+    await backend.prepare()
+    assert backend.snapshots is not None
+    # A private snapshot directory: the test never touches the shared cache's.
+    backend.snapshots.cache = SnapshotCache(tmp_path / "snapshots")
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def test_restored_runs_are_unique_and_a_bad_snapshot_boots_cold(
+    qemu: QemuBackend, tmp_path: Path
+) -> None:
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    (ws / "cleanroom.yaml").write_text(POLICY)
+    (ws / "data.txt").write_text("hello from the host\n")
+    snap = await qemu.warm()
+    assert snap.path.parent == tmp_path / "snapshots"
+    assert snap.facts["memory_mib"] == 256
+    assert "vmgenid" in str(snap.facts["devices"])
+    assert (await qemu.warm()).key == snap.key  # found, not made again
+
+    svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
+    await svc.start()
+    try:
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        outs: list[list[str]] = []
+        for _ in range(2):
+            result = await svc.run(info.cleanroom_id, ["sh", "-c", PROBE])
+            assert result.exit_code == 0, result.stderr
+            record = json.loads((result.run_dir / RECORD_NAME).read_text())
+            assert record["start"] == "restored", record["start_fallback"]
+            assert record["start_fallback"] is None
+            assert isinstance(record["restore_ms"], float)
+            assert record["workspace"]["method"] == "disk"
+            plan = json.loads(result.plan_path.read_text())
+            assert plan["restored_from"]["snapshot"] == snap.key
+            outs.append(result.stdout.splitlines())
+        first, second = outs
+        assert first[2] == second[2] == "hello from the host"
+        assert len(first[0]) == 32
+        assert first[0] != second[0], "restored guests repeat /dev/urandom"
+        assert first[1] != second[1], "restored guests repeat Python random values"
+        assert first[3] != second[3], "restored guests share a boot id"
+
+        # A snapshot whose stream no longer matches its manifest is refused
+        # before use; the run boots cold and the record says why.
+        memory = snap.file(MEMORY_NAME)
+        damaged = tmp_path / "damaged"
+        shutil.copyfile(memory, damaged)
+        with damaged.open("r+b") as fh:
+            fh.seek(4096)
+            fh.write(b"\xff" * 64)
+        damaged.replace(memory)
+        cold = await svc.run(info.cleanroom_id, ["cat", "/workspace/data.txt"])
+        assert cold.exit_code == 0
+        assert cold.stdout == "hello from the host\n"
+        record = json.loads((cold.run_dir / RECORD_NAME).read_text())
+        assert record["start"] == "cold"
+        assert "does not match its sha256" in record["start_fallback"]
+    finally:
+        await svc.close()
