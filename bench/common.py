@@ -67,6 +67,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     host: str
     home: Path
+    env: dict[str, str]
+    """The server's environment (its config), for CLI commands that read the config."""
 
     def client(self) -> Client:
         from cleanroom.client import Client  # noqa: PLC0415 - keep the other benches light
@@ -94,9 +96,15 @@ class Server:
 
 @contextmanager
 def serve(
-    home: Path, *, pool_size: int, accel: str, launch_seconds: float = 60
+    home: Path,
+    *,
+    pool_size: int,
+    accel: str,
+    launch_seconds: float = 60,
+    snapshots: bool = False,
 ) -> Iterator[Server]:
-    """Start ``cleanroom serve`` with its own config (pool size, accel) and socket.
+    """Start ``cleanroom serve`` with its own config (pool size, accel, whether runs
+    are restored from a snapshot) and socket.
 
     Its sandboxes use a namespace made here as their uplink, so benchmarking
     never changes the host's own firewall or forwarding settings.
@@ -107,7 +115,8 @@ def serve(
     (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
     (config_home / "cleanroom" / "config.yaml").write_text(
         f"pool: {{size: {pool_size}}}\n"
-        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}}}}}\n"
+        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}, "
+        f"snapshots: {'on' if snapshots else 'off'}}}}}\n"
         f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n"
     )
     sock = home / "cleanroom.sock"
@@ -120,7 +129,7 @@ def serve(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(proc, f"unix://{sock}", home)
+    server = Server(proc, f"unix://{sock}", home, env)
     try:
         deadline = time.monotonic() + 60
         while True:

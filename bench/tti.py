@@ -6,8 +6,11 @@
    agent protocol client, because the guest only speaks that protocol. Floor
    and cold samples alternate.
 2. cold: ``POST /v1/exec`` of ``true`` through a running server, pool disabled.
-3. warm: the same with the warm pool (the pool is refilled between samples).
-4. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+3. restored: the same with runs restored from the guest snapshot (made first
+   by ``cleanroom image warm`` with the server's config; pool disabled).
+4. warm: the same with the warm pool (the pool is refilled between samples).
+5. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+
 
 Usage: ``python bench/tti.py [-n N] [--accel tcg|kvm|auto] [--json]``
 """
@@ -109,8 +112,14 @@ def main() -> None:
     args = ap.parse_args()
     floor_accel = "tcg" if args.accel == "auto" else args.accel
     ensure_image()
-    results: dict[str, list[float]] = {"floor": [], "cold": [], "warm": [], "cli_warm": []}
-    pool_hits = 0
+    results: dict[str, list[float]] = {
+        "floor": [],
+        "cold": [],
+        "restored": [],
+        "warm": [],
+        "cli_warm": [],
+    }
+    pool_hits = restored_hits = 0
     with tempfile.TemporaryDirectory(prefix="cleanroom-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ws = make_workspace(tmp)
@@ -123,6 +132,16 @@ def main() -> None:
                 r = c.exec(ws, ["true"])
                 results["cold"].append((time.perf_counter() - t0) * 1000)
                 assert r.exit_code == 0
+        with serve(tmp / "restored", pool_size=0, accel=args.accel, snapshots=True) as server:
+            # The snapshot is made ahead, with the server's own config (same key).
+            subprocess.run([CLI, "image", "warm"], env=server.env, check=True)
+            with server.client() as c:
+                for _ in range(args.n):
+                    t0 = time.perf_counter()
+                    r = c.exec(ws, ["true"])
+                    results["restored"].append((time.perf_counter() - t0) * 1000)
+                    assert r.exit_code == 0
+                    restored_hits += c.run_record(r.run_id)["start"] == "restored"
         with serve(tmp / "warm", pool_size=1, accel=args.accel) as server:
             with server.client() as c:
                 for _ in range(args.n):
@@ -138,11 +157,14 @@ def main() -> None:
     out: dict[str, Any] = {
         "floor_ms": stats["floor"]["median"],
         "cold_ms": stats["cold"]["median"],
+        "restored_ms": stats["restored"]["median"],
         "warm_ms": stats["warm"]["median"],
         "cli_warm_ms": stats["cli_warm"]["median"],
         "cold_over_floor": round(stats["cold"]["median"] / stats["floor"]["median"], 3),
+        "restored_over_floor": round(stats["restored"]["median"] / stats["floor"]["median"], 3),
         "warm_over_cold": round(stats["warm"]["median"] / stats["cold"]["median"], 4),
         "warm_pool_hits": pool_hits,
+        "restored_hits": restored_hits,
         "runs": args.n,
         "accel": args.accel,
         "host": host_facts(),
@@ -153,10 +175,11 @@ def main() -> None:
         return
     print_table(
         f"time to first command ({args.n} runs each, accel={args.accel})",
-        [(k, stats[k]) for k in ("floor", "cold", "warm", "cli_warm")],
+        [(k, stats[k]) for k in ("floor", "cold", "restored", "warm", "cli_warm")],
     )
     print(
-        f"\ncold/floor {out['cold_over_floor']}   warm/cold {out['warm_over_cold']}   "
+        f"\ncold/floor {out['cold_over_floor']}   restored/floor {out['restored_over_floor']}   "
+        f"warm/cold {out['warm_over_cold']}   restored {restored_hits}/{args.n}   "
         f"warm pool hits {pool_hits}/{args.n}   host {out['host']}"
     )
 
