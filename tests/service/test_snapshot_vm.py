@@ -6,8 +6,10 @@ the cold fallback; every run packs its checks into one command.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,12 +26,12 @@ pytestmark = [pytest.mark.vm, pytest.mark.image]
 
 POLICY = "version: 1\nsandbox:\n  network:\n    default: deny\n"
 
-# Kernel CRNG bytes, a Python `random` value, the agent-made workspace mount
-# and the kernel's boot id, one per line.
+# Kernel CRNG bytes, a Python `random` value, the agent-made workspace mount,
+# the kernel's boot id and the wall clock, one per line.
 PROBE = (
     "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
     "python3 -c 'import random; print(random.getrandbits(64))'; "
-    "cat /workspace/data.txt; cat /proc/sys/kernel/random/boot_id"
+    "cat /workspace/data.txt; cat /proc/sys/kernel/random/boot_id; date +%s"
 )
 
 
@@ -56,6 +58,7 @@ async def test_restored_runs_are_unique_and_a_bad_snapshot_boots_cold(
     (ws / "data.txt").write_text("hello from the host\n")
     snap = await qemu.warm()
     assert snap.path.parent == tmp_path / "snapshots"
+    await asyncio.sleep(6)  # so that a clock left at the snapshot's time shows
     assert snap.facts["memory_mib"] == 256
     assert "vmgenid" in str(snap.facts["devices"])
     assert (await qemu.warm()).key == snap.key  # found, not made again
@@ -82,6 +85,8 @@ async def test_restored_runs_are_unique_and_a_bad_snapshot_boots_cold(
         assert first[0] != second[0], "restored guests repeat /dev/urandom"
         assert first[1] != second[1], "restored guests repeat Python random values"
         assert first[3] != second[3], "restored guests share a boot id"
+        # The clock is today's, not the snapshot's (the RTC is read at configure).
+        assert abs(int(second[4]) - time.time()) < 5
 
         # A snapshot whose stream no longer matches its manifest is refused
         # before use; the run boots cold and the record says why.

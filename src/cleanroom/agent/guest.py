@@ -304,6 +304,8 @@ class Session:
             # Every guest restored from one snapshot starts with the same CRNG
             # state: reseed it from the pool that now holds this run's seed.
             sysops.reseed_crng()
+            # ... and with the wall clock of the moment the snapshot was taken.
+            sysops.set_clock_from_rtc()
         _reseed_python()
         if self._restorable and not sysops.is_mount_point(self._workspace):
             try:
