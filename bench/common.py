@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 CLI = str(Path(sys.executable).with_name("cleanroom"))
+_SERVERS = itertools.count()
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -109,7 +111,8 @@ def serve(
     Its sandboxes use a namespace made here as their uplink, so benchmarking
     never changes the host's own firewall or forwarding settings.
     """
-    uplink = f"crb-uplink-{os.getpid()}"
+    # Unique per server: a benchmark may run two servers side by side.
+    uplink = f"crb-up-{os.getpid()}-{next(_SERVERS)}"
     subprocess.run(["ip", "netns", "add", uplink], check=True)
     config_home = home / "config"
     (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
