@@ -1,7 +1,7 @@
 """Runs restored from a snapshot of a booted guest, on real QEMU guests (TCG here).
 
-One snapshot boot (into a private snapshot directory), then restored runs and
-the cold fallback; every run packs its checks into one command.
+A cold run that makes the snapshot (into a private snapshot directory), then
+restored runs and the cold fallback; every run packs its checks into one command.
 """
 
 from __future__ import annotations
@@ -49,24 +49,34 @@ async def qemu(tmp_path: Path) -> AsyncIterator[QemuBackend]:
         await backend.close()
 
 
-async def test_restored_runs_are_unique_and_a_bad_snapshot_boots_cold(
+async def test_snapshot_made_on_first_use_restored_runs_unique_bad_one_boots_cold(
     qemu: QemuBackend, tmp_path: Path
 ) -> None:
     ws = tmp_path / "repo"
     ws.mkdir()
     (ws / "cleanroom.yaml").write_text(POLICY)
     (ws / "data.txt").write_text("hello from the host\n")
-    snap = await qemu.warm()
-    assert snap.path.parent == tmp_path / "snapshots"
-    await asyncio.sleep(6)  # so that a clock left at the snapshot's time shows
-    assert snap.facts["memory_mib"] == 256
-    assert "vmgenid" in str(snap.facts["devices"])
-    assert (await qemu.warm()).key == snap.key  # found, not made again
-
     svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
     await svc.start()
     try:
         info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        # The first run finds no snapshot: it boots cold, and one is made meanwhile.
+        first_run = await svc.run(info.cleanroom_id, ["cat", "/workspace/data.txt"])
+        assert first_run.stdout == "hello from the host\n"
+        record = json.loads((first_run.run_dir / RECORD_NAME).read_text())
+        assert record["start"] == "cold"
+        assert record["start_fallback"] == (
+            "no snapshot for this image and guest shape yet; making it now"
+        )
+        assert qemu.snapshots is not None
+        snap = await qemu.warm()  # waits for the one being made
+        assert qemu.snapshots.made_ms is not None
+        assert snap.path.parent == tmp_path / "snapshots"
+        assert snap.facts["memory_mib"] == 256
+        assert "vmgenid" in str(snap.facts["devices"])
+        assert (await qemu.warm()).key == snap.key  # found, not made again
+        await asyncio.sleep(6)  # so that a clock left at the snapshot's time shows
+
         outs: list[list[str]] = []
         for _ in range(2):
             result = await svc.run(info.cleanroom_id, ["sh", "-c", PROBE])
