@@ -123,7 +123,8 @@ def serve(
         f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n"
     )
     sock = home / "cleanroom.sock"
-    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    # Its own state directory too: a server clears the pool directory there at start.
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "XDG_STATE_HOME": str(home / "state")}
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [CLI, "serve", "--listen", f"unix://{sock}"],
