@@ -197,12 +197,12 @@ async def make_snapshot(
             snapshot_machine(machine), spec, extra_argv=VMGENID_ARGV
         )
         try:
-            _, writer = await guest.open_channel(deadline)
+            # Open: the agent waits for a hello that never comes (destroy closes it).
+            await guest.open_channel(deadline)
             await asyncio.sleep(SETTLE_SECONDS)
             await guest.save(staging / MEMORY_NAME, deadline + seconds)
             await guest.stop_vmm()
             await asyncio.to_thread(_flatten_disk, run_dir, staging / DISK_NAME, machine.qemu_img)
-            del writer  # closed by destroy
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
