@@ -16,6 +16,7 @@ from cleanroom.backends.base import Guest, GuestSpec, NoRestore
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.service import LaunchOptions, Service
+from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RECORD_NAME
 
 
@@ -98,3 +99,27 @@ async def test_restore_first_then_cold(
     assert launched == (0 if mode == "ok" else 1)
     for guest in backend.restored:
         assert guest.destroyed  # a failed restore is destroyed at once, a used one at the end
+
+
+@pytest.mark.parametrize(("mode", "restored", "booted"), [("ok", 1, 0), ("broken", 1, 1)])
+async def test_pool_refills_restore_first(
+    tmp_path: Path, mode: str, restored: int, booted: int
+) -> None:
+    backend = RestoringBackend(mode=mode)
+    pool = WarmPool(backend, size=1, root=tmp_path / "pool", launch_seconds=5)
+    pool.start()
+    try:
+        await pool.wait_ready(timeout=30)
+        warm = pool.take()
+        assert warm is not None
+        assert (len(backend.restored), len(backend.guests)) == (restored, booted)
+        assert warm.guest is (backend.restored if booted == 0 else backend.guests)[0]
+        await warm.client.close()
+        await warm.guest.destroy()
+        warm.discard_dir()
+        pool.released()
+    finally:
+        await pool.close()
+        for guest in backend.restored:
+            await guest.destroy()
+        await backend.close()

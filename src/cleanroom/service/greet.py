@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cleanroom.agent import AgentClient, AgentError, GuestInfo
-from cleanroom.backends.base import Backend, Guest, GuestSpec
-from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.backends.base import Backend, Guest, GuestSpec, NoRestore, restore_or_reason
+from cleanroom.errors import CleanroomError, RuntimeLaunchFailed
 
-__all__ = ["Greeted", "boot_and_greet", "greet"]
+__all__ = ["Greeted", "boot_and_greet", "greet", "restore_and_greet"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,28 @@ async def greet(guest: Guest, spec: GuestSpec, started: float) -> Greeted:
             ) from exc
         raise
     return Greeted(guest, client, info, connect_ms, (loop.time() - started) * 1000)
+
+
+async def restore_and_greet(
+    backend: Backend, spec: GuestSpec, launched: Callable[[Guest], None]
+) -> Greeted | str:
+    """Resume ``spec``'s guest from ``backend``'s snapshot and greet its agent, or
+    say why not (the caller then boots cold): a snapshot never fails a start.
+
+    ``launched`` is called as in :func:`boot_and_greet`; a restored guest that
+    then fails (its snapshot does not load, its agent does not answer) is
+    destroyed here before the reason is returned. Cancellation propagates.
+    """
+    started = asyncio.get_running_loop().time()
+    try:
+        got = await restore_or_reason(backend, spec)
+    except CleanroomError as exc:
+        return f"restore failed: {exc.message}"
+    if isinstance(got, NoRestore):
+        return got.reason
+    launched(got)
+    try:
+        return await greet(got, spec, started)
+    except CleanroomError as exc:
+        await got.destroy()
+        return f"restore failed: {exc.message}"

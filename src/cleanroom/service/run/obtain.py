@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from cleanroom.agent import AgentClient, GuestNetwork
-from cleanroom.backends.base import Backend, Guest, GuestSpec, NoRestore, restore_or_reason
-from cleanroom.errors import CleanroomError
+from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.service.boots import BootGate
-from cleanroom.service.greet import Greeted, boot_and_greet, greet
+from cleanroom.service.greet import Greeted, boot_and_greet, restore_and_greet
 from cleanroom.service.network import Lease, RunNetworks
 from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
@@ -217,31 +216,21 @@ async def _try_restore(
     backend: Backend, spec: GuestSpec, rec: RunRecorder, res: RunResources
 ) -> Greeted | str:
     """Resume ``spec``'s guest from the backend's snapshot and greet it, or say why
-    not. A snapshot never fails a run: a restore that fails is destroyed at once
-    and its reason returned, so the run boots cold."""
-    started = asyncio.get_running_loop().time()
-    try:
-        got = await restore_or_reason(backend, spec)
-    except CleanroomError as exc:
-        return f"restore failed: {exc.message}"
-    if isinstance(got, NoRestore):
-        return got.reason
-    res.guest(got)  # owned at once (destroying twice is harmless)
-    try:
-        greeted = await greet(got, spec, started)
-    except CleanroomError as exc:
-        await got.destroy()
-        return f"restore failed: {exc.message}"
-    res.push(_closer(greeted.client))
+    not (see ``restore_and_greet``); the guest is the run's from its start."""
+    restored = await restore_and_greet(backend, spec, res.guest)
+    if isinstance(restored, str):
+        return restored
+    guest = restored.guest
+    res.push(_closer(restored.client))
     rec.set_start("restored")
-    rec.set_guest(isolation=got.isolation)
+    rec.set_guest(isolation=guest.isolation)
     rec.set_pool("miss")
-    rec.add_artifact("plan", got.plan_path.name)
-    _copy_guest_timings(got, rec)
-    restore_ms = got.timings.get("restore_ms")
+    rec.add_artifact("plan", guest.plan_path.name)
+    _copy_guest_timings(guest, rec)
+    restore_ms = guest.timings.get("restore_ms")
     if isinstance(restore_ms, int | float):
         rec.timing("restore_ms", float(restore_ms))
-    return greeted
+    return restored
 
 
 def _lease_network(lease: Lease, rec: RunRecorder) -> GuestNetwork:
