@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from cleanroom.backends.base import GuestSpec
+import pytest
+
+from cleanroom.backends.base import GuestSpec, NoRestore
+from cleanroom.backends.qemu import snapshots as snapshots_module
 from cleanroom.backends.qemu.argv import QemuMachine
 from cleanroom.backends.qemu.snapshot import SNAPSHOT_KERNEL_ARG, snapshot_facts, snapshot_machine
 from cleanroom.backends.qemu.snapshots import Snapshots
-from cleanroom.images.snapshots import SnapshotCache, snapshot_key
+from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.images.snapshots import Snapshot, SnapshotCache, snapshot_key
 from cleanroom.images.userimage import ImageConfig, UserImage
 from cleanroom.netspec import NetworkAttachment
 
@@ -99,3 +104,38 @@ def test_which_runs_fit(tmp_path: Path) -> None:
         reason = snaps.unfit(changed)
         assert reason is not None
         assert why in reason
+
+
+async def test_a_failed_background_attempt_is_retried_only_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+
+    async def failing_make(*args: object) -> Snapshot:
+        attempts.append("boot")
+        raise RuntimeLaunchFailed("guest agent not ready within 60 s")
+
+    monkeypatch.setattr(snapshots_module, "make_snapshot", failing_make)
+    snaps = Snapshots(
+        MACHINE,
+        SnapshotCache(tmp_path),
+        boot_seconds=60,
+        qemu_version="7.2.22",
+        image_digest="ab" * 32,
+        agent_version="0.2.0",
+        kernel_version="6.1.0",
+    )
+    first = await snaps.find()
+    assert isinstance(first, NoRestore)
+    assert first.reason.endswith("making it now")
+    assert (await snaps.find()).reason.endswith("it is being made")  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    failed = await snaps.find()
+    assert isinstance(failed, NoRestore)
+    assert failed.reason.endswith("making it failed: guest agent not ready within 60 s")
+    assert attempts == ["boot"]
+    monkeypatch.setattr(snapshots_module, "RETRY_SECONDS", 0.0)
+    again = await snaps.find()
+    assert isinstance(again, NoRestore)
+    assert again.reason.endswith("making it now")
+    await snaps.close()

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cleanroom.agent import AgentClient, AgentError, GuestInfo
 from cleanroom.backends.base import Backend, Guest, GuestSpec, NoRestore, restore_or_reason
 from cleanroom.errors import CleanroomError, RuntimeLaunchFailed
 
-__all__ = ["Greeted", "boot_and_greet", "greet", "restore_and_greet"]
+__all__ = ["RESTORE_SECONDS", "Greeted", "boot_and_greet", "greet", "restore_and_greet"]
+
+RESTORE_SECONDS = 20.0
+"""A restored guest answers in well under a second here, even on a loaded host; one
+that has not answered by then is given up on (destroyed) and the run boots cold."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,12 @@ async def restore_and_greet(
 
     ``launched`` is called as in :func:`boot_and_greet`; a restored guest that
     then fails (its snapshot does not load, its agent does not answer) is
-    destroyed here before the reason is returned. Cancellation propagates.
+    destroyed here before the reason is returned. It has at most
+    :data:`RESTORE_SECONDS` (or the spec's ``launch_seconds`` if shorter) to
+    answer. Cancellation propagates.
     """
     started = asyncio.get_running_loop().time()
+    quick = min(spec.launch_seconds, RESTORE_SECONDS)
     try:
         got = await restore_or_reason(backend, spec)
     except CleanroomError as exc:
@@ -96,7 +103,7 @@ async def restore_and_greet(
         return got.reason
     launched(got)
     try:
-        return await greet(got, spec, started)
+        return await greet(got, replace(spec, launch_seconds=quick), started)
     except CleanroomError as exc:
         await got.destroy()
         return f"restore failed: {exc.message}"

@@ -6,8 +6,8 @@ run's guest fits it (built-in image, no NIC, the configured shape and disk
 size), finds and verifies it, and makes it either on demand (``ensure``,
 behind ``cleanroom image warm``) or, the first time a run finds none, in the
 background while that run boots cold. A background attempt that fails is not
-retried by this process (each costs a boot); its reason is given to every
-later run instead.
+retried for :data:`RETRY_SECONDS` (each costs a boot); meanwhile its reason is
+given to every run instead.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from cleanroom.images.snapshots import Snapshot, SnapshotCache, SnapshotInvalid,
 __all__ = ["Snapshots"]
 
 _log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 600.0
+"""How long after a failed background attempt the next run may start another."""
 
 
 class Snapshots:
@@ -57,6 +60,7 @@ class Snapshots:
         self._lock = asyncio.Lock()
         self._making: asyncio.Task[Snapshot | None] | None = None
         self._failure: str | None = None
+        self._failed_at = 0.0
         self.made_ms: float | None = None
         """How long the last snapshot this process made took (boot + save)."""
 
@@ -81,7 +85,7 @@ class Snapshots:
             return await asyncio.to_thread(self.cache.find, self.key)
         except SnapshotInvalid as exc:
             reason = exc.reason
-        if self._failure is not None:
+        if self._failure is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
             return NoRestore(f"{reason}; making it failed: {self._failure}")
         if self._making is None or self._making.done():
             self._making = asyncio.create_task(self._make_logged())
@@ -127,10 +131,10 @@ class Snapshots:
             return await self._make()
         except CleanroomError as exc:
             self._failure = exc.message
-            _log.warning("making the guest snapshot failed: %s", exc.message)
         except OSError as exc:
             self._failure = str(exc)
-            _log.warning("making the guest snapshot failed: %s", exc)
+        self._failed_at = time.monotonic()
+        _log.warning("making the guest snapshot failed: %s", self._failure)
         return None
 
     async def close(self) -> None:
