@@ -68,6 +68,19 @@ class CleanroomError(Exception):
     status: ClassVar[int] = 500
     exit_code: ClassVar[int] = 70
 
+    def __init_subclass__(
+        cls, *, code: str | None = None, status: int | None = None, exit_code: int | None = None
+    ) -> None:
+        """``class X(Parent, code=..., status=..., exit_code=...)``: what is not given is
+        inherited."""
+        super().__init_subclass__()
+        if code is not None:
+            cls.code = code
+        if status is not None:
+            cls.status = status
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -81,163 +94,89 @@ class CleanroomError(Exception):
         return f"{self.code}: {self.message}"
 
 
-class InvalidRequest(CleanroomError):
+class InvalidRequest(CleanroomError, code="invalid_request", status=400, exit_code=64):
     """A request was malformed, mistyped, or named something that cannot exist."""
 
-    code = "invalid_request"
-    status = 400
-    exit_code = 64
 
-
-class ConfigInvalid(CleanroomError):
+class ConfigInvalid(CleanroomError, code="config_invalid", status=400, exit_code=78):
     """The runtime configuration file is invalid."""
 
-    code = "config_invalid"
-    status = 400
-    exit_code = 78
 
-
-class PolicyError(CleanroomError):
+class PolicyError(CleanroomError, code="policy_invalid", status=422, exit_code=65):
     """Base of the policy errors."""
 
-    code = "policy_invalid"
-    status = 422
-    exit_code = 65
 
-
-class PolicyInvalid(PolicyError):
+class PolicyInvalid(PolicyError, code="policy_invalid"):
     """The policy file failed to parse or validate; ``details['problems']`` lists every problem."""
 
-    code = "policy_invalid"
 
-
-class PolicyConflict(PolicyError):
+class PolicyConflict(PolicyError, code="policy_conflict", status=409):
     """The policy contradicts itself or the request in a way that cannot be resolved."""
 
-    code = "policy_conflict"
-    status = 409
 
-
-class PolicyNotFound(PolicyError):
+class PolicyNotFound(PolicyError, code="policy_not_found", status=404, exit_code=66):
     """Neither ``cleanroom.yaml`` nor ``.buildkite/cleanroom.yaml`` exists in the directory."""
 
-    code = "policy_not_found"
-    status = 404
-    exit_code = 66
 
-
-class NotFound(CleanroomError):
+class NotFound(CleanroomError, code="not_found", status=404, exit_code=66):
     """Base of the lookup failures."""
 
-    code = "not_found"
-    status = 404
-    exit_code = 66
 
-
-class CleanroomNotFound(NotFound):
+class CleanroomNotFound(NotFound, code="cleanroom_not_found"):
     """No cleanroom context has that id (or it was terminated)."""
 
-    code = "cleanroom_not_found"
 
-
-class RunNotFound(NotFound):
+class RunNotFound(NotFound, code="run_not_found"):
     """No run has that id."""
 
-    code = "run_not_found"
 
-
-class BackendError(CleanroomError):
+class BackendError(CleanroomError, code="backend_unavailable", status=503, exit_code=69):
     """Base of the backend failures."""
 
-    code = "backend_unavailable"
-    status = 503
-    exit_code = 69
 
-
-class BackendUnavailable(BackendError):
+class BackendUnavailable(BackendError, code="backend_unavailable"):
     """The requested backend cannot run on this host (details say what is missing)."""
 
-    code = "backend_unavailable"
 
-
-class BackendCapabilityMismatch(BackendError):
+class BackendCapabilityMismatch(BackendError, code="backend_capability_mismatch", status=409):
     """The backend cannot enforce something the compiled policy requires."""
 
-    code = "backend_capability_mismatch"
-    status = 409
 
-
-class RuntimeLaunchFailed(BackendError):
+class RuntimeLaunchFailed(BackendError, code="runtime_launch_failed", status=502, exit_code=70):
     """The guest did not start or did not become ready in time."""
 
-    code = "runtime_launch_failed"
-    status = 502
-    exit_code = 70
 
-
-class ImageUnavailable(CleanroomError):
+class ImageUnavailable(CleanroomError, code="image_unavailable", status=503, exit_code=69):
     """The guest image is missing, corrupt, or cannot be built here."""
 
-    code = "image_unavailable"
-    status = 503
-    exit_code = 69
 
-
-class RunTimeout(CleanroomError):
+class RunTimeout(CleanroomError, code="run_timeout", status=504, exit_code=124):
     """The command did not finish within its timeout and was killed."""
 
-    code = "run_timeout"
-    status = 504
-    exit_code = 124
 
-
-class RunCancelled(CleanroomError):
+class RunCancelled(CleanroomError, code="run_cancelled", status=409, exit_code=130):
     """The run was cancelled (by the client, a terminate, or server shutdown)."""
 
-    code = "run_cancelled"
-    status = 409
-    exit_code = 130
 
-
-class GuestAgentFailed(CleanroomError):
+class GuestAgentFailed(CleanroomError, code="guest_agent_failed", status=502, exit_code=70):
     """The guest agent broke the protocol, reported an error, or went away."""
 
-    code = "guest_agent_failed"
-    status = 502
-    exit_code = 70
 
-
-class NetworkSetupFailed(CleanroomError):
+class NetworkSetupFailed(CleanroomError, code="network_setup_failed", status=502, exit_code=70):
     """The run's network namespace, TAP device, firewall or resolver could not be set up."""
 
-    code = "network_setup_failed"
-    status = 502
-    exit_code = 70
 
-
-class HostNotAllowed(CleanroomError):
+class HostNotAllowed(CleanroomError, code="host_not_allowed", status=403, exit_code=77):
     """The destination is not allowed by the policy."""
 
-    code = "host_not_allowed"
-    status = 403
-    exit_code = 77
 
-
-class WorkspaceConflict(CleanroomError):
+class WorkspaceConflict(CleanroomError, code="workspace_conflict", status=409, exit_code=65):
     """A host file the run changed was itself modified since the workspace was copied;
     nothing was applied. ``details['paths']`` lists (some of) the conflicting paths."""
 
-    code = "workspace_conflict"
-    status = 409
-    exit_code = 65
 
-
-class ServerUnavailable(CleanroomError):
+class ServerUnavailable(CleanroomError, code="server_unavailable", status=503, exit_code=69):
     """No cleanroom server answers at the requested address."""
-
-    code = "server_unavailable"
-    status = 503
-    exit_code = 69
 
 
 def _all_subclasses(cls: type[CleanroomError]) -> list[type[CleanroomError]]:

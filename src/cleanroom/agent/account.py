@@ -17,6 +17,7 @@ Malformed passwd/group lines are ignored, as the C library does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["Account", "AccountError", "parse_group", "parse_passwd", "resolve_account"]
@@ -63,32 +64,33 @@ def _id(text: str) -> int | None:
     return value if value <= _MAX_ID else None
 
 
+def _records(text: str, count: int) -> Iterator[list[str]]:
+    """The fields of each line of ``count`` colon-separated fields that has a name
+    (comments and NIS ``+``/``-`` lines are skipped)."""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) == count and fields[0] and not line.startswith(("#", "+", "-")):
+            yield fields
+
+
 def parse_passwd(text: str) -> list[PasswdEntry]:
     """``name:pw:uid:gid:gecos:home:shell`` lines; malformed ones are skipped."""
     entries: list[PasswdEntry] = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) != 7 or not fields[0] or line.startswith(("#", "+", "-")):
-            continue
+    for fields in _records(text, 7):
         uid, gid = _id(fields[2]), _id(fields[3])
-        if uid is None or gid is None:
-            continue
-        entries.append(PasswdEntry(fields[0], uid, gid, fields[5]))
+        if uid is not None and gid is not None:
+            entries.append(PasswdEntry(fields[0], uid, gid, fields[5]))
     return entries
 
 
 def parse_group(text: str) -> list[GroupEntry]:
     """``name:pw:gid:member,member`` lines; malformed ones are skipped."""
     entries: list[GroupEntry] = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) != 4 or not fields[0] or line.startswith(("#", "+", "-")):
-            continue
+    for fields in _records(text, 4):
         gid = _id(fields[2])
-        if gid is None:
-            continue
-        members = tuple(m for m in fields[3].split(",") if m)
-        entries.append(GroupEntry(fields[0], gid, members))
+        if gid is not None:
+            members = tuple(m for m in fields[3].split(",") if m)
+            entries.append(GroupEntry(fields[0], gid, members))
     return entries
 
 

@@ -6,7 +6,11 @@ error the service translates it to; the service maps them by class::
     AgentError             guest_agent_failed
     ├── AgentProtocolError guest_agent_failed     malformed/oversized/unexpected frame
     ├── AgentDisconnected  guest_agent_failed     the stream ended or broke
-    ├── AgentRemoteError   guest_agent_failed     the guest sent an ERROR frame
+    ├── AgentRemoteError   by wire code           the guest sent an ERROR frame: a closed
+    │                                             table (``version_mismatch`` is
+    │                                             runtime_launch_failed, anything else
+    │                                             guest_agent_failed); see
+    │                                             ``cleanroom.service.agent_errors``
     ├── AgentNotReady      runtime_launch_failed  no hello reply in time
     └── AgentTimeout       run_timeout            the guest did not report a result in time
 

@@ -11,7 +11,7 @@ size and sha256, a target only on a symlink, ...).
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.messages import _dump, _get, _load, _opt
@@ -21,6 +21,8 @@ from cleanroom.agent.protocol import Frame, FrameType
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "CAP_NAMES",
@@ -56,7 +58,14 @@ MAX_PATTERNS = 64
 CHANGE_KINDS = frozenset({"added", "modified", "deleted", "mode_changed", "artifact"})
 FILE_TYPES = frozenset({"file", "dir", "symlink", "special"})
 SKIP_REASONS = frozenset({"special", "too_large", "total_bytes", "unreadable"})
-CAP_NAMES = frozenset({"max_files", "max_file_bytes", "max_total_bytes"})
+_CAP_TOPS = {"max_files": MAX_COUNT, "max_file_bytes": MAX_BYTES, "max_total_bytes": MAX_BYTES}
+"""Each cap of a request, with the largest value it may ask for."""
+CAP_NAMES = frozenset(_CAP_TOPS)
+
+
+def _fields(value: DataclassInstance) -> dict[str, Any]:
+    """A flat dataclass as its JSON object: each field under its own name, in order."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
 
 
 def check_rel_path(path: str, what: str) -> str:
@@ -92,20 +101,9 @@ class FileLimits:
     max_file_bytes: int = 64 << 20
     max_total_bytes: int = 256 << 20
 
-    def _obj(self) -> dict[str, int]:
-        return {
-            "max_files": self.max_files,
-            "max_file_bytes": self.max_file_bytes,
-            "max_total_bytes": self.max_total_bytes,
-        }
-
 
 def _limits(obj: dict[str, Any], what: str) -> FileLimits:
-    return FileLimits(
-        max_files=_count(obj, "max_files", what, MAX_COUNT),
-        max_file_bytes=_count(obj, "max_file_bytes", what, MAX_BYTES),
-        max_total_bytes=_count(obj, "max_total_bytes", what, MAX_BYTES),
-    )
+    return FileLimits(**{key: _count(obj, key, what, top) for key, top in _CAP_TOPS.items()})
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ class ChangesRequest:
     limits: FileLimits
 
     def to_frame(self) -> bytes:
-        return _dump(FrameType.CHANGES, self.limits._obj())
+        return _dump(FrameType.CHANGES, _fields(self.limits))
 
 
 def parse_changes(payload: bytes) -> ChangesRequest:
@@ -135,7 +133,7 @@ class ArtifactsRequest:
     limits: FileLimits
 
     def to_frame(self) -> bytes:
-        return _dump(FrameType.ARTIFACTS, {"patterns": list(self.patterns), **self.limits._obj()})
+        return _dump(FrameType.ARTIFACTS, {"patterns": list(self.patterns), **_fields(self.limits)})
 
 
 def parse_artifacts(payload: bytes) -> ArtifactsRequest:
@@ -171,25 +169,10 @@ class FileEntry:
     skipped: str | None = None
 
     def to_frame(self) -> builtins.bytes:
-        return _dump(
-            FrameType.FILE_ENTRY,
-            {
-                "path": self.path,
-                "change": self.change,
-                "type": self.type,
-                "mode": self.mode,
-                "size": self.size,
-                "sha256": self.sha256,
-                "target": self.target,
-                "content": self.content,
-                "skipped": self.skipped,
-            },
-        )
+        return _dump(FrameType.FILE_ENTRY, _fields(self))
 
 
-_ENTRY_KEYS = frozenset(
-    {"path", "change", "type", "mode", "size", "sha256", "target", "content", "skipped"}
-)
+_ENTRY_KEYS = frozenset(f.name for f in fields(FileEntry))
 _HEX = frozenset("0123456789abcdef")
 
 

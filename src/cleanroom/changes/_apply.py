@@ -28,13 +28,12 @@ from pathlib import Path
 
 from cleanroom.changes._manifest import HostManifest, ManifestEntry, hash_file_at
 from cleanroom.changes._model import ChangeSet, FileChange
-from cleanroom.changes._paths import DIR_FLAGS, open_parent, split, symlink_escapes
+from cleanroom.changes._paths import DIR_FLAGS, NEW_FILE_FLAGS, open_parent, split, symlink_escapes
 from cleanroom.errors import CleanroomError, InvalidRequest, WorkspaceConflict
 
 __all__ = ["ApplyResult", "apply_changes"]
 
 _MAX_LISTED = 50
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def _write(root: Path, change: FileChange) -> None:
 def _copy_blob(blob: Path, dfd: int, tmp: str, mode: int) -> None:
     src = os.open(blob, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        out = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dfd)
+        out = os.open(tmp, NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
         try:
             while chunk := os.read(src, 1 << 20):
                 view = memoryview(chunk)

@@ -20,13 +20,11 @@ from typing import Any
 from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.filemessages import FileEntry, FileLimits, check_rel_path
 from cleanroom.agent.host import AgentClient
-from cleanroom.changes._paths import open_parent, split
+from cleanroom.changes._paths import NEW_FILE_FLAGS, open_parent, split
 from cleanroom.changes._receive import Receiver
 from cleanroom.errors import GuestAgentFailed, InvalidRequest
 
 __all__ = ["Artifact", "ArtifactList", "collect_artifacts"]
-
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,8 @@ async def collect_artifacts(
     def open_blob(entry: FileEntry) -> tuple[int, Path]:
         mode = 0o755 if (entry.mode or 0) & 0o111 else 0o644
         with open_parent(dest, entry.path, create=True) as dfd:
-            return os.open(split(entry.path)[1], _FLAGS, mode, dir_fd=dfd), dest / entry.path
+            fd = os.open(split(entry.path)[1], NEW_FILE_FLAGS, mode, dir_fd=dfd)
+        return fd, dest / entry.path
 
     receiver = Receiver(open_blob)
     try:

@@ -12,12 +12,11 @@ from cleanroom.agent.filemessages import FileEntry, FileLimits
 from cleanroom.agent.host import AgentClient
 from cleanroom.changes._manifest import HostManifest
 from cleanroom.changes._model import ChangeSet, FileChange
+from cleanroom.changes._paths import NEW_FILE_FLAGS
 from cleanroom.changes._receive import Receiver
 from cleanroom.errors import GuestAgentFailed
 
 __all__ = ["collect_changes"]
-
-_BLOB_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 async def collect_changes(
@@ -36,7 +35,7 @@ async def collect_changes(
 
     def open_blob(entry: FileEntry) -> tuple[int, Path]:
         path = spool / f"{next(counter):08d}"
-        return os.open(path, _BLOB_FLAGS, 0o600), path
+        return os.open(path, NEW_FILE_FLAGS, 0o600), path
 
     receiver = Receiver(open_blob)
     try:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 from cleanroom.changes._manifest import HostManifest, hash_file_at
 from cleanroom.changes._model import ChangeSet, FileChange
-from cleanroom.changes._paths import open_parent, split
+from cleanroom.changes._paths import NEW_FILE_FLAGS, open_parent, split
 from cleanroom.errors import CleanroomError, GuestAgentFailed, InvalidRequest, WorkspaceConflict
 
 __all__ = ["render_patch"]
 
 _GIT_TIMEOUT = 300.0
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _git_env(home: Path) -> dict[str, str]:
@@ -40,7 +39,7 @@ def _git_env(home: Path) -> dict[str, str]:
 
 def _copy_in(src_fd: int, tree: Path, path: str, mode: int) -> None:
     with open_parent(tree, path, create=True) as dfd:
-        out = os.open(split(path)[1], _WRITE_FLAGS, 0o600, dir_fd=dfd)
+        out = os.open(split(path)[1], NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
         try:
             while chunk := os.read(src_fd, 1 << 20):
                 view = memoryview(chunk)

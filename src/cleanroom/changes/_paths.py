@@ -16,11 +16,21 @@ from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.filemessages import check_rel_path
 from cleanroom.errors import GuestAgentFailed
 
-__all__ = ["DIR_FLAGS", "FILE_FLAGS", "guest_path", "open_parent", "split", "symlink_escapes"]
+__all__ = [
+    "DIR_FLAGS",
+    "FILE_FLAGS",
+    "NEW_FILE_FLAGS",
+    "guest_path",
+    "open_parent",
+    "split",
+    "symlink_escapes",
+]
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in for a file must not block the open.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Creating a file: never one that exists, never through a symlink.
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def guest_path(path: str) -> str:

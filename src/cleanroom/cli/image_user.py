@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.options import Subcommands, add_command, add_json
 from cleanroom.cli.output import print_json
-from cleanroom.errors import PolicyInvalid
 
 if TYPE_CHECKING:
     from cleanroom.images import CachedImage, Progress
@@ -94,14 +93,9 @@ def _print_result(cached: CachedImage, as_json: bool, verb: str) -> None:
 def _pull(args: argparse.Namespace, make_progress: ProgressFactory) -> int:
     from cleanroom.config import load_config
     from cleanroom.images import pull_oci_image
-    from cleanroom.policy import InvalidImageRef, parse_image_ref
+    from cleanroom.policy import require_image_ref
 
-    try:
-        ref = parse_image_ref(args.ref)
-    except InvalidImageRef as exc:
-        raise PolicyInvalid(
-            f"invalid image reference: {exc.message}", details={"ref": args.ref[:600]}
-        ) from exc
+    ref = require_image_ref(args.ref, "image reference")
     insecure = load_config().images.insecure_registries
     with contextlib.ExitStack() as stack:
         progress = make_progress(args.as_json, stack)

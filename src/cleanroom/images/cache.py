@@ -3,24 +3,19 @@
 A build runs in a private ``.build-*`` directory inside the cache and is
 published by renaming its output directory to ``<digest>`` after the manifest
 is written, so an interrupted build never leaves anything that looks like an
-image. An exclusive ``flock`` on ``images_dir()/.lock`` serialises builders;
-whoever takes the lock removes stale ``.build-*`` directories (their builders
-are gone, since they no longer hold the lock).
+image. Builders are serialised by the lock of :mod:`cleanroom.images.cachedir`
+on ``images_dir()/.lock``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import re
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images.builder import build_artifacts
+from cleanroom.images.cachedir import build_lock, discard, load_entries, new_staging, publish
 from cleanroom.images.manifest import GuestImage, load_image
 from cleanroom.images.progress import NullProgress, Progress
 from cleanroom.images.recipe import BuildInputs, resolve_inputs
@@ -28,7 +23,6 @@ from cleanroom.images.tools import REQUIRED_TOOLS, require_tools, run_tool
 from cleanroom.paths import images_dir
 
 __all__ = [
-    "build_lock",
     "current_image",
     "ensure_image",
     "image_digest",
@@ -36,9 +30,7 @@ __all__ = [
     "prune_images",
 ]
 
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _CANDIDATES_CACHE = ".apt-candidates.json"
-_BUILD_PREFIX = ".build-"
 
 
 def _inputs(*, agent_dir: Path | None = None) -> BuildInputs:
@@ -68,38 +60,9 @@ def current_image(*, agent_dir: Path | None = None) -> GuestImage | None:
 
 def list_images() -> list[GuestImage]:
     """Every complete image in the cache, newest build first."""
-    root = images_dir()
-    if not root.is_dir():
-        return []
-    images: list[GuestImage] = []
-    for entry in root.iterdir():
-        if not _DIGEST_RE.match(entry.name) or not entry.is_dir():
-            continue
-        with contextlib.suppress(ImageUnavailable):
-            images.append(load_image(entry))
+    images = load_entries(images_dir(), load_image)
     images.sort(key=lambda img: str(img.manifest.get("built_at", "")), reverse=True)
     return images
-
-
-@contextlib.contextmanager
-def build_lock(root: Path, progress: Progress) -> Iterator[None]:
-    """Hold the exclusive builder lock of the cache directory ``root`` (waits, saying so)."""
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress.info("waiting for another image build to finish")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _remove_stale(root: Path) -> None:
-    for entry in root.iterdir():
-        if entry.name.startswith(_BUILD_PREFIX) and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _resolve_for_build(progress: Progress, agent_dir: Path | None) -> BuildInputs:
@@ -111,18 +74,6 @@ def _resolve_for_build(progress: Progress, agent_dir: Path | None) -> BuildInput
         progress.info(f"{exc.message}; running apt-get update")
         run_tool(["apt-get", "update", "-q"])
         return _inputs(agent_dir=agent_dir)
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Move ``staging`` to ``final`` atomically, replacing any existing image."""
-    if final.exists():
-        # rename() cannot replace a non-empty directory: move the old one aside first.
-        old = final.with_name(f"{_BUILD_PREFIX}old-{final.name}-{os.getpid()}")
-        final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(final)
 
 
 def ensure_image(
@@ -150,8 +101,7 @@ def ensure_image(
             # Another builder may have finished this image while we waited for the lock.
             with contextlib.suppress(ImageUnavailable):
                 return load_image(final)
-        _remove_stale(root)
-        staging_root = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=root))
+        staging_root = new_staging(root)
         try:
             out = staging_root / "image"
             out.mkdir()
@@ -159,7 +109,7 @@ def ensure_image(
             build_artifacts(inputs, out, staging_root / "work", progress)
             shutil.rmtree(staging_root / "work", ignore_errors=True)
             staging = out.rename(staging_root / inputs.digest)
-            _publish(staging, final)
+            publish(staging, final)
         finally:
             shutil.rmtree(staging_root, ignore_errors=True)
         return load_image(final)
@@ -180,9 +130,6 @@ def prune_images(*, keep: int = 1, progress: Progress | None = None) -> list[str
     with build_lock(root, progress):
         others = [i for i in list_images() if current is None or i.digest != current.digest]
         for image in others[max(keep, 0) :]:
-            # Rename first so a half-deleted directory never looks like an image.
-            doomed = root / f"{_BUILD_PREFIX}prune-{image.digest}"
-            image.path.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            discard(image.path, "prune")
             removed.append(image.digest)
     return removed

@@ -16,8 +16,10 @@ Extended attributes are not restored (``docker export`` carries none).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cleanroom.errors import ImageUnavailable
@@ -32,6 +34,24 @@ def _hostile(member: str, problem: str) -> ImageUnavailable:
         f"refusing a hostile archive: {problem}",
         details={"cause": "hostile_archive", "member": member[:300], "problem": problem},
     )
+
+
+@contextlib.contextmanager
+def _reading(what: str, verb: str, cause: str | None = None) -> Iterator[None]:
+    """Translate what reading the tar ``what`` raises into ImageUnavailable: an unreadable
+    archive is ``corrupt_archive``; a failed ``verb`` (an OSError) is ``cause``."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise ImageUnavailable(
+            f"{what} is not a readable tar archive",
+            details={"cause": "corrupt_archive", "error": str(exc)[:200]},
+        ) from exc
+    except OSError as exc:
+        raise ImageUnavailable(
+            f"cannot {verb} {what}: {exc.strerror or exc}",
+            details=None if cause is None else {"cause": cause},
+        ) from exc
 
 
 def _normal(name: str, what: str) -> str:
@@ -97,22 +117,11 @@ def extract_rootfs(archive: Path, tree: Path) -> int:
     Raises ImageUnavailable (``cause`` ``hostile_archive`` or ``corrupt_archive``)
     before writing anything if a member is unsafe.
     """
-    try:
-        with tarfile.open(archive) as tar:
-            members = _check(tar.getmembers())
-            tree.mkdir(mode=0o755)
-            # Safe: every member was checked above; owners and modes must be kept.
-            tar.extractall(tree, members, numeric_owner=True, filter="fully_trusted")  # noqa: S202
-    except (tarfile.TarError, EOFError, ValueError) as exc:
-        raise ImageUnavailable(
-            f"{archive.name} is not a readable tar archive",
-            details={"cause": "corrupt_archive", "error": str(exc)[:200]},
-        ) from exc
-    except OSError as exc:
-        raise ImageUnavailable(
-            f"cannot extract {archive.name}: {exc.strerror or exc}",
-            details={"cause": "extract_failed"},
-        ) from exc
+    with _reading(archive.name, "extract", "extract_failed"), tarfile.open(archive) as tar:
+        members = _check(tar.getmembers())
+        tree.mkdir(mode=0o755)
+        # Safe: every member was checked above; owners and modes must be kept.
+        tar.extractall(tree, members, numeric_owner=True, filter="fully_trusted")  # noqa: S202
     tree.chmod(0o755)
     return len(members)
 
@@ -124,33 +133,23 @@ def scan_layer(layer: Path) -> None:
     refused; symlinks and whiteouts are left to the unpacker, which resolves
     every path inside the image's root. Streams the layer once; writes nothing.
     """
-    try:
-        with tarfile.open(layer, mode="r|*") as tar:
-            seen = 0
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.ReadError:
-                    if seen == 0:
-                        raise
-                    # Some writers (umoci among them) omit the end-of-archive
-                    # blocks and the last member's padding: no header can
-                    # follow, for any reader, so this is the end.
-                    break
-                if member is None:
-                    break
-                seen += 1
-                _normal(member.name, "a member name")
-                if member.ischr() or member.isblk():
-                    raise _hostile(member.name, "device nodes are not allowed")
-                if member.islnk():
-                    _normal(member.linkname, "a hard link target")
-    except (tarfile.TarError, EOFError, ValueError) as exc:
-        raise ImageUnavailable(
-            f"layer {layer.name[:12]} is not a readable tar archive",
-            details={"cause": "corrupt_archive", "error": str(exc)[:200]},
-        ) from exc
-    except OSError as exc:
-        raise ImageUnavailable(
-            f"cannot read layer {layer.name[:12]}: {exc.strerror or exc}"
-        ) from exc
+    with _reading(f"layer {layer.name[:12]}", "read"), tarfile.open(layer, mode="r|*") as tar:
+        seen = 0
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.ReadError:
+                if seen == 0:
+                    raise
+                # Some writers (umoci among them) omit the end-of-archive
+                # blocks and the last member's padding: no header can
+                # follow, for any reader, so this is the end.
+                break
+            if member is None:
+                break
+            seen += 1
+            _normal(member.name, "a member name")
+            if member.ischr() or member.isblk():
+                raise _hostile(member.name, "device nodes are not allowed")
+            if member.islnk():
+                _normal(member.linkname, "a hard link target")

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.errors import ImageUnavailable
-from cleanroom.images.cache import build_lock
+from cleanroom.images.cachedir import build_lock, discard, load_entries, new_staging, publish
 from cleanroom.images.ext4 import make_ext4
 from cleanroom.images.progress import NullProgress, Progress
 from cleanroom.images.userimage import ImageConfig, UserImage
@@ -42,11 +41,9 @@ __all__ = [
 ]
 
 _KEY_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _META = "image.json"
 _ROOTFS = "rootfs.ext4"
 _USED = "last-used"
-_BUILD_PREFIX = ".build-"
 _META_LIMIT = 256 * 1024
 _META_KEYS = {"format", "key", "source", "config", "size_bytes", "content_bytes", "created_at"}
 _META_KEYS_ALL = {*_META_KEYS, "origin"}
@@ -150,27 +147,9 @@ def lookup_user_image(key: str) -> CachedImage | None:
 
 def list_user_images() -> list[CachedImage]:
     """Every complete entry, most recently used first."""
-    root = user_images_dir()
-    if not root.is_dir():
-        return []
-    found: list[CachedImage] = []
-    for entry in root.iterdir():
-        if _HEX_RE.match(entry.name) and entry.is_dir():
-            with contextlib.suppress(ImageUnavailable):
-                found.append(_load(entry))
+    found = load_entries(user_images_dir(), _load)
     found.sort(key=lambda c: c.last_used, reverse=True)
     return found
-
-
-def _publish(out: Path, final: Path) -> None:
-    if final.exists():
-        # A damaged entry (it did not load) is replaced: move it aside first.
-        doomed = final.with_name(f"{_BUILD_PREFIX}old-{final.name}-{os.getpid()}")
-        final.rename(doomed)
-        out.rename(final)
-        shutil.rmtree(doomed, ignore_errors=True)
-    else:
-        out.rename(final)
 
 
 def obtain_user_image(
@@ -199,10 +178,7 @@ def obtain_user_image(
             hit = lookup_user_image(key)
             if hit is not None:
                 return hit
-        for entry in root.iterdir():
-            if entry.name.startswith(_BUILD_PREFIX) and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=root))
+        staging = new_staging(root)
         try:
             work = staging / "work"
             work.mkdir()
@@ -235,7 +211,7 @@ def obtain_user_image(
             }
             (out / _META).write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
             (out / _USED).touch()
-            _publish(out, final)
+            publish(out, final)
         except OSError as exc:
             raise ImageUnavailable(f"cannot write the image cache: {exc.strerror or exc}") from exc
         finally:
@@ -261,15 +237,6 @@ def _matching(selector: str) -> list[CachedImage]:
     ]
 
 
-def _delete(root: Path, cached: CachedImage) -> None:
-    entry = cached.image.rootfs.parent
-    # Rename first so a half-deleted directory never looks like an image; open
-    # files (a running guest's base) survive the deletion.
-    doomed = root / f"{_BUILD_PREFIX}rm-{entry.name}"
-    entry.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
 def remove_user_images(
     selectors: list[str], *, progress: Progress | None = None
 ) -> list[CachedImage]:
@@ -290,7 +257,7 @@ def remove_user_images(
     root = user_images_dir()
     with build_lock(root, progress):
         for cached in chosen.values():
-            _delete(root, cached)
+            discard(cached.image.rootfs.parent, "rm")
     return list(chosen.values())
 
 
@@ -311,6 +278,6 @@ def prune_user_images(
         for cached in list_user_images():
             if cached.image.key in keep or cached.last_used > cutoff:
                 continue
-            _delete(root, cached)
+            discard(cached.image.rootfs.parent, "rm")
             removed.append(cached)
     return removed

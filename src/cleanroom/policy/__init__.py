@@ -19,6 +19,7 @@ from cleanroom.policy.image import (
     OciImage,
     Resources,
     parse_image_ref,
+    require_image_ref,
 )
 from cleanroom.policy.load import find_policy, load_policy
 from cleanroom.policy.model import (
@@ -54,5 +55,6 @@ __all__ = [
     "normalize_host",
     "parse_host",
     "parse_image_ref",
+    "require_image_ref",
     "select_image",
 ]

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cleanroom.errors import PolicyInvalid
+
 __all__ = [
     "MAX_DISK_MIB",
     "MAX_MEMORY_MIB",
@@ -29,6 +31,7 @@ __all__ = [
     "OciImage",
     "Resources",
     "parse_image_ref",
+    "require_image_ref",
     "valid_package_name",
     "valid_suite",
 ]
@@ -134,6 +137,15 @@ def parse_image_ref(text: str) -> ImageRef:
             f"{path!r} is not a valid repository name (lowercase letters, digits, . _ - and /)"
         )
     return ImageRef(registry, path, tag, digest)
+
+
+def require_image_ref(text: str, what: str) -> ImageRef:
+    """:func:`parse_image_ref` for a reference given outside a policy file: a malformed
+    one is ``policy_invalid`` (``what`` names where it came from; the details carry it)."""
+    try:
+        return parse_image_ref(text)
+    except InvalidImageRef as exc:
+        raise PolicyInvalid(f"invalid {what}: {exc.message}", details={"ref": text[:600]}) from exc
 
 
 def valid_package_name(name: str) -> bool:

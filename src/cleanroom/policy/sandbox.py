@@ -11,8 +11,8 @@ Pure functions (no I/O), for the service to call when it launches a context:
 
 from __future__ import annotations
 
-from cleanroom.errors import PolicyConflict, PolicyInvalid
-from cleanroom.policy.image import ImageSpec, InvalidImageRef, OciImage, Resources, parse_image_ref
+from cleanroom.errors import PolicyConflict
+from cleanroom.policy.image import ImageSpec, OciImage, Resources, require_image_ref
 
 __all__ = ["check_resources", "select_image"]
 
@@ -36,21 +36,11 @@ def select_image(
                 "the runtime config forbids overriding the policy's image",
                 details={"limit": "images.allow_override", "override": override[:600]},
             )
-        try:
-            return OciImage(parse_image_ref(override))
-        except InvalidImageRef as exc:
-            raise PolicyInvalid(
-                f"invalid image override: {exc.message}", details={"ref": override[:600]}
-            ) from exc
+        return OciImage(require_image_ref(override, "image override"))
     if policy_image is not None:
         return policy_image
     if default is not None:
-        try:
-            return OciImage(parse_image_ref(default))
-        except InvalidImageRef as exc:
-            raise PolicyInvalid(
-                f"invalid images.default: {exc.message}", details={"ref": default[:600]}
-            ) from exc
+        return OciImage(require_image_ref(default, "images.default"))
     return None
 
 

@@ -61,18 +61,17 @@ def read_image(node: YamlNode, path: str, problems: Problems) -> ImageSpec | Non
     if ("ref" in entries) == ("debian" in entries):
         problems.add(node.mark, path, "give exactly one of 'ref' and 'debian'")
         return None
-    ref_entry = entries.get("ref")
-    if ref_entry is not None:
-        ref_path = join_key(path, "ref")
-        text = read_str(ref_entry.value, ref_path, problems)
-        if text is None:
-            return None
-        try:
-            return OciImage(parse_image_ref(text))
-        except InvalidImageRef as exc:
-            problems.add(ref_entry.value.mark, ref_path, exc.message)
-            return None
-    return _read_debian(entries["debian"].value, join_key(path, "debian"), problems)
+    if "debian" in entries:
+        return _read_debian(entries["debian"].value, join_key(path, "debian"), problems)
+    ref, ref_path = entries["ref"].value, join_key(path, "ref")
+    text = read_str(ref, ref_path, problems)
+    if text is None:
+        return None
+    try:
+        return OciImage(parse_image_ref(text))
+    except InvalidImageRef as exc:
+        problems.add(ref.mark, ref_path, exc.message)
+        return None
 
 
 def _read_debian(node: YamlNode, path: str, problems: Problems) -> DebianImage | None:

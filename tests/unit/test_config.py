@@ -259,7 +259,7 @@ def test_binary_path_may_be_a_command_name() -> None:
 
 
 def test_readme_config_section_parses() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Runtime configuration", 1)[1]
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = parse_config_text(block, "README.md")

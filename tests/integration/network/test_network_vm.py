@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from network_fixtures import DNS_ADDR, PROBE, Internet, netns_names
 
 from cleanroom.backends.qemu import QemuConfig
 from cleanroom.config import NetworkConfig, PoolConfig, RuntimeConfig
 from cleanroom.network import read_events
 from cleanroom.service import LaunchOptions, Service
-from conftest import DNS_ADDR, PROBE, Internet, netns_names
 
 pytestmark = [pytest.mark.vm, pytest.mark.image, pytest.mark.network]
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from images_fixtures import PushedImages
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images import check_disk_fits, list_user_images, pull_oci_image
@@ -14,7 +15,6 @@ from cleanroom.images.ocijson import parse_config, parse_json, parse_manifest, p
 from cleanroom.images.skopeo import auth_file, is_loopback_registry, tls_flag
 from cleanroom.images.userimage import ImageConfig
 from cleanroom.policy import parse_image_ref
-from conftest import PushedImages
 
 D = "sha256:" + "a" * 64
 

@@ -7,10 +7,10 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from images_fixtures import PushedImages
 from ocitools import free_port, run
 
 from cleanroom.cli.testing import invoke
-from conftest import PushedImages
 
 
 def _lines(stdout: str) -> list[dict[str, Any]]:

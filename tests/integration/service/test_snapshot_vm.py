@@ -36,7 +36,9 @@ PROBE = (
 
 
 @pytest.fixture
-async def qemu(tmp_path: Path) -> AsyncIterator[QemuBackend]:
+async def qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[QemuBackend]:
+    # A private state directory: run records and stagings of this test only.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     config = QemuConfig(accel="tcg", launch_seconds=120)
     backend = QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
     await backend.prepare()

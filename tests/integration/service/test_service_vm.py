@@ -49,7 +49,9 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[Service]:
+async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
+    # A private state directory: run records, pool guests and stagings of this test only.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     config = RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120))
     svc = Service(config)
     await svc.start()

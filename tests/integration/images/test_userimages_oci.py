@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from images_fixtures import PushedImages
 from ocitools import Registry, debugfs, docker_archive, free_port, run
 
 from cleanroom.errors import ImageUnavailable
@@ -23,7 +24,6 @@ from cleanroom.images import pull_oci_image
 from cleanroom.images.usercache import list_user_images
 from cleanroom.images.userimage import ImageConfig
 from cleanroom.policy import parse_image_ref
-from conftest import PushedImages
 
 
 def _ls(rootfs: Path, directory: str) -> dict[str, list[str]]:

@@ -42,7 +42,11 @@ def network() -> Iterator[NetworkConfig]:
 
 
 @pytest.fixture
-async def pooled(tmp_path: Path, network: NetworkConfig) -> AsyncIterator[Service]:
+async def pooled(
+    tmp_path: Path, network: NetworkConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Service]:
+    # A private state directory: a service's start clears its pool directory.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     config = RuntimeConfig(
         qemu=QemuConfig(accel="tcg", launch_seconds=120),
         network=network,

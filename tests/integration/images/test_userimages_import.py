@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from images_fixtures import PushedImages
 from ocitools import debugfs, docker_archive, run
 
 from cleanroom.errors import ImageUnavailable
@@ -15,7 +16,6 @@ from cleanroom.images import import_image, pull_oci_image
 from cleanroom.images.importer import DEFAULT_PATH, detect_archive
 from cleanroom.images.usercache import list_user_images
 from cleanroom.policy import parse_image_ref
-from conftest import PushedImages
 
 
 def _check_busybox_image(rootfs: Path) -> None:

@@ -7,11 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from cleanroom.network import NetworkManager
-from cleanroom.network.owners import OWNER_DIR, forget_owner, owned_elsewhere, record_owner
-from conftest import TEST_PREFIX, netns_names
+from cleanroom.network.owners import forget_owner, owned_elsewhere, record_owner
 
 
 @dataclass(frozen=True)
@@ -40,27 +36,3 @@ def test_owner_records(tmp_path: Path) -> None:
     assert not owned_elsewhere("crn-missing", tmp_path)
     forget_owner("crn-x", tmp_path)
     assert not (tmp_path / "crn-x").exists()
-
-
-@pytest.mark.network
-async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
-    name = f"{TEST_PREFIX}own"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        (OWNER_DIR / name).write_text(f"{other.pid} {_start_time(other.pid)}\n")
-        manager = NetworkManager(Settings(), prefix=TEST_PREFIX)
-        assert name not in await manager.reconcile()
-        assert name in netns_names()
-        other.kill()
-        other.wait()
-        assert name in await manager.reconcile()
-        assert name not in netns_names()
-        assert not (OWNER_DIR / name).exists()
-    finally:
-        if other.poll() is None:
-            other.kill()
-            other.wait()
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-        forget_owner(name)

@@ -1,4 +1,4 @@
-"""The README's promises: the two set-up commands exist, and its curl example runs verbatim."""
+"""The README's curl example runs verbatim against a real server (real guests)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CLI = str(Path(sys.executable).with_name("cleanroom"))
 
@@ -24,16 +24,6 @@ def _block_after(heading: str) -> str:
     match = re.search(r"```sh\n(.*?)```", section, re.S)
     assert match, f"no sh block after {heading}"
     return match.group(1)
-
-
-def test_quick_start_names_exactly_the_two_scripts() -> None:
-    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"```sh\n(.*?)```", quick, re.S)
-    assert [c.strip() for c in commands] == ["./scripts/quickstart", "./scripts/test"]
-    for script in ("quickstart", "test"):
-        assert os.access(ROOT / "scripts" / script, os.X_OK)
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "./scripts/test" in ci
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -14,37 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import ENTRY, cli, cli_env
 
 from cleanroom.service import Service
 from cleanroom.testing import runs_with_status
 
-ENTRY = "from cleanroom.cli.app import main; main()"
-
 
 @pytest.fixture
 def env(root: Path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k != "CLEANROOM_HOST"}
-    out.update(
-        XDG_RUNTIME_DIR=str(root / "xdg-run"),
-        XDG_STATE_HOME=str(root / "xdg-state"),
-        XDG_CONFIG_HOME=str(root / "xdg-config"),
-        XDG_CACHE_HOME=str(root / "xdg-cache"),
-        COLUMNS="200",
-    )
-    return out
-
-
-def cli(
-    *args: str, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    return cli_env(root)
 
 
 def test_exec_streams_bytes_and_exits_with_the_code(
@@ -294,37 +269,3 @@ def test_help_mentions_loopback(env: dict[str, str]) -> None:
     assert done.returncode == 0
     assert "loopback" in done.stdout.decode()
     assert started  # the help text, not its speed, is what this checks
-
-
-def _peer_pid(sock_path: Path) -> int:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(str(sock_path))
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid: int = struct.unpack("3i", creds)[0]
-    return pid
-
-
-@pytest.mark.vm
-@pytest.mark.image
-def test_exec_autostarts_a_real_server(root: Path, env: dict[str, str]) -> None:
-    """No server and no host configured: exec starts `cleanroom serve` and uses it."""
-    env = {**env, "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))}
-    work = root / "work"
-    work.mkdir()
-    (work / "cleanroom.yaml").write_text("version: 1\n")
-    sock = root / "xdg-run" / "cleanroom" / "cleanroom.sock"
-    done = cli("exec", "-c", str(work), "--", "echo from-guest", env=env)
-    try:
-        assert done.returncode == 0, done.stderr
-        assert done.stdout == b"from-guest\n"
-        assert b"started a server" in done.stderr
-        assert sock.exists()
-        assert (root / "xdg-state" / "cleanroom" / "server.log").is_file()
-    finally:
-        if sock.exists():
-            pid = _peer_pid(sock)
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while sock.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-    assert not sock.exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from network_fixtures import DNS_ADDR, TEST_PREFIX, Internet, netns_names, probe
 
 from cleanroom.network import NetworkManager, NetworkSummary, RunNetwork, read_events
 from cleanroom.policy import CompiledPolicy, compile_policy_text
-from conftest import DNS_ADDR, TEST_PREFIX, Internet, netns_names, probe
 
 pytestmark = pytest.mark.network
 

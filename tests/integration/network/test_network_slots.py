@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from network_fixtures import DNS_ADDR, TEST_PREFIX, Internet, netns_names, probe
 
 from cleanroom.errors import NetworkSetupFailed
 from cleanroom.network import NetworkManager, read_events
 from cleanroom.policy import compile_policy_text
-from conftest import DNS_ADDR, TEST_PREFIX, Internet, netns_names, probe
 
 pytestmark = pytest.mark.network
 
