@@ -142,4 +142,3 @@ def test_warm_refuses_a_user_image() -> None:
     assert result.exit_code == 64
     assert "invalid_request" in result.stderr
     assert "built-in guest image only" in result.stderr
-
