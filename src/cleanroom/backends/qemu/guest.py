@@ -65,13 +65,15 @@ class QemuGuest(VmGuest):
         *,
         base_rootfs: Path | None = None,
         extra_argv: Sequence[str] = (),
+        extra_fds: Mapping[int, str] | None = None,
         plan_extra: Mapping[str, Any] | None = None,
     ) -> Self:
         """Prepare the run's disk, write the plan, and spawn QEMU.
 
         ``base_rootfs`` replaces the machine's (a snapshot's saved disk state);
-        ``extra_argv`` goes at the end of QEMU's arguments and ``plan_extra`` into
-        the plan (both: a restore's ``-incoming``). Raises ``RuntimeLaunchFailed``;
+        ``extra_argv`` goes at the end of QEMU's arguments, ``extra_fds`` (descriptor
+        -> what it is) are inherited by QEMU and ``plan_extra`` goes into the plan
+        (all three: a snapshot's stream). Raises ``RuntimeLaunchFailed``;
         on failure nothing is left running and the per-run disk is removed.
         """
         base = machine.rootfs if base_rootfs is None else base_rootfs
@@ -112,6 +114,7 @@ class QemuGuest(VmGuest):
                     inherited_fds={
                         str(launch.qmp_fd): "QMP monitor (socketpair)",
                         str(launch.agent_fd): "agent channel (socketpair)",
+                        **{str(fd): what for fd, what in (extra_fds or {}).items()},
                     },
                     **(plan_extra or {}),
                 )
@@ -120,7 +123,7 @@ class QemuGuest(VmGuest):
                     argv,
                     stdout=run_dir / VMM_LOG_NAME,
                     stderr=run_dir / VMM_LOG_NAME,
-                    pass_fds=(launch.qmp_fd, launch.agent_fd),
+                    pass_fds=(launch.qmp_fd, launch.agent_fd, *(extra_fds or {})),
                 )
         except BaseException:
             qmp_host.close()

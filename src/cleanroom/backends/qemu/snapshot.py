@@ -1,11 +1,15 @@
 """Save a booted, agent-ready QEMU guest to a snapshot, and restore guests from it.
 
 The snapshot is two files: ``memory.mig``, QEMU's migration stream of the
-paused guest (RAM and device state, written with ``migrate "exec:cat > FILE"``:
-QEMU 7.2 has no ``file:`` URI), and ``rootfs.raw``, the root disk exactly as
-that guest left it (the guest's page cache in the stream depends on it). A
-restore is a new QEMU with the same machine and devices started with
-``-incoming "exec:cat FILE"``; it gets its own copy of the root disk (an
+paused guest (RAM and device state), and ``rootfs.raw``, the root disk exactly
+as that guest left it (the guest's page cache in the stream depends on it).
+QEMU 7.2 has no ``file:`` migration URI: the stream is saved with
+``migrate "exec:cat > FILE"`` (QEMU spawns a shell: the snapshot guest, which
+never runs anything but the agent waiting for its hello, must be allowed to)
+and restored from a descriptor QEMU inherits, ``-incoming fd:N`` (no process
+spawned per run; QEMU 7.2's outgoing ``fd:`` takes only a descriptor passed
+over QMP by name). A restore is a new QEMU with the same machine and devices;
+it gets its own copy of the root disk (an
 overlay over ``rootfs.raw``, never written), its own workspace disk, console
 and channels, like a cold boot.
 
@@ -28,6 +32,7 @@ What the guest is told and what it must not keep:
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import shutil
 import subprocess
@@ -248,12 +253,18 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
     """Start a new QEMU that resumes ``snapshot`` with ``spec``'s own root overlay,
     workspace disk, console and channels. Raises ``RuntimeLaunchFailed``; a
     stream QEMU cannot load makes it exit, which ``open_channel`` reports."""
-    memory = snapshot.file(MEMORY_NAME)
-    incoming = ("-incoming", f"exec:cat {shlex.quote(str(memory))}")
-    return await RestoredGuest.start(
-        snapshot_machine(machine),
-        spec,
-        base_rootfs=snapshot.file(DISK_NAME),
-        extra_argv=(*VMGENID_ARGV, *incoming),
-        plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
-    )
+    try:
+        memory_fd = os.open(snapshot.file(MEMORY_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RuntimeLaunchFailed(f"cannot open the snapshot: {exc}") from exc
+    try:
+        return await RestoredGuest.start(
+            snapshot_machine(machine),
+            spec,
+            base_rootfs=snapshot.file(DISK_NAME),
+            extra_argv=(*VMGENID_ARGV, "-incoming", f"fd:{memory_fd}"),
+            extra_fds={memory_fd: "snapshot stream (read)"},
+            plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
+        )
+    finally:
+        os.close(memory_fd)  # QEMU has its own copy
