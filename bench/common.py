@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 CLI = str(Path(sys.executable).with_name("cleanroom"))
+_SERVERS = itertools.count()
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -67,6 +69,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     host: str
     home: Path
+    env: dict[str, str]
+    """The server's environment (its config), for CLI commands that read the config."""
 
     def client(self) -> Client:
         from cleanroom.client import Client  # noqa: PLC0415 - keep the other benches light
@@ -94,24 +98,33 @@ class Server:
 
 @contextmanager
 def serve(
-    home: Path, *, pool_size: int, accel: str, launch_seconds: float = 60
+    home: Path,
+    *,
+    pool_size: int,
+    accel: str,
+    launch_seconds: float = 60,
+    snapshots: bool = False,
 ) -> Iterator[Server]:
-    """Start ``cleanroom serve`` with its own config (pool size, accel) and socket.
+    """Start ``cleanroom serve`` with its own config (pool size, accel, whether runs
+    are restored from a snapshot) and socket.
 
     Its sandboxes use a namespace made here as their uplink, so benchmarking
     never changes the host's own firewall or forwarding settings.
     """
-    uplink = f"crb-uplink-{os.getpid()}"
+    # Unique per server: a benchmark may run two servers side by side.
+    uplink = f"crb-up-{os.getpid()}-{next(_SERVERS)}"
     subprocess.run(["ip", "netns", "add", uplink], check=True)
     config_home = home / "config"
     (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
     (config_home / "cleanroom" / "config.yaml").write_text(
         f"pool: {{size: {pool_size}}}\n"
-        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}}}}}\n"
+        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}, "
+        f"snapshots: {'on' if snapshots else 'off'}}}}}\n"
         f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n"
     )
     sock = home / "cleanroom.sock"
-    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    # Its own state directory too: a server clears the pool directory there at start.
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "XDG_STATE_HOME": str(home / "state")}
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [CLI, "serve", "--listen", f"unix://{sock}"],
@@ -120,7 +133,7 @@ def serve(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(proc, f"unix://{sock}", home)
+    server = Server(proc, f"unix://{sock}", home, env)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -3,11 +3,16 @@
 1. floor: the same kernel, initramfs and rootfs booted by a minimal QEMU
    command line (written out here, no cleanroom server, service or backend
    code) to agent ready plus one ``true``. The only cleanroom code used is the
-   agent protocol client, because the guest only speaks that protocol. Floor
-   and cold samples alternate.
+   agent protocol client, because the guest only speaks that protocol. Floor,
+   cold and restored samples alternate.
 2. cold: ``POST /v1/exec`` of ``true`` through a running server, pool disabled.
-3. warm: the same with the warm pool (the pool is refilled between samples).
-4. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+3. restored: the same with runs restored from the guest snapshot (made first
+   by ``cleanroom image warm`` with the server's config; pool disabled).
+   ``cold_big`` and ``restored_big``: the same two with a 100 MiB, 1,000-file
+   workspace (it reaches the guest as a disk made on the host).
+4. warm: the same with the warm pool (the pool is refilled between samples).
+5. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+
 
 Usage: ``python bench/tti.py [-n N] [--accel tcg|kvm|auto] [--json]``
 """
@@ -16,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,6 +36,9 @@ from common import CLI, emit_json, host_facts, make_workspace, print_table, serv
 from cleanroom.agent import AgentClient
 from cleanroom.backends.hostinfo import host_tsc_khz
 from cleanroom.images import ensure_image
+
+if TYPE_CHECKING:
+    from cleanroom.client import Client
 
 
 async def _floor_once(tmp: Path, accel: str) -> float:
@@ -88,6 +97,26 @@ async def _floor_once(tmp: Path, accel: str) -> float:
         proc.wait()
 
 
+def _big_workspace(root: Path) -> Path:
+    """A deny-all repository of 1,000 files, 100 MiB in all (random bytes)."""
+    ws = root / "big"
+    for i in range(1000):
+        d = ws / f"pkg{i // 50:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i:04d}.bin").write_bytes(os.urandom(100 << 10))
+    (ws / "cleanroom.yaml").write_text("version: 1\n")
+    return ws
+
+
+def _timed_exec(c: Client, ws: Path) -> tuple[float, str]:
+    """``POST /v1/exec`` of ``true`` in ``ws``: its ms and how the guest started."""
+    t0 = time.perf_counter()
+    r = c.exec(ws, ["true"])
+    ms = (time.perf_counter() - t0) * 1000
+    assert r.exit_code == 0
+    return ms, str(c.run_record(r.run_id)["start"])
+
+
 def _cli_once(host: str, ws: Path) -> float:
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -109,20 +138,38 @@ def main() -> None:
     args = ap.parse_args()
     floor_accel = "tcg" if args.accel == "auto" else args.accel
     ensure_image()
-    results: dict[str, list[float]] = {"floor": [], "cold": [], "warm": [], "cli_warm": []}
-    pool_hits = 0
+    results: dict[str, list[float]] = {
+        "floor": [],
+        "cold": [],
+        "restored": [],
+        "cold_big": [],
+        "restored_big": [],
+        "warm": [],
+        "cli_warm": [],
+    }
+    pool_hits = restored_hits = 0
     with tempfile.TemporaryDirectory(prefix="cleanroom-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ws = make_workspace(tmp)
-        # Floor and cold samples alternate, so the host's own load drifting
-        # during the run weighs on both alike (the ratio is the point).
-        with serve(tmp / "cold", pool_size=0, accel=args.accel) as server, server.client() as c:
+        big = _big_workspace(tmp)
+        # Floor, cold and restored samples alternate, so the host's own load
+        # drifting during the run weighs on all alike (the ratios are the point).
+        with (
+            serve(tmp / "cold", pool_size=0, accel=args.accel) as cold_server,
+            serve(tmp / "restored", pool_size=0, accel=args.accel, snapshots=True) as restorer,
+            cold_server.client() as cold,
+            restorer.client() as restoring,
+        ):
+            # The snapshot is made ahead, with the server's own config (same key).
+            subprocess.run([CLI, "image", "warm"], env=restorer.env, check=True)
             for _ in range(args.n):
                 results["floor"].append(asyncio.run(_floor_once(tmp, floor_accel)))
-                t0 = time.perf_counter()
-                r = c.exec(ws, ["true"])
-                results["cold"].append((time.perf_counter() - t0) * 1000)
-                assert r.exit_code == 0
+                results["cold"].append(_timed_exec(cold, ws)[0])
+                results["cold_big"].append(_timed_exec(cold, big)[0])
+                for key, where in (("restored", ws), ("restored_big", big)):
+                    ms, start = _timed_exec(restoring, where)
+                    results[key].append(ms)
+                    restored_hits += start == "restored"
         with serve(tmp / "warm", pool_size=1, accel=args.accel) as server:
             with server.client() as c:
                 for _ in range(args.n):
@@ -138,11 +185,19 @@ def main() -> None:
     out: dict[str, Any] = {
         "floor_ms": stats["floor"]["median"],
         "cold_ms": stats["cold"]["median"],
+        "restored_ms": stats["restored"]["median"],
+        "cold_big_ms": stats["cold_big"]["median"],
+        "restored_big_ms": stats["restored_big"]["median"],
         "warm_ms": stats["warm"]["median"],
         "cli_warm_ms": stats["cli_warm"]["median"],
         "cold_over_floor": round(stats["cold"]["median"] / stats["floor"]["median"], 3),
+        "restored_over_floor": round(stats["restored"]["median"] / stats["floor"]["median"], 3),
+        "restored_big_over_floor": round(
+            stats["restored_big"]["median"] / stats["floor"]["median"], 3
+        ),
         "warm_over_cold": round(stats["warm"]["median"] / stats["cold"]["median"], 4),
         "warm_pool_hits": pool_hits,
+        "restored_hits": restored_hits,
         "runs": args.n,
         "accel": args.accel,
         "host": host_facts(),
@@ -153,10 +208,12 @@ def main() -> None:
         return
     print_table(
         f"time to first command ({args.n} runs each, accel={args.accel})",
-        [(k, stats[k]) for k in ("floor", "cold", "warm", "cli_warm")],
+        [(k, stats[k]) for k in results],
     )
     print(
-        f"\ncold/floor {out['cold_over_floor']}   warm/cold {out['warm_over_cold']}   "
+        f"\ncold/floor {out['cold_over_floor']}   restored/floor {out['restored_over_floor']}   "
+        f"restored_big/floor {out['restored_big_over_floor']}   "
+        f"warm/cold {out['warm_over_cold']}   restored {restored_hits}/{2 * args.n}   "
         f"warm pool hits {pool_hits}/{args.n}   host {out['host']}"
     )
 

@@ -145,6 +145,11 @@ class Session:
         self._workspace = workspace if root is None else root.workspace_path
         self._init = init_mode
         self._privileged = init_mode or (os.geteuid() == 0 and _own_mount_namespace())
+        self._restorable = (
+            init_mode and root is None and sysops.snapshot_mode_requested(sysops.read_cmdline())
+        )
+        """Booted to be snapshotted: each configure reseeds the CRNG, and the first
+        mounts the workspace disk (see ``sysops.SNAPSHOT_CMDLINE_FLAG``)."""
         self._greeted = False
         self._receiver: WorkspaceReceiver | None = None
         self._ro_bound = False
@@ -295,6 +300,18 @@ class Session:
             raise GuestOperationFailed(ERR_BUSY, "configure while a command runs")
         if req.entropy_seed is not None:
             sysops.add_entropy(req.entropy_seed, credit=self._init)
+        if self._restorable:
+            # Every guest restored from one snapshot starts with the same CRNG
+            # state: reseed it from the pool that now holds this run's seed.
+            sysops.reseed_crng()
+            # ... and with the wall clock of the moment the snapshot was taken.
+            sysops.set_clock_from_rtc()
+        _reseed_python()
+        if self._restorable and not sysops.is_mount_point(self._workspace):
+            try:
+                sysops.mount_workspace_disk(self._workspace, fresh=True)
+            except OSError as exc:
+                raise GuestOperationFailed(ERR_CONFIGURE, f"workspace disk: {exc}") from exc
         if req.network is not None:
             if not self._privileged:
                 raise GuestOperationFailed(
@@ -436,6 +453,18 @@ class Session:
         os.sync()
         self._ch.send(encode_frame(FrameType.GOODBYE))
         raise _EndSession(EXIT_OK)
+
+
+def _reseed_python() -> None:
+    """Reseed this process's Python generators from the (reseeded) kernel: a restored
+    agent would otherwise repeat the values of every other restore of its snapshot.
+    Only modules already imported hold state; none is imported for this."""
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        rnd.seed()
+    tmp = sys.modules.get("tempfile")
+    if tmp is not None:
+        tmp._name_sequence = None  # type: ignore[attr-defined]  # rebuilt on next use
 
 
 USAGE = "usage: python3 -m cleanroom.agent.guest [--channel SPEC] [--workspace DIR]"

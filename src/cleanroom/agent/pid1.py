@@ -45,7 +45,9 @@ def run_init(workspace: str, serve: Serve, log: Callable[[str], None]) -> int:
         except imageroot.ImageRootError as exc:
             root_problem = str(exc)
             log(f"user image: {root_problem}")
-    else:
+    elif not sysops.snapshot_mode_requested(sysops.read_cmdline()):
+        # In snapshot mode the disk now attached is a placeholder: the agent
+        # mounts the run's own disk at its first configure, after the restore.
         try:
             sysops.mount_workspace_disk(workspace)
         except OSError as exc:

@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from cleanroom.agent.errors import GuestOperationFailed
@@ -23,6 +24,7 @@ from cleanroom.agent.messages import GuestNetwork
 from cleanroom.agent.protocol import ERR_CONFIGURE
 
 __all__ = [
+    "SNAPSHOT_CMDLINE_FLAG",
     "add_entropy",
     "bind_read_only",
     "configure_network",
@@ -34,7 +36,10 @@ __all__ = [
     "mount_workspace_disk",
     "power_off",
     "read_cmdline",
+    "reseed_crng",
+    "set_clock_from_rtc",
     "set_hostname",
+    "snapshot_mode_requested",
     "unmount",
 ]
 
@@ -48,6 +53,19 @@ MNT_DETACH = 0x2
 RB_POWER_OFF = 0x4321FEDC
 # _IOW('R', 0x03, int[2]): credit entropy to the kernel pool (CAP_SYS_ADMIN).
 RNDADDENTROPY = 0x40085203
+# _IO('R', 0x07): reseed the kernel CRNG from its input pool now (CAP_SYS_ADMIN).
+RNDRESEEDCRNG = 0x5207
+# _IO(0x12, 97): write back and drop a block device's buffer cache.
+BLKFLSBUF = 0x1261
+
+# _IOR('p', 0x09, struct rtc_time): read the hardware clock (nine ints).
+RTC_RD_TIME = 0x80247009
+_RTC_TIME = struct.Struct("9i")
+
+SNAPSHOT_CMDLINE_FLAG = "cleanroom.snapshot=1"
+"""On the kernel command line of a guest booted to be snapshotted: init leaves the
+workspace disk alone, and the agent mounts it at its first configure (after a restore,
+when the disk attached is the run's own)."""
 
 _libc: ctypes.CDLL | None = None
 
@@ -183,12 +201,45 @@ def find_labelled_disk(
     return None
 
 
-def mount_workspace_disk(target: str) -> str | None:
+def snapshot_mode_requested(cmdline: str) -> bool:
+    """Whether the kernel command line carries :data:`SNAPSHOT_CMDLINE_FLAG`."""
+    return SNAPSHOT_CMDLINE_FLAG in cmdline.split()
+
+
+def drop_block_caches(sys_block: str = "/sys/block", dev: str = "/dev") -> None:
+    """Drop every virtio disk's buffer cache (ioctl BLKFLSBUF).
+
+    A guest restored from a snapshot may still hold blocks it read from the
+    placeholder disk attached at snapshot time (the kernel's partition scan reads
+    its first page); the run's own disk now sits behind that device, so nothing
+    cached from before may be read again.
+    """
+    try:
+        names = sorted(n for n in os.listdir(sys_block) if n.startswith("vd"))
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(os.path.join(dev, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def mount_workspace_disk(target: str, *, fresh: bool = False) -> str | None:
     """Mount the workspace disk (if the VMM attached one) at ``target``; returns its device.
 
+    ``fresh``: drop the disks' buffer caches first (see :func:`drop_block_caches`).
     ``noinit_itable``: the disk is a fresh sparse file, so zeroing its inode
     tables in the background would only cost the host writes and CPU.
     """
+    if fresh:
+        drop_block_caches()
     device = find_labelled_disk(WORKSPACE_LABEL)
     if device is None:
         return None
@@ -233,6 +284,21 @@ def add_entropy(seed: bytes, *, credit: bool) -> None:
         raise GuestOperationFailed(ERR_CONFIGURE, f"entropy seed: {exc}") from exc
 
 
+def reseed_crng() -> None:
+    """Make the kernel CRNG reseed from its input pool now (ioctl RNDRESEEDCRNG).
+
+    Credited entropy reseeds the CRNG at once only before it is first ready;
+    a guest restored from a snapshot is long past that, and until its next
+    scheduled reseed it would hand out the same bytes as every other guest
+    restored from that snapshot. Needs CAP_SYS_ADMIN (the VM's init).
+    """
+    try:
+        with open("/dev/random", "wb", buffering=0) as dev:
+            fcntl.ioctl(dev.fileno(), RNDRESEEDCRNG)
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"CRNG reseed: {exc}") from exc
+
+
 def _ip(*args: str) -> None:
     try:
         proc = subprocess.run(
@@ -267,3 +333,45 @@ def configure_network(
             fh.write(f"nameserver {net.dns}\n")
     except OSError as exc:
         raise GuestOperationFailed(ERR_CONFIGURE, f"{resolv_conf}: {exc}") from exc
+
+
+def set_clock_from_rtc(rtc: str = "/dev/rtc0") -> float:
+    """Set the system clock from the hardware clock (UTC); returns the step in seconds.
+
+    A guest restored from a snapshot resumes with the wall clock of the moment
+    the snapshot was taken; the VMM's emulated RTC follows the host's clock, so
+    it says what time it is now (to the second: the clock is set to the middle
+    of that second, within half a second of the host's).
+    """
+    try:
+        fd = os.open(rtc, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"clock: {exc}") from exc
+    try:
+        raw = fcntl.ioctl(fd, RTC_RD_TIME, bytes(_RTC_TIME.size))
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"clock: {exc}") from exc
+    finally:
+        os.close(fd)
+    sec, minute, hour, mday, mon, year = (int(v) for v in _RTC_TIME.unpack(raw)[:6])
+    if not (0 <= sec <= 60 and 0 <= minute < 60 and 0 <= hour < 24 and 0 <= mon < 12):
+        raise GuestOperationFailed(ERR_CONFIGURE, f"clock: the RTC says {raw!r}")
+    days = _days_from_civil(year + 1900, mon + 1, mday)
+    now = days * 86400 + hour * 3600 + minute * 60 + sec + 0.5
+    step = now - time.time()
+    try:
+        time.clock_settime(time.CLOCK_REALTIME, now)
+    except OSError as exc:
+        raise GuestOperationFailed(ERR_CONFIGURE, f"clock: {exc}") from exc
+    return step
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm;
+    the ``datetime`` module costs a tenth of a second to import under emulation)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468

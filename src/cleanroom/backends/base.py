@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cleanroom.config_limits import DEFAULT_CONSOLE_LOG_BYTES
 from cleanroom.doctor import DoctorCheck
@@ -26,6 +26,9 @@ __all__ = [
     "GuestSpec",
     "Isolation",
     "NetworkAttachment",
+    "NoRestore",
+    "Restorer",
+    "restore_or_reason",
 ]
 
 Isolation = str
@@ -182,3 +185,35 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release backend-wide resources (e.g. warm guests)."""
         ...
+
+
+@dataclass(frozen=True)
+class NoRestore:
+    """Why a guest cannot be restored from a snapshot for a run (it boots cold)."""
+
+    reason: str
+
+
+@runtime_checkable
+class Restorer(Protocol):
+    """A backend that can also start guests from a snapshot of a booted guest.
+
+    Optional: a ``Backend`` without ``restore`` simply never restores (see
+    :func:`restore_or_reason`), so test doubles and new backends need not
+    implement it.
+    """
+
+    async def restore(self, spec: GuestSpec) -> Guest | NoRestore:
+        """A guest for ``spec`` resumed from a valid snapshot, or why not (no
+        snapshot yet, a shape the snapshot does not have, ...). Raises
+        ``RuntimeLaunchFailed`` when the VMM cannot be started (nothing is left
+        running). The guest is resumed by its ``open_channel``; if that fails,
+        the caller destroys the guest and boots cold."""
+        ...
+
+
+async def restore_or_reason(backend: Backend, spec: GuestSpec) -> Guest | NoRestore:
+    """``backend.restore(spec)`` if the backend can restore, else the reason it cannot."""
+    if isinstance(backend, Restorer):
+        return await backend.restore(spec)
+    return NoRestore(f"the {backend.name} backend does not restore snapshots")

@@ -8,7 +8,8 @@ then the user images. ``verify [DIGEST] [--json]`` re-hashes every file of the
 current (or the named) guest image. ``prune [--keep N] [--unused DAYS] [--json]``
 deletes all but the current guest image and the N newest others, and with
 ``--unused`` the user images not used for DAYS days. User images (see
-:mod:`cleanroom.cli.image_user`): ``pull REF``, ``import FILE``, ``rm``.
+:mod:`cleanroom.cli.image_user`): ``pull REF``, ``import FILE``, ``rm``. ``warm``
+makes the snapshot runs are restored from (:mod:`cleanroom.cli.image_warm`).
 Errors print their stable code; the exit status is the error's ``exit_code``.
 """
 
@@ -23,6 +24,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.image_user import print_user_images, register_user_commands, user_image_to_dict
+from cleanroom.cli.image_warm import register_warm_command
 from cleanroom.cli.options import (
     Subcommands,
     add_command,
@@ -233,3 +235,4 @@ def register(commands: Subcommands) -> None:
     )
     add_json(prune, _JSON_HELP)
     register_user_commands(group, make_progress)
+    register_warm_command(group)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cleanroom.agent import AgentClient, AgentError, GuestInfo
-from cleanroom.backends.base import Backend, Guest, GuestSpec
-from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.backends.base import Backend, Guest, GuestSpec, NoRestore, restore_or_reason
+from cleanroom.errors import CleanroomError, RuntimeLaunchFailed
 
-__all__ = ["Greeted", "boot_and_greet"]
+__all__ = ["RESTORE_SECONDS", "Greeted", "boot_and_greet", "greet", "restore_and_greet"]
+
+RESTORE_SECONDS = 20.0
+"""A restored guest answers in well under a second here, even on a loaded host; one
+that has not answered by then is given up on (destroyed) and the run boots cold."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,17 @@ async def boot_and_greet(
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = started + spec.launch_seconds
     guest = await backend.launch(spec)
     launched(guest)
+    return await greet(guest, spec, started)
+
+
+async def greet(guest: Guest, spec: GuestSpec, started: float) -> Greeted:
+    """Open ``guest``'s agent channel and greet its agent within ``spec.launch_seconds``
+    of ``started`` (a ``loop.time()``); raises as :func:`boot_and_greet` does and
+    never destroys the guest."""
+    loop = asyncio.get_running_loop()
+    deadline = started + spec.launch_seconds
     reader, writer = await guest.open_channel(deadline)
     connect_ms = (loop.time() - started) * 1000
     client = AgentClient(reader, writer)
@@ -67,3 +79,31 @@ async def boot_and_greet(
             ) from exc
         raise
     return Greeted(guest, client, info, connect_ms, (loop.time() - started) * 1000)
+
+
+async def restore_and_greet(
+    backend: Backend, spec: GuestSpec, launched: Callable[[Guest], None]
+) -> Greeted | str:
+    """Resume ``spec``'s guest from ``backend``'s snapshot and greet its agent, or
+    say why not (the caller then boots cold): a snapshot never fails a start.
+
+    ``launched`` is called as in :func:`boot_and_greet`; a restored guest that
+    then fails (its snapshot does not load, its agent does not answer) is
+    destroyed here before the reason is returned. It has at most
+    :data:`RESTORE_SECONDS` (or the spec's ``launch_seconds`` if shorter) to
+    answer. Cancellation propagates.
+    """
+    started = asyncio.get_running_loop().time()
+    quick = min(spec.launch_seconds, RESTORE_SECONDS)
+    try:
+        got = await restore_or_reason(backend, spec)
+    except CleanroomError as exc:
+        return f"restore failed: {exc.message}"
+    if isinstance(got, NoRestore):
+        return got.reason
+    launched(got)
+    try:
+        return await greet(got, replace(spec, launch_seconds=quick), started)
+    except CleanroomError as exc:
+        await got.destroy()
+        return f"restore failed: {exc.message}"

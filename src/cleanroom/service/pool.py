@@ -41,7 +41,7 @@ from cleanroom.config_limits import DEFAULT_CONSOLE_LOG_BYTES
 from cleanroom.errors import CleanroomError
 from cleanroom.images.userimage import UserImage
 from cleanroom.service.boots import BootGate
-from cleanroom.service.greet import boot_and_greet
+from cleanroom.service.greet import Greeted, boot_and_greet, restore_and_greet
 from cleanroom.service.ids import new_run_id
 from cleanroom.service.network import RunNetworks, Slot
 
@@ -239,7 +239,13 @@ class WarmPool:
                 def launched(guest: Guest) -> None:
                     stack.push_async_callback(_shielded, guest.destroy)
 
-                greeted = await boot_and_greet(self._backend, spec, launched)
+                # Restored from the backend's snapshot when one fits, else booted.
+                restored = await restore_and_greet(self._backend, spec, launched)
+                greeted = (
+                    restored
+                    if isinstance(restored, Greeted)
+                    else await boot_and_greet(self._backend, spec, launched)
+                )
                 await _self_test(greeted.client, in_user_image=self._image is not None)
             except Exception as exc:
                 if isinstance(exc, CleanroomError):

@@ -45,6 +45,7 @@ TIMING_KEYS = (
     "rootfs_prepare_ms",
     "workspace_disk_ms",
     "vmm_start_ms",
+    "restore_ms",
     "workspace_archive_ms",
     "network_setup_ms",
     "vm_ready_ms",
@@ -141,6 +142,8 @@ class RunRecorder:
             "cleanup": "pending",
             "cleanup_error": None,
             "pool": "miss",
+            "start": None,
+            "start_fallback": None,
             "rootfs_method": None,
             "guest": None,
             "workspace": None,
@@ -204,6 +207,12 @@ class RunRecorder:
         self._data["pool"] = outcome
         if boot_ms is not None and idle_ms is not None:
             self._data["pool_guest"] = {"boot_ms": round(boot_ms, 1), "idle_ms": round(idle_ms, 1)}
+
+    def set_start(self, start: str, fallback: str | None = None) -> None:
+        """How the guest started (``restored``, ``cold`` or ``warm``) and, for a cold
+        start, why it was not restored from a snapshot."""
+        self._data["start"] = start
+        self._data["start_fallback"] = fallback
 
     def set_rootfs_method(self, method: str) -> None:
         """How the backend made the guest's copy-on-write rootfs."""

@@ -52,7 +52,9 @@ def workspace(tmp_path: Path) -> Path:
 async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
     # A private state directory: run records, pool guests and stagings of this test only.
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    config = RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120))
+    # Cold boots throughout (restored runs are tested in test_snapshot_vm.py), so the
+    # only QEMU children are the runs' own guests.
+    config = RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120, snapshots=False))
     svc = Service(config)
     await svc.start()
     try:

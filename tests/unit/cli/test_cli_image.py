@@ -1,4 +1,4 @@
-"""CLI tests of ``cleanroom image build|ls|verify``."""
+"""CLI tests of ``cleanroom image build|ls|verify|warm``."""
 
 from __future__ import annotations
 
@@ -136,3 +136,10 @@ def test_prune_json_removes_non_current_images(private_cache: Path) -> None:
     assert result.exit_code == 0, result.output
     assert last_json(result.stdout) == {"removed": [private_cache.name]}
     assert not private_cache.exists()
+
+
+def test_warm_refuses_a_user_image() -> None:
+    result = invoke(["image", "warm", "docker.io/library/alpine:3"])
+    assert result.exit_code == 64
+    assert "invalid_request" in result.stderr
+    assert "built-in guest image only" in result.stderr

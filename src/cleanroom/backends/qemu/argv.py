@@ -84,6 +84,8 @@ class QemuLaunch:
     scratch_disk: Path | None = None
     """The run's writable layer over ``image_disk`` (found by its label)."""
     console_fd: int | None = None
+    sandbox: str = SANDBOX
+    """QEMU's ``-sandbox`` option (seccomp filter)."""
     """A socket the console goes to (read by a bounded host reader, see
     ``cleanroom.backends.console``); None: QEMU writes ``console_log`` itself."""
 
@@ -131,7 +133,7 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     argv += ["-M", machine, *accel]
     argv += ["-m", str(m.memory_mib), "-smp", str(m.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    argv += ["-sandbox", SANDBOX]
+    argv += ["-sandbox", launch.sandbox]
     argv += ["-kernel", str(m.kernel)]
     if m.initrd is not None:
         argv += ["-initrd", str(m.initrd)]

@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from cleanroom.backends.base import Capabilities, GuestSpec, Isolation
+from cleanroom.backends.base import Capabilities, Guest, GuestSpec, Isolation, NoRestore
 from cleanroom.backends.hostinfo import (
     KVM_DEVICE,
     host_kvm_identity,
@@ -20,9 +20,12 @@ from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_ac
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
 from cleanroom.backends.qemu.settings import QemuConfig
+from cleanroom.backends.qemu.snapshot import restore_guest
+from cleanroom.backends.qemu.snapshots import Snapshots
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
+from cleanroom.images.snapshots import SNAPSHOTS_DIR_NAME, Snapshot, SnapshotCache
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
 
@@ -32,6 +35,7 @@ KVM_CANARY_SECONDS = 10.0
 (e.g. a paravirtual one that stock kernels crash or hang under) never does, so
 waiting longer only delays the fall-back to TCG, once per image."""
 
+USER_PROVIDED = "user-provided"
 _VERSION = re.compile(r"version\s+([0-9][^\s(]*)")
 
 
@@ -51,6 +55,10 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         super().__init__(config, verdicts=verdicts)
         self.verdict: AccelVerdict | None = None
         """The KVM canary verdict behind the chosen accel (None if none was needed)."""
+        self.snapshots: Snapshots | None = None
+        """The snapshot guests are restored from, after ``prepare`` (None: see
+        ``_no_snapshots``)."""
+        self._no_snapshots = "snapshots are off in the runtime config"
 
     def _image(self) -> BootImage:
         return self._configured_image()
@@ -96,7 +104,55 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         tsc = await asyncio.to_thread(host_tsc_khz) if accel == "tcg" else None
         machine = self._machine_for(binary, image, accel, tsc)
         isolation: Isolation = "qemu-kvm" if accel == "kvm" else "qemu-tcg"
+        self._setup_snapshots(machine, image, version)
         return machine, self._capabilities(version, isolation)
+
+    def _setup_snapshots(self, machine: QemuMachine, image: BootImage, version: str) -> None:
+        if not self._config.snapshots:
+            return
+        if image.image is None or image.digest == USER_PROVIDED:
+            self._no_snapshots = "the configured image files have no digest to key a snapshot by"
+            return
+        self.snapshots = Snapshots(
+            machine,
+            SnapshotCache(image.path / SNAPSHOTS_DIR_NAME),
+            qemu_version=version,
+            image_digest=image.digest,
+            agent_version=image.image.agent_version,
+            kernel_version=image.kernel_version,
+            boot_seconds=self._config.launch_seconds,
+        )
+
+    async def restore(self, spec: GuestSpec) -> Guest | NoRestore:
+        """See ``cleanroom.backends.base.Restorer.restore`` (prepares first if needed)."""
+        if self._machine is None:
+            await self.prepare()
+        assert self._machine is not None
+        if self.snapshots is None:
+            return NoRestore(self._no_snapshots)
+        unfit = self.snapshots.unfit(spec)
+        if unfit is not None:
+            return NoRestore(unfit)
+        found = await self.snapshots.find()
+        if isinstance(found, NoRestore):
+            return found
+        return await restore_guest(self._machine, spec, found)
+
+    async def warm(self) -> Snapshot:
+        """Make the snapshot now unless a valid one exists (``cleanroom image warm``).
+
+        Raises ``BackendUnavailable`` when snapshots are off or impossible for the
+        configured image, ``RuntimeLaunchFailed`` when making one fails.
+        """
+        await self.prepare()
+        if self.snapshots is None:
+            raise BackendUnavailable(self._no_snapshots)
+        return await self.snapshots.ensure()
+
+    async def close(self) -> None:
+        """Stop a snapshot being made in the background."""
+        if self.snapshots is not None:
+            await self.snapshots.close()
 
     @property
     def machine(self) -> QemuMachine | None:

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 from cleanroom.backends.base import GuestSpec, Isolation
 from cleanroom.backends.console import ConsoleLog
 from cleanroom.backends.process import VmmProcess, pdeathsig_prefix
-from cleanroom.backends.qemu.argv import AGENT_CHARDEV, Accel, QemuLaunch, QemuMachine, build_argv
+from cleanroom.backends.qemu.argv import (
+    AGENT_CHARDEV,
+    SANDBOX,
+    Accel,
+    QemuLaunch,
+    QemuMachine,
+    build_argv,
+)
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.rootfs import RootfsMethod
 from cleanroom.backends.vmguest import (
@@ -39,6 +49,9 @@ _DEAD_STATES = frozenset({"internal-error", "guest-panicked", "shutdown", "io-er
 class QemuGuest(VmGuest):
     """A running QEMU guest; implements ``cleanroom.backends.base.Guest``."""
 
+    sandbox: ClassVar[str] = SANDBOX
+    """QEMU's seccomp filter for guests of this class."""
+
     def __init__(
         self,
         *,
@@ -58,12 +71,25 @@ class QemuGuest(VmGuest):
         self._accel = accel
 
     @classmethod
-    async def start(cls, machine: QemuMachine, spec: GuestSpec) -> QemuGuest:
+    async def start(
+        cls,
+        machine: QemuMachine,
+        spec: GuestSpec,
+        *,
+        base_rootfs: Path | None = None,
+        extra_argv: Sequence[str] = (),
+        extra_fds: Mapping[int, str] | None = None,
+        plan_extra: Mapping[str, Any] | None = None,
+    ) -> Self:
         """Prepare the run's disk, write the plan, and spawn QEMU.
 
-        Raises ``RuntimeLaunchFailed``; on failure nothing is left running and
-        the per-run disk is removed.
+        ``base_rootfs`` replaces the machine's (a snapshot's saved disk state);
+        ``extra_argv`` goes at the end of QEMU's arguments, ``extra_fds`` (descriptor
+        -> what it is) are inherited by QEMU and ``plan_extra`` goes into the plan
+        (all three: a snapshot's stream). Raises ``RuntimeLaunchFailed``;
+        on failure nothing is left running and the per-run disk is removed.
         """
+        base = machine.rootfs if base_rootfs is None else base_rootfs
         run_dir = spec.run_dir
         qmp_host, qmp_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,7 +103,7 @@ class QemuGuest(VmGuest):
         )
         try:
             async with run_disks(
-                spec, machine.rootfs, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
+                spec, base, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
             ) as disks:
                 launch = QemuLaunch(
                     machine=machine,
@@ -91,12 +117,13 @@ class QemuGuest(VmGuest):
                     image_disk=None if spec.image is None else spec.image.rootfs,
                     scratch_disk=None if disks.scratch is None else disks.scratch.path,
                     console_fd=console.vmm_fd,
+                    sandbox=cls.sandbox,
                 )
-                argv = build_argv(launch, prefix=pdeathsig_prefix())
+                argv = [*build_argv(launch, prefix=pdeathsig_prefix()), *extra_argv]
                 write_plan(
                     spec,
                     disks,
-                    machine.rootfs,
+                    base,
                     backend="qemu",
                     isolation=f"qemu-{machine.accel}",
                     argv=argv,
@@ -105,14 +132,16 @@ class QemuGuest(VmGuest):
                         str(launch.agent_fd): "agent channel (socketpair)",
                         str(console.vmm_fd): "console (socketpair, kept up to "
                         f"{spec.console_log_bytes} bytes)",
+                        **{str(fd): what for fd, what in (extra_fds or {}).items()},
                     },
+                    **(plan_extra or {}),
                 )
                 console_path.touch()
                 process = VmmProcess.spawn(
                     argv,
                     stdout=run_dir / VMM_LOG_NAME,
                     stderr=run_dir / VMM_LOG_NAME,
-                    pass_fds=(launch.qmp_fd, launch.agent_fd, console.vmm_fd),
+                    pass_fds=(launch.qmp_fd, launch.agent_fd, console.vmm_fd, *(extra_fds or {})),
                 )
                 console.start()
         except BaseException:

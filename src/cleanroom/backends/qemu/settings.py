@@ -20,11 +20,17 @@ class QemuConfig(VmmSettings):
     """Settings of the QEMU backend; ``accel: auto`` takes KVM only where a canary boots."""
 
     accel: QemuAccel = "auto"
+    snapshots: bool = True
+    """Restore guests from a snapshot of a booted guest of the built-in image when
+    one fits the run (made on first use); ``snapshots: off`` always boots cold."""
 
-    KEYS: ClassVar[tuple[str, ...]] = (*VMM_KEYS, "accel")
+    KEYS: ClassVar[tuple[str, ...]] = (*VMM_KEYS, "accel", "snapshots")
 
     @classmethod
     def _own_fields(
         cls, reader: SectionReader, section: dict[str, YamlEntry], path: str
     ) -> dict[str, Any]:
-        return {"accel": reader.choice(section, "accel", path, _ACCELS, "auto")}
+        return {
+            "accel": reader.choice(section, "accel", path, _ACCELS, "auto"),
+            "snapshots": reader.choice(section, "snapshots", path, ("on", "off"), "on") == "on",
+        }

@@ -22,7 +22,7 @@ from cleanroom.agent import AgentClient, GuestNetwork
 from cleanroom.backends.base import Backend, Guest, GuestSpec
 from cleanroom.changes import HostManifest
 from cleanroom.service.boots import BootGate
-from cleanroom.service.greet import boot_and_greet
+from cleanroom.service.greet import Greeted, boot_and_greet, restore_and_greet
 from cleanroom.service.network import Lease, RunNetworks
 from cleanroom.service.pool import WarmGuest, WarmPool
 from cleanroom.service.record import RunRecorder
@@ -33,8 +33,8 @@ from cleanroom.service.workspace import ArchiveStats, stage_workspace, staging_r
 
 __all__ = ["WARM_STREAM_LIMIT", "Obtained", "Start", "obtain_guest"]
 
-Start = Literal["warm", "cold"]
-"""How a run's guest started (a restored snapshot would be one more kind)."""
+Start = Literal["warm", "cold", "restored"]
+"""How a run's guest started: from the warm pool, booted, or resumed from a snapshot."""
 
 WARM_STREAM_LIMIT = 16 << 20
 """Workspaces larger than this (bytes) boot cold with a host-made disk instead of
@@ -105,6 +105,7 @@ async def _claim_warm(
     res: RunResources,
 ) -> Obtained:
     """Adopt a pooled guest: its artifacts move into the run directory at cleanup."""
+    rec.set_start("warm")
     hold = NetworkHold(rec, warm.slot)
     res.push(hold.release)  # after the guest: its NIC is on the slot
 
@@ -182,10 +183,12 @@ async def _boot_cold(
         vcpus=plan.vcpus,
         memory_mib=plan.memory_mib,
     )
-    async with boots.turn() if boots is not None else _no_wait() as waited_ms:
-        rec.timing("boot_queue_ms", waited_ms)
-        greeted = await boot_and_greet(backend, spec, launched)
-        res.push(_closer(greeted.client))
+    restored = await _try_restore(backend, spec, rec, res)
+    if isinstance(restored, Greeted):
+        greeted = restored
+    else:
+        rec.set_start("cold", fallback=restored)
+        greeted = await _boot_greeted(backend, spec, boots, launched, rec, res)
     rec.timing("agent_connect_wait_ms", greeted.connect_ms)
     rec.timing("vm_ready_ms", greeted.ready_ms)
     rec.set_guest(
@@ -199,15 +202,53 @@ async def _boot_cold(
     if root != plan.run_dir:
         await asyncio.to_thread(remove_path, root)
     seeded = greeted.guest.facts.workspace_seeded
+    start: Start = "restored" if greeted is restored else "cold"
     return Obtained(
         greeted.guest,
         greeted.client,
         guest_net,
         greeted.guest.plan_path,
         seeded,
-        start="cold",
+        start=start,
         manifest=taken,
     )
+
+
+async def _boot_greeted(
+    backend: Backend,
+    spec: GuestSpec,
+    boots: BootGate | None,
+    launched: Callable[[Guest], None],
+    rec: RunRecorder,
+    res: RunResources,
+) -> Greeted:
+    """Boot ``spec``'s guest (in turn, through ``boots``) and greet its agent."""
+    async with boots.turn() if boots is not None else _no_wait() as waited_ms:
+        rec.timing("boot_queue_ms", waited_ms)
+        greeted = await boot_and_greet(backend, spec, launched)
+        res.push(_closer(greeted.client))
+    return greeted
+
+
+async def _try_restore(
+    backend: Backend, spec: GuestSpec, rec: RunRecorder, res: RunResources
+) -> Greeted | str:
+    """Resume ``spec``'s guest from the backend's snapshot and greet it, or say why
+    not (see ``restore_and_greet``); the guest is the run's from its start."""
+    restored = await restore_and_greet(backend, spec, res.guest)
+    if isinstance(restored, str):
+        return restored
+    guest = restored.guest
+    res.push(_closer(restored.client))
+    rec.set_start("restored")
+    rec.set_guest(isolation=guest.isolation)
+    rec.set_pool("miss")
+    rec.add_artifact("plan", guest.plan_path.name)
+    _copy_guest_timings(guest, rec)
+    restore_ms = guest.timings.get("restore_ms")
+    if isinstance(restore_ms, int | float):
+        rec.timing("restore_ms", float(restore_ms))
+    return restored
 
 
 def _lease_network(lease: Lease, rec: RunRecorder) -> GuestNetwork:

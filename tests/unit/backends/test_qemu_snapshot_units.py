@@ -1,0 +1,141 @@
+"""Which runs a QEMU snapshot fits, and what its key covers (no guests)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cleanroom.backends.base import GuestSpec, NoRestore
+from cleanroom.backends.qemu import snapshots as snapshots_module
+from cleanroom.backends.qemu.argv import QemuMachine
+from cleanroom.backends.qemu.snapshot import SNAPSHOT_KERNEL_ARG, snapshot_facts, snapshot_machine
+from cleanroom.backends.qemu.snapshots import Snapshots
+from cleanroom.errors import RuntimeLaunchFailed
+from cleanroom.images.snapshots import Snapshot, SnapshotCache, snapshot_key
+from cleanroom.images.userimage import ImageConfig, UserImage
+from cleanroom.netspec import NetworkAttachment
+
+MACHINE = QemuMachine(
+    binary="/usr/bin/qemu-system-x86_64",
+    kernel=Path("/img/bzImage"),
+    initrd=Path("/img/initrd"),
+    rootfs=Path("/img/rootfs.ext4"),
+    accel="tcg",
+    vcpus=1,
+    memory_mib=256,
+    tsc_khz=2_000_000,
+)
+VERSIONS = {
+    "qemu_version": "7.2.22",
+    "image_digest": "ab" * 32,
+    "agent_version": "0.2.0",
+    "kernel_version": "6.1.0",
+}
+
+
+def _facts(
+    machine: QemuMachine = MACHINE, changes: dict[str, str] | None = None
+) -> dict[str, str | int | bool | None]:
+    v = {**VERSIONS, **(changes or {})}
+    return snapshot_facts(
+        machine,
+        qemu_version=v["qemu_version"],
+        image_digest=v["image_digest"],
+        agent_version=v["agent_version"],
+        kernel_version=v["kernel_version"],
+    )
+
+
+def _key(machine: QemuMachine = MACHINE, changes: dict[str, str] | None = None) -> str:
+    return snapshot_key(_facts(machine, changes))
+
+
+def test_the_key_covers_versions_shape_devices_and_accel() -> None:
+    base = _key()
+    assert _key() == base
+    for name in VERSIONS:
+        assert _key(changes={name: "other"}) != base, name
+    for changed in (
+        replace(MACHINE, memory_mib=512),
+        replace(MACHINE, vcpus=2),
+        replace(MACHINE, accel="kvm"),
+        replace(MACHINE, kernel=Path("/other/bzImage")),
+        replace(MACHINE, extra_kernel_args=("loglevel=3",)),
+        replace(MACHINE, debug=True),
+    ):
+        assert _key(changed) != base, changed
+    facts = _facts()
+    assert "vmgenid,guid=auto" in str(facts["devices"])
+    assert SNAPSHOT_KERNEL_ARG in str(facts["devices"])
+    assert snapshot_machine(snapshot_machine(MACHINE)) == snapshot_machine(MACHINE)
+
+
+def test_which_runs_fit(tmp_path: Path) -> None:
+    snaps = Snapshots(
+        MACHINE,
+        SnapshotCache(tmp_path),
+        boot_seconds=60,
+        qemu_version="7.2.22",
+        image_digest="ab" * 32,
+        agent_version="0.2.0",
+        kernel_version="6.1.0",
+    )
+    spec = GuestSpec("r1", tmp_path, 60)
+    assert snaps.unfit(spec) is None
+    assert snaps.unfit(replace(spec, vcpus=1, memory_mib=256, disk_mib=16384)) is None
+    net = NetworkAttachment(netns="ns", tap="tap0", mac="02:00:00:00:00:01")
+    image = UserImage(
+        key="sha256:" + "cd" * 32,
+        source="docker.io/library/alpine",
+        rootfs=tmp_path / "rootfs.ext4",
+        config=ImageConfig(),
+        size_bytes=1 << 20,
+    )
+    for changed, why in (
+        (replace(spec, network=net), "network interface"),
+        (replace(spec, image=image), "user image"),
+        (replace(spec, vcpus=2), "vCPU"),
+        (replace(spec, memory_mib=512), "memory"),
+        (replace(spec, disk_mib=1024), "disk size"),
+    ):
+        reason = snaps.unfit(changed)
+        assert reason is not None
+        assert why in reason
+
+
+async def test_a_failed_background_attempt_is_retried_only_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+
+    async def failing_make(*args: object) -> Snapshot:
+        attempts.append("boot")
+        raise RuntimeLaunchFailed("guest agent not ready within 60 s")
+
+    monkeypatch.setattr(snapshots_module, "make_snapshot", failing_make)
+    snaps = Snapshots(
+        MACHINE,
+        SnapshotCache(tmp_path),
+        boot_seconds=60,
+        qemu_version="7.2.22",
+        image_digest="ab" * 32,
+        agent_version="0.2.0",
+        kernel_version="6.1.0",
+    )
+    first = await snaps.find()
+    assert isinstance(first, NoRestore)
+    assert first.reason.endswith("making it now")
+    assert (await snaps.find()).reason.endswith("it is being made")  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    failed = await snaps.find()
+    assert isinstance(failed, NoRestore)
+    assert failed.reason.endswith("making it failed: guest agent not ready within 60 s")
+    assert attempts == ["boot"]
+    monkeypatch.setattr(snapshots_module, "RETRY_SECONDS", 0.0)
+    again = await snaps.find()
+    assert isinstance(again, NoRestore)
+    assert again.reason.endswith("making it now")
+    await snaps.close()
