@@ -55,6 +55,9 @@ TABLE: dict[str, tuple[str, int, int]] = {
     "HostNotAllowed": ("host_not_allowed", 403, 77),
     "WorkspaceConflict": ("workspace_conflict", 409, 65),
     "ServerUnavailable": ("server_unavailable", 503, 69),
+    "OutputLimitExceeded": ("output_limit", 413, 73),
+    "WorkspaceTooLarge": ("workspace_too_large", 413, 65),
+    "CapacityExhausted": ("capacity_exhausted", 503, 75),
 }
 BY_CODE = {code: (status, exit_) for code, status, exit_ in TABLE.values()}
 

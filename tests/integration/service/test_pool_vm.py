@@ -26,10 +26,19 @@ UPLINK_NS = f"crt-poolup-{os.getpid() % 0xFFFF:04x}"
 
 
 def _run_namespaces() -> list[str]:
+    """This test run's namespaces (tests/conftest.py sets the prefix; never a live server's)."""
     out = subprocess.run(
         ["ip", "-j", "netns", "list"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    return [e["name"] for e in json.loads(out) if e["name"].startswith("crn-")] if out else []
+    return (
+        [
+            e["name"]
+            for e in json.loads(out)
+            if e["name"].startswith(os.environ.get("CLEANROOM_NETNS_PREFIX", "crn-"))
+        ]
+        if out
+        else []
+    )
 
 
 @pytest.fixture
@@ -105,9 +114,11 @@ async def test_close_destroys_pooled_guests_and_their_slots(
     await svc.start()
     pool = svc.pool("qemu")
     assert pool is not None
-    await pool.wait_ready(1)
-    assert len(_vmm_children()) == 1
-    assert len(_run_namespaces()) == 1
-    await svc.close()
+    try:
+        await pool.wait_ready(1)
+        assert len(_vmm_children()) == 1
+        assert len(_run_namespaces()) == 1
+    finally:
+        await svc.close()
     assert not _vmm_children()
     assert not _run_namespaces()
