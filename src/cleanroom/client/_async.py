@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._calls import Call, Inputs, answer, error_from_body, stream_ended
+from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, awaitable, awaitable_stream
+from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
@@ -21,12 +21,6 @@ from cleanroom.client._endpoint import (
 from cleanroom.errors import ServerUnavailable
 from cleanroom.events import NDJSON, EventDecoder
 from cleanroom.models import (
-    Applied,
-    CleanroomInfo,
-    DoctorReport,
-    Health,
-    LaunchOptions,
-    LaunchResult,
     RunEvent,
     RunResult,
 )
@@ -34,6 +28,11 @@ from cleanroom.models import (
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
+
+
+_ASYNC_RUN_STREAM_DOC = RUN_STREAM_DOC.replace(
+    "early disconnects", "early (``aclose``) disconnects"
+)
 
 
 def _long_timeout(connect: float) -> httpx.Timeout:
@@ -103,125 +102,19 @@ class AsyncClient:
             raise self._unavailable(exc) from exc
         return answer(call, response.status_code, response.content)
 
-    async def health(self) -> Health:
-        """``GET /healthz``."""
-        return await self._call(calls.health())
-
-    async def launch(
-        self,
-        cwd: Path | str,
-        *,
-        backend: str | None = None,
-        options: LaunchOptions | None = None,
-    ) -> LaunchResult:
-        """Launch a context from ``cwd``'s policy."""
-        return await self._call(calls.launch(cwd, backend, options))
-
-    async def run(
-        self,
-        cleanroom_id: str,
-        command: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] | None = None,
-    ) -> RunResult:
-        """Run ``command`` (argv) in a fresh guest of the context and wait for it.
-
-        ``env``: variables for the command (values are never recorded);
-        ``stdin``: its standard input, at most 512 KiB, then EOF (default: empty);
-        ``artifacts``: relative globs of workspace files to keep (see
-        :meth:`run_artifact`). The result counts the workspace's ``changes``
-        (see :meth:`run_diff`, :meth:`apply_changes`).
-        """
-        inputs = Inputs(env, stdin, artifacts)
-        return await self._call(calls.run(cleanroom_id, command, timeout, inputs))
-
-    async def terminate(self, cleanroom_id: str) -> None:
-        """Terminate the context (idempotent)."""
-        await self._call(calls.terminate(cleanroom_id))
-
-    async def exec(
-        self,
-        cwd: Path | str,
-        command: Sequence[str],
-        *,
-        backend: str | None = None,
-        options: LaunchOptions | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] | None = None,
-    ) -> RunResult:
-        """Launch, run once, terminate (``env``, ``stdin``, ``artifacts``: as :meth:`run`)."""
-        inputs = Inputs(env, stdin, artifacts)
-        return await self._call(calls.exec_(cwd, command, backend, options, timeout, inputs))
-
-    async def list_cleanrooms(self) -> list[CleanroomInfo]:
-        """The live contexts, oldest first."""
-        return await self._call(calls.list_cleanrooms())
-
-    async def run_record(self, run_id: str) -> dict[str, Any]:
-        """The run's record (``run-observability.json``)."""
-        return await self._call(calls.run_record(run_id))
-
-    async def run_diff(self, run_id: str) -> bytes:
-        """The run's workspace changes as a git-format binary patch (``git apply`` takes it;
-        empty when nothing changed). Raises ``InvalidRequest`` when the run has no
-        complete change set (read-only workspace, a cap hit)."""
-        return await self._call(calls.run_diff(run_id))
-
-    async def run_artifact(self, run_id: str, path: str) -> bytes:
-        """The bytes of the run's artifact ``path`` (as listed in ``RunResult.artifacts``)."""
-        return await self._call(calls.run_artifact(run_id, path))
-
-    async def apply_changes(self, run_id: str) -> Applied:
-        """Apply the run's workspace changes to the host directory it was copied from.
-
-        Raises ``WorkspaceConflict`` (nothing written) when a changed host path
-        was modified since the copy.
-        """
-        return await self._call(calls.apply_changes(run_id))
-
-    async def doctor(self) -> DoctorReport:
-        """The server's readiness checks."""
-        return await self._call(calls.doctor())
-
-    def run_stream(
-        self,
-        cleanroom_id: str,
-        command: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] | None = None,
-    ) -> AsyncIterator[RunEvent]:
-        """Run ``command`` and yield ``RunStarted``, ``RunOutput``…, ``RunExit`` as they happen.
-
-        A failed run raises its error (with ``details['run_id']`` once known).
-        Closing the iterator early (``aclose``) disconnects, which cancels the run.
-        """
-        return self._stream(
-            calls.run(cleanroom_id, command, timeout, Inputs(env, stdin, artifacts))
-        )
-
-    def exec_stream(
-        self,
-        cwd: Path | str,
-        command: Sequence[str],
-        *,
-        backend: str | None = None,
-        options: LaunchOptions | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] | None = None,
-    ) -> AsyncIterator[RunEvent]:
-        """Like :meth:`exec`, streaming events like :meth:`run_stream`."""
-        inputs = Inputs(env, stdin, artifacts)
-        return self._stream(calls.exec_(cwd, command, backend, options, timeout, inputs))
+    health = awaitable(calls.health)
+    launch = awaitable(calls.launch)
+    run = awaitable(calls.run)
+    terminate = awaitable(calls.terminate)
+    exec = awaitable(calls.exec_call)
+    list_cleanrooms = awaitable(calls.list_cleanrooms)
+    run_record = awaitable(calls.run_record)
+    run_diff = awaitable(calls.run_diff)
+    run_artifact = awaitable(calls.run_artifact)
+    apply_changes = awaitable(calls.apply_changes)
+    doctor = awaitable(calls.doctor)
+    run_stream = awaitable_stream(calls.run, "run_stream", _ASYNC_RUN_STREAM_DOC)
+    exec_stream = awaitable_stream(calls.exec_call, "exec_stream", EXEC_STREAM_DOC)
 
     async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
         decoder = EventDecoder()

@@ -36,7 +36,14 @@ from cleanroom.models import (
     to_dict,
 )
 
-__all__ = ["Call", "Inputs", "answer", "error_from_body", "stream_ended"]
+__all__ = [
+    "Call",
+    "Inputs",
+    "answer",
+    "error_from_body",
+    "exec_call",
+    "stream_ended",
+]
 
 T = TypeVar("T")
 Body = dict[str, Any]
@@ -70,9 +77,9 @@ def health() -> Call[Health]:
 
 
 def launch(
-    cwd: Path | str, backend: str | None, options: LaunchOptions | None
+    cwd: Path | str, *, backend: str | None = None, options: LaunchOptions | None = None
 ) -> Call[LaunchResult]:
-    """Launch a context from ``cwd`` (made absolute here)."""
+    """Launch a context from ``cwd``'s policy."""
     request = LaunchRequest(Path(cwd).absolute(), backend, _options(options))
     return Call(
         "POST",
@@ -110,9 +117,23 @@ class Inputs:
 
 
 def run(
-    cleanroom_id: str, command: Sequence[str], timeout: float | None, inputs: Inputs = Inputs()
+    cleanroom_id: str,
+    command: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    artifacts: Sequence[str] | None = None,
 ) -> Call[RunResult]:
-    """Run ``command`` in the context (``POST /v1/cleanrooms/run``)."""
+    """Run ``command`` (argv) in a fresh guest of the context and wait for it.
+
+    ``env``: variables for the command (values are never recorded);
+    ``stdin``: its standard input, at most 512 KiB, then EOF (default: empty);
+    ``artifacts``: relative globs of workspace files to keep (see
+    :meth:`run_artifact`). The result counts the workspace's ``changes``
+    (see :meth:`run_diff`, :meth:`apply_changes`).
+    """
+    inputs = Inputs(env, stdin, artifacts)
     request = RunRequest(cleanroom_id, _argv(command), timeout, **inputs.fields())
     return Call("POST", "/v1/cleanrooms/run", _result, to_dict(request, drop_none=True), long=True)
 
@@ -120,9 +141,9 @@ def run(
 def exec_(
     cwd: Path | str,
     command: Sequence[str],
-    backend: str | None,
-    options: LaunchOptions | None,
-    timeout: float | None,
+    backend: str | None = None,
+    options: LaunchOptions | None = None,
+    timeout: float | None = None,
     inputs: Inputs = Inputs(),
 ) -> Call[RunResult]:
     """Launch, run once, terminate (``POST /v1/exec``)."""
@@ -133,19 +154,41 @@ def exec_(
     return Call("POST", "/v1/exec", _result, to_dict(request, drop_none=True), long=True)
 
 
+def exec_call(
+    cwd: Path | str,
+    command: Sequence[str],
+    *,
+    backend: str | None = None,
+    options: LaunchOptions | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    artifacts: Sequence[str] | None = None,
+) -> Call[RunResult]:
+    """Launch, run once, terminate (``env``, ``stdin``, ``artifacts``: as :meth:`run`)."""
+    inputs = Inputs(env, stdin, artifacts)
+    return exec_(cwd, command, backend, options, timeout, inputs)
+
+
 def run_diff(run_id: str) -> Call[bytes]:
-    """The run's workspace changes as a git-format binary patch."""
+    """The run's workspace changes as a git-format binary patch (``git apply`` takes it;
+    empty when nothing changed). Raises ``InvalidRequest`` when the run has no
+    complete change set (read-only workspace, a cap hit)."""
     return Call("GET", run_record_path(run_id) + "/diff", bytes, raw=True)
 
 
 def run_artifact(run_id: str, path: str) -> Call[bytes]:
-    """The bytes of the run's artifact ``path`` (relative, as listed in the result)."""
+    """The bytes of the run's artifact ``path`` (as listed in ``RunResult.artifacts``)."""
     where = f"{run_record_path(run_id)}/artifacts/{quote(path, safe='/')}"
     return Call("GET", where, bytes, raw=True, long=True)
 
 
 def apply_changes(run_id: str) -> Call[Applied]:
-    """Apply the run's workspace changes to the host directory it was copied from."""
+    """Apply the run's workspace changes to the host directory it was copied from.
+
+    Raises ``WorkspaceConflict`` (nothing written) when a changed host path
+    was modified since the copy.
+    """
     path = run_record_path(run_id) + "/apply"
     return Call("POST", path, lambda body: from_dict(Applied, body), long=True)
 
@@ -164,7 +207,7 @@ def list_cleanrooms() -> Call[list[CleanroomInfo]]:
 
 
 def run_record(run_id: str) -> Call[Body]:
-    """The run's record (``run-observability.json``), as the server stored it."""
+    """The run's record (``run-observability.json``)."""
     return Call("GET", run_record_path(run_id), lambda body: body)
 
 

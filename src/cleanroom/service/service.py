@@ -14,10 +14,9 @@ import structlog
 
 from cleanroom import paths
 from cleanroom.backend_table import backend_names
-from cleanroom.backends import Backend, Capabilities, get_backend, resolve_backend_name
+from cleanroom.backends import Backend, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
-    BackendCapabilityMismatch,
     CapacityExhausted,
     CleanroomError,
     CleanroomNotFound,
@@ -25,15 +24,22 @@ from cleanroom.errors import (
     RunCancelled,
     RunNotFound,
 )
-from cleanroom.models import Applied, LaunchRequest, RunRequest, encode_stdin
+from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
+from cleanroom.service.checks import (
+    check_capabilities,
+    checked_request,
+    current_task_cancelling,
+    network_check,
+    pool_checks,
+)
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
-from cleanroom.service.pools import Pools, pool_check_name, resolve_pool_image
+from cleanroom.service.pools import Pools, resolve_pool_image
 from cleanroom.service.record import read_record
 from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
@@ -164,7 +170,7 @@ class Service:
         name = resolve_backend_name(backend, self._config)
         be = await self._backend(name)
         caps = await be.prepare()
-        self._check_capabilities(policy, caps)
+        check_capabilities(policy, caps, self._network is not None, self._network_error)
         # Pulled or built now, so a bad image fails the launch, not a run. Only a
         # user image needs I/O (a thread); the built-in one is decided in place.
         if opts.image is None and policy.image is None and self._config.images.default is None:
@@ -249,7 +255,7 @@ class Service:
             raise CleanroomNotFound(
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
-        argv = _checked(cleanroom_id, command, timeout, env, stdin, artifacts).command
+        argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
         if timeout is None:  # every run ends: none may hold a guest for ever
             timeout = self._config.limits.run_timeout_seconds
         self._check_capacity()
@@ -304,7 +310,7 @@ class Service:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.cancelled() and not _current_task_cancelling():
+            if task.cancelled() and not current_task_cancelling():
                 raise RunCancelled(
                     "the run was cancelled because its cleanroom was terminated",
                     details={"run_id": run_id, "cleanroom_id": cleanroom_id},
@@ -351,7 +357,7 @@ class Service:
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
         # Judged before anything is launched (the run checks them again, cheaply).
-        _checked("exec", command, timeout, env, stdin, artifacts)
+        checked_request("exec", command, timeout, env, stdin, artifacts)
         info = await self.launch(cwd, backend=backend, options=options)
         try:
             return await self.run(
@@ -412,29 +418,9 @@ class Service:
             except CleanroomError as exc:
                 status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
                 checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
-        for key, pool in self._pools.items():
-            checks.append(
-                DoctorCheck(
-                    pool_check_name(key),
-                    "pass" if pool.ready else "warn",
-                    f"{pool.ready}/{pool.size} warm guests ready "
-                    f"({pool.hits} hits, {pool.misses} misses)",
-                    details={
-                        "ready": pool.ready,
-                        "size": pool.size,
-                        "hits": pool.hits,
-                        "misses": pool.misses,
-                    },
-                )
-            )
+        checks.extend(pool_checks(self._pools.items()))
         if self._network is None:
-            checks.append(
-                DoctorCheck(
-                    "network.enforcement",
-                    "warn",
-                    self._network_error or "egress enforcement is not available",
-                )
-            )
+            checks.append(network_check(self._network_error))
         return checks
 
     # -- helpers -------------------------------------------------------------------
@@ -449,48 +435,3 @@ class Service:
 
     def _backend_launch_seconds(self, name: str) -> float:
         return float(self._config.backends[name].launch_seconds)
-
-    def _check_capabilities(self, policy: CompiledPolicy, caps: Capabilities) -> None:
-        if not policy.allow:
-            return  # nothing to reach: the guest gets no NIC at all
-        missing = [
-            cap
-            for cap in ("network_default_deny", "network_host_port_filtering", "dns_control")
-            if not getattr(caps, cap)
-        ]
-        if self._network is None:
-            missing.append("egress enforcement (" + (self._network_error or "unavailable") + ")")
-        if missing:
-            raise BackendCapabilityMismatch(
-                f"backend {caps.backend_name} cannot enforce this policy's allow rules: "
-                + ", ".join(missing),
-                details={"missing": missing, "backend": caps.backend_name},
-            )
-
-
-def _checked(
-    cleanroom_id: str,
-    command: Sequence[str],
-    timeout: float | None,
-    env: Mapping[str, str] | None,
-    stdin: bytes | None,
-    artifacts: Sequence[str],
-) -> RunRequest:
-    """The run's inputs as the wire's ``RunRequest``, whose rules (argv, timeout bound,
-    NUL bytes, environment names, stdin size, globs) live in ``cleanroom.models`` only;
-    ``InvalidRequest`` (never quoting an environment value) when one is broken."""
-    if isinstance(command, str | bytes):
-        raise InvalidRequest("command must be a sequence of arguments, not a string")
-    return RunRequest(
-        cleanroom_id=cleanroom_id,
-        command=tuple(command),
-        timeout_seconds=timeout,
-        env=None if env is None else dict(env),
-        stdin_base64=encode_stdin(stdin),
-        artifacts=tuple(artifacts) or None,
-    )
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -1,0 +1,101 @@
+"""The service's own checks: a run's inputs, a policy against a backend, pool and
+network readiness for ``doctor`` (pure functions of the state they are given)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+
+from cleanroom.backends import Capabilities
+from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest
+from cleanroom.models import RunRequest, encode_stdin
+from cleanroom.policy import CompiledPolicy
+from cleanroom.service.pool import WarmPool
+from cleanroom.service.pools import PoolKey, pool_check_name
+from cleanroom.service.types import DoctorCheck
+
+__all__ = [
+    "check_capabilities",
+    "checked_request",
+    "current_task_cancelling",
+    "network_check",
+    "pool_checks",
+]
+
+
+def check_capabilities(
+    policy: CompiledPolicy, caps: Capabilities, network: bool, network_error: str | None
+) -> None:
+    """Raises ``BackendCapabilityMismatch`` when the backend (or the host's egress
+    enforcement, ``network``) cannot enforce the policy's allow rules."""
+    if not policy.allow:
+        return  # nothing to reach: the guest gets no NIC at all
+    missing = [
+        cap
+        for cap in ("network_default_deny", "network_host_port_filtering", "dns_control")
+        if not getattr(caps, cap)
+    ]
+    if not network:
+        missing.append("egress enforcement (" + (network_error or "unavailable") + ")")
+    if missing:
+        raise BackendCapabilityMismatch(
+            f"backend {caps.backend_name} cannot enforce this policy's allow rules: "
+            + ", ".join(missing),
+            details={"missing": missing, "backend": caps.backend_name},
+        )
+
+
+def pool_checks(pools: Iterable[tuple[PoolKey, WarmPool]]) -> list[DoctorCheck]:
+    """One ``doctor`` check per warm pool (``pass`` when a guest is ready)."""
+    return [
+        DoctorCheck(
+            pool_check_name(key),
+            "pass" if pool.ready else "warn",
+            f"{pool.ready}/{pool.size} warm guests ready ({pool.hits} hits, {pool.misses} misses)",
+            details={
+                "ready": pool.ready,
+                "size": pool.size,
+                "hits": pool.hits,
+                "misses": pool.misses,
+            },
+        )
+        for key, pool in pools
+    ]
+
+
+def network_check(network_error: str | None) -> DoctorCheck:
+    """The ``doctor`` warning when egress enforcement is not available."""
+    return DoctorCheck(
+        "network.enforcement",
+        "warn",
+        network_error or "egress enforcement is not available",
+    )
+
+
+def checked_request(
+    cleanroom_id: str,
+    command: Sequence[str],
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    stdin: bytes | None,
+    artifacts: Sequence[str],
+) -> RunRequest:
+    """The run's inputs as the wire's ``RunRequest``, whose rules (argv, timeout bound,
+    NUL bytes, environment names, stdin size, globs) live in ``cleanroom.models`` only;
+    ``InvalidRequest`` (never quoting an environment value) when one is broken."""
+    if isinstance(command, str | bytes):
+        raise InvalidRequest("command must be a sequence of arguments, not a string")
+    return RunRequest(
+        cleanroom_id=cleanroom_id,
+        command=tuple(command),
+        timeout_seconds=timeout,
+        env=None if env is None else dict(env),
+        stdin_base64=encode_stdin(stdin),
+        artifacts=tuple(artifacts) or None,
+    )
+
+
+def current_task_cancelling() -> bool:
+    """True while the current task is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
