@@ -45,6 +45,7 @@ from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.statelock import StateLock
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.workspace import remove_dead_stagings
@@ -96,12 +97,15 @@ class Service:
             console_log_bytes=config.limits.console_log_bytes,
         )
         self._finalizers = Finalizers()
+        self._state_lock = StateLock(paths.state_dir())
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the network manager (if this host can enforce egress) and reconcile."""
+        """Lock the state directory (``ServerUnavailable`` when another server holds it),
+        create the network manager (if this host can enforce egress) and reconcile."""
+        self._state_lock.acquire()
         if self._network is None:
             try:
                 from cleanroom.network import NetworkManager  # noqa: PLC0415 - optional layer
@@ -154,6 +158,7 @@ class Service:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()
+        self._state_lock.release()
 
     # -- contexts ------------------------------------------------------------------
 
