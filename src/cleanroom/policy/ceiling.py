@@ -71,7 +71,7 @@ class PortRange:
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
-def parse_port_range(value: int | str) -> PortRange:
+def parse_port_range(value: object) -> PortRange:
     """A port (``443``) or an inclusive range (``"8000-8999"``); raises ``ValueError``
     (``TypeError`` for a value that is neither an int nor a str)."""
     if isinstance(value, int) and not isinstance(value, bool):
