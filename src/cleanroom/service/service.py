@@ -26,6 +26,7 @@ from cleanroom.errors import (
 )
 from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
+from cleanroom.service.admission import admit_isolation, admit_policy, run_timeout
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.checks import (
     check_capabilities,
@@ -167,10 +168,12 @@ class Service:
         if not cwd.is_dir():
             raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
         policy = await asyncio.to_thread(load_policy, cwd)
+        admit_policy(policy, self._config, opts)  # the caller's pin, the operator's ceiling
         name = resolve_backend_name(backend, self._config)
         be = await self._backend(name)
         caps = await be.prepare()
         check_capabilities(policy, caps, self._network is not None, self._network_error)
+        admit_isolation(policy, self._config, caps)
         # Pulled or built now, so a bad image fails the launch, not a run. Only a
         # user image needs I/O (a thread); the built-in one is decided in place.
         if opts.image is None and policy.image is None and self._config.images.default is None:
@@ -202,6 +205,7 @@ class Service:
             created_at=utc_now(),
             image=sandbox.image_info,
             resources=sandbox.machine,
+            isolation=caps.isolation,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
         self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
@@ -256,8 +260,7 @@ class Service:
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
         argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
-        if timeout is None:  # every run ends: none may hold a guest for ever
-            timeout = self._config.limits.run_timeout_seconds
+        timeout = run_timeout(timeout, self._config)  # every run ends, within the ceiling
         self._check_capacity()
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
@@ -358,6 +361,7 @@ class Service:
         """See ``ServiceAPI.exec``."""
         # Judged before anything is launched (the run checks them again, cheaply).
         checked_request("exec", command, timeout, env, stdin, artifacts)
+        run_timeout(timeout, self._config)
         info = await self.launch(cwd, backend=backend, options=options)
         try:
             return await self.run(
