@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
@@ -35,7 +35,7 @@ from cleanroom.service.checks import (
     network_check,
     pool_checks,
 )
-from cleanroom.service.doctor import host_checks
+from cleanroom.service.doctor import backend_checks, host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
@@ -413,15 +413,10 @@ class Service:
         name = resolve_backend_name(None, self._config)
         for be_name in backend_names():
             try:
-                be = await self._backend(be_name)
-                # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
-                # the backend's checks into the service's own check type.
-                checks.extend(
-                    DoctorCheck(c.name, c.status, c.reason, c.details) for c in await be.doctor()
-                )
+                be: Backend | CleanroomError = await self._backend(be_name)
             except CleanroomError as exc:
-                status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
-                checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
+                be = exc
+            checks.extend(await backend_checks(be_name, name, be))
         checks.extend(pool_checks(self._pools.items()))
         if self._network is None:
             checks.append(network_check(self._network_error))
