@@ -299,7 +299,7 @@ def test_image_excess_covers_the_policy_and_the_override() -> None:
     # The built-in image needs no pattern, even under an empty list.
     builtin = compile_policy_text("version: 1\n", "c.yaml")
     assert ceiling_excess(builtin, Ceiling(images=())) == ()
-    assert isinstance(ceiling.images[0], ImagePattern)
+    assert ceiling.images == (ImagePattern("registry.example/*", "prefix", "registry.example"),)
 
 
 # -- maxima --------------------------------------------------------------------------
