@@ -204,7 +204,7 @@ def _exec(args: argparse.Namespace) -> int:
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
         if endpoint.is_default:
-            prepare_launch_image(args.cwd, args.image)
+            prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
         with Client(endpoint.url) as client:
             common: dict[str, Any] = {
                 "backend": args.backend,

@@ -55,18 +55,22 @@ def launch_options(
     )
 
 
-def prepare_launch_image(cwd: Path, override: str | None) -> None:
+def prepare_launch_image(
+    cwd: Path, override: str | None, expected_policy_hash: str | None = None
+) -> None:
     """Pull or build the image a launch in ``cwd`` will use, showing progress.
 
-    Nothing happens for the built-in image, nor for a policy over the runtime
-    config's ceiling (the server refuses it; nothing is pulled for it). Raises
-    CleanroomError.
+    Nothing happens for the built-in image, nor for a policy the server will
+    refuse (not the ``expected_policy_hash``, or over the runtime config's
+    ceiling): nothing is pulled for it. Raises CleanroomError.
     """
     from cleanroom.config import load_config
     from cleanroom.policy import ceiling_excess, load_policy, require_image_ref, select_image
 
     config = load_config()
     policy = load_policy(cwd)
+    if expected_policy_hash is not None and not policy.has_hash(expected_policy_hash):
+        return
     ceiling = config.policy.ceiling
     if ceiling is not None:
         ref = None if override is None else require_image_ref(override, "image override")

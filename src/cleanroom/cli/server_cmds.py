@@ -110,7 +110,7 @@ def _launch(args: argparse.Namespace) -> int:
 
     options = launch_options(args.read_only, args.image, args.expect_policy_hash)
     if resolve_endpoint(args.host).is_default:
-        prepare_launch_image(args.cwd, args.image)
+        prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
     with _client(args.host) as client:
         result = client.launch(args.cwd, backend=args.backend, options=options)
     if args.as_json:

@@ -151,6 +151,11 @@ class CompiledPolicy:
         """SHA-256 (lowercase hex, no prefix) of :meth:`canonical_json`."""
         return hashlib.sha256(self.canonical_json().encode("ascii")).hexdigest()
 
+    def has_hash(self, expected: str) -> bool:
+        """Whether ``expected`` (as a caller pins it: hex, ``sha256:`` prefix and case
+        ignored) is :attr:`policy_hash`."""
+        return expected.strip().lower().removeprefix("sha256:") == self.policy_hash
+
     @property
     def allowed_names(self) -> tuple[AllowRule, ...]:
         """Allow rules for DNS names (exact and wildcard), for the resolver and firewall."""

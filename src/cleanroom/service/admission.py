@@ -28,12 +28,7 @@ from cleanroom.policy import (
     timeout_excess,
 )
 
-__all__ = ["admit_isolation", "admit_policy", "normalise_policy_hash", "run_timeout"]
-
-
-def normalise_policy_hash(text: str) -> str:
-    """A pinned hash as compared: trimmed, lowercase, without a ``sha256:`` prefix."""
-    return text.strip().lower().removeprefix("sha256:")
+__all__ = ["admit_isolation", "admit_policy", "run_timeout"]
 
 
 def admit_policy(policy: CompiledPolicy, config: RuntimeConfig, options: LaunchOptions) -> None:
@@ -43,7 +38,7 @@ def admit_policy(policy: CompiledPolicy, config: RuntimeConfig, options: LaunchO
     changed before anything about its contents.
     """
     pinned = options.expected_policy_hash
-    if pinned is not None and normalise_policy_hash(pinned) != policy.policy_hash:
+    if pinned is not None and not policy.has_hash(pinned):
         raise PolicyConflict(
             f"the policy in {policy.source} is not the one expected: its hash is "
             f"{policy.policy_hash}",

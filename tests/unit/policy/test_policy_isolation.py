@@ -1,4 +1,5 @@
-"""``sandbox.isolation``: parsed strictly, hashed only when set, judged by mechanism."""
+"""``sandbox.isolation`` (parsed strictly, hashed only when set, judged by mechanism) and
+how a pinned policy hash is compared."""
 
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def test_isolation_values_are_strict(value: str) -> None:
     with pytest.raises(PolicyInvalid) as info:
         compile_policy_text(f"version: 1\nsandbox:\n  isolation: {value}\n", "c.yaml")
     assert any("sandbox.isolation" in p for p in info.value.details["problems"])
+
+
+def test_a_pinned_hash_is_compared_without_prefix_or_case() -> None:
+    policy = compile_policy_text("version: 1\n", "c.yaml")
+    digest = policy.policy_hash
+    assert policy.has_hash(digest)
+    assert policy.has_hash(f" sha256:{digest.upper()} ")
+    assert not policy.has_hash(digest[:-1])
+    assert not policy.has_hash("")
+    assert not policy.has_hash(f"sha512:{digest}")
