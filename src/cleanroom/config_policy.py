@@ -14,7 +14,8 @@
 A repository policy asking beyond the ceiling is refused at launch with
 ``policy_conflict`` listing the excess (see :mod:`cleanroom.policy.ceiling`); a
 run asking a longer timeout than ``max.timeout_seconds`` likewise. The built-in
-image is always allowed.
+image is always allowed, and so is ``images.default`` (the operator's own choice):
+``images`` judges what a policy or a launch's ``--image`` names.
 """
 
 from __future__ import annotations
