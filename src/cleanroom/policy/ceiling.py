@@ -5,8 +5,9 @@ A repository's policy asks; the runtime config's ``policy.ceiling`` decides.
 image override) asks beyond the ceiling; :func:`check_ceiling` refuses such a
 policy with ``policy_conflict`` whose ``details['excess']`` lists it all.
 
-Coverage is decided per allow rule and per port, strictly (a rule is
-admitted only when *one* ceiling host covers its host on each of its ports):
+Coverage is decided per allow rule and per port, strictly: a rule is admitted
+only when, for each of its ports, one ceiling entry covers its whole host on
+that port (different ports may be covered by different entries):
 
 - a name is covered by the same name, by a wildcard over one of its parent
   domains (``api.example.com`` within ``*.example.com``), or by ``*``;
@@ -33,7 +34,7 @@ from typing import Any
 from cleanroom.errors import PolicyConflict
 from cleanroom.policy.hosts import HostSpec
 from cleanroom.policy.image import DebianImage, ImageRef, ImageSpec, OciImage
-from cleanroom.policy.imagepattern import ImagePattern, parse_image_pattern
+from cleanroom.policy.imagepattern import ImagePattern
 from cleanroom.policy.model import AllowRule, CompiledPolicy, rule_label
 
 __all__ = [
@@ -41,12 +42,10 @@ __all__ = [
     "Ceiling",
     "CeilingHost",
     "Excess",
-    "ImagePattern",
     "PortRange",
     "ceiling_excess",
     "check_ceiling",
     "host_within",
-    "parse_image_pattern",
     "parse_port_range",
     "raise_excess",
     "timeout_excess",
