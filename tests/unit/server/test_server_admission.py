@@ -208,3 +208,27 @@ def test_the_runtime_config_can_require_kvm(
         client.launch(repo)
     assert info.value.details["required_by"] == ["policy.isolation"]
     assert backend.guests == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    [parse_config_text("policy:\n  ceiling:\n    max: {timeout_seconds: 1}\n", "config.yaml")],
+)
+def test_a_run_without_a_timeout_gets_the_ceilings(http: httpx.Client, repo: Path) -> None:
+    ran = http.post("/v1/exec", json={"cwd": str(repo), "command": ["sleep", "30"]})
+    error = error_of(ran, 504, "run_timeout")
+    assert "within 1.0 s" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "config", [parse_config_text("policy: {ceiling: {images: []}}\n", "c.yaml")]
+)
+def test_an_image_override_beyond_the_ceiling_is_refused_before_any_pull(
+    http: httpx.Client, repo: Path, backend: AgentProcessBackend
+) -> None:
+    ref = "registry.example.test/app@sha256:" + "e" * 64  # nothing serves it: no pull happens
+    error = error_of(http.post("/v1/exec", json=exec_body(repo, image=ref)), 409, "policy_conflict")
+    assert [(e["field"], e["requested"]) for e in error["details"]["excess"]] == [
+        ("options.image", ref)
+    ]
+    assert backend.guests == []
