@@ -24,6 +24,7 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
     limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
              workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
+    policy: {isolation, ceiling: {hosts, images, max}}             # see cleanroom.config_policy
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``, a bare command name is looked up on ``PATH`` too; image
@@ -54,6 +55,7 @@ from cleanroom._yaml import (
 from cleanroom.backend_table import BackendSettings, load_ref, settings_class
 from cleanroom.config_images import IMAGES_KEYS, ImagesConfig, read_images
 from cleanroom.config_limits import LIMITS_KEYS, LimitsConfig, read_limits
+from cleanroom.config_policy import POLICY_KEYS, PolicyConfig, read_policy_section
 from cleanroom.config_reader import SectionReader, is_null
 from cleanroom.errors import ConfigInvalid
 
@@ -63,6 +65,7 @@ __all__ = [
     "ImagesConfig",
     "LimitsConfig",
     "NetworkConfig",
+    "PolicyConfig",
     "PoolConfig",
     "RuntimeConfig",
     "WorkspaceAccess",
@@ -143,6 +146,7 @@ class RuntimeConfig:
     backends: Mapping[str, BackendSettings]
     images: ImagesConfig
     limits: LimitsConfig
+    policy: PolicyConfig
     source: Path | None = field(compare=False)
 
     def __init__(
@@ -156,6 +160,7 @@ class RuntimeConfig:
         source: Path | None = None,
         images: ImagesConfig | None = None,
         limits: LimitsConfig | None = None,
+        policy: PolicyConfig | None = None,
         **sections: BackendSettings,
     ) -> None:
         merged = _default_sections()
@@ -172,6 +177,7 @@ class RuntimeConfig:
         setter(self, "source", source)
         setter(self, "images", images if images is not None else ImagesConfig())
         setter(self, "limits", limits if limits is not None else LimitsConfig())
+        setter(self, "policy", policy if policy is not None else PolicyConfig())
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: a backend's section by name.
@@ -189,6 +195,7 @@ class RuntimeConfig:
                 self.pool,
                 self.images,
                 self.limits,
+                self.policy,
             )
         )
 
@@ -235,7 +242,16 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool", "images", "limits")
+    top = (
+        "default_backend",
+        "workspace",
+        "backends",
+        "network",
+        "pool",
+        "images",
+        "limits",
+        "policy",
+    )
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = SectionReader(problems)
     names = backend_table.backend_names()
@@ -256,6 +272,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     pool_images = _read_pool_images(pool.get("images"), problems)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
+    policy = read_policy_section(reader, reader.section(entries, "policy", "", POLICY_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
@@ -265,6 +282,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         pool=PoolConfig(size=size, images=pool_images),
         images=images,
         limits=limits,
+        policy=policy,
     )
 
 

@@ -124,6 +124,9 @@ class LaunchOptions(Wire):
     image: ImageOverride | None = None
     """A digest-pinned image ref to run in instead of the policy's ``sandbox.image``
     (refused with ``policy_conflict`` when the runtime config forbids overrides)."""
+    expected_policy_hash: Annotated[str, NonEmpty(), NoNul()] | None = None
+    """The ``policy_hash`` the caller has reviewed (hex, ``sha256:`` prefix optional);
+    any other policy in ``cwd`` is refused with ``policy_conflict``."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,9 @@ class CleanroomInfo(Wire):
     image: SandboxImage | None = None
     """The user image (None: the built-in image)."""
     resources: SandboxResources | None = None
+    isolation: str | None = None
+    """How the context's guests are isolated: ``qemu-tcg`` (emulation; not a security
+    boundary), ``qemu-kvm`` or ``firecracker-kvm``."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,8 @@ class LaunchResult(Wire):
     image: SandboxImage | None = None
     """The user image (None: the built-in image)."""
     resources: SandboxResources | None = None
+    isolation: str | None = None
+    """How the context's guests are isolated (see ``CleanroomInfo.isolation``)."""
 
     @classmethod
     def of(cls, info: CleanroomInfo) -> LaunchResult:
@@ -284,6 +292,7 @@ class LaunchResult(Wire):
             info.run_dir_root,
             info.image,
             info.resources,
+            info.isolation,
         )
 
 
@@ -344,6 +353,8 @@ class RunResult(Wire):
     """The files the request's ``artifacts`` globs matched (none matched: empty)."""
     artifacts_caps_hit: tuple[str, ...] = ()
     """Caps that cut the artifacts short (``max_files``, ``max_file_bytes``, ...)."""
+    isolation: str | None = None
+    """How the run's guest was isolated (``qemu-tcg``, ``qemu-kvm``, ``firecracker-kvm``)."""
 
 
 @dataclass(frozen=True)

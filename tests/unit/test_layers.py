@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "config_images": 0,
     "config_limits": 0,
+    "config_policy": 0,
     "config_reader": 0,
     "doctor": 0,
     "errors": 0,

@@ -32,8 +32,12 @@ class ServiceAPI(Protocol):
         """Load and compile ``cwd``'s policy once and create a context.
 
         Raises ``PolicyNotFound``/``PolicyInvalid``, ``InvalidRequest`` (unknown
-        backend, cwd not a directory), ``BackendUnavailable``,
-        ``BackendCapabilityMismatch``.
+        backend, cwd not a directory), ``PolicyConflict`` (not the
+        ``options.expected_policy_hash``; beyond the runtime config's
+        ``policy.ceiling``, every excess in ``details['excess']``),
+        ``BackendUnavailable``, ``BackendCapabilityMismatch`` (also when the
+        backend's isolation is weaker than ``sandbox.isolation`` or the runtime
+        config's ``policy.isolation`` require).
         """
 
     async def run(
@@ -51,8 +55,9 @@ class ServiceAPI(Protocol):
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
         ``timeout`` (seconds; None: the runtime config's
-        ``limits.run_timeout_seconds``) kills the command's whole process group
-        when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
+        ``limits.run_timeout_seconds``, capped by ``policy.ceiling.max``; more
+        than that maximum: ``PolicyConflict``) kills the command's whole process
+        group when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
         guest's defaults (its values are never recorded); ``stdin`` (at most
         512 KiB) is the command's standard input, then EOF (None: empty).
         After the command, the workspace's changes (writable workspaces) and the

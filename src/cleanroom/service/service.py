@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
@@ -26,6 +26,7 @@ from cleanroom.errors import (
 )
 from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
+from cleanroom.service.admission import admit_isolation, admit_policy, run_timeout
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.checks import (
     check_capabilities,
@@ -34,7 +35,7 @@ from cleanroom.service.checks import (
     network_check,
     pool_checks,
 )
-from cleanroom.service.doctor import host_checks
+from cleanroom.service.doctor import backend_checks, host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
@@ -172,10 +173,12 @@ class Service:
         if not cwd.is_dir():
             raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
         policy = await asyncio.to_thread(load_policy, cwd)
+        admit_policy(policy, self._config, opts)  # the caller's pin, the operator's ceiling
         name = resolve_backend_name(backend, self._config)
         be = await self._backend(name)
         caps = await be.prepare()
         check_capabilities(policy, caps, self._network is not None, self._network_error)
+        admit_isolation(policy, self._config, caps)
         # Pulled or built now, so a bad image fails the launch, not a run. Only a
         # user image needs I/O (a thread); the built-in one is decided in place.
         if opts.image is None and policy.image is None and self._config.images.default is None:
@@ -207,6 +210,7 @@ class Service:
             created_at=utc_now(),
             image=sandbox.image_info,
             resources=sandbox.machine,
+            isolation=caps.isolation,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
         self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
@@ -261,8 +265,7 @@ class Service:
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
         argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
-        if timeout is None:  # every run ends: none may hold a guest for ever
-            timeout = self._config.limits.run_timeout_seconds
+        timeout = run_timeout(timeout, self._config)  # every run ends, within the ceiling
         self._check_capacity()
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
@@ -363,6 +366,7 @@ class Service:
         """See ``ServiceAPI.exec``."""
         # Judged before anything is launched (the run checks them again, cheaply).
         checked_request("exec", command, timeout, env, stdin, artifacts)
+        run_timeout(timeout, self._config)
         info = await self.launch(cwd, backend=backend, options=options)
         try:
             return await self.run(
@@ -414,15 +418,10 @@ class Service:
         name = resolve_backend_name(None, self._config)
         for be_name in backend_names():
             try:
-                be = await self._backend(be_name)
-                # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
-                # the backend's checks into the service's own check type.
-                checks.extend(
-                    DoctorCheck(c.name, c.status, c.reason, c.details) for c in await be.doctor()
-                )
+                be: Backend | CleanroomError = await self._backend(be_name)
             except CleanroomError as exc:
-                status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
-                checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
+                be = exc
+            checks.extend(await backend_checks(be_name, name, be))
         checks.extend(pool_checks(self._pools.items()))
         if self._network is None:
             checks.append(network_check(self._network_error))
