@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +27,10 @@ from cleanroom.errors import (
 from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
+from cleanroom.service.changestore import load_changes
 from cleanroom.service.checks import (
     check_capabilities,
+    check_cwd,
     checked_request,
     current_task_cancelling,
     network_check,
@@ -47,6 +49,7 @@ from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+from cleanroom.service.uploads import Upload, Uploads
 from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
@@ -66,6 +69,8 @@ class _Context:
     sandbox: Sandbox
     tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
     terminated: bool = False
+    upload: Path | None = None
+    """The uploaded tree the context owns (removed after it is terminated)."""
 
 
 class Service:
@@ -96,6 +101,7 @@ class Service:
             console_log_bytes=config.limits.console_log_bytes,
         )
         self._finalizers = Finalizers()
+        self._uploads = Uploads(paths.state_dir() / "uploads", config.limits)
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -118,6 +124,7 @@ class Service:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
+        self._uploads.clear_leftovers()
         remove_dead_stagings()
         await self._repair_runs()
         if self._pools.enabled:
@@ -147,6 +154,7 @@ class Service:
         await self._pools.close()
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
+        await self._uploads.close()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -157,14 +165,37 @@ class Service:
 
     # -- contexts ------------------------------------------------------------------
 
+    async def upload_workspace(self, chunks: AsyncIterator[bytes]) -> Upload:
+        """See ``ServiceAPI.upload_workspace``."""
+        return await self._uploads.receive(chunks)
+
     async def launch(
-        self, cwd: Path, *, backend: str | None = None, options: LaunchOptions | None = None
+        self,
+        cwd: Path,
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> CleanroomInfo:
         """See ``ServiceAPI.launch``."""
         opts = options or LaunchOptions()
-        cwd = Path(cwd)
-        LaunchRequest(cwd=cwd, backend=backend, options=opts)  # the wire rules, stated once
-        if not cwd.is_dir():
+        # the wire rules, stated once
+        LaunchRequest(cwd=Path(cwd), backend=backend, options=opts, workspace_id=workspace_id)
+        if workspace_id is None:
+            check_cwd(Path(cwd), self._config.workspace.roots, local)
+            return await self._launch(Path(cwd), backend, opts, None)
+        upload = self._uploads.claim(workspace_id)
+        try:
+            return await self._launch(upload, backend, opts, upload)
+        except BaseException:
+            self._uploads.release(upload)
+            raise
+
+    async def _launch(
+        self, cwd: Path, backend: str | None, opts: LaunchOptions, upload: Path | None
+    ) -> CleanroomInfo:
+        if not await asyncio.to_thread(cwd.is_dir):
             raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
         policy = await asyncio.to_thread(load_policy, cwd)
         name = resolve_backend_name(backend, self._config)
@@ -204,7 +235,9 @@ class Service:
             resources=sandbox.machine,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
-        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
+        self._contexts[info.cleanroom_id] = _Context(
+            info, policy, be, launch_seconds, sandbox, upload=upload
+        )
         log.info(
             "launched",
             cleanroom_id=info.cleanroom_id,
@@ -229,6 +262,8 @@ class Service:
             task.cancel()
         if ctx.tasks:
             await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        if ctx.upload is not None:  # its runs' patches are rendered against it first
+            self._uploads.release(ctx.upload, [self._finalizers.wait(r) for r in ctx.info.runs])
         log.info("terminated", cleanroom_id=cleanroom_id)
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -354,11 +389,15 @@ class Service:
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
         terminal: Terminal | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
         # Judged before anything is launched (the run checks them again, cheaply).
         checked_request("exec", command, timeout, env, stdin, artifacts)
-        info = await self.launch(cwd, backend=backend, options=options)
+        info = await self.launch(
+            cwd, backend=backend, options=options, workspace_id=workspace_id, local=local
+        )
         try:
             return await self.run(
                 info.cleanroom_id,
@@ -401,6 +440,13 @@ class Service:
     async def apply_changes(self, run_id: str) -> Applied:
         """See ``ServiceAPI.apply_changes``."""
         run_dir, _ = await self._finished(run_id)
+        stored = await asyncio.to_thread(load_changes, run_dir)
+        if stored is not None and self._uploads.holds(stored.source):
+            raise InvalidRequest(
+                "the run's workspace was uploaded: apply its diff where it came from "
+                "(GET /v1/runs/{run_id}/diff)",
+                details={"run_id": run_id},
+            )
         return await asyncio.to_thread(apply_run, run_dir)
 
     async def doctor(self) -> list[DoctorCheck]:

@@ -55,6 +55,7 @@ def test_document_shape() -> None:
         "/v1/runs/{run_id}/artifacts/{path}",
         "/v1/runs/{run_id}/apply",
         "/v1/doctor",
+        "/v1/workspaces",
     }
     run = paths["/v1/cleanrooms/run"]["post"]["responses"]
     assert "application/x-ndjson" in run["200"]["content"]
@@ -64,6 +65,11 @@ def test_document_shape() -> None:
     assert "422" not in run  # validation failures are 400 invalid_request, not FastAPI's 422
     launch_body = DOC["components"]["schemas"]["LaunchRequest"]
     assert launch_body["additionalProperties"] is False
+    upload = paths["/v1/workspaces"]["post"]
+    assert "application/x-tar" in upload["requestBody"]["content"]
+    assert upload["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WorkspaceUploaded"
+    }
 
 
 @schema.parametrize()
