@@ -71,6 +71,8 @@ class UploadLimits:
     path_bytes: int = 4096
     name_bytes: int = 255
     depth: int = 256
+    header_bytes: int = 256 << 20
+    """Headers (extended ones included) in the whole archive."""
 
     @classmethod
     def of(cls, limits: LimitsConfig) -> UploadLimits:
@@ -106,6 +108,8 @@ class _Stream:
     def __init__(self, read: Read) -> None:
         self._read = read
         self.consumed = 0
+        self.headers = 0
+        """Bytes of headers read (extended headers' data included)."""
 
     def exact(self, size: int) -> bytes:
         parts: list[bytes] = []
@@ -332,12 +336,15 @@ def _pax(data: bytes) -> dict[str, str]:
     return records
 
 
-def _member(stream: _Stream) -> tarfile.TarInfo | None:
+def _member(stream: _Stream, limits: UploadLimits) -> tarfile.TarInfo | None:
     """The next member with its PAX and GNU long-name headers applied."""
     pax: dict[str, str] = {}
     long_name = long_link = None
     for _ in range(_MAX_EXT_CHAIN + 1):
+        if stream.headers > limits.header_bytes:
+            raise _invalid(f"its headers take more than {limits.header_bytes} bytes")
         info = _header(stream)
+        stream.headers += BLOCK
         if info is None:
             if pax or long_name is not None or long_link is not None:
                 raise _invalid("the archive ends after an extended header")
@@ -348,6 +355,7 @@ def _member(stream: _Stream) -> tarfile.TarInfo | None:
             raise _invalid("an extended header is too large")
         data = stream.exact(info.size)
         stream.skip_padding(info.size)
+        stream.headers += -(-info.size // BLOCK) * BLOCK
         if info.type == tarfile.XHDTYPE:
             pax.update(_pax(data))
         elif info.type == tarfile.GNUTYPE_LONGNAME:
@@ -383,7 +391,7 @@ def extract_upload(read: Read, dest: Path, limits: UploadLimits) -> UploadStats:
     out = _Extractor(dest, limits)
     members = 0
     try:
-        while (info := _member(stream)) is not None:
+        while (info := _member(stream, limits)) is not None:
             members += 1
             if members > limits.members:
                 raise _invalid(f"it has more than {limits.members} members")

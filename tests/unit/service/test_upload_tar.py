@@ -175,6 +175,13 @@ def test_name_length_and_depth_are_bounded(tmp_path: Path) -> None:
     _refused(tmp_path / "b", _tar([_file("a/" * 6 + "f")]), limits)
 
 
+def test_header_bytes_are_bounded(tmp_path: Path) -> None:
+    limits = UploadLimits(1 << 20, 1 << 20, header_bytes=8 * 1024)
+    members = [_file(f"dir/{'n' * 200}-{i}", b"") for i in range(10)]  # a PAX header each
+    error = _refused(tmp_path, _tar(members), limits)
+    assert "headers take more than" in error.message
+
+
 def test_apparent_size_is_capped_before_writing(tmp_path: Path) -> None:
     limits = UploadLimits(apparent_bytes=1000, allocated_bytes=1 << 30)
     with pytest.raises(WorkspaceTooLarge) as caught:
