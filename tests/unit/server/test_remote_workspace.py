@@ -247,6 +247,21 @@ def test_the_cli_execs_remotely(remote: RemoteServer, workdir: Path, root: Path)
     assert (done.returncode, done.stdout) == (0, "hello from the client\n"), done.stderr
 
 
+def test_the_cli_does_not_apply_to_a_remote_run(remote: RemoteServer, workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CLEANROOM_HOST"}
+    done = subprocess.run(
+        [CLI, "exec", "--host", remote.url, "-c", str(workdir), "--apply", "--", "true"],
+        env={**env, **remote.client_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--apply needs a server on this machine's unix socket" in done.stderr
+    assert _uploads() == []
+
+
 def test_the_unix_socket_still_takes_server_paths(host: str, workdir: Path) -> None:
     with Client(host) as client:
         assert client.exec(workdir, ["cat", "hello.txt"]).stdout == "hello from the client\n"
