@@ -22,12 +22,10 @@ from cleanroom.errors import (
     CleanroomNotFound,
     InvalidRequest,
     RunCancelled,
-    RunNotFound,
 )
 from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
 from cleanroom.service.boots import BootGate, default_boot_limit
-from cleanroom.service.changestore import load_changes
 from cleanroom.service.checks import (
     check_capabilities,
     check_cwd,
@@ -38,14 +36,13 @@ from cleanroom.service.checks import (
 )
 from cleanroom.service.doctor import host_checks
 from cleanroom.service.finalize import Finalizers
+from cleanroom.service.finished import FinishedRuns
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, resolve_pool_image
-from cleanroom.service.record import read_record
 from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
-from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
@@ -102,6 +99,7 @@ class Service:
         )
         self._finalizers = Finalizers()
         self._uploads = Uploads(paths.state_dir() / "uploads", config.limits)
+        self._done = FinishedRuns(self._finalizers, self._runs, self._uploads)
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -414,40 +412,19 @@ class Service:
 
     async def run_record(self, run_id: str) -> dict[str, Any]:
         """See ``ServiceAPI.run_record``."""
-        return (await self._finished(run_id))[1]
-
-    async def _finished(self, run_id: str) -> tuple[Path, dict[str, Any]]:
-        """The finished run's directory and record (after its background release)."""
-        if not run_id.startswith("run-") or "/" in run_id or len(run_id) > 64:
-            raise RunNotFound(f"no run {run_id!r}", details={"run_id": run_id})
-        await self._finalizers.wait(run_id)
-        run_dir = self._runs.get(run_id, paths.state_dir() / "runs" / run_id)
-        try:
-            return run_dir, read_record(run_dir)
-        except (OSError, ValueError, TypeError) as exc:
-            raise RunNotFound(f"no record for run {run_id!r}", details={"run_id": run_id}) from exc
+        return (await self._done.locate(run_id))[1]
 
     async def run_diff(self, run_id: str) -> bytes:
         """See ``ServiceAPI.run_diff``."""
-        run_dir, record = await self._finished(run_id)
-        return await asyncio.to_thread(run_patch, run_dir, record)
+        return await self._done.diff(run_id)
 
     async def run_artifact(self, run_id: str, path: str) -> Path:
         """See ``ServiceAPI.run_artifact``."""
-        run_dir, record = await self._finished(run_id)
-        return artifact_path(run_dir, record, path)
+        return await self._done.artifact(run_id, path)
 
     async def apply_changes(self, run_id: str) -> Applied:
         """See ``ServiceAPI.apply_changes``."""
-        run_dir, _ = await self._finished(run_id)
-        stored = await asyncio.to_thread(load_changes, run_dir)
-        if stored is not None and self._uploads.holds(stored.source):
-            raise InvalidRequest(
-                "the run's workspace was uploaded: apply its diff where it came from "
-                "(GET /v1/runs/{run_id}/diff)",
-                details={"run_id": run_id},
-            )
-        return await asyncio.to_thread(apply_run, run_dir)
+        return await self._done.apply(run_id)
 
     async def doctor(self) -> list[DoctorCheck]:
         """See ``ServiceAPI.doctor``."""
