@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cleanroom.models import Applied
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
-from cleanroom.service.uploads import Upload
+
+if TYPE_CHECKING:  # the service's own modules stay unloaded for the CLI
+    from cleanroom.service.uploads import Upload
 
 __all__ = ["ServiceAPI"]
 
