@@ -274,3 +274,13 @@ def test_unknown_workspace_ids_are_invalid_for_the_service(service: Service) -> 
             await service.launch(Path("/x"), workspace_id="ws-0")
 
     asyncio.run(main())
+
+
+def test_an_interactive_run_uploads_too(remote: RemoteServer, workdir: Path) -> None:
+    with (
+        Client(remote.url) as client,
+        client.exec_tty(workdir, ["cat", "hello.txt"], rows=24, cols=80) as session,
+    ):
+        output = b"".join(getattr(event, "data", b"") for event in session.events())
+    assert output == b"hello from the client\r\n"
+    _wait_no_uploads()
