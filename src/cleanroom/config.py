@@ -10,6 +10,8 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     default_backend: auto            # auto | a name from cleanroom.backend_table
     workspace:
       access: rw                     # rw | ro
+      roots: [PATH, ...]             # server directories a TCP client may name as cwd
+                                     # (default none: TCP clients upload their workspace)
     backends:                        # one section per backend, owned and parsed by it
       firecracker: {binary_path, kernel_image, initrd, rootfs, vcpus, memory_mib,
                     guest_cid, launch_seconds}
@@ -123,6 +125,10 @@ class WorkspaceConfig:
     """How the workspace is mounted in the guest by default."""
 
     access: WorkspaceAccess = "rw"
+    roots: tuple[Path, ...] = ()
+    """Directories under which a request over TCP may name a server-side ``cwd``
+    (the unix socket may name any); none by default: TCP clients upload their
+    workspace instead."""
 
 
 def _default_sections() -> dict[str, BackendSettings]:
@@ -256,8 +262,9 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     reader = SectionReader(problems)
     names = backend_table.backend_names()
     backend = reader.choice(entries, "default_backend", "", ("auto", *names), "auto")
-    workspace = reader.section(entries, "workspace", "", ("access",))
+    workspace = reader.section(entries, "workspace", "", ("access", "roots"))
     access = reader.choice(workspace, "access", "workspace", ("rw", "ro"), "rw")
+    roots = _read_roots(reader, workspace.get("roots"))
     backends = reader.section(entries, "backends", "", names)
     sections: dict[str, BackendSettings] = {}
     for name in names:
@@ -276,7 +283,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
-        workspace=WorkspaceConfig(access=cast(WorkspaceAccess, access)),
+        workspace=WorkspaceConfig(access=cast(WorkspaceAccess, access), roots=roots),
         backends=sections,
         network=network,
         pool=PoolConfig(size=size, images=pool_images),
@@ -284,6 +291,15 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         limits=limits,
         policy=policy,
     )
+
+
+def _read_roots(reader: SectionReader, entry: YamlEntry | None) -> tuple[Path, ...]:
+    """``workspace.roots``: absolute directory paths."""
+    if entry is None or is_null(entry.value):
+        return ()
+    items = read_sequence(entry.value, "workspace.roots", reader.problems) or ()
+    found = (reader.path_value(item, f"workspace.roots[{i}]") for i, item in enumerate(items))
+    return tuple(path for path in found if path is not None)
 
 
 def _read_pool_images(entry: YamlEntry | None, problems: Problems) -> tuple[str, ...]:

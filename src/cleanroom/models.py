@@ -61,6 +61,7 @@ __all__ = [
     "SandboxResources",
     "TerminateRequest",
     "Terminated",
+    "WorkspaceUploaded",
     "encode_stdin",
     "from_dict",
     "to_dict",
@@ -134,10 +135,15 @@ class LaunchRequest(Wire):
     """``POST /v1/cleanrooms/launch``."""
 
     cwd: AbsPath
-    """Absolute path of the repository directory (holds the policy)."""
+    """Absolute path of the repository directory (holds the policy). With
+    ``workspace_id``: the client's own path of the uploaded directory (recorded,
+    never opened on the server)."""
     backend: Name | None = None
     """Backend name; default from the runtime config."""
     options: LaunchOptions | None = None
+    workspace_id: Id | None = None
+    """An uploaded workspace (``POST /v1/workspaces``) to use instead of the server
+    directory ``cwd``; it is used once (the context owns it)."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -186,7 +192,8 @@ class ExecRequest(Wire):
     """``POST /v1/exec``: launch, run once, terminate."""
 
     cwd: AbsPath
-    """Absolute path of the repository directory (holds the policy)."""
+    """Absolute path of the repository directory (holds the policy). With
+    ``workspace_id``: the client's own path of the uploaded directory."""
     command: Command
     """argv, run without a shell."""
     backend: Name | None = None
@@ -200,6 +207,9 @@ class ExecRequest(Wire):
     """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
     artifacts: ArtifactGlobs | None = None
     """Globs of workspace files to copy into the run directory's ``artifacts/``."""
+    workspace_id: Id | None = None
+    """An uploaded workspace (``POST /v1/workspaces``) to use instead of the server
+    directory ``cwd``; it is used once."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -215,7 +225,7 @@ class ExecRequest(Wire):
     @property
     def launch(self) -> LaunchRequest:
         """The launch half of the request."""
-        return LaunchRequest(self.cwd, self.backend, self.options)
+        return LaunchRequest(self.cwd, self.backend, self.options, self.workspace_id)
 
 
 # -- results -------------------------------------------------------------------------
@@ -382,6 +392,22 @@ class DoctorReport(Wire):
     def of(cls, checks: tuple[DoctorCheck, ...] | list[DoctorCheck]) -> DoctorReport:
         """The report of ``checks``."""
         return cls(all(c.status != "fail" for c in checks), tuple(checks))
+
+
+@dataclass(frozen=True)
+class WorkspaceUploaded(Wire):
+    """``POST /v1/workspaces``: an uploaded workspace, ready to be named by one launch or exec."""
+
+    workspace_id: str
+    files: int
+    directories: int
+    symlinks: int
+    bytes: int
+    """Sum of the regular files' sizes."""
+    archive_bytes: int
+    """Size of the tar stream received."""
+    expires_in_seconds: float
+    """It is removed if no launch or exec claims it by then."""
 
 
 @dataclass(frozen=True)

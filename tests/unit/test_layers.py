@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "events": 0,
     "models": 0,
+    "workspace_tree": 0,
     "netspec": 0,
     "paths": 0,
     "policy": 0,

@@ -197,6 +197,11 @@ def _exec(args: argparse.Namespace) -> int:
         args.parser.error("-t and --json do not go together")
     if args.out is not None and not args.artifact:
         args.parser.error("--out needs --artifact GLOB")
+    if args.apply and endpoint.uds is None:
+        args.parser.error(
+            "--apply needs a server on this machine's unix socket; with a remote server, "
+            "use --diff FILE and apply it with git apply"
+        )
     options = launch_options(args.read_only, args.image, args.expect_policy_hash)
     try:
         env = read_env(args.env, args.env_file)
