@@ -70,11 +70,12 @@ class ElementInstaller:
         room = max(self.max_elements - len(self._installed) - len(self._pending), 0)
         fresh = [k for k in wanted if k not in self._installed and k not in self._pending]
         refused = set(fresh[room:]) if len(fresh) > room else set()
-        for key in wanted:
-            if key not in refused:
-                old = self._pending.get(key)
-                self._pending[key] = ttl if old is None else max(old, ttl)
-        await self._flush_soon()
+        queued = [key for key in wanted if key not in refused]
+        for key in queued:
+            old = self._pending.get(key)
+            self._pending[key] = ttl if old is None else max(old, ttl)
+        if queued:
+            await self._flush_soon()
         return len(refused)
 
     async def deny(self, elements: Iterable[Element]) -> None:
@@ -133,6 +134,9 @@ class ElementInstaller:
                 self._installed[key] = max(self._installed.get(key, 0.0), expiry)
             if not done.done():
                 done.set_result(None)
+        if self._next is not None and not self._next.done():  # nothing was queued for it
+            self._next.set_result(None)
+        self._next = None
 
     async def close(self) -> None:
         """Stop a running batch (its waiters see ``CancelledError``)."""

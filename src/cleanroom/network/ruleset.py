@@ -178,6 +178,7 @@ table inet {RUN_TABLE} {{
 \t\tiifname != "{gif}" drop
 \t\tmeta l4proto != {{ tcp, udp }} goto blocked
 \t\t{_TUPLE} @denied goto blocked
+\t\tip daddr @forbidden goto blocked
 \t\tip daddr @guarded {_TUPLE} != @explicit goto blocked
 \t\tip daddr @uplink_local {_TUPLE} != @allowed goto blocked
 \t\t{_TUPLE} @allowed counter name "allowed_new" accept
