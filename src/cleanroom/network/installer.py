@@ -37,9 +37,19 @@ class ElementInstaller:
     to leave out.
     """
 
-    def __init__(self, apply: Apply, *, max_elements: int = 8192) -> None:
+    def __init__(
+        self,
+        apply: Apply,
+        *,
+        max_elements: int = 8192,
+        static_allowed: Iterable[Element] = (),
+        static_denied: Iterable[Element] = (),
+    ) -> None:
         self._apply = apply
         self.max_elements = max_elements
+        self._static = {"allowed": tuple(static_allowed), "denied": tuple(static_denied)}
+        """The table's own elements: nft refuses an element inside one of them, and
+        such an element would add nothing, so it is skipped."""
         self._installed: dict[_Key, float] = {}
         """(set, element) -> monotonic expiry (inf: permanent)."""
         self._pending: dict[_Key, int | None] = {}
@@ -61,8 +71,8 @@ class ElementInstaller:
         wanted: list[_Key] = []
         for element in elements:
             key = ("allowed", element)
-            if self._installed.get(key, 0.0) - now >= ttl / 2:
-                continue  # present for long enough: no work at all
+            if self._installed.get(key, 0.0) - now >= ttl / 2 or self._covered(key):
+                continue  # present for long enough (or a static element covers it): no work
             wanted.append(key)
         if not wanted:
             return 0
@@ -84,12 +94,20 @@ class ElementInstaller:
         queued = False
         for element in elements:
             key = ("denied", element)
-            if key in self._installed:
+            if key in self._installed or key in self._pending or self._covered(key):
                 continue
+            if any(
+                s == "denied" and o.covers(element) for s, o in (*self._installed, *self._pending)
+            ):
+                continue  # a wider deny already holds it (nft would refuse it)
             self._pending[key] = None
             queued = True
         if queued:
             await self._flush_soon()
+
+    def _covered(self, key: _Key) -> bool:
+        set_name, element = key
+        return any(o.covers(element) for o in self._static[set_name])
 
     def _prune(self, now: float) -> None:
         if len(self._installed) < self.max_elements:

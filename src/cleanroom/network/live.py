@@ -68,12 +68,15 @@ async def start_filtering(
     policy: CompiledPolicy,
     guard: EgressGuard,
     *,
+    static_allowed: tuple[Element, ...],
+    static_denied: tuple[Element, ...],
     limits: DnsLimits,
     ttl_floor: int,
     deny_refresh_s: float,
 ) -> float:
     """Resolve, install and build the DNS filter for ``live`` (its upstream and audit
-    set, its run table applied); returns the resolution time in milliseconds.
+    set, its run table applied with ``static_allowed``/``static_denied``); returns the
+    resolution time in milliseconds.
 
     The filter is built but not serving: the caller hands it its sockets.
     """
@@ -85,7 +88,9 @@ async def start_filtering(
     async def apply(script: str) -> None:
         await run_command(in_netns(netns, ["nft", "-f", "-"]), stdin=script)
 
-    live.installer = installer = ElementInstaller(apply)
+    live.installer = installer = ElementInstaller(
+        apply, static_allowed=static_allowed, static_denied=static_denied
+    )
     started = time.monotonic()
     learned, learned_denied = await resolve_policy_names(
         upstream, policy, live.audit, ttl_floor, guard

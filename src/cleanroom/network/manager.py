@@ -238,6 +238,8 @@ class NetworkManager:
             live,
             policy,
             guard,
+            static_allowed=rules.allowed,
+            static_denied=rules.denied,
             limits=self.dns_limits,
             ttl_floor=self.ttl_floor,
             deny_refresh_s=self.deny_refresh_s,

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cleanroom.network.addressing import UPLINK_VETH_PREFIX, LinkPlan
-from cleanroom.network.egress import Element
+from cleanroom.network.egress import Element, prune_covered
 from cleanroom.network.guard import SPECIAL_RANGES
 
 __all__ = [
@@ -93,9 +93,10 @@ def explicit_elements(
 
 
 def _elements(static: Iterable[Element], timed: Iterable[tuple[Element, int]]) -> str:
-    items = [e.nft() for e in static]
-    items += [f"{e.nft()} timeout {t}s" for e, t in timed]
-    # nft rejects duplicate interval elements in one set definition.
+    # nft rejects an interval element inside another one of the same set definition.
+    kept = prune_covered(static)
+    items = [e.nft() for e in kept]
+    items += [f"{e.nft()} timeout {t}s" for e, t in timed if not any(k.covers(e) for k in kept)]
     unique = list(dict.fromkeys(items))
     return f"\t\telements = {{ {', '.join(unique)} }}\n" if unique else ""
 

@@ -181,6 +181,10 @@ def test_forbidden_set_holds_host_and_pool_collapsed_and_comes_before_any_allow(
         assert net in guarded
     assert "10.0.0.0/8 . tcp . 8080" in _set_body(text, "explicit")
     assert "0.0.0.0/0" not in _set_body(text, "explicit")
+    # nft refuses nested elements in one set: 0.0.0.0/0 covers 10/8 in "allowed".
+    allowed = _set_body(text, "allowed")
+    assert "0.0.0.0/0 . tcp . 8080" in allowed
+    assert "10.0.0.0/8" not in allowed
 
 
 def test_deny_elements_of_names_never_expire() -> None:

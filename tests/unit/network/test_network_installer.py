@@ -12,7 +12,7 @@ import ipaddress
 import pytest
 
 from cleanroom.errors import NetworkSetupFailed
-from cleanroom.network.egress import Element
+from cleanroom.network.egress import Element, prune_covered
 from cleanroom.network.installer import ElementInstaller
 
 
@@ -110,3 +110,36 @@ async def test_close_cancels_a_running_batch() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert rec.scripts == []
+
+
+async def test_elements_inside_the_tables_own_elements_are_never_sent_to_nft() -> None:
+    # nft refuses ("File exists") an interval element wholly inside one already in the set.
+    rec = Recorder()
+    inst = ElementInstaller(
+        rec,
+        static_allowed=[_el("192.0.2.0/24")],
+        static_denied=[Element(ipaddress.IPv4Network("203.0.113.0/24"), "tcp", 0, 65535)],
+    )
+    assert await inst.allow([_el("192.0.2.10")], 60) == 0
+    await inst.deny([_el("203.0.113.9")])
+    assert rec.scripts == []
+    await inst.allow([_el("192.0.2.10", 444), _el("192.0.3.10")], 60)
+    assert len(rec.scripts) == 1
+    # A narrower deny inside a wider learned one is skipped too.
+    await inst.deny([Element(ipaddress.IPv4Network("198.51.100.9/32"), "udp", 0, 65535)])
+    await inst.deny([Element(ipaddress.IPv4Network("198.51.100.9/32"), "udp", 53, 53)])
+    assert len(rec.scripts) == 2
+
+
+def test_prune_covered_keeps_only_the_widest_of_nested_elements() -> None:
+    wide = _el("0.0.0.0/0", 8080)
+    nested = _el("10.0.0.0/8", 8080)
+    other_port = _el("10.0.0.0/8", 8081)
+    ranged = Element(ipaddress.IPv4Network("10.3.0.5/32"), "tcp", 0, 65535)
+    inside_range = Element(ipaddress.IPv4Network("10.3.0.5/32"), "tcp", 443, 443)
+    udp = Element(ipaddress.IPv4Network("10.0.0.0/8"), "udp", 8080, 8080)
+    got = prune_covered([nested, wide, other_port, wide, inside_range, ranged, udp])
+    assert got == (wide, other_port, ranged, udp)
+    assert wide.covers(nested)
+    assert not nested.covers(wide)
+    assert not _el("10.0.0.0/8", 8080).covers(udp)
