@@ -7,7 +7,9 @@ the uplink (the host namespace, or ``network.uplink_netns``); see
 everything (:func:`~cleanroom.network.ruleset.drop_all_ruleset`) and no
 resolver runs, so a guest booted on it has no network path at all. Activation
 replaces that table with the run's ruleset in one transaction, starts the
-run's DNS filter (:mod:`cleanroom.network.dns`) and opens the audit log.
+run's DNS filter (:mod:`cleanroom.network.dns`) and opens the audit log. The
+host's own addresses and the pool are unreachable from every run, and DNS
+answers pointing inside are never learned (:mod:`cleanroom.network.guard`).
 Teardown deletes the namespace, which takes the TAP, both veth ends and the
 table with it.
 """
@@ -218,7 +220,8 @@ class NetworkManager:
         await live.upstream.start(upstream_sock)
 
         host = await namespace_addresses(self.host_netns)
-        uplink = await self._links.uplink_addresses()
+        same = self.host_netns == self.uplink_netns  # the usual case: the host is the uplink
+        uplink = host if same else await self._links.uplink_addresses()
         guard = EgressGuard.of(host, (self.pool,))
         rules = RunRules(
             link=link,
