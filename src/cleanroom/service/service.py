@@ -115,7 +115,7 @@ class Service:
             try:
                 from cleanroom.network import NetworkManager  # noqa: PLC0415 - optional layer
 
-                manager = NetworkManager(self._config.network)
+                manager = NetworkManager(self._config.network, limits=self._config.limits)
             except CleanroomError as exc:
                 self._network_error = exc.message
             else:
