@@ -51,6 +51,8 @@ class QemuGuest(VmGuest):
 
     sandbox: ClassVar[str] = SANDBOX
     """QEMU's seccomp filter for guests of this class."""
+    wrapper: ClassVar[tuple[str, ...]] = ()
+    """A command QEMU is started under (after the death-signal wrapper)."""
 
     def __init__(
         self,
@@ -119,7 +121,10 @@ class QemuGuest(VmGuest):
                     console_fd=console.vmm_fd,
                     sandbox=cls.sandbox,
                 )
-                argv = [*build_argv(launch, prefix=pdeathsig_prefix()), *extra_argv]
+                argv = [
+                    *build_argv(launch, prefix=[*pdeathsig_prefix(), *cls.wrapper]),
+                    *extra_argv,
+                ]
                 write_plan(
                     spec,
                     disks,

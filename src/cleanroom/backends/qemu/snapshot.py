@@ -25,8 +25,15 @@ What the guest is told and what it must not keep:
   CRNG; the agent also reseeds it (``RNDRESEEDCRNG``) after mixing in the
   host's 64-byte seed at configure, and reseeds its own Python generators;
 - the agent is waiting for the host's hello when the guest is paused, so a
-  restored guest starts a fresh session; it has no NIC (networked runs boot
-  cold).
+  restored guest starts a fresh session.
+
+Networked guests come from a second snapshot of the same image (``nic``): its
+guest had a NIC when it was saved, on a TAP that QEMU made in a network
+namespace of its own (``unshare --net``: nothing reachable, gone with QEMU).
+A restore attaches the same NIC model to the run's own TAP in the run's
+namespace (a TAP's state is not part of the stream); the guest's interface is
+still unconfigured then, and the agent's configure gives it the run's MAC,
+address and route, exactly as on a cold guest.
 """
 
 from __future__ import annotations
@@ -42,17 +49,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cleanroom.backends.base import GuestSpec
-from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv
+from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv, nic_argv
 from cleanroom.backends.qemu.guest import QemuGuest
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotCache
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "DISK_NAME",
     "MEMORY_NAME",
     "SNAPSHOT_KERNEL_ARG",
+    "SNAPSHOT_MAC",
     "VMGENID_ARGV",
     "make_snapshot",
     "restore_guest",
@@ -65,6 +74,9 @@ DISK_NAME = "rootfs.raw"
 SNAPSHOT_KERNEL_ARG = "cleanroom.snapshot=1"
 """Equal to ``cleanroom.agent.sysops.SNAPSHOT_CMDLINE_FLAG`` (the agent imports nothing)."""
 VMGENID_ARGV = ("-device", "vmgenid,guid=auto")
+SNAPSHOT_MAC = "02:00:00:00:00:01"
+"""The NIC's MAC in the networked snapshot (the agent sets each run's own at configure)."""
+_SNAPSHOT_TAP = "snap0"
 SETTLE_SECONDS = 0.5
 """After the agent opened its port, let it reach its first read before pausing."""
 _MIGRATE_POLL_SECONDS = 0.02
@@ -86,12 +98,14 @@ def snapshot_facts(
     agent_version: str,
     kernel_version: str,
     disk_bytes: int = DEFAULT_WORKSPACE_DISK_BYTES,
+    nic: bool = False,
 ) -> dict[str, str | int | bool | None]:
     """What a snapshot of ``machine`` depends on (its cache key is their hash).
 
     ``devices`` is the whole QEMU command line with the per-run paths and
     descriptors replaced by placeholders: it covers the machine type, accel,
-    CPU model, vCPUs, memory, kernel and command line, and every device.
+    CPU model, vCPUs, memory, kernel and command line, and every device
+    (``nic``: the guest has a network interface).
     """
     m = snapshot_machine(machine)
     shape = QemuLaunch(
@@ -102,6 +116,7 @@ def snapshot_facts(
         agent_fd=-1,
         qmp_fd=-2,
         workspace_disk=Path("@workspace"),
+        network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
     )
     argv = [*build_argv(shape), *VMGENID_ARGV]
     return {
@@ -114,6 +129,7 @@ def snapshot_facts(
         "vcpus": m.vcpus,
         "memory_mib": m.memory_mib,
         "workspace_disk_bytes": disk_bytes,
+        "nic": nic,
         "devices": shlex.join(argv),
     }
 
@@ -163,6 +179,12 @@ class _SnapshotSource(QemuGuest):
         await self._process.kill()
 
 
+class _NetSnapshotSource(_SnapshotSource):
+    """A snapshot guest with a NIC, on a TAP in a network namespace of its own."""
+
+    wrapper: ClassVar[tuple[str, ...]] = ("unshare", "--net")
+
+
 def _flatten_disk(run_dir: Path, dest: Path, qemu_img: str) -> None:
     """The snapshot guest's root disk (a raw copy or a qcow2 overlay) as a standalone
     sparse raw file at ``dest``."""
@@ -190,9 +212,12 @@ async def make_snapshot(
     key: str,
     facts: dict[str, str | int | bool | None],
     seconds: float,
+    *,
+    nic: bool = False,
 ) -> Snapshot:
     """Boot a guest of ``machine`` until its agent waits for a hello, save it and its
-    root disk, and publish both in ``cache`` under ``key``.
+    root disk, and publish both in ``cache`` under ``key`` (``nic``: the guest has
+    a network interface, see the module docstring).
 
     Raises ``RuntimeLaunchFailed`` (the guest did not boot, or saving failed);
     nothing is left running and no partial snapshot is published.
@@ -203,9 +228,14 @@ async def make_snapshot(
         run_dir = staging / "boot"
         run_dir.mkdir()
         spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
-        guest = await _SnapshotSource.start(
-            snapshot_machine(machine), spec, extra_argv=VMGENID_ARGV
+        source, devices = (
+            (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *VMGENID_ARGV))
+            if nic
+            else (_SnapshotSource, VMGENID_ARGV)
         )
+        # The NIC goes last, as build_argv places a run's: the devices' order is
+        # their layout, which a restore must repeat.
+        guest = await source.start(snapshot_machine(machine), spec, extra_argv=devices)
         try:
             # Open: the agent waits for a hello that never comes (destroy closes it).
             await guest.open_channel(deadline)
