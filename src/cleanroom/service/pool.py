@@ -9,7 +9,9 @@ until a run claims the guest and activates the slot with its policy. A run
 takes one, sends its workspace and command, and destroys it afterwards
 exactly as it would a cold guest, so every run still gets a fresh guest and a
 fresh rootfs. Taking never waits: an empty pool is a miss and the
-run boots cold. Each take starts a refill in the background.
+run boots cold. Each take starts a refill in the background. A refill
+restores the guest from the backend's snapshot when one fits (a fraction of a
+boot), else boots it, exactly as a run's guest starts.
 
 A pool belongs to one backend instance (whose runtime image, vCPUs and memory
 are fixed for the server's lifetime) and one user image (or the built-in
@@ -74,6 +76,10 @@ class WarmGuest:
     kernel: str
     slot: Slot | None = None
     """The reserved network slot the guest's NIC is on (None: no NIC)."""
+    restored: bool = False
+    """Restored from the backend's snapshot (else booted)."""
+    fallback: str | None = None
+    """For a booted guest: why it was not restored."""
 
     def discard_dir(self) -> None:
         """Remove the guest's private directory (call after ``guest.destroy()``)."""
@@ -246,6 +252,8 @@ class WarmPool:
                     if isinstance(restored, Greeted)
                     else await boot_and_greet(self._backend, spec, launched)
                 )
+                if isinstance(restored, str):
+                    log.info("warm guest booted", reason=restored)
                 await _self_test(greeted.client, in_user_image=self._image is not None)
             except Exception as exc:
                 if isinstance(exc, CleanroomError):
@@ -261,6 +269,8 @@ class WarmPool:
             agent_version=greeted.info.agent_version,
             kernel=greeted.info.kernel,
             slot=slot,
+            restored=greeted is restored,
+            fallback=restored if isinstance(restored, str) else None,
         )
 
     async def _discard(self, warm: WarmGuest) -> None:
