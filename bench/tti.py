@@ -116,13 +116,26 @@ def _big_workspace(root: Path) -> Path:
     return ws
 
 
+FALLBACKS: dict[str, int] = {}
+"""Why guests meant to be restored (runs' and pooled ones) booted instead, and how often."""
+
+
+def _note_fallbacks(record: dict[str, Any]) -> None:
+    pooled = record.get("pool_guest") or {}
+    for reason in (record.get("start_fallback"), pooled.get("start_fallback")):
+        if reason:
+            FALLBACKS[reason] = FALLBACKS.get(reason, 0) + 1
+
+
 def _timed_exec(c: Client, ws: Path) -> tuple[float, str]:
     """``POST /v1/exec`` of ``true`` in ``ws``: its ms and how the guest started."""
     t0 = time.perf_counter()
     r = c.exec(ws, ["true"])
     ms = (time.perf_counter() - t0) * 1000
     assert r.exit_code == 0
-    return ms, str(c.run_record(r.run_id)["start"])
+    record = c.run_record(r.run_id)
+    _note_fallbacks(record)
+    return ms, str(record["start"])
 
 
 def _qemu_memory(server_pid: int) -> list[dict[str, int]]:
@@ -232,6 +245,7 @@ def main() -> None:
                     r = c.exec(ws, ["true"])
                     results["warm"].append((time.perf_counter() - t0) * 1000)
                     record = c.run_record(r.run_id)
+                    _note_fallbacks(record)
                     pool_hits += record["pool"] == "hit"
                     pooled = record.get("pool_guest") or {}
                     if pooled.get("start") == "restored":
@@ -280,6 +294,7 @@ def main() -> None:
         "sustained_runs": len(results["sustained"]),
         "sustained_starts": starts["sustained"],
         "restored_memory": memory,
+        "fallbacks": FALLBACKS,
         "cli_warm_ms": stats["cli_warm"]["median"],
         "cold_over_floor": round(stats["cold"]["median"] / stats["floor"]["median"], 3),
         "restored_over_floor": round(stats["restored"]["median"] / stats["floor"]["median"], 3),
@@ -311,7 +326,7 @@ def main() -> None:
         f"refill/floor {out['refill_over_floor']}   warm_big/floor {out['warm_big_over_floor']} "
         f"{starts['warm_big']}   sustained {sustained} ms/run (/floor "
         f"{out['sustained_over_floor']}) {starts['sustained']}\n"
-        f"restored guests' QEMU memory (KiB): {memory}"
+        f"restored guests' QEMU memory (KiB): {memory}\nfallbacks: {FALLBACKS}"
     )
 
 

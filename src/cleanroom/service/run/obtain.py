@@ -131,6 +131,7 @@ async def _claim_warm(
         boot_ms=warm.boot_ms,
         idle_ms=(time.monotonic() - warm.ready_at) * 1000,
         restored=warm.restored,
+        fallback=warm.fallback,
     )
     _copy_guest_timings(warm.guest, rec)
     rec.timing("vm_ready_ms", 0.0)
