@@ -20,6 +20,10 @@ What the guest is told and what it must not keep:
   workspace disk (a placeholder at snapshot time) unmounted, and the agent
   drops the disks' buffer caches and mounts the run's own disk at its first
   configure, after the restore, so no block cached before the snapshot is read;
+- so a restore need not wait for the run's workspace disk: QEMU starts on a
+  blank file of the disk's size and loads the stream while the host writes
+  the workspace filesystem into that same file; the guest stays paused until
+  the filesystem is complete (``cont`` comes after it);
 - ``-device vmgenid,guid=auto`` gives every QEMU a new VM generation id,
   which a Linux guest with the vmgenid driver takes as a signal to reseed its
   CRNG; the agent also reseeds it (``RNDRESEEDCRNG``) after mixing in the
@@ -39,6 +43,7 @@ address and route, exactly as on a cold guest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -52,7 +57,7 @@ from cleanroom.backends.base import GuestSpec
 from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv, nic_argv
 from cleanroom.backends.qemu.guest import QemuGuest
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
-from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
+from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES, fill_workspace_disk
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotCache
 from cleanroom.netspec import NetworkAttachment
@@ -252,7 +257,28 @@ async def make_snapshot(
 class RestoredGuest(QemuGuest):
     """A guest resumed from a snapshot: QEMU loads the stream into a paused VM (the
     snapshot was taken paused), so ``open_channel`` first waits for the load and
+    for the workspace disk being filled (see :meth:`fill_workspace`), then
     continues it."""
+
+    _filling: asyncio.Future[float] | None = None
+
+    def fill_workspace(self, source: Path) -> None:
+        """Write the workspace copy ``source`` into the blank workspace disk QEMU was
+        started on, in a thread, while the stream loads."""
+        self._filling = asyncio.ensure_future(
+            asyncio.to_thread(fill_workspace_disk, self._disks.workspace, source)
+        )
+
+    async def _filled(self) -> None:
+        if self._filling is not None:
+            self._timings["workspace_disk_ms"] = await self._filling
+
+    async def _release_vmm_handles(self) -> None:
+        # The disk is removed after this: let the writer finish with it first.
+        if self._filling is not None and not self._filling.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._filling)
+        await super()._release_vmm_handles()
 
     async def open_channel(
         self, deadline: float
@@ -269,9 +295,12 @@ class RestoredGuest(QemuGuest):
                         raise await self._exit_failure()
                     state = await self._qmp.run_state()
                     if state == "paused":
+                        # Loaded: the guest runs only once its workspace disk is whole.
+                        await self._filled()
                         await self._qmp.execute("cont")
                         break
                     if state == "running":
+                        await self._filled()
                         break
                     if state != "inmigrate":
                         raise self._failed(f"restore ended in state {state}", state=state)
@@ -293,13 +322,17 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
     except OSError as exc:
         raise RuntimeLaunchFailed(f"cannot open the snapshot: {exc}") from exc
     try:
-        return await RestoredGuest.start(
+        guest = await RestoredGuest.start(
             snapshot_machine(machine),
             spec,
             base_rootfs=snapshot.file(DISK_NAME),
             extra_argv=(*VMGENID_ARGV, "-incoming", f"fd:{memory_fd}"),
             extra_fds={memory_fd: "snapshot stream (read)"},
             plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
+            blank_workspace=spec.workspace is not None,
         )
     finally:
         os.close(memory_fd)  # QEMU has its own copy
+    if spec.workspace is not None:
+        guest.fill_workspace(spec.workspace)
+    return guest
