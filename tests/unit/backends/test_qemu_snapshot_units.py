@@ -70,6 +70,8 @@ def test_the_key_covers_versions_shape_devices_and_accel() -> None:
     facts = _facts()
     assert "vmgenid,guid=auto" in str(facts["devices"])
     assert SNAPSHOT_KERNEL_ARG in str(facts["devices"])
+    # Restored guests map the snapshot's RAM file privately.
+    assert "memory-backend-file,id=ram0,size=256M,mem-path=@ram,share=off" in str(facts["devices"])
     assert snapshot_machine(snapshot_machine(MACHINE)) == snapshot_machine(MACHINE)
 
 

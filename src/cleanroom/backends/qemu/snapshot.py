@@ -1,17 +1,24 @@
 """Save a booted, agent-ready QEMU guest to a snapshot, and restore guests from it.
 
-The snapshot is two files: ``memory.mig``, QEMU's migration stream of the
-paused guest (RAM and device state), and ``rootfs.raw``, the root disk exactly
-as that guest left it (the guest's page cache in the stream depends on it).
+The snapshot is three files: ``ram.raw``, the guest's RAM (the snapshot guest's
+memory is that file, mapped shared: ``memory-backend-file,share=on``);
+``memory.mig``, QEMU's migration stream of the paused guest without that RAM
+(device state; the ``x-ignore-shared`` capability leaves shared memory out);
+and ``rootfs.raw``, the root disk exactly as that guest left it (the guest's
+page cache in its RAM depends on it). A restored guest maps ``ram.raw``
+privately (``share=off``): it reads the snapshot's pages from the host's page
+cache on first touch, shared with every other guest restored from it, and
+gets its own copy only of the pages it writes; nothing it does reaches the file.
 QEMU 7.2 has no ``file:`` migration URI: the stream is saved with
 ``migrate "exec:cat > FILE"`` (QEMU spawns a shell: the snapshot guest, which
 never runs anything but the agent waiting for its hello, must be allowed to)
-and restored from a descriptor QEMU inherits, ``-incoming fd:N`` (no process
-spawned per run; QEMU 7.2's outgoing ``fd:`` takes only a descriptor passed
-over QMP by name). A restore is a new QEMU with the same machine and devices;
-it gets its own copy of the root disk (an
-overlay over ``rootfs.raw``, never written), its own workspace disk, console
-and channels, like a cold boot.
+and restored from a descriptor QEMU inherits (``-incoming defer``, then
+``migrate-incoming fd:N`` once ``x-ignore-shared`` is set over QMP: QEMU 7.2
+has no command-line switch for that capability; no process spawned per run;
+its outgoing ``fd:`` takes only a descriptor passed over QMP by name). A
+restore is a new QEMU with the same machine and devices; it gets its own copy
+of the root disk (an overlay over ``rootfs.raw``, never written), its own
+workspace disk, console and channels, like a cold boot.
 
 What the guest is told and what it must not keep:
 
@@ -65,6 +72,7 @@ from cleanroom.netspec import NetworkAttachment
 __all__ = [
     "DISK_NAME",
     "MEMORY_NAME",
+    "RAM_NAME",
     "SNAPSHOT_KERNEL_ARG",
     "SNAPSHOT_MAC",
     "VMGENID_ARGV",
@@ -76,6 +84,8 @@ __all__ = [
 
 MEMORY_NAME = "memory.mig"
 DISK_NAME = "rootfs.raw"
+RAM_NAME = "ram.raw"
+_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 SNAPSHOT_KERNEL_ARG = "cleanroom.snapshot=1"
 """Equal to ``cleanroom.agent.sysops.SNAPSHOT_CMDLINE_FLAG`` (the agent imports nothing)."""
 VMGENID_ARGV = ("-device", "vmgenid,guid=auto")
@@ -86,6 +96,14 @@ SETTLE_SECONDS = 0.5
 """After the agent opened its port, let it reach its first read before pausing."""
 _MIGRATE_POLL_SECONDS = 0.02
 _LOAD_POLL_SECONDS = 0.005
+
+
+def memory_argv(path: Path, memory_mib: int, *, shared: bool = False) -> tuple[str, ...]:
+    """The guest's RAM as the file ``path``: mapped ``shared`` by the snapshot guest
+    (its RAM is written to the file), privately by restored guests."""
+    backend = f"memory-backend-file,id=ram0,size={memory_mib}M"
+    backend += f",mem-path={str(path).replace(',', ',,')},share={'on' if shared else 'off'}"
+    return ("-object", backend, "-machine", "memory-backend=ram0")
 
 
 def snapshot_machine(machine: QemuMachine) -> QemuMachine:
@@ -123,7 +141,7 @@ def snapshot_facts(
         workspace_disk=Path("@workspace"),
         network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
     )
-    argv = [*build_argv(shape), *VMGENID_ARGV]
+    argv = [*build_argv(shape), *memory_argv(Path("@ram"), m.memory_mib), *VMGENID_ARGV]
     return {
         "vmm": "qemu",
         "qemu_version": qemu_version,
@@ -159,6 +177,7 @@ class _SnapshotSource(QemuGuest):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
+            await qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
             await qmp.execute("stop")
             uri = f"exec:cat > {shlex.quote(str(memory))}"
             await qmp.execute("migrate", {"uri": uri})
@@ -233,10 +252,11 @@ async def make_snapshot(
         run_dir = staging / "boot"
         run_dir.mkdir()
         spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
+        ram = memory_argv(staging / RAM_NAME, machine.memory_mib, shared=True)
         source, devices = (
-            (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *VMGENID_ARGV))
+            (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *ram, *VMGENID_ARGV))
             if nic
-            else (_SnapshotSource, VMGENID_ARGV)
+            else (_SnapshotSource, (*ram, *VMGENID_ARGV))
         )
         # The NIC goes last, as build_argv places a run's: the devices' order is
         # their layout, which a restore must repeat.
@@ -251,7 +271,8 @@ async def make_snapshot(
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-        return await asyncio.to_thread(cache.publish, staging, key, facts, (MEMORY_NAME, DISK_NAME))
+        files = (MEMORY_NAME, RAM_NAME, DISK_NAME)
+        return await asyncio.to_thread(cache.publish, staging, key, facts, files)
 
 
 class RestoredGuest(QemuGuest):
@@ -261,6 +282,8 @@ class RestoredGuest(QemuGuest):
     continues it."""
 
     _filling: asyncio.Future[float] | None = None
+    _incoming_fd: int | None = None
+    """QEMU's descriptor of the stream, loaded once the monitor is connected."""
 
     def fill_workspace(self, source: Path) -> None:
         """Write the workspace copy ``source`` into the blank workspace disk QEMU was
@@ -290,6 +313,10 @@ class RestoredGuest(QemuGuest):
                     sock, self._qmp_sock = self._qmp_sock, None
                     assert sock is not None
                     self._qmp = await QmpClient.connect(sock)
+                if self._incoming_fd is not None:
+                    fd, self._incoming_fd = self._incoming_fd, None
+                    await self._qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
+                    await self._qmp.execute("migrate-incoming", {"uri": f"fd:{fd}"})
                 while True:
                     if self._process.exited() is not None:
                         raise await self._exit_failure()
@@ -326,13 +353,20 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
             snapshot_machine(machine),
             spec,
             base_rootfs=snapshot.file(DISK_NAME),
-            extra_argv=(*VMGENID_ARGV, "-incoming", f"fd:{memory_fd}"),
+            # Deferred: the stream loads once x-ignore-shared is on (open_channel).
+            extra_argv=(
+                *memory_argv(snapshot.file(RAM_NAME), machine.memory_mib),
+                *VMGENID_ARGV,
+                "-incoming",
+                "defer",
+            ),
             extra_fds={memory_fd: "snapshot stream (read)"},
             plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
             blank_workspace=spec.workspace is not None,
         )
     finally:
         os.close(memory_fd)  # QEMU has its own copy
+    guest._incoming_fd = memory_fd
     if spec.workspace is not None:
         guest.fill_workspace(spec.workspace)
     return guest
