@@ -133,13 +133,14 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         unfit = self.snapshots.unfit(spec)
         if unfit is not None:
             return NoRestore(unfit)
-        found = await self.snapshots.find()
+        found = await self.snapshots.find(nic=spec.network is not None)
         if isinstance(found, NoRestore):
             return found
         return await restore_guest(self._machine, spec, found)
 
     async def warm(self) -> Snapshot:
-        """Make the snapshot now unless a valid one exists (``cleanroom image warm``).
+        """Make both snapshots (without and with a NIC) now unless valid ones exist
+        (``cleanroom image warm``); returns the one without a NIC.
 
         Raises ``BackendUnavailable`` when snapshots are off or impossible for the
         configured image, ``RuntimeLaunchFailed`` when making one fails.
@@ -147,7 +148,9 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         await self.prepare()
         if self.snapshots is None:
             raise BackendUnavailable(self._no_snapshots)
-        return await self.snapshots.ensure()
+        plain = await self.snapshots.ensure()
+        await self.snapshots.ensure(nic=True)
+        return plain
 
     async def close(self) -> None:
         """Stop a snapshot being made in the background."""
