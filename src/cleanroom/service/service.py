@@ -45,9 +45,9 @@ from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.staging import remove_dead_stagings
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
-from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
 

@@ -18,35 +18,28 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import stat
-import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cleanroom.config_limits import LimitsConfig
-from cleanroom.errors import ConfigInvalid, InvalidRequest, RuntimeLaunchFailed, WorkspaceTooLarge
+from cleanroom.errors import InvalidRequest, WorkspaceTooLarge
 
 __all__ = [
     "MEMORY_ARCHIVE_LIMIT",
-    "STAGE_IN_MEMORY_LIMIT",
-    "STAGING_DIR_ENV",
     "ArchiveStats",
     "PreparedArchive",
+    "WalkSink",
     "archive_workspace",
     "check_workspace_size",
     "iter_file_chunks",
     "prepare_archive",
-    "remove_dead_stagings",
     "scan_workspace",
-    "stage_workspace",
-    "staging_dir",
-    "staging_root",
+    "walk_workspace",
 ]
 
 MEMORY_ARCHIVE_LIMIT = 8 << 20
@@ -119,7 +112,7 @@ def archive_workspace(source: Path, dest: Path | BinaryIO) -> ArchiveStats:
 def _archive_into(source: Path, fh: BinaryIO) -> ArchiveStats:
     start = fh.tell()
     with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        stats = _Walk(source, tar).run(0)
+        stats = _Walk(source, _TarSink(tar)).run(0)
     return _with_size(stats, fh.tell() - start)
 
 
@@ -151,12 +144,54 @@ def _info(name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> tar
     return info
 
 
-class _Walk:
-    """One walk of ``source`` (counting, and archiving into ``tar`` if given)."""
+class WalkSink(Protocol):
+    """What a descriptor walk hands each entry to (paths relative to the source)."""
 
-    def __init__(self, source: Path, tar: tarfile.TarFile | None) -> None:
-        self._source = source
+    def directory(self, rel: str, st: os.stat_result) -> None:
+        """A directory, before anything inside it."""
+
+    def regular(self, rel: str, fh: BinaryIO, st: os.stat_result) -> None:
+        """A regular file, open (``O_NOFOLLOW``); ``st`` is its ``fstat``."""
+
+    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None:
+        """Another name for the regular file first handed over as ``first``."""
+
+    def symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        """A symlink to ``target`` (never followed)."""
+
+
+class _TarSink:
+    """Writes each entry into a tar archive."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
         self._tar = tar
+
+    def directory(self, rel: str, st: os.stat_result) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.DIRTYPE))
+
+    def regular(self, rel: str, fh: BinaryIO, st: os.stat_result) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
+
+    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
+
+    def symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
+
+
+def walk_workspace(source: Path, sink: WalkSink) -> ArchiveStats:
+    """Walk ``source`` by descriptors (see the module doc), handing every entry to
+    ``sink``; what was handed over (``archive_bytes`` 0). Raises ``InvalidRequest``
+    like :func:`archive_workspace`; the sink's own ``OSError`` becomes one too."""
+    return _Walk(source, sink).run(0)
+
+
+class _Walk:
+    """One walk of ``source`` (counting, and handing entries to ``sink`` if given)."""
+
+    def __init__(self, source: Path, sink: WalkSink | None) -> None:
+        self._source = source
+        self._sink = sink
         self._files = self._dirs = self._links = self._bytes = self._allocated = 0
         self._counted: set[tuple[int, int]] = set()
         """(device, inode) of multiply-linked files already counted as allocated."""
@@ -199,8 +234,8 @@ class _Walk:
                 self._dirs += 1
                 fd = _openat(entry.name, _DIR_FLAGS, dir_fd)
                 try:
-                    if self._tar is not None:
-                        self._tar.addfile(_info(rel, os.fstat(fd), tarfile.DIRTYPE))
+                    if self._sink is not None:
+                        self._sink.directory(rel, os.fstat(fd))
                     self._walk(fd, rel + "/")
                 finally:
                     os.close(fd)
@@ -212,17 +247,17 @@ class _Walk:
                     self._allocated += st.st_blocks * 512
                     if st.st_nlink > 1:
                         self._counted.add(key)
-                if self._tar is not None:
-                    self._add_file(self._tar, dir_fd, entry.name, rel)
+                if self._sink is not None:
+                    self._add_file(self._sink, dir_fd, entry.name, rel)
             elif stat.S_ISLNK(st.st_mode):
                 self._links += 1  # kept as a link, never followed
-                if self._tar is not None:
+                if self._sink is not None:
                     target = os.readlink(entry.name, dir_fd=dir_fd)
-                    self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
+                    self._sink.symlink(rel, st, target)
             else:
                 self._skipped.append(rel)
 
-    def _add_file(self, tar: tarfile.TarFile, dir_fd: int, name: str, rel: str) -> None:
+    def _add_file(self, sink: WalkSink, dir_fd: int, name: str, rel: str) -> None:
         with os.fdopen(_openat(name, _FILE_FLAGS, dir_fd), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -230,10 +265,10 @@ class _Walk:
             key = (st.st_dev, st.st_ino)
             first = self._seen.get(key) if st.st_nlink > 1 else None
             if first is not None:
-                tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
+                sink.hardlink(rel, st, first)
                 return
             self._seen[key] = rel
-            tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
+            sink.regular(rel, fh, st)
 
 
 def _unreadable(source: Path, exc: OSError) -> InvalidRequest:
@@ -286,92 +321,3 @@ async def _async_chunks(path: Path) -> AsyncIterator[bytes]:
         if not block:
             return
         yield block
-
-
-STAGE_IN_MEMORY_LIMIT = 256 << 20
-"""Workspaces up to this many bytes are staged in memory (``/dev/shm``): on a
-busy disk, writing the copy there costs several times the disk image itself."""
-
-_SHM = Path("/dev/shm")  # noqa: S108 -- tmpfs on every Linux; our dirs in it are 0700
-_STAGE_PREFIX = "cleanroom-stage-"
-STAGING_DIR_ENV = "CLEANROOM_STAGING_DIR"
-"""Names another (absolute) directory for in-memory stagings, e.g. a test run's own."""
-
-
-def staging_dir() -> Path:
-    """Where in-memory stagings go: ``$CLEANROOM_STAGING_DIR`` if set, else ``/dev/shm``.
-    Raises ``ConfigInvalid`` for a relative path."""
-    value = os.environ.get(STAGING_DIR_ENV)
-    if not value:
-        return _SHM
-    path = Path(value)
-    if not path.is_absolute():
-        raise ConfigInvalid(
-            f"{STAGING_DIR_ENV} must be an absolute path", details={"value": value[:300]}
-        )
-    return path
-
-
-def staging_root(size: int, run_dir: Path) -> Path:
-    """Where to stage a workspace of ``size`` bytes: a fresh private directory in
-    :func:`staging_dir` (named after this process, see :func:`remove_dead_stagings`)
-    up to :data:`STAGE_IN_MEMORY_LIMIT`, else ``run_dir``."""
-    shm = staging_dir()
-    if size <= STAGE_IN_MEMORY_LIMIT and shm.is_dir():
-        return Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-", dir=shm))
-    return run_dir
-
-
-def remove_dead_stagings() -> list[str]:
-    """Remove staging directories left in :func:`staging_dir` by processes that are gone."""
-    removed = []
-    shm = staging_dir()
-    for path in shm.glob(f"{_STAGE_PREFIX}*") if shm.is_dir() else ():
-        pid = path.name.removeprefix(_STAGE_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    return removed
-
-
-def stage_workspace(source: Path, run_dir: Path) -> tuple[Path, ArchiveStats]:
-    """A private copy of ``source`` in ``run_dir/workspace-seed`` (mode 0700) for
-    a host-made workspace disk, and what went into it (``run_dir``: see
-    :func:`staging_root`).
-
-    The disk builder (``mkfs.ext4 -d``) reads its tree by path, which a process
-    swapping symlinks in the repository could redirect; it gets this copy,
-    extracted from the descriptor-walked archive, instead. Special files are
-    left out as in any archive. Raises ``InvalidRequest`` (see
-    :func:`archive_workspace`) or ``RuntimeLaunchFailed`` when the copy cannot
-    be written.
-    """
-    staging = run_dir / "workspace-seed"
-    archive = run_dir / "workspace-seed.tar"
-    try:
-        staging.mkdir(mode=0o700)
-        stats = archive_workspace(source, archive)
-        # GNU tar, as root, restores modes, owners and times as the archive says.
-        subprocess.run(
-            ["tar", "-x", "-f", str(archive), "-C", str(staging)],
-            check=True,
-            capture_output=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        why = exc.stderr.decode(errors="replace").strip()[-500:]
-        raise RuntimeLaunchFailed(
-            f"could not stage the workspace for its disk: {why}", details={"cwd": str(source)}
-        ) from exc
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeLaunchFailed(
-            f"could not stage the workspace for its disk: {exc.strerror or exc}",
-            details={"cwd": str(source)},
-        ) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        archive.unlink(missing_ok=True)
-    return staging, stats
