@@ -62,6 +62,8 @@ class QemuMachine:
     debug: bool = False
     """Console on an emulated UART (``ttyS0``) so the earliest kernel messages are kept."""
     extra_kernel_args: tuple[str, ...] = ()
+    unprivileged: bool = False
+    """Run guests' QEMU as a uid of its own (``cleanroom.backends.qemu.privilege``)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,14 @@ class QemuLaunch:
     console_fd: int | None = None
     sandbox: str = SANDBOX
     """QEMU's ``-sandbox`` option (seccomp filter)."""
+    vmm_wrapper: tuple[str, ...] = ()
+    """Runs QEMU (after the netns wrapper), e.g. the drop to an unprivileged user."""
+    add_fd: tuple[str, ...] = ()
+    """``-add-fd`` arguments: the fd sets the ``/dev/fdset/N`` disk paths name."""
+    rootfs_backing: Path | None = None
+    """A qcow2 ``rootfs``'s raw backing file, instead of the path in its header."""
+    tap_fd: int | None = None
+    """An open TAP descriptor for ``network`` instead of its interface name."""
     """A socket the console goes to (read by a bounded host reader, see
     ``cleanroom.backends.console``); None: QEMU writes ``console_log`` itself."""
 
@@ -129,7 +139,7 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     else:
         # tb-size=32 trims ~50 MiB of translation cache per guest.
         accel = ["-accel", "tcg,tb-size=32", "-cpu", "max"]
-    argv = [*prefix, *netns_prefix(launch.network), m.binary]
+    argv = [*prefix, *netns_prefix(launch.network), *launch.vmm_wrapper, m.binary]
     argv += ["-M", machine, *accel]
     argv += ["-m", str(m.memory_mib), "-smp", str(m.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
@@ -150,12 +160,11 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     else:
         argv += ["-device", "virtconsole,chardev=console"]
     argv += ["-device", f"virtserialport,chardev={AGENT_CHARDEV},name={AGENT_PORT_NAME}"]
-    argv += [
-        "-drive",
-        f"id=root,file={_opt(launch.rootfs)},format={launch.rootfs_format},if=none,cache=unsafe",
-        "-device",
-        "virtio-blk-device,drive=root",
-    ]
+    argv += launch.add_fd
+    root = f"id=root,file={_opt(launch.rootfs)},format={launch.rootfs_format},if=none,cache=unsafe"
+    if launch.rootfs_backing is not None:
+        root += f",backing.driver=raw,backing.file.filename={_opt(launch.rootfs_backing)}"
+    argv += ["-drive", root, "-device", "virtio-blk-device,drive=root"]
     if launch.workspace_disk is not None:
         # Listed after the root disk so that the root stays /dev/vda.
         argv += [
@@ -188,7 +197,9 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     if launch.network is not None:
         argv += [
             "-netdev",
-            f"tap,id=net0,ifname={_opt(launch.network.tap)},script=no,downscript=no",
+            f"tap,id=net0,fd={launch.tap_fd}"
+            if launch.tap_fd is not None
+            else f"tap,id=net0,ifname={_opt(launch.network.tap)},script=no,downscript=no",
             "-device",
             f"virtio-net-device,netdev=net0,mac={_opt(launch.network.mac)}",
         ]
