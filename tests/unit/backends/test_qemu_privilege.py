@@ -26,19 +26,41 @@ from cleanroom.netspec import NetworkAttachment
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 
 
-def test_each_vmm_gets_a_uid_of_its_own_until_released() -> None:
-    a, b = VmmUser.take(), VmmUser.take()
+def test_each_vmm_gets_a_uid_of_its_own_until_released(tmp_path: Path) -> None:
+    a, b = VmmUser.take(tmp_path), VmmUser.take(tmp_path)
     try:
         assert a.uid != b.uid
         assert min(a.uid, b.uid) >= VMM_UID_BASE
         a.release()
         a.release()  # idempotent
-        c = VmmUser.take()
+        c = VmmUser.take(tmp_path)
         assert c.uid == a.uid  # the lowest free one again
         c.release()
     finally:
         a.release()
         b.release()
+
+
+def test_a_uid_held_by_another_process_is_skipped(tmp_path: Path) -> None:
+    lock = tmp_path / str(VMM_UID_BASE)
+    lock.touch()
+    holder = subprocess.Popen(["flock", "--no-fork", str(lock), "sleep", "30"])
+    try:
+        for _ in range(100):  # until the other process holds the lock
+            if subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode:
+                break
+            time.sleep(0.02)
+        user = VmmUser.take(tmp_path)
+        try:
+            assert user.uid == VMM_UID_BASE + 1
+        finally:
+            user.release()
+    finally:
+        holder.kill()
+        holder.wait()
+    user = VmmUser.take(tmp_path)
+    assert user.uid == VMM_UID_BASE
+    user.release()
 
 
 def test_handover_opens_fd_sets_and_closes_its_copies(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = [
+    "UID_LOCK_DIR",
     "VMM_UID_BASE",
     "VMM_UID_COUNT",
     "FdHandover",
@@ -65,29 +66,56 @@ _lock = threading.Lock()
 _taken: set[int] = set()
 
 
+UID_LOCK_DIR = Path("/run/cleanroom-vmm-uids")
+"""One lock file per uid in use by a running VMM, host-wide (every server on the
+host shares the range; a dead server's locks go with it)."""
+
+
 @dataclass
 class VmmUser:
     """A uid (and gid) held by one running QEMU until :meth:`release`."""
 
     uid: int
-    _released: bool = False
+    _lock_fd: int | None = None
 
     @classmethod
-    def take(cls) -> VmmUser:
-        """The lowest free uid of this server's range; ``RuntimeLaunchFailed`` if none."""
-        with _lock:
-            for uid in range(VMM_UID_BASE, VMM_UID_BASE + VMM_UID_COUNT):
-                if uid not in _taken:
-                    _taken.add(uid)
-                    return cls(uid)
+    def take(cls, lock_dir: Path = UID_LOCK_DIR) -> VmmUser:
+        """The lowest uid of the range that no VMM on this host holds (its lock file
+        in ``lock_dir`` is flocked until release); ``RuntimeLaunchFailed`` if none."""
+        try:
+            lock_dir.mkdir(mode=0o700, exist_ok=True)
+            with _lock:
+                for uid in range(VMM_UID_BASE, VMM_UID_BASE + VMM_UID_COUNT):
+                    if uid not in _taken and (fd := _claim(lock_dir / str(uid))) is not None:
+                        _taken.add(uid)
+                        return cls(uid, fd)
+        except OSError as exc:
+            raise RuntimeLaunchFailed(
+                f"cannot claim an unprivileged uid for QEMU: {exc.strerror or exc}"
+            ) from exc
         raise RuntimeLaunchFailed("no unprivileged uid is free for another VMM")
 
     def release(self) -> None:
         """Give the uid back (after its QEMU is reaped); idempotent."""
-        if not self._released:
-            self._released = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the flock
+            self._lock_fd = None
             with _lock:
                 _taken.discard(self.uid)
+
+
+def _claim(path: Path) -> int | None:
+    """An flocked descriptor of ``path``, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def unprivileged_blocker(files: list[Path]) -> str | None:
