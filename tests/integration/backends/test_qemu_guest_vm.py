@@ -99,6 +99,12 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
             assert status["Groups"] == ""
             assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
             assert status["NoNewPrivs"] == "1"
+            pid = guest.pid  # type: ignore[attr-defined]
+            # A mount namespace of its own, where the host's /home, /tmp etc. are empty.
+            assert Path(f"/proc/{pid}/ns/mnt").readlink() != Path("/proc/self/ns/mnt").readlink()
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+            masked = {ln.split()[4] for ln in mounts if " - tmpfs cleanroom-empty " in ln}
+            assert {"/home", "/root", "/tmp", "/run"} <= masked
             uids.append(real)
         assert uids[0] != uids[1]  # one escaped VMM cannot ptrace another
         # The root overlay it got as descriptors (over the base's) is writable.

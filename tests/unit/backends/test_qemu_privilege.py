@@ -20,6 +20,7 @@ from cleanroom.backends.qemu.privilege import (
     VmmUser,
     drop_prefix,
     unprivileged_blocker,
+    write_mask_fstab,
 )
 from cleanroom.netspec import NetworkAttachment
 
@@ -178,6 +179,33 @@ def test_the_wrapper_drops_everything_and_keeps_the_death_signal(tmp_path: Path)
         assert not Path(f"/proc/{child}").exists()
     finally:
         user.release()
+
+
+@needs_root
+def test_the_wrapper_hides_host_directories_in_a_mount_namespace_of_its_own(
+    tmp_path: Path,
+) -> None:
+    fstab = write_mask_fstab(tmp_path / "mounts.fstab")
+    assert "cleanroom-empty /home tmpfs ro," in fstab.read_text()
+    user = VmmUser.take(tmp_path)
+    try:
+        probe = (
+            "readlink /proc/self/ns/mnt; ls -A /home /root /tmp /run | wc -l; "
+            "touch /tmp/x 2>/dev/null && echo writable || echo read-only"
+        )
+        out = subprocess.run(
+            [*drop_prefix(user, mask=fstab), "/bin/sh", "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    finally:
+        user.release()
+    assert out[0] != str(Path("/proc/self/ns/mnt").readlink())
+    # Only the four "dir:" headers and blank separators: the directories are empty.
+    assert out[1] == "7"
+    assert out[2] == "read-only"
+    assert "cleanroom-empty" not in Path("/proc/self/mountinfo").read_text()  # host untouched
 
 
 def test_blockers(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from cleanroom.backends.qemu.privilege import (
     drop_prefix,
     kvm_groups,
     open_tap,
+    write_mask_fstab,
 )
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.rootfs import RootfsMethod
@@ -49,6 +50,8 @@ __all__ = ["QEMU_ROOTFS_METHODS", "QemuGuest", "QemuMachine"]
 QEMU_ROOTFS_METHODS: tuple[RootfsMethod, ...] = ("reflink", "qcow2-overlay", "copy")
 """Measured on ext4 (no reflink): qcow2 overlay 7-15 ms, sparse copy of 50 MB 20-85 ms."""
 
+MASK_FSTAB_NAME = "vmm-mounts.fstab"
+"""The mounts of an unprivileged QEMU's own mount namespace (in the run directory)."""
 _POLL_SECONDS = 0.025
 _DEAD_STATES = frozenset({"internal-error", "guest-panicked", "shutdown", "io-error"})
 
@@ -286,5 +289,11 @@ def _hand_over(
         else handover.disk(scratch, writable=True, what="scratch disk"),
         tap_fd=None if net is None else handover.adopt(open_tap(net.netns, net.tap), "TAP"),
         add_fd=tuple(handover.add_fd),
-        vmm_wrapper=tuple(drop_prefix(user, groups=kvm_groups() if m.accel == "kvm" else ())),
+        vmm_wrapper=tuple(
+            drop_prefix(
+                user,
+                groups=kvm_groups() if m.accel == "kvm" else (),
+                mask=write_mask_fstab(spec.run_dir / MASK_FSTAB_NAME),
+            )
+        ),
     )

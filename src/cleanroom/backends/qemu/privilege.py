@@ -16,6 +16,11 @@ could otherwise ptrace). It opens no file of the host by path:
 - the TAP as a descriptor attached in the run's namespace (``-netdev
   tap,fd=N``), so the unprivileged QEMU needs no ``CAP_NET_ADMIN``.
 
+It also gets a mount namespace of its own in which the host directories it
+never needs (``/home``, ``/root``, ``/tmp``, ``/var``, ``/run``, ``/dev/shm``,
+...) are empty read-only tmpfs mounts: one ``mount -a`` of a small fstab
+written into the run directory, since QEMU opens nothing by path after exec.
+
 Changing the uid clears the parent-death signal, so the wrapper sets it again
 after the switch and checks once more that the server is its parent (as
 :func:`cleanroom.backends.process.pdeathsig_prefix` does before it).
@@ -38,6 +43,7 @@ from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = [
+    "MASKED_DIRS",
     "UID_LOCK_DIR",
     "VMM_UID_BASE",
     "VMM_UID_COUNT",
@@ -47,6 +53,7 @@ __all__ = [
     "kvm_groups",
     "open_tap",
     "unprivileged_blocker",
+    "write_mask_fstab",
 ]
 
 VMM_UID_BASE = 0x70000000
@@ -124,8 +131,9 @@ def unprivileged_blocker(files: list[Path]) -> str | None:
     ``files`` (kernel, initrd) is not world-readable."""
     if os.geteuid() != 0:
         return f"the server runs as uid {os.geteuid()}, and QEMU as the same user"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is missing"
+    for tool in ("setpriv", "unshare", "mount"):
+        if shutil.which(tool) is None:
+            return f"{tool} (util-linux) is missing"
     for path in files:
         try:
             mode = path.stat().st_mode
@@ -134,6 +142,33 @@ def unprivileged_blocker(files: list[Path]) -> str | None:
         if not mode & stat.S_IROTH:
             return f"{path} is not world-readable"
     return None
+
+
+# Masked, not used: nothing is ever created in them.
+MASKED_DIRS = (
+    "/home",
+    "/root",
+    "/tmp",  # noqa: S108
+    "/var",
+    "/run",
+    "/srv",
+    "/opt",
+    "/mnt",
+    "/media",
+    "/dev/shm",  # noqa: S108
+)
+"""Hidden from QEMU (empty, read-only) in its mount namespace."""
+_MASK_OPTIONS = "ro,nosuid,nodev,noexec,size=4k,mode=0555"
+_MASK_SCRIPT = 'mount -a -T "$1" || exit 126; shift; exec "$@"'
+
+
+def write_mask_fstab(path: Path) -> Path:
+    """Write the fstab that masks :data:`MASKED_DIRS` (those that exist) to ``path``."""
+    lines = [
+        f"cleanroom-empty {d} tmpfs {_MASK_OPTIONS} 0 0\n" for d in MASKED_DIRS if Path(d).is_dir()
+    ]
+    path.write_text("".join(lines))
+    return path
 
 
 def kvm_groups() -> tuple[int, ...]:
@@ -145,13 +180,22 @@ def kvm_groups() -> tuple[int, ...]:
 
 
 def drop_prefix(
-    user: VmmUser, *, groups: tuple[int, ...] = (), parent: int | None = None
+    user: VmmUser,
+    *,
+    groups: tuple[int, ...] = (),
+    parent: int | None = None,
+    mask: Path | None = None,
 ) -> list[str]:
     """The wrapper that runs the rest of the argv as ``user`` with only ``groups``
     (e.g. the owner group of ``/dev/kvm``), no capabilities and ``no_new_privs``,
-    dying with ``parent`` (default: this process)."""
+    dying with ``parent`` (default: this process); with ``mask`` (an fstab from
+    :func:`write_mask_fstab`), in a private mount namespace with those mounts."""
     uid = str(user.uid)
-    drop = ["setpriv", "--reuid", uid, "--regid", uid]
+    ns: list[str] = []
+    if mask is not None:
+        ns = ["unshare", "--mount", "--propagation", "private", "--"]
+        ns += ["/bin/sh", "-c", _MASK_SCRIPT, "sh", str(mask)]
+    drop = [*ns, "setpriv", "--reuid", uid, "--regid", uid]
     drop += ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
     drop += ["--no-new-privs"]
     drop += ["--inh-caps", "-all", "--bounding-set", "-all", "--"]
