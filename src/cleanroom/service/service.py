@@ -41,7 +41,7 @@ from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, 
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, resolve_pool_image
 from cleanroom.service.record import read_record
-from cleanroom.service.repair import prune_runs, repair_runs, retention
+from cleanroom.service.repair import AutoPrune, prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
@@ -97,6 +97,7 @@ class Service:
         )
         self._finalizers = Finalizers()
         self._closed = False
+        self._auto_prune: AutoPrune | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class Service:
         await self._pools.close()
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
+        if self._auto_prune is not None:
+            await self._auto_prune.close()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -307,6 +310,9 @@ class Service:
         )
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
+        if self._auto_prune is not None:
+            poke = self._auto_prune.poke
+            task.add_done_callback(lambda _: poke())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -330,6 +336,7 @@ class Service:
         pruned = await asyncio.to_thread(prune_runs, root, keep)
         if pruned:
             log.info("pruned old runs", runs=len(pruned))
+        self._auto_prune = AutoPrune(root, keep)
 
     def _check_capacity(self) -> None:
         """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""

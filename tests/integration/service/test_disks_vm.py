@@ -14,6 +14,7 @@ import pytest
 
 from cleanroom.config import LimitsConfig, QemuConfig, RuntimeConfig
 from cleanroom.errors import WorkspaceTooLarge
+from cleanroom.images import ensure_image
 from cleanroom.service import LaunchOptions, Service
 from cleanroom.service.staging import STAGING_DIR_ENV
 
@@ -141,3 +142,33 @@ async def test_filling_the_workspace_disk_gives_enospc_within_disk_mib(
     assert "No space left" in result.stderr
     assert "rc=1" in result.stdout
     assert disk_mib * MIB // 2 < peak <= disk_mib * MIB
+
+
+async def test_filling_the_root_disk_gives_enospc_within_the_image_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "cleanroom.yaml").write_text("version: 1\n")
+    svc = _service(tmp_path, monkeypatch, LimitsConfig())
+    runs = tmp_path / "runs"
+    await svc.start()
+    base = ensure_image().rootfs.stat().st_size
+    done = asyncio.Event()
+    watch = asyncio.ensure_future(_peak_usage([(runs, "rootfs*")], done))
+    try:
+        result = await svc.exec(
+            repo,
+            ["sh", "-c", "dd if=/dev/zero of=/fill bs=1M; echo rc=$?"],
+            options=LaunchOptions(run_dir=runs),
+            timeout=300,
+        )
+    finally:
+        done.set()
+        peak = await watch
+        await svc.close()
+    assert "No space left" in result.stderr
+    assert "rc=1" in result.stdout
+    # The run's copy of the root (a qcow2 overlay or a sparse copy) holds at most
+    # the image's own size, whatever the guest writes.
+    assert 0 < peak <= base + 16 * MIB
