@@ -2,7 +2,7 @@
 
 The disk builder (``mkfs.ext4 -d``) reads its tree by path, which a process
 swapping symlinks in the repository could redirect; it gets this copy, made
-by the descriptor walk of :mod:`cleanroom.service.workspace`, instead.
+by the descriptor walk of :mod:`cleanroom.workspace_tree`, instead.
 
 Sparse files stay sparse: only the data extents the source reports
 (``SEEK_DATA``/``SEEK_HOLE``) are read, and blocks that read as zeros are not
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from cleanroom.errors import ConfigInvalid, RuntimeLaunchFailed, WorkspaceTooLarge
-from cleanroom.service.workspace import ArchiveStats, walk_workspace
+from cleanroom.workspace_tree import ArchiveStats, walk_workspace
 
 __all__ = [
     "STAGE_IN_MEMORY_LIMIT",
