@@ -104,9 +104,10 @@ def serve(
     accel: str,
     launch_seconds: float = 60,
     snapshots: bool = False,
+    extra_config: str = "",
 ) -> Iterator[Server]:
     """Start ``cleanroom serve`` with its own config (pool size, accel, whether runs
-    are restored from a snapshot) and socket.
+    are restored from a snapshot, ``extra_config`` YAML lines) and socket.
 
     Its sandboxes use a namespace made here as their uplink, so benchmarking
     never changes the host's own firewall or forwarding settings.
@@ -120,7 +121,7 @@ def serve(
         f"pool: {{size: {pool_size}}}\n"
         f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}, "
         f"snapshots: {'on' if snapshots else 'off'}}}}}\n"
-        f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n"
+        f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n" + extra_config
     )
     sock = home / "cleanroom.sock"
     # Its own state directory too: a server clears the pool directory there at start.

@@ -22,7 +22,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cleanroom.config_limits import LimitsConfig
 from cleanroom.errors import InvalidRequest, WorkspaceTooLarge
@@ -30,9 +30,11 @@ from cleanroom.errors import InvalidRequest, WorkspaceTooLarge
 __all__ = [
     "CHUNK",
     "ArchiveStats",
+    "WalkSink",
     "archive_workspace",
     "check_workspace_size",
     "scan_workspace",
+    "walk_workspace",
 ]
 
 CHUNK = 256 * 1024
@@ -102,7 +104,7 @@ def archive_workspace(source: Path, dest: Path | BinaryIO) -> ArchiveStats:
 def _archive_into(source: Path, fh: BinaryIO) -> ArchiveStats:
     start = fh.tell()
     with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        stats = _Walk(source, tar).run(0)
+        stats = _Walk(source, _TarSink(tar)).run(0)
     return _with_size(stats, fh.tell() - start)
 
 
@@ -134,12 +136,54 @@ def _info(name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> tar
     return info
 
 
-class _Walk:
-    """One walk of ``source`` (counting, and archiving into ``tar`` if given)."""
+class WalkSink(Protocol):
+    """What a descriptor walk hands each entry to (paths relative to the source)."""
 
-    def __init__(self, source: Path, tar: tarfile.TarFile | None) -> None:
-        self._source = source
+    def directory(self, rel: str, st: os.stat_result) -> None:
+        """A directory, before anything inside it."""
+
+    def regular(self, rel: str, fh: BinaryIO, st: os.stat_result) -> None:
+        """A regular file, open (``O_NOFOLLOW``); ``st`` is its ``fstat``."""
+
+    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None:
+        """Another name for the regular file first handed over as ``first``."""
+
+    def symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        """A symlink to ``target`` (never followed)."""
+
+
+class _TarSink:
+    """Writes each entry into a tar archive."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
         self._tar = tar
+
+    def directory(self, rel: str, st: os.stat_result) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.DIRTYPE))
+
+    def regular(self, rel: str, fh: BinaryIO, st: os.stat_result) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
+
+    def hardlink(self, rel: str, st: os.stat_result, first: str) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
+
+    def symlink(self, rel: str, st: os.stat_result, target: str) -> None:
+        self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
+
+
+def walk_workspace(source: Path, sink: WalkSink) -> ArchiveStats:
+    """Walk ``source`` by descriptors (see the module doc), handing every entry to
+    ``sink``; what was handed over (``archive_bytes`` 0). Raises ``InvalidRequest``
+    like :func:`archive_workspace`; the sink's own ``OSError`` becomes one too."""
+    return _Walk(source, sink).run(0)
+
+
+class _Walk:
+    """One walk of ``source`` (counting, and handing entries to ``sink`` if given)."""
+
+    def __init__(self, source: Path, sink: WalkSink | None) -> None:
+        self._source = source
+        self._sink = sink
         self._files = self._dirs = self._links = self._bytes = self._allocated = 0
         self._counted: set[tuple[int, int]] = set()
         """(device, inode) of multiply-linked files already counted as allocated."""
@@ -182,8 +226,8 @@ class _Walk:
                 self._dirs += 1
                 fd = _openat(entry.name, _DIR_FLAGS, dir_fd)
                 try:
-                    if self._tar is not None:
-                        self._tar.addfile(_info(rel, os.fstat(fd), tarfile.DIRTYPE))
+                    if self._sink is not None:
+                        self._sink.directory(rel, os.fstat(fd))
                     self._walk(fd, rel + "/")
                 finally:
                     os.close(fd)
@@ -195,17 +239,17 @@ class _Walk:
                     self._allocated += st.st_blocks * 512
                     if st.st_nlink > 1:
                         self._counted.add(key)
-                if self._tar is not None:
-                    self._add_file(self._tar, dir_fd, entry.name, rel)
+                if self._sink is not None:
+                    self._add_file(self._sink, dir_fd, entry.name, rel)
             elif stat.S_ISLNK(st.st_mode):
                 self._links += 1  # kept as a link, never followed
-                if self._tar is not None:
+                if self._sink is not None:
                     target = os.readlink(entry.name, dir_fd=dir_fd)
-                    self._tar.addfile(_info(rel, st, tarfile.SYMTYPE, target))
+                    self._sink.symlink(rel, st, target)
             else:
                 self._skipped.append(rel)
 
-    def _add_file(self, tar: tarfile.TarFile, dir_fd: int, name: str, rel: str) -> None:
+    def _add_file(self, sink: WalkSink, dir_fd: int, name: str, rel: str) -> None:
         with os.fdopen(_openat(name, _FILE_FLAGS, dir_fd), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -213,10 +257,10 @@ class _Walk:
             key = (st.st_dev, st.st_ino)
             first = self._seen.get(key) if st.st_nlink > 1 else None
             if first is not None:
-                tar.addfile(_info(rel, st, tarfile.LNKTYPE, first))
+                sink.hardlink(rel, st, first)
                 return
             self._seen[key] = rel
-            tar.addfile(_info(rel, st, tarfile.REGTYPE), fh)
+            sink.regular(rel, fh, st)
 
 
 def _unreadable(source: Path, exc: OSError) -> InvalidRequest:

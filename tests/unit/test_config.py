@@ -286,3 +286,12 @@ def test_pool_images_are_builtin_or_pinned_refs() -> None:
     assert len(problems) == 2
     assert problems[0].startswith("config.yaml:2:12: pool.images[0]: 'node:20' is not pinned")
     assert problems[1].startswith("config.yaml:2:21: pool.images[1]:")
+
+
+def test_qemu_unprivileged_switch() -> None:
+    assert RuntimeConfig().qemu.unprivileged is True
+    off = parse_config_text("backends:\n  qemu:\n    unprivileged: off\n", "config.yaml")
+    assert off.qemu.unprivileged is False
+    assert any(
+        "unprivileged" in p for p in problems_of("backends:\n  qemu:\n    unprivileged: 1\n")
+    )

@@ -98,16 +98,19 @@ class VmmProcess:
         cls,
         argv: Sequence[str],
         *,
-        stdout: Path,
+        stdout: Path | int,
         stderr: Path,
         pass_fds: Sequence[int] = (),
         cwd: Path | None = None,
     ) -> VmmProcess:
         """Start ``argv`` (already including any wrapper prefix) with stdin closed and
-        stdout/stderr appended to files. Raises ``RuntimeLaunchFailed`` if exec fails."""
+        stdout/stderr appended to files (``stdout`` may be a descriptor instead, e.g.
+        a bounded console reader's socket). Raises ``RuntimeLaunchFailed`` if exec fails."""
         started = time.perf_counter()
         try:
-            with stdout.open("ab") as out, stderr.open("ab") as err:
+            with contextlib.ExitStack() as files:
+                out = stdout if isinstance(stdout, int) else files.enter_context(stdout.open("ab"))
+                err = files.enter_context(stderr.open("ab"))
                 popen = subprocess.Popen(
                     list(argv),
                     stdin=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ bytes, oldest first; it never touches a run whose owner is alive.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -32,6 +33,7 @@ from cleanroom.service.record import RECORD_NAME, RunRecorder, error_dict
 
 __all__ = [
     "LOCK_NAME",
+    "AutoPrune",
     "Retention",
     "RunHold",
     "hold_run",
@@ -243,3 +245,36 @@ def prune_runs(root: Path, keep: Retention, *, now: float | None = None) -> list
                 shutil.rmtree(run_dir, ignore_errors=True)
                 removed.append(run_dir.name)
     return removed
+
+
+class AutoPrune:
+    """Prunes ``root`` to ``keep`` (:func:`prune_runs`, on a thread) when poked, at most
+    once per ``interval`` seconds, so a long-lived server's run directories stay
+    within the retention limits, not only at start-up."""
+
+    def __init__(self, root: Path, keep: Retention, interval: float = 30.0) -> None:
+        self._root = root
+        self._keep = keep
+        self._interval = interval
+        self._last = time.monotonic()  # the start-up prune just ran
+        self._task: asyncio.Future[list[str]] | None = None
+
+    def poke(self) -> None:
+        """A run finished: prune now unless a prune ran within the interval or still runs."""
+        now = time.monotonic()
+        if now - self._last < self._interval or (self._task is not None and not self._task.done()):
+            return
+        self._last = now
+        self._task = asyncio.ensure_future(asyncio.to_thread(prune_runs, self._root, self._keep))
+        self._task.add_done_callback(_retrieve)
+
+    async def close(self) -> None:
+        """Wait for a prune in progress."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+
+def _retrieve(task: asyncio.Future[list[str]]) -> None:
+    # A failed background prune is retried at the next poke; never an unretrieved error.
+    if not task.cancelled():
+        task.exception()

@@ -42,14 +42,14 @@ from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, resolve_pool_image
-from cleanroom.service.repair import prune_runs, repair_runs, retention
+from cleanroom.service.repair import AutoPrune, prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.staging import remove_dead_stagings
 from cleanroom.service.statelock import StateLock
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
 from cleanroom.service.uploads import Upload, Uploads
-from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
 
@@ -104,6 +104,7 @@ class Service:
         self._uploads = Uploads(paths.state_dir() / "uploads", config.limits)
         self._done = FinishedRuns(self._finalizers, self._runs, self._uploads)
         self._closed = False
+        self._auto_prune: AutoPrune | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -158,6 +159,8 @@ class Service:
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
         await self._uploads.close()
+        if self._auto_prune is not None:
+            await self._auto_prune.close()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -348,6 +351,9 @@ class Service:
         )
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
+        if self._auto_prune is not None:
+            poke = self._auto_prune.poke
+            task.add_done_callback(lambda _: poke())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -371,6 +377,7 @@ class Service:
         pruned = await asyncio.to_thread(prune_runs, root, keep)
         if pruned:
             log.info("pruned old runs", runs=len(pruned))
+        self._auto_prune = AutoPrune(root, keep)
 
     def _check_capacity(self) -> None:
         """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""

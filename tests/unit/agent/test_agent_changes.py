@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -161,6 +162,22 @@ def test_the_manifest_round_trips_through_json(tmp_path: Path) -> None:
     assert manifest.entries["pkg/blob.bin"].size == 256 * 64
     with pytest.raises(InvalidRequest):
         HostManifest.from_json('{"x": [1]}')
+
+
+def test_the_manifest_hashes_sparse_files_without_reading_holes(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    with (tmp_path / "sparse.img").open("wb") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(10 << 20)
+        fh.write(data)
+    (tmp_path / "tail-hole").write_bytes(b"x")
+    with (tmp_path / "tail-hole").open("r+b") as fh:
+        fh.truncate(3 << 20)
+    manifest = take_manifest(tmp_path)
+    for name in ("sparse.img", "tail-hole"):
+        content = (tmp_path / name).read_bytes()
+        entry = manifest.entries[name]
+        assert (entry.size, entry.sha256) == (len(content), hashlib.sha256(content).hexdigest())
 
 
 @pytest.mark.skipif(

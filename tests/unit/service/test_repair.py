@@ -19,6 +19,7 @@ from cleanroom.config import LimitsConfig, RuntimeConfig
 from cleanroom.service.record import RECORD_NAME
 from cleanroom.service.repair import (
     LOCK_NAME,
+    AutoPrune,
     Retention,
     hold_run,
     prune_runs,
@@ -133,6 +134,25 @@ async def test_prune_by_age_count_and_bytes(tmp_path: Path) -> None:
         assert left == ["run-000000000004", "run-00000000000l", "run-00000000000p"]
     finally:
         await hold.release()
+
+
+async def test_a_running_server_prunes_when_runs_finish_at_most_once_per_interval(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "runs"
+    now = time.time()
+    for i in range(4):
+        _finished(root, f"run-00000000000{i}", 4 - i, 10, now)
+    auto = AutoPrune(root, Retention(max_count=2), interval=0.0)
+    auto.poke()
+    await auto.close()
+    assert sorted(p.name for p in root.iterdir()) == ["run-000000000002", "run-000000000003"]
+    # Within the interval, a poke does nothing.
+    _finished(root, "run-000000000009", 0, 10, now)
+    slow = AutoPrune(root, Retention(max_count=2), interval=3600.0)
+    slow.poke()
+    await slow.close()
+    assert len(list(root.iterdir())) == 3
 
 
 def test_cli_runs_prune(tmp_path: Path) -> None:

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from cleanroom import workspace_tree as workspace_module
-from cleanroom.errors import ConfigInvalid, InvalidRequest
-from cleanroom.service.workspace import (
+from cleanroom.errors import ConfigInvalid, InvalidRequest, RuntimeLaunchFailed, WorkspaceTooLarge
+from cleanroom.service.staging import (
     STAGE_IN_MEMORY_LIMIT,
-    archive_workspace,
-    iter_file_chunks,
+    copy_sparse,
     remove_dead_stagings,
     stage_workspace,
     staging_dir,
     staging_root,
 )
+from cleanroom.service.workspace import archive_workspace, iter_file_chunks
 
 
 def _tree(root: Path, outside: Path) -> None:
@@ -255,3 +255,68 @@ def test_staging_dir_comes_from_the_environment(
         staging_dir()
     monkeypatch.delenv("CLEANROOM_STAGING_DIR")
     assert staging_dir() == Path("/dev/shm")
+
+
+def _sparse(path: Path, size: int, data: bytes, at: int) -> None:
+    with path.open("wb") as fh:
+        fh.truncate(size)
+        fh.seek(at)
+        fh.write(data)
+
+
+def test_stage_workspace_keeps_sparse_files_sparse(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    data = os.urandom(1 << 20)
+    _sparse(ws / "big.img", 10 << 30, data, 5 << 30)
+    # Zeros written out in full take space in the source, but not in the copy.
+    (ws / "zeros").write_bytes(bytes(4 << 20))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    staged, stats = stage_workspace(ws, run_dir)
+    big = staged / "big.img"
+    assert big.stat().st_size == 10 << 30
+    assert big.stat().st_blocks * 512 <= 2 << 20  # about the 1 MiB of data
+    with big.open("rb") as fh:
+        fh.seek(5 << 30)
+        assert fh.read(len(data)) == data
+        fh.seek((5 << 30) - 4096)
+        assert fh.read(4096) == bytes(4096)
+    assert (staged / "zeros").read_bytes() == bytes(4 << 20)
+    assert (staged / "zeros").stat().st_blocks == 0
+    assert stats.bytes == (10 << 30) + (4 << 20)
+    assert stats.allocated < 8 << 20
+
+
+def test_stage_workspace_refuses_data_past_its_budget(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _sparse(ws / "big.img", 1 << 30, os.urandom(3 << 20), 0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(WorkspaceTooLarge) as caught:
+        stage_workspace(ws, run_dir, max_bytes=2 << 20)
+    assert caught.value.details["limit"] == "workspace_bytes"
+    assert list(run_dir.iterdir()) == []
+
+
+def test_copy_sparse_copies_a_file_without_holes_exactly(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    content = os.urandom(300_000) + bytes(200_000) + b"tail"
+    src.write_bytes(content)
+    dst = tmp_path / "dst"
+    with src.open("rb") as a, dst.open("wb") as b:
+        written = copy_sparse(a.fileno(), b.fileno(), len(content))
+    assert dst.read_bytes() == content
+    assert written < len(content)  # the zero blocks in the middle were skipped
+
+
+def test_stage_workspace_write_failures_are_launch_failures(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a").write_text("a")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "workspace-seed").mkdir()  # in the way
+    with pytest.raises(RuntimeLaunchFailed):
+        stage_workspace(ws, run_dir)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, replace
 
 from cleanroom.backends.base import GuestSpec, Isolation
+from cleanroom.backends.console import ConsoleLog
 from cleanroom.backends.firecracker.config import (
     API_SOCKET_NAME,
     CONFIG_FILE_NAME,
@@ -50,17 +51,39 @@ class FirecrackerGuest(VmGuest):
     """A running Firecracker guest; implements ``cleanroom.backends.base.Guest``."""
 
     def __init__(
-        self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks, agent_port: int
+        self,
+        *,
+        spec: GuestSpec,
+        process: VmmProcess,
+        disks: RunDisks,
+        agent_port: int,
+        console: ConsoleLog | None = None,
     ) -> None:
         super().__init__(spec=spec, process=process, disks=disks)
         self._agent_port = agent_port
+        self._console = console
 
     @classmethod
     async def start(cls, machine: FirecrackerMachine, spec: GuestSpec) -> FirecrackerGuest:
         """Prepare the disk, write config and plan, spawn Firecracker.
 
-        Raises ``RuntimeLaunchFailed``; on failure the per-run disk is removed.
+        Firecracker writes the guest's serial console to its stdout, which is a
+        bounded reader's socket (:class:`~cleanroom.backends.console.ConsoleLog`):
+        ``console.log`` keeps at most ``spec.console_log_bytes``. Raises
+        ``RuntimeLaunchFailed``; on failure the per-run disk is removed.
         """
+        console = ConsoleLog(spec.run_dir / CONSOLE_LOG_NAME, spec.console_log_bytes)
+        try:
+            process, disks, port = await cls._spawn(machine, spec, console)
+        except BaseException:
+            console.close()
+            raise
+        return cls(spec=spec, process=process, disks=disks, agent_port=port, console=console)
+
+    @classmethod
+    async def _spawn(
+        cls, machine: FirecrackerMachine, spec: GuestSpec, console: ConsoleLog
+    ) -> tuple[VmmProcess, RunDisks, int]:
         run_dir = spec.run_dir
         base = machine.launch.rootfs
         async with run_disks(spec, base, FIRECRACKER_ROOTFS_METHODS, vmm="Firecracker") as disks:
@@ -88,16 +111,19 @@ class FirecrackerGuest(VmGuest):
                 cwd=str(run_dir),
                 config_file=str(run_dir / CONFIG_FILE_NAME),
                 config=config,
+                console=f"stdout (socketpair, kept up to {spec.console_log_bytes} bytes)",
             )
             for stale in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
                 (run_dir / stale).unlink(missing_ok=True)
+            (run_dir / CONSOLE_LOG_NAME).touch()
             process = VmmProcess.spawn(
                 argv,
-                stdout=run_dir / CONSOLE_LOG_NAME,
+                stdout=console.vmm_fd,
                 stderr=run_dir / VMM_LOG_NAME,
                 cwd=run_dir,
             )
-        return cls(spec=spec, process=process, disks=disks, agent_port=launch.agent_port)
+            console.start()
+        return process, disks, launch.agent_port
 
     @property
     def isolation(self) -> Isolation:
@@ -125,6 +151,9 @@ class FirecrackerGuest(VmGuest):
         return reader, writer
 
     async def _release_vmm_handles(self) -> None:
-        """Remove Firecracker's API and vsock sockets from the run directory."""
+        """Stop the console reader; remove Firecracker's API and vsock sockets."""
+        if self._console is not None:
+            await asyncio.to_thread(self._console.close)
+            self._console = None
         for name in (API_SOCKET_NAME, VSOCK_SOCKET_NAME):
             (self._spec.run_dir / name).unlink(missing_ok=True)

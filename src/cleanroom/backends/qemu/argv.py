@@ -63,6 +63,8 @@ class QemuMachine:
     debug: bool = False
     """Console on an emulated UART (``ttyS0``) so the earliest kernel messages are kept."""
     extra_kernel_args: tuple[str, ...] = ()
+    unprivileged: bool = False
+    """Run guests' QEMU as a uid of its own (``cleanroom.backends.qemu.privilege``)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,14 @@ class QemuLaunch:
     console_fd: int | None = None
     sandbox: str = SANDBOX
     """QEMU's ``-sandbox`` option (seccomp filter)."""
+    vmm_wrapper: tuple[str, ...] = ()
+    """Runs QEMU (after the netns wrapper), e.g. the drop to an unprivileged user."""
+    add_fd: tuple[str, ...] = ()
+    """``-add-fd`` arguments: the fd sets the ``/dev/fdset/N`` disk paths name."""
+    rootfs_backing: Path | None = None
+    """A qcow2 ``rootfs``'s raw backing file, instead of the path in its header."""
+    tap_fd: int | None = None
+    """An open TAP descriptor for ``network`` instead of its interface name."""
     """A socket the console goes to (read by a bounded host reader, see
     ``cleanroom.backends.console``); None: QEMU writes ``console_log`` itself."""
 
@@ -130,7 +140,7 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     else:
         # tb-size=32 trims ~50 MiB of translation cache per guest.
         accel = ["-accel", "tcg,tb-size=32", "-cpu", "max"]
-    argv = [*prefix, *netns_prefix(launch.network), m.binary]
+    argv = [*prefix, *netns_prefix(launch.network), *launch.vmm_wrapper, m.binary]
     argv += ["-M", machine, *accel]
     argv += ["-m", str(m.memory_mib), "-smp", str(m.vcpus)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
@@ -151,12 +161,11 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
     else:
         argv += ["-device", "virtconsole,chardev=console"]
     argv += ["-device", f"virtserialport,chardev={AGENT_CHARDEV},name={AGENT_PORT_NAME}"]
-    argv += [
-        "-drive",
-        f"id=root,file={_opt(launch.rootfs)},format={launch.rootfs_format},if=none,cache=unsafe",
-        "-device",
-        "virtio-blk-device,drive=root",
-    ]
+    argv += launch.add_fd
+    root = f"id=root,file={_opt(launch.rootfs)},format={launch.rootfs_format},if=none,cache=unsafe"
+    if launch.rootfs_backing is not None:
+        root += f",backing.driver=raw,backing.file.filename={_opt(launch.rootfs_backing)}"
+    argv += ["-drive", root, "-device", "virtio-blk-device,drive=root"]
     if launch.workspace_disk is not None:
         # Listed after the root disk so that the root stays /dev/vda.
         argv += [
@@ -187,15 +196,18 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
         "virtio-rng-device,rng=rng0",
     ]
     if launch.network is not None:
-        argv += nic_argv(launch.network.tap, launch.network.mac)
+        argv += nic_argv(launch.network.tap, launch.network.mac, launch.tap_fd)
     return argv
 
 
-def nic_argv(tap: str, mac: str) -> list[str]:
-    """The guest NIC on TAP device ``tap`` (the last devices of :func:`build_argv`)."""
+def nic_argv(tap: str, mac: str, tap_fd: int | None = None) -> list[str]:
+    """The guest NIC on TAP device ``tap``, or on the inherited descriptor ``tap_fd``
+    when given (the last devices of :func:`build_argv`)."""
     return [
         "-netdev",
-        f"tap,id=net0,ifname={_opt(tap)},script=no,downscript=no",
+        f"tap,id=net0,fd={tap_fd}"
+        if tap_fd is not None
+        else f"tap,id=net0,ifname={_opt(tap)},script=no,downscript=no",
         "-device",
         f"virtio-net-device,netdev=net0,mac={_opt(mac)}",
     ]

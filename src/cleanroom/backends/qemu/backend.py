@@ -19,6 +19,7 @@ from cleanroom.backends.process import pdeathsig_prefix
 from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_accel, verdict_key
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
+from cleanroom.backends.qemu.privilege import VMM_UID_BASE, unprivileged_blocker
 from cleanroom.backends.qemu.settings import QemuConfig
 from cleanroom.backends.qemu.snapshot import restore_guest
 from cleanroom.backends.qemu.snapshots import Snapshots
@@ -80,7 +81,15 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             memory_mib=self._config.memory_mib,
             tsc_khz=tsc_khz,
             qemu_img=self._qemu_img(binary),
+            unprivileged=self._privilege_blocker(image) is None,
         )
+
+    def _privilege_blocker(self, image: BootImage) -> str | None:
+        """Why guests' QEMU runs as the server's user (None: each as a uid of its own)."""
+        if not self._config.unprivileged:
+            return "backends.qemu.unprivileged is off"
+        files = [image.kernel] if image.initrd is None else [image.kernel, image.initrd]
+        return unprivileged_blocker(files)
 
     async def _start(self, machine: QemuMachine, spec: GuestSpec) -> QemuGuest:
         return await QemuGuest.start(machine, spec)
@@ -197,6 +206,18 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         except CleanroomError as exc:
             checks.append(DoctorCheck("qemu.image", "fail", exc.message, exc.details))
         checks.append(self._accel_check(identity, version, image))
+        if image is not None:
+            blocker = self._privilege_blocker(image)
+            checks.append(
+                DoctorCheck("qemu.privileges", "warn", f"QEMU runs as the server's user: {blocker}")
+                if blocker is not None
+                else DoctorCheck(
+                    "qemu.privileges",
+                    "pass",
+                    f"each guest's QEMU runs as a uid of its own from {VMM_UID_BASE}",
+                    {"uid_base": VMM_UID_BASE},
+                )
+            )
         return checks
 
     def _accel_check(

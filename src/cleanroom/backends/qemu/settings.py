@@ -23,8 +23,11 @@ class QemuConfig(VmmSettings):
     snapshots: bool = True
     """Restore guests from a snapshot of a booted guest of the built-in image when
     one fits the run (made on first use); ``snapshots: off`` always boots cold."""
+    unprivileged: bool = True
+    """Run each guest's QEMU as a uid of its own where the host allows (a root
+    server, setpriv, world-readable kernel and initrd); ``off``: as the server's user."""
 
-    KEYS: ClassVar[tuple[str, ...]] = (*VMM_KEYS, "accel", "snapshots")
+    KEYS: ClassVar[tuple[str, ...]] = (*VMM_KEYS, "accel", "snapshots", "unprivileged")
 
     @classmethod
     def _own_fields(
@@ -33,4 +36,6 @@ class QemuConfig(VmmSettings):
         return {
             "accel": reader.choice(section, "accel", path, _ACCELS, "auto"),
             "snapshots": reader.choice(section, "snapshots", path, ("on", "off"), "on") == "on",
+            "unprivileged": reader.choice(section, "unprivileged", path, ("on", "off"), "on")
+            == "on",
         }

@@ -164,6 +164,8 @@ class _SnapshotSource(QemuGuest):
     # passed over QMP), which spawns a shell: this guest may spawn. It runs nothing
     # but the agent waiting for its first message; every run's guest keeps spawn=deny.
     sandbox: ClassVar[str] = SANDBOX.replace("spawn=deny", "spawn=allow")
+    # The shell writes the stream into the (root's) snapshot staging directory.
+    may_drop: ClassVar[bool] = False
 
     async def save(self, memory: Path, deadline: float) -> float:
         """Pause the guest and write its migration stream to ``memory``; the ms it took.

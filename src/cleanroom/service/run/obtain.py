@@ -29,7 +29,8 @@ from cleanroom.service.record import RunRecorder
 from cleanroom.service.run.manifests import ManifestJob
 from cleanroom.service.run.plan import RunPlan
 from cleanroom.service.run.resources import NetworkHold, RunResources, remove_path
-from cleanroom.service.workspace import ArchiveStats, stage_workspace, staging_root
+from cleanroom.service.staging import stage_workspace, staging_root
+from cleanroom.service.workspace import ArchiveStats
 
 __all__ = ["WARM_STREAM_LIMIT", "Obtained", "Start", "obtain_guest"]
 
@@ -162,10 +163,12 @@ async def _boot_cold(
     # The host-made disk is built from a private copy made by the descriptor
     # walk, never from the user's tree (see stage_workspace).
     with rec.timed("workspace_archive"):
-        root = staging_root(scan.bytes, plan.run_dir)
+        root = staging_root(scan.allocated, plan.run_dir)  # holes stay holes
         if root != plan.run_dir:
             res.path(root)  # a directory of its own
-        staging, _ = await asyncio.to_thread(stage_workspace, plan.cwd, root)
+        staging, _ = await asyncio.to_thread(
+            stage_workspace, plan.cwd, root, plan.limits.workspace_bytes
+        )
         res.path(staging)
     # Hashed while the guest boots; done before the staged copy goes.
     manifest = ManifestJob.start(staging, res) if not plan.read_only_workspace else None
