@@ -38,6 +38,16 @@ What the guest is told and what it must not keep:
 - the agent is waiting for the host's hello when the guest is paused, so a
   restored guest starts a fresh session.
 
+The RAM file needs QEMU to open ``ram.raw`` read-write (QEMU 7.2 maps a
+``readonly`` memory file read-only for the guest too; ``rom=off`` came later),
+which a QEMU running as a uid of its own (``unprivileged``, the default) must
+not be able to: a compromised restored QEMU could then rewrite the RAM every
+later guest starts from. So an unprivileged machine's snapshots keep the RAM in
+the stream instead (``ram: stream``; no ``ram.raw``, no ``x-ignore-shared``):
+each restore reads the whole stream into its own memory, a little slower and
+with no pages shared between guests, and no restored QEMU can write anything
+another guest reads. ``ram_file`` says which form a machine's snapshots take.
+
 Networked guests come from a second snapshot of the same image (``nic``): its
 guest had a NIC when it was saved, on a TAP that QEMU made in a network
 namespace of its own (``unshare --net``: nothing reachable, gone with QEMU).
@@ -98,6 +108,16 @@ _MIGRATE_POLL_SECONDS = 0.02
 _LOAD_POLL_SECONDS = 0.005
 
 
+def ram_file(machine: QemuMachine) -> bool:
+    """Whether ``machine``'s snapshots keep the guest's RAM as a shared file (only a
+    privileged QEMU may open it; see the module docstring)."""
+    return not machine.unprivileged
+
+
+def _ram_argv(machine: QemuMachine, path: Path, *, shared: bool = False) -> tuple[str, ...]:
+    return memory_argv(path, machine.memory_mib, shared=shared) if ram_file(machine) else ()
+
+
 def memory_argv(path: Path, memory_mib: int, *, shared: bool = False) -> tuple[str, ...]:
     """The guest's RAM as the file ``path``: mapped ``shared`` by the snapshot guest
     (its RAM is written to the file), privately by restored guests."""
@@ -141,7 +161,7 @@ def snapshot_facts(
         workspace_disk=Path("@workspace"),
         network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
     )
-    argv = [*build_argv(shape), *memory_argv(Path("@ram"), m.memory_mib), *VMGENID_ARGV]
+    argv = [*build_argv(shape), *_ram_argv(m, Path("@ram")), *VMGENID_ARGV]
     return {
         "vmm": "qemu",
         "qemu_version": qemu_version,
@@ -153,6 +173,7 @@ def snapshot_facts(
         "memory_mib": m.memory_mib,
         "workspace_disk_bytes": disk_bytes,
         "nic": nic,
+        "ram": "file" if ram_file(m) else "stream",
         "devices": shlex.join(argv),
     }
 
@@ -167,8 +188,9 @@ class _SnapshotSource(QemuGuest):
     # The shell writes the stream into the (root's) snapshot staging directory.
     may_drop: ClassVar[bool] = False
 
-    async def save(self, memory: Path, deadline: float) -> float:
+    async def save(self, memory: Path, deadline: float, *, ignore_shared: bool) -> float:
         """Pause the guest and write its migration stream to ``memory``; the ms it took.
+        ``ignore_shared``: leave the (file-backed, shared) RAM out of the stream.
 
         The guest stays paused (QEMU drains its disk writes on ``stop``).
         Raises ``RuntimeLaunchFailed``.
@@ -179,7 +201,8 @@ class _SnapshotSource(QemuGuest):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            await qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
+            if ignore_shared:
+                await qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
             await qmp.execute("stop")
             uri = f"exec:cat > {shlex.quote(str(memory))}"
             await qmp.execute("migrate", {"uri": uri})
@@ -254,7 +277,7 @@ async def make_snapshot(
         run_dir = staging / "boot"
         run_dir.mkdir()
         spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
-        ram = memory_argv(staging / RAM_NAME, machine.memory_mib, shared=True)
+        ram = _ram_argv(machine, staging / RAM_NAME, shared=True)
         source, devices = (
             (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *ram, *VMGENID_ARGV))
             if nic
@@ -267,13 +290,17 @@ async def make_snapshot(
             # Open: the agent waits for a hello that never comes (destroy closes it).
             await guest.open_channel(deadline)
             await asyncio.sleep(SETTLE_SECONDS)
-            await guest.save(staging / MEMORY_NAME, deadline + seconds)
+            await guest.save(
+                staging / MEMORY_NAME, deadline + seconds, ignore_shared=ram_file(machine)
+            )
             await guest.stop_vmm()
             await asyncio.to_thread(_flatten_disk, run_dir, staging / DISK_NAME, machine.qemu_img)
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-        files = (MEMORY_NAME, RAM_NAME, DISK_NAME)
+        files = (
+            (MEMORY_NAME, RAM_NAME, DISK_NAME) if ram_file(machine) else (MEMORY_NAME, DISK_NAME)
+        )
         return await asyncio.to_thread(cache.publish, staging, key, facts, files)
 
 
@@ -286,6 +313,8 @@ class RestoredGuest(QemuGuest):
     _filling: asyncio.Future[float] | None = None
     _incoming_fd: int | None = None
     """QEMU's descriptor of the stream, loaded once the monitor is connected."""
+    _ignore_shared: bool = True
+    """The stream leaves the RAM out (the snapshot's RAM is a file)."""
 
     def fill_workspace(self, source: Path) -> None:
         """Write the workspace copy ``source`` into the blank workspace disk QEMU was
@@ -317,7 +346,8 @@ class RestoredGuest(QemuGuest):
                     self._qmp = await QmpClient.connect(sock)
                 if self._incoming_fd is not None:
                     fd, self._incoming_fd = self._incoming_fd, None
-                    await self._qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
+                    if self._ignore_shared:
+                        await self._qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
                     await self._qmp.execute("migrate-incoming", {"uri": f"fd:{fd}"})
                 while True:
                     if self._process.exited() is not None:
@@ -357,7 +387,7 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
             base_rootfs=snapshot.file(DISK_NAME),
             # Deferred: the stream loads once x-ignore-shared is on (open_channel).
             extra_argv=(
-                *memory_argv(snapshot.file(RAM_NAME), machine.memory_mib),
+                *(_ram_argv(machine, snapshot.file(RAM_NAME)) if ram_file(machine) else ()),
                 *VMGENID_ARGV,
                 "-incoming",
                 "defer",
@@ -369,6 +399,7 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
     finally:
         os.close(memory_fd)  # QEMU has its own copy
     guest._incoming_fd = memory_fd
+    guest._ignore_shared = ram_file(machine)
     if spec.workspace is not None:
         guest.fill_workspace(spec.workspace)
     return guest
