@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 import httpx
 
 from cleanroom.client import _calls as calls
+from cleanroom.client._auth import resolve_credentials
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, awaitable, awaitable_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
@@ -43,33 +47,69 @@ def _long_timeout(connect: float) -> httpx.Timeout:
 class AsyncClient:
     """An asyncio client for the cleanroom server API.
 
-    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http://h:p``; default
-    ``$CLEANROOM_HOST``, else the default local socket. Errors are raised as
+    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
+    ``$CLEANROOM_HOST``, else the default local socket. The token and TLS
+    settings are those of :class:`~cleanroom.client.Client`. Errors are raised as
     the :mod:`cleanroom.errors` class the server reported (by code);
     an unreachable server raises ``ServerUnavailable``. Launch, run, exec and
     terminate have no read timeout (runs can take minutes); other calls give
     up after ``timeout`` seconds.
     """
 
-    def __init__(self, host: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.endpoint: Endpoint = resolve_endpoint(host)
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_fingerprint: str | None = None,
+        tls_ca: Path | str | None = None,
+    ) -> None:
+        credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
+        self.endpoint: Endpoint = resolve_endpoint(host, credentials)
         self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    async def _http(self) -> httpx.AsyncClient:
+        """The connection pool, made on first use (a pinned certificate is fetched
+        and checked then, off the event loop)."""
+        if self._client is not None:
+            return self._client
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        endpoint = self.endpoint
+        verify: ssl.SSLContext | bool = False
+        if endpoint.tls:
+            from cleanroom.client._tls import anchored_context  # noqa: PLC0415
+
+            host, port = endpoint.host_port()
+            try:
+                verify = await asyncio.to_thread(
+                    anchored_context, host, port, endpoint.credentials, self._timeout, endpoint.url
+                )
+            except OSError as exc:
+                raise connection_error(endpoint, "connect", str(exc)) from exc
         # Plain HTTP (unix socket or http://) needs no TLS context, and building
         # one (loading the CA bundle) costs ~100 ms of every CLI command.
-        transport = (
-            None
-            if self.endpoint.tls
-            else httpx.AsyncHTTPTransport(
-                uds=str(self.endpoint.uds) if self.endpoint.uds else None, verify=False
+        transport = httpx.AsyncHTTPTransport(
+            uds=str(endpoint.uds) if endpoint.uds else None, verify=verify
+        )
+        if self._client is None:  # another task may have made it meanwhile
+            self._client = httpx.AsyncClient(
+                base_url=endpoint.base_url,
+                transport=transport,
+                timeout=self._timeout,
+                headers=endpoint.headers(),
             )
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
-        )
+        return self._client
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        self._closed = True
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -83,6 +123,13 @@ class AsyncClient:
         await self.aclose()
 
     def _unavailable(self, exc: httpx.TransportError) -> ServerUnavailable:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                from cleanroom.client._tls import not_trusted  # noqa: PLC0415
+
+                return not_trusted(self.endpoint.url, cause.verify_message or str(cause))
+            cause = cause.__cause__ or cause.__context__
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             kind = "connect"
         elif isinstance(exc, httpx.TimeoutException):
@@ -94,10 +141,9 @@ class AsyncClient:
     async def _call(self, call: Call[T]) -> T:
         timeout = _long_timeout(self._timeout) if call.long else self._timeout
         precheck(self.endpoint)
+        http = await self._http()
         try:
-            response = await self._http.request(
-                call.method, call.path, json=call.body, timeout=timeout
-            )
+            response = await http.request(call.method, call.path, json=call.body, timeout=timeout)
         except httpx.TransportError as exc:
             raise self._unavailable(exc) from exc
         return answer(call, response.status_code, response.content)
@@ -119,8 +165,9 @@ class AsyncClient:
     async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
         decoder = EventDecoder()
         precheck(self.endpoint)
+        http = await self._http()
         try:
-            async with self._http.stream(
+            async with http.stream(
                 call.method,
                 call.path,
                 json=call.body,
