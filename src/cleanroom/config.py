@@ -24,6 +24,7 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
     limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
              workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
+    run_dir_roots: [PATH, ...]       # where options.run_dir may point; default: the state dir
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``, a bare command name is looked up on ``PATH`` too; image
@@ -143,6 +144,9 @@ class RuntimeConfig:
     backends: Mapping[str, BackendSettings]
     images: ImagesConfig
     limits: LimitsConfig
+    run_dir_roots: tuple[Path, ...] | None
+    """Directories a launch's ``options.run_dir`` must be inside (``None``: the state
+    directory, :func:`cleanroom.paths.state_dir`, at launch time)."""
     source: Path | None = field(compare=False)
 
     def __init__(
@@ -156,6 +160,7 @@ class RuntimeConfig:
         source: Path | None = None,
         images: ImagesConfig | None = None,
         limits: LimitsConfig | None = None,
+        run_dir_roots: tuple[Path, ...] | None = None,
         **sections: BackendSettings,
     ) -> None:
         merged = _default_sections()
@@ -172,6 +177,7 @@ class RuntimeConfig:
         setter(self, "source", source)
         setter(self, "images", images if images is not None else ImagesConfig())
         setter(self, "limits", limits if limits is not None else LimitsConfig())
+        setter(self, "run_dir_roots", run_dir_roots)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: a backend's section by name.
@@ -189,6 +195,7 @@ class RuntimeConfig:
                 self.pool,
                 self.images,
                 self.limits,
+                self.run_dir_roots,
             )
         )
 
@@ -235,7 +242,16 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool", "images", "limits")
+    top = (
+        "default_backend",
+        "workspace",
+        "backends",
+        "network",
+        "pool",
+        "images",
+        "limits",
+        "run_dir_roots",
+    )
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = SectionReader(problems)
     names = backend_table.backend_names()
@@ -256,6 +272,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     pool_images = _read_pool_images(pool.get("images"), problems)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
+    run_dir_roots = _read_roots(reader, entries.get("run_dir_roots"), "run_dir_roots")
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
@@ -265,7 +282,22 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         pool=PoolConfig(size=size, images=pool_images),
         images=images,
         limits=limits,
+        run_dir_roots=run_dir_roots,
     )
+
+
+def _read_roots(
+    reader: SectionReader, entry: YamlEntry | None, path: str
+) -> tuple[Path, ...] | None:
+    """A list of absolute directories (``~`` expanded); ``None`` when not given."""
+    if entry is None or is_null(entry.value):
+        return None
+    found: list[Path] = []
+    for index, item in enumerate(read_sequence(entry.value, path, reader.problems) or ()):
+        value = reader.path_value(item, f"{path}[{index}]")
+        if value is not None and value not in found:
+            found.append(value)
+    return tuple(found)
 
 
 def _read_pool_images(entry: YamlEntry | None, problems: Problems) -> tuple[str, ...]:

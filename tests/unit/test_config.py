@@ -141,7 +141,7 @@ def test_unknown_keys_are_located() -> None:
     assert problems_of("pool:\n  size: 1\n  max: 2\nbackend: qemu\n") == [
         "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: images, size)",
         "config.yaml:4:1: backend: unknown key 'backend' "
-        "(expected one of: backends, default_backend, images, limits, network, pool, workspace)",
+        "(expected one of: backends, default_backend, images, limits, network, pool, run_dir_roots, workspace)",
     ]
 
 
@@ -285,3 +285,13 @@ def test_pool_images_are_builtin_or_pinned_refs() -> None:
     assert len(problems) == 2
     assert problems[0].startswith("config.yaml:2:12: pool.images[0]: 'node:20' is not pinned")
     assert problems[1].startswith("config.yaml:2:21: pool.images[1]:")
+
+
+def test_run_dir_roots() -> None:
+    assert RuntimeConfig().run_dir_roots is None  # the state directory, at launch
+    config = parse_config_text("run_dir_roots: [/srv/runs, ~/runs, /srv/runs]\n", "config.yaml")
+    assert config.run_dir_roots == (Path("/srv/runs"), Path("~/runs").expanduser())
+    assert parse_config_text("run_dir_roots: []\n", "config.yaml").run_dir_roots == ()
+    assert problems_of("run_dir_roots: [rel/dir]\n") == [
+        "config.yaml:1:17: run_dir_roots[0]: must be an absolute path, got 'rel/dir'"
+    ]
