@@ -33,6 +33,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cleanroom.errors import InvalidRequest, ServerUnavailable
+from cleanroom.server.auth import Authenticator, BearerTokens, OwnerOnly
+from cleanroom.tokens import TokenStore
 
 __all__ = [
     "LISTENER_KINDS",
@@ -270,9 +272,10 @@ class ListenerKind:
     """``scheme://...`` -> the address; raises ``InvalidRequest``."""
     bind: Callable[[ListenAddress, bool], BoundListener]
     """``(address, allow_remote)`` -> a listening socket."""
-    authentication: Literal["owner", "token"]
-    """``owner``: only the listener's owner can connect at all (file permissions);
-    ``token``: every request carries a bearer token (:mod:`cleanroom.server.auth`)."""
+    authenticator: Callable[[TokenStore], Authenticator]
+    """The listener's gate, given the server's token store: the unix socket's admits
+    its owner (only the owner can connect at all), TCP's wants a bearer token on
+    every request (see :mod:`cleanroom.server.auth`)."""
     tls: Callable[[ListenAddress], TlsNeed]
 
 
@@ -282,8 +285,10 @@ def _tcp_tls(address: ListenAddress) -> TlsNeed:
 
 LISTENER_KINDS: Mapping[str, ListenerKind] = MappingProxyType(
     {
-        "unix": ListenerKind("unix", _parse_unix, _bind_unix_address, "owner", lambda _: "never"),
-        "tcp": ListenerKind("tcp", _parse_tcp, _bind_tcp_address, "token", _tcp_tls),
+        "unix": ListenerKind(
+            "unix", _parse_unix, _bind_unix_address, lambda _: OwnerOnly(), lambda _: "never"
+        ),
+        "tcp": ListenerKind("tcp", _parse_tcp, _bind_tcp_address, BearerTokens, _tcp_tls),
     }
 )
 """Every listener kind by scheme."""

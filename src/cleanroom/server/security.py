@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cleanroom.errors import InvalidRequest
-from cleanroom.server.auth import Authenticator, BearerTokens, OwnerOnly
+from cleanroom.server.auth import Authenticator
 from cleanroom.server.listen import BoundListener, ListenAddress, listener_kind
 from cleanroom.server.tls import TlsFiles
 from cleanroom.tokens import TokenStore
@@ -68,7 +68,4 @@ def setup_listener(listener: BoundListener, security: ServeSecurity) -> Listener
                 details={"address": listener.address.url()},
             )
         tls = security.tls
-    authenticator: Authenticator = (
-        OwnerOnly() if kind.authentication == "owner" else BearerTokens(security.tokens)
-    )
-    return ListenerSetup(authenticator, tls)
+    return ListenerSetup(kind.authenticator(security.tokens), tls)
