@@ -12,15 +12,14 @@ from typing import TypeVar
 import httpx
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._auth import resolve_credentials
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, awaitable, awaitable_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
+    client_endpoint,
     connection_error,
     precheck,
-    resolve_endpoint,
 )
 from cleanroom.errors import ServerUnavailable
 from cleanroom.events import NDJSON, EventDecoder
@@ -66,8 +65,7 @@ class AsyncClient:
         tls_fingerprint: str | None = None,
         tls_ca: Path | str | None = None,
     ) -> None:
-        credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
-        self.endpoint: Endpoint = resolve_endpoint(host, credentials)
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
         self._timeout = timeout
         self._client: httpx.AsyncClient | None = None
         self._closed = False

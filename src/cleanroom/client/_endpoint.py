@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from cleanroom.client._auth import Credentials
+from cleanroom.client._auth import Credentials, resolve_credentials
 from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.paths import default_socket_path
 
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HOST_ENV",
     "Endpoint",
+    "client_endpoint",
     "connection_error",
     "precheck",
     "resolve_endpoint",
@@ -105,6 +106,25 @@ def resolve_endpoint(host: str | None = None, credentials: Credentials | None = 
             details={"address": chosen},
         )
     return endpoint
+
+
+def client_endpoint(
+    host: str | None,
+    token: str | None = None,
+    token_file: Path | str | None = None,
+    tls_fingerprint: str | None = None,
+    tls_ca: Path | str | None = None,
+) -> Endpoint:
+    """The endpoint a client talks to, with its credentials (see ``_auth``).
+
+    A unix socket takes none, so none are read for it (a token file in the
+    environment cannot break local use).
+    """
+    endpoint = resolve_endpoint(host)
+    if endpoint.uds is not None:
+        return endpoint
+    credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
+    return resolve_endpoint(host, credentials)
 
 
 def run_record_path(run_id: str) -> str:

@@ -9,15 +9,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._auth import resolve_credentials
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, blocking, blocking_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
+    client_endpoint,
     connection_error,
     precheck,
-    resolve_endpoint,
 )
 from cleanroom.client._http import Failure, Response, open_request
 from cleanroom.events import NDJSON, EventDecoder
@@ -63,8 +62,7 @@ class Client:
         tls_fingerprint: str | None = None,
         tls_ca: Path | str | None = None,
     ) -> None:
-        credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
-        self.endpoint: Endpoint = resolve_endpoint(host, credentials)
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
         self._timeout = timeout
 
     def _secure(self, sock: socket.socket, host: str) -> socket.socket:

@@ -115,9 +115,17 @@ def test_revocation_takes_effect_without_a_restart(
     assert (gone.returncode, b"error[not_found]" in gone.stderr) == (66, True)
 
 
-def test_the_unix_socket_needs_no_token(host: str, repo: Path) -> None:
+def test_the_unix_socket_needs_no_token(
+    host: str, repo: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with Client(host) as client:
         assert client.exec(repo, ["true"]).exit_code == 0
+    # Credentials are read for TCP servers only: a bad token file cannot break local use.
+    monkeypatch.setenv("CLEANROOM_TOKEN_FILE", str(root / "missing"))
+    with Client(host) as client:
+        assert client.health().ok
+    with pytest.raises(InvalidRequest, match="token file"):
+        Client("tcp://127.0.0.1:1")
 
 
 def test_token_file_and_environment(
