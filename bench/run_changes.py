@@ -55,7 +55,7 @@ async def measure(n: int, vm: bool, root: Path) -> dict[str, dict[str, list[floa
             RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=180), run_dir_roots=(root,))
         )
     else:
-        svc = agent_service(config=RuntimeConfig(run_dir_roots=(root,)))
+        svc = agent_service(config=RuntimeConfig(default_backend="qemu", run_dir_roots=(root,)))
     await svc.start()
     samples: dict[str, dict[str, list[float]]] = {"rw": {}, "ro": {}}
     try:
