@@ -93,9 +93,14 @@ def _serve(args: argparse.Namespace) -> None:
             f"cleanroom: TLS {kind}certificate {tls.cert}\n"
             f"cleanroom: TLS certificate fingerprint {tls.fingerprint}\n"
         )
+    security = ServeSecurity(tls=tls, tls_on_loopback=on_loopback)
+    if any(a.scheme == "tcp" for a in addresses) and not security.tokens.records():
+        sys.stderr.write(
+            "cleanroom: no API tokens yet: TCP requests are refused until "
+            "`cleanroom token create NAME` makes one\n"
+        )
     configure_logging()
     service = Service(load_config())
-    security = ServeSecurity(tls=tls, tls_on_loopback=on_loopback)
     serve_forever(service, addresses, allow_remote=args.allow_remote, security=security)
 
 
