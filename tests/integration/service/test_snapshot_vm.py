@@ -179,7 +179,7 @@ async def test_a_restored_guest_sees_its_own_workspace_disk_never_cached_blocks(
     svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
     await svc.start()
     try:
-        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
         for _ in range(2):
             result = await svc.run(info.cleanroom_id, ["python3", "/workspace/check.py"])
             assert result.exit_code == 0, result.stderr
