@@ -51,9 +51,11 @@ def make_workspace(root: Path, mib: int = 100, files: int = 1000) -> Path:
 async def measure(n: int, vm: bool, root: Path) -> dict[str, dict[str, list[float]]]:
     ws = make_workspace(root)
     if vm:
-        svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=180)))
+        svc = Service(
+            RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=180), run_dir_roots=(root,))
+        )
     else:
-        svc = agent_service()
+        svc = agent_service(config=RuntimeConfig(default_backend="qemu", run_dir_roots=(root,)))
     await svc.start()
     samples: dict[str, dict[str, list[float]]] = {"rw": {}, "ro": {}}
     try:

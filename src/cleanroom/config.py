@@ -26,6 +26,7 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
     limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
              workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
+    run_dir_roots: [PATH, ...]       # where options.run_dir may point; default: the state dir
     policy: {isolation, ceiling: {hosts, images, max}}             # see cleanroom.config_policy
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
@@ -152,6 +153,9 @@ class RuntimeConfig:
     backends: Mapping[str, BackendSettings]
     images: ImagesConfig
     limits: LimitsConfig
+    run_dir_roots: tuple[Path, ...] | None
+    """Directories a launch's ``options.run_dir`` must be inside (``None``: the state
+    directory, :func:`cleanroom.paths.state_dir`, at launch time)."""
     policy: PolicyConfig
     source: Path | None = field(compare=False)
 
@@ -166,6 +170,7 @@ class RuntimeConfig:
         source: Path | None = None,
         images: ImagesConfig | None = None,
         limits: LimitsConfig | None = None,
+        run_dir_roots: tuple[Path, ...] | None = None,
         policy: PolicyConfig | None = None,
         **sections: BackendSettings,
     ) -> None:
@@ -183,6 +188,7 @@ class RuntimeConfig:
         setter(self, "source", source)
         setter(self, "images", images if images is not None else ImagesConfig())
         setter(self, "limits", limits if limits is not None else LimitsConfig())
+        setter(self, "run_dir_roots", run_dir_roots)
         setter(self, "policy", policy if policy is not None else PolicyConfig())
 
     def __getattr__(self, name: str) -> Any:
@@ -201,6 +207,7 @@ class RuntimeConfig:
                 self.pool,
                 self.images,
                 self.limits,
+                self.run_dir_roots,
                 self.policy,
             )
         )
@@ -256,6 +263,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         "pool",
         "images",
         "limits",
+        "run_dir_roots",
         "policy",
     )
     entries = read_mapping(root, "", problems, allowed=top) or {}
@@ -279,6 +287,7 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     pool_images = _read_pool_images(pool.get("images"), problems)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
+    run_dir_roots = _read_dir_roots(reader, entries.get("run_dir_roots"), "run_dir_roots")
     policy = read_policy_section(reader, reader.section(entries, "policy", "", POLICY_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
@@ -289,8 +298,23 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
         pool=PoolConfig(size=size, images=pool_images),
         images=images,
         limits=limits,
+        run_dir_roots=run_dir_roots,
         policy=policy,
     )
+
+
+def _read_dir_roots(
+    reader: SectionReader, entry: YamlEntry | None, path: str
+) -> tuple[Path, ...] | None:
+    """A list of absolute directories (``~`` expanded); ``None`` when not given."""
+    if entry is None or is_null(entry.value):
+        return None
+    found: list[Path] = []
+    for index, item in enumerate(read_sequence(entry.value, path, reader.problems) or ()):
+        value = reader.path_value(item, f"{path}[{index}]")
+        if value is not None and value not in found:
+            found.append(value)
+    return tuple(found)
 
 
 def _read_roots(reader: SectionReader, entry: YamlEntry | None) -> tuple[Path, ...]:

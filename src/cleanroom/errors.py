@@ -31,7 +31,10 @@ errors by class or by ``code``, never by message text.
     ├── NetworkSetupFailed         network_setup_failed         502  70
     ├── HostNotAllowed             host_not_allowed             403  77
     ├── WorkspaceConflict          workspace_conflict           409  65
+    ├── Unauthenticated            unauthenticated              401  77
+    │   └── TokenInvalid           token_invalid                401  77
     └── ServerUnavailable          server_unavailable           503  69
+        └── ServerNotTrusted       server_not_trusted           503  69
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ __all__ = [
     "RunNotFound",
     "RunTimeout",
     "RuntimeLaunchFailed",
+    "ServerNotTrusted",
     "ServerUnavailable",
+    "TokenInvalid",
+    "Unauthenticated",
     "WorkspaceConflict",
     "WorkspaceInvalid",
     "WorkspaceTooLarge",
@@ -211,8 +217,32 @@ class WorkspaceConflict(CleanroomError, code="workspace_conflict", status=409, e
     nothing was applied. ``details['paths']`` lists (some of) the conflicting paths."""
 
 
+class Unauthenticated(CleanroomError, code="unauthenticated", status=401, exit_code=77):
+    """A TCP listener was asked without credentials (``Authorization: Bearer <token>``).
+
+    Answered with ``WWW-Authenticate: Bearer``; the unix socket needs no token."""
+
+    def http_headers(self) -> dict[str, str]:
+        """``WWW-Authenticate``: the scheme the server expects (RFC 6750)."""
+        return {"WWW-Authenticate": 'Bearer realm="cleanroom"'}
+
+
+class TokenInvalid(Unauthenticated, code="token_invalid"):
+    """The bearer token is malformed, unknown or revoked (401, as RFC 6750's
+    ``invalid_token``: the remedy is another token, not another permission)."""
+
+    def http_headers(self) -> dict[str, str]:
+        """``WWW-Authenticate`` with ``error="invalid_token"``."""
+        return {"WWW-Authenticate": 'Bearer realm="cleanroom", error="invalid_token"'}
+
+
 class ServerUnavailable(CleanroomError, code="server_unavailable", status=503, exit_code=69):
     """No cleanroom server answers at the requested address."""
+
+
+class ServerNotTrusted(ServerUnavailable, code="server_not_trusted"):
+    """The server's TLS certificate does not match the pinned fingerprint or does
+    not verify against the CA file (raised by the client; nothing was sent)."""
 
 
 def _all_subclasses(cls: type[CleanroomError]) -> list[type[CleanroomError]]:

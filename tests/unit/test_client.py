@@ -30,6 +30,7 @@ from cleanroom.server import ListenAddress
 from cleanroom.service import Service
 from cleanroom.service.types import LaunchOptions, RunExit, RunOutput, RunResult, RunStarted
 from cleanroom.testing import ServerThread, runs_with_status
+from cleanroom.tokens import TokenStore
 
 
 def test_endpoint_resolution(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
@@ -311,7 +312,8 @@ def test_stream_ended_without_a_result(root: Path, repo: Path) -> None:
 
 def test_tcp_endpoint(service: Service, repo: Path) -> None:
     address = ListenAddress(scheme="tcp", host="127.0.0.1", port=0)
-    with ServerThread(service, address) as server, Client(server.url) as client:
+    token = TokenStore().create("test")  # TCP listeners want a token
+    with ServerThread(service, address) as server, Client(server.url, token=token) as client:
         assert client.health().ok
         assert client.exec(repo, ["sh", "-c", "echo tcp"]).stdout == "tcp\n"
         kinds = [type(e) for e in client.exec_stream(repo, ["true"])]

@@ -142,7 +142,7 @@ def test_unknown_keys_are_located() -> None:
         "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: images, size)",
         "config.yaml:4:1: backend: unknown key 'backend' "
         "(expected one of: backends, default_backend, images, limits, network, policy, pool, "
-        "workspace)",
+        "run_dir_roots, workspace)",
     ]
 
 
@@ -295,3 +295,13 @@ def test_qemu_unprivileged_switch() -> None:
     assert any(
         "unprivileged" in p for p in problems_of("backends:\n  qemu:\n    unprivileged: 1\n")
     )
+
+
+def test_run_dir_roots() -> None:
+    assert RuntimeConfig().run_dir_roots is None  # the state directory, at launch
+    config = parse_config_text("run_dir_roots: [/srv/runs, ~/runs, /srv/runs]\n", "config.yaml")
+    assert config.run_dir_roots == (Path("/srv/runs"), Path("~/runs").expanduser())
+    assert parse_config_text("run_dir_roots: []\n", "config.yaml").run_dir_roots == ()
+    assert problems_of("run_dir_roots: [rel/dir]\n") == [
+        "config.yaml:1:17: run_dir_roots[0]: must be an absolute path, got 'rel/dir'"
+    ]

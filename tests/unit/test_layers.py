@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "netspec": 0,
     "paths": 0,
     "policy": 0,
+    "tokens": 0,
     # guest image and guest agent
     "images": 1,
     "agent": 1,

@@ -17,7 +17,15 @@ import sys
 from collections.abc import Sequence
 
 from cleanroom import __version__
-from cleanroom.cli import doctor_cmd, exec_cmd, image, policy, runs_cmd, server_cmds
+from cleanroom.cli import (
+    doctor_cmd,
+    exec_cmd,
+    image,
+    policy,
+    runs_cmd,
+    server_cmds,
+    token_cmd,
+)
 from cleanroom.cli.output import report_error
 from cleanroom.errors import CleanroomError
 
@@ -41,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register(commands)
     image.register(commands)
     runs_cmd.register(commands)
+    token_cmd.register(commands)
     return parser
 
 

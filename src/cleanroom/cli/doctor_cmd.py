@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
+from cleanroom.cli.options import (
+    Subcommands,
+    add_command,
+    add_cwd,
+    add_host,
+    add_json,
+    connection,
+)
 from cleanroom.cli.output import print_json
 from cleanroom.errors import CleanroomError, PolicyNotFound
 from cleanroom.service.types import DoctorCheck
@@ -57,14 +65,18 @@ def _local_checks() -> list[DoctorCheck]:
     ]
 
 
-def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck], bool]:
-    """The client-side checks, then the server's; and whether a server answered."""
+def client_checks(
+    host: str | None, directory: Path, connect: Mapping[str, Any] | None = None
+) -> tuple[list[DoctorCheck], bool]:
+    """The client-side checks, then the server's; and whether a server answered.
+
+    ``connect``: the client's credential arguments (see ``options.connection``)."""
     from cleanroom.client import Client
 
     checks: list[DoctorCheck] = []
     answered = False
     try:
-        with Client(host) as client:
+        with Client(host, **(connect or {})) as client:
             health = client.health()
             checks.append(
                 DoctorCheck("server", "pass", f"{client.endpoint.url} answers (v{health.version})")
@@ -91,7 +103,7 @@ def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck],
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    checks, _ = client_checks(args.host, Path(args.cwd).absolute())
+    checks, _ = client_checks(args.host, Path(args.cwd).absolute(), connection(args))
     ok = all(c.status != "fail" for c in checks)
     if args.as_json:
         print_json(

@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
-from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
+from cleanroom.cli.options import (
+    Subcommands,
+    add_command,
+    add_cwd,
+    add_host,
+    add_json,
+    connection,
+)
 from cleanroom.cli.output import print_json, report_error
 from cleanroom.cli.runio import add_run_inputs, add_run_outputs, after_run, read_env, read_stdin
 from cleanroom.errors import CleanroomError
@@ -210,7 +217,7 @@ def _exec(args: argparse.Namespace) -> int:
             _prepare_local(endpoint)
         if endpoint.is_default:
             prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
-        with Client(endpoint.url) as client:
+        with Client(endpoint.url, **connection(args)) as client:
             common: dict[str, Any] = {
                 "backend": args.backend,
                 "options": options,

@@ -26,6 +26,7 @@ __all__ = [
     "add_group",
     "add_host",
     "add_json",
+    "connection",
     "non_negative_int",
 ]
 
@@ -63,8 +64,36 @@ def add_group(commands: Subcommands, name: str, help_text: str) -> Subcommands:
 
 
 def add_host(parser: argparse.ArgumentParser) -> None:
-    """``--host ADDRESS`` (into ``host``; ``None`` when not given)."""
+    """``--host ADDRESS`` (into ``host``; ``None`` when not given) and the TCP
+    server's credentials: ``--token-file``, ``--tls-fingerprint``, ``--tls-ca``."""
     parser.add_argument("--host", metavar="ADDRESS", help=HOST_HELP)
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="API token for a TCP server, from FILE (mode 0600) [default: $CLEANROOM_TOKEN].",
+    )
+    parser.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="Pin the server's TLS certificate by the fingerprint `serve` printed "
+        "[default: $CLEANROOM_TLS_FINGERPRINT]; makes tcp:// speak TLS.",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="Verify the server's TLS certificate with this CA file [default: $CLEANROOM_TLS_CA].",
+    )
+
+
+def connection(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword arguments ``add_host`` options gave (token file, TLS trust)."""
+    return {
+        "token_file": getattr(args, "token_file", None),
+        "tls_fingerprint": getattr(args, "tls_fingerprint", None),
+        "tls_ca": getattr(args, "tls_ca", None),
+    }
 
 
 def add_json(parser: argparse.ArgumentParser, help_text: str = "Print JSON.") -> None:

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
 from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
-from cleanroom.cli.options import Subcommands, add_command, add_cwd, add_host, add_json
+from cleanroom.cli.options import (
+    Subcommands,
+    add_command,
+    add_cwd,
+    add_host,
+    add_json,
+    connection,
+)
 from cleanroom.cli.output import print_json
 from cleanroom.cli.runio import add_run_inputs, read_env, read_stdin
 from cleanroom.models import to_dict
@@ -31,10 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def _client(host: str | None) -> Client:
+def _client(args: argparse.Namespace) -> Client:
     from cleanroom.client import Client
 
-    return Client(host)
+    return Client(args.host, **connection(args))
 
 
 def _info_to_dict(info: CleanroomInfo) -> dict[str, Any]:
@@ -54,17 +62,47 @@ def _info_to_dict(info: CleanroomInfo) -> dict[str, Any]:
     }
 
 
-def _serve(listen: list[str] | None, allow_remote: bool) -> None:
+def _serve(args: argparse.Namespace) -> None:
     from cleanroom.config import load_config
+    from cleanroom.errors import InvalidRequest
     from cleanroom.paths import default_socket_path
-    from cleanroom.server import configure_logging, parse_listen, serve_forever
+    from cleanroom.server import (
+        ServeSecurity,
+        TlsFiles,
+        configure_logging,
+        load_tls,
+        needs_tls,
+        parse_listen,
+        self_signed,
+        serve_forever,
+    )
     from cleanroom.service import Service
 
-    urls = listen or [f"unix://{default_socket_path()}"]
+    urls = args.listen or [f"unix://{default_socket_path()}"]
     addresses = [parse_listen(url) for url in urls]
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidRequest("--tls-cert and --tls-key go together")
+    on_loopback = bool(args.tls) or args.tls_cert is not None
+    tls: TlsFiles | None = None
+    if args.tls_cert is not None:
+        tls = load_tls(args.tls_cert, args.tls_key)
+    elif needs_tls(addresses, on_loopback):
+        tls = self_signed(hosts=[a.host for a in addresses if a.host is not None])
+    if tls is not None:
+        kind = "self-signed " if tls.self_signed else ""
+        sys.stderr.write(
+            f"cleanroom: TLS {kind}certificate {tls.cert}\n"
+            f"cleanroom: TLS certificate fingerprint {tls.fingerprint}\n"
+        )
+    security = ServeSecurity(tls=tls, tls_on_loopback=on_loopback)
+    if any(a.scheme == "tcp" for a in addresses) and not security.tokens.records():
+        sys.stderr.write(
+            "cleanroom: no API tokens yet: TCP requests are refused until "
+            "`cleanroom token create NAME` makes one\n"
+        )
     configure_logging()
     service = Service(load_config())
-    serve_forever(service, addresses, allow_remote=allow_remote)
+    serve_forever(service, addresses, allow_remote=args.allow_remote, security=security)
 
 
 def _status_table(record: dict[str, Any]) -> None:
@@ -101,7 +139,7 @@ def _compact(value: Any) -> str:
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
-    _serve(args.listen, args.allow_remote)
+    _serve(args)
     return 0
 
 
@@ -111,7 +149,7 @@ def _launch(args: argparse.Namespace) -> int:
     options = launch_options(args.read_only, args.image, args.expect_policy_hash)
     if resolve_endpoint(args.host).is_default:
         prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
-    with _client(args.host) as client:
+    with _client(args) as client:
         result = client.launch(args.cwd, backend=args.backend, options=options)
     if args.as_json:
         print_json(to_dict(result))
@@ -125,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     argv = command_argv(args.parser, args.command)
     env = read_env(args.env, args.env_file)
     stdin = read_stdin(args.interactive)
-    with _client(args.host) as client:
+    with _client(args) as client:
         if args.as_json:
             result = client.run(args.cleanroom_id, argv, timeout=args.timeout, env=env, stdin=stdin)
             print_json(result_to_dict(result))
@@ -136,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _terminate(args: argparse.Namespace) -> int:
-    with _client(args.host) as client:
+    with _client(args) as client:
         client.terminate(args.cleanroom_id)
     if args.as_json:
         print_json({"terminated": True})
@@ -144,7 +182,7 @@ def _terminate(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    with _client(args.host) as client:
+    with _client(args) as client:
         infos = client.list_cleanrooms()
     if args.as_json:
         print_json({"cleanrooms": [_info_to_dict(i) for i in infos]})
@@ -158,7 +196,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _client(args.host) as client:
+    with _client(args) as client:
         record = client.run_record(args.run_id)
     if args.as_json:
         print_json(record)
@@ -180,14 +218,28 @@ def register(commands: Subcommands) -> None:
         action="append",
         metavar="ADDRESS",
         help="unix:///path (default: the per-user socket) or tcp://HOST:PORT. "
-        "TCP listens on loopback addresses only unless --allow-remote is given. "
+        "TCP listens on loopback addresses only unless --allow-remote is given, and "
+        "every TCP request needs an API token (`cleanroom token create NAME`). "
         "Repeat to listen on several addresses.",
     )
     serve.add_argument(
         "--allow-remote",
         action="store_true",
-        help="Allow a non-loopback TCP address. The API has no authentication: "
-        "anyone who can reach it can run commands.",
+        help="Allow a non-loopback TCP address (served over TLS only; callers need a token).",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="PEM certificate chain for TCP listeners (with --tls-key). Without it, a "
+        "non-loopback listener gets a self-signed certificate made on first start and "
+        "kept in the state directory; its fingerprint is printed for clients to pin.",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key.")
+    serve.add_argument(
+        "--tls",
+        action="store_true",
+        help="Serve loopback TCP listeners over TLS too (non-loopback ones always are).",
     )
 
     launch = add_command(

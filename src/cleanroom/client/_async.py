@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -14,9 +17,9 @@ from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
+    client_endpoint,
     connection_error,
     precheck,
-    resolve_endpoint,
 )
 from cleanroom.client._upload import TAR_TYPE, async_tar_chunks
 from cleanroom.errors import ServerUnavailable
@@ -44,33 +47,68 @@ def _long_timeout(connect: float) -> httpx.Timeout:
 class AsyncClient:
     """An asyncio client for the cleanroom server API.
 
-    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http://h:p``; default
-    ``$CLEANROOM_HOST``, else the default local socket. Errors are raised as
+    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
+    ``$CLEANROOM_HOST``, else the default local socket. The token and TLS
+    settings are those of :class:`~cleanroom.client.Client`. Errors are raised as
     the :mod:`cleanroom.errors` class the server reported (by code);
     an unreachable server raises ``ServerUnavailable``. Launch, run, exec and
     terminate have no read timeout (runs can take minutes); other calls give
     up after ``timeout`` seconds.
     """
 
-    def __init__(self, host: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.endpoint: Endpoint = resolve_endpoint(host)
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_fingerprint: str | None = None,
+        tls_ca: Path | str | None = None,
+    ) -> None:
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
         self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    async def _http(self) -> httpx.AsyncClient:
+        """The connection pool, made on first use (a pinned certificate is fetched
+        and checked then, off the event loop)."""
+        if self._client is not None:
+            return self._client
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        endpoint = self.endpoint
+        verify: ssl.SSLContext | bool = False
+        if endpoint.tls:
+            from cleanroom.client._tls import anchored_context  # noqa: PLC0415
+
+            host, port = endpoint.host_port()
+            try:
+                verify = await asyncio.to_thread(
+                    anchored_context, host, port, endpoint.credentials, self._timeout, endpoint.url
+                )
+            except OSError as exc:
+                raise connection_error(endpoint, "connect", str(exc)) from exc
         # Plain HTTP (unix socket or http://) needs no TLS context, and building
         # one (loading the CA bundle) costs ~100 ms of every CLI command.
-        transport = (
-            None
-            if self.endpoint.tls
-            else httpx.AsyncHTTPTransport(
-                uds=str(self.endpoint.uds) if self.endpoint.uds else None, verify=False
+        transport = httpx.AsyncHTTPTransport(
+            uds=str(endpoint.uds) if endpoint.uds else None, verify=verify
+        )
+        if self._client is None:  # another task may have made it meanwhile
+            self._client = httpx.AsyncClient(
+                base_url=endpoint.base_url,
+                transport=transport,
+                timeout=self._timeout,
+                headers=endpoint.headers(),
             )
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
-        )
+        return self._client
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        self._closed = True
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -84,6 +122,13 @@ class AsyncClient:
         await self.aclose()
 
     def _unavailable(self, exc: httpx.TransportError) -> ServerUnavailable:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                from cleanroom.client._tls import not_trusted  # noqa: PLC0415
+
+                return not_trusted(self.endpoint.url, cause.verify_message or str(cause))
+            cause = cause.__cause__ or cause.__context__
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             kind = "connect"
         elif isinstance(exc, httpx.TimeoutException):
@@ -104,9 +149,10 @@ class AsyncClient:
         call = await self._with_upload(call)
         timeout = _long_timeout(self._timeout) if call.long else self._timeout
         precheck(self.endpoint)
+        http = await self._http()
         try:
             if call.tar is not None:
-                response = await self._http.request(
+                response = await http.request(
                     call.method,
                     call.path,
                     content=async_tar_chunks(call.tar),
@@ -114,7 +160,7 @@ class AsyncClient:
                     timeout=timeout,
                 )
             else:
-                response = await self._http.request(
+                response = await http.request(
                     call.method, call.path, json=call.body, timeout=timeout
                 )
         except httpx.TransportError as exc:
@@ -140,8 +186,9 @@ class AsyncClient:
         decoder = EventDecoder()
         call = await self._with_upload(call)
         precheck(self.endpoint)
+        http = await self._http()
         try:
-            async with self._http.stream(
+            async with http.stream(
                 call.method,
                 call.path,
                 json=call.body,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from cleanroom.client._auth import Credentials, resolve_credentials
 from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.paths import default_socket_path
 
@@ -14,6 +16,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HOST_ENV",
     "Endpoint",
+    "client_endpoint",
     "connection_error",
     "precheck",
     "resolve_endpoint",
@@ -34,37 +37,94 @@ class Endpoint:
     uds: Path | None = None
     is_default: bool = False
     """True when no host was given anywhere (the default local socket)."""
+    credentials: Credentials = field(default_factory=Credentials)
+    """The token and TLS trust (see :mod:`cleanroom.client._auth`)."""
 
     @property
     def tls(self) -> bool:
         """Whether the connection uses TLS (``https://`` endpoints only)."""
         return self.base_url.startswith("https://")
 
+    def headers(self) -> dict[str, str]:
+        """Headers every request carries: the token's, for a TCP server only."""
+        return {} if self.uds is not None else self.credentials.headers()
 
-def resolve_endpoint(host: str | None = None) -> Endpoint:
+    def host_port(self) -> tuple[str, int]:
+        """The TCP server's host and port."""
+        parts = urlsplit(self.base_url)
+        return parts.hostname or "", parts.port or (443 if self.tls else 80)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_endpoint(host: str | None = None, credentials: Credentials | None = None) -> Endpoint:
     """Explicit ``host`` > ``$CLEANROOM_HOST`` > the default unix socket.
 
     Accepts ``unix:///abs/path``, ``tcp://HOST:PORT`` and ``http(s)://HOST:PORT``;
-    raises ``InvalidRequest`` for anything else.
+    ``tcp://`` is HTTPS when ``credentials`` pin a certificate or name a CA file.
+    Raises ``InvalidRequest`` for anything else, and for a token that would go
+    in clear text to a host other than loopback.
     """
+    creds = credentials if credentials is not None else Credentials()
     chosen = host or os.environ.get(HOST_ENV) or None
     if chosen is None:
         path = default_socket_path()
         return Endpoint(
-            url=f"unix://{path}", base_url="http://cleanroom", uds=path, is_default=True
+            url=f"unix://{path}",
+            base_url="http://cleanroom",
+            uds=path,
+            is_default=True,
+            credentials=creds,
         )
     if chosen.startswith("unix://"):
         path = Path(chosen[len("unix://") :])
         if not path.is_absolute():
             raise InvalidRequest(f"unix socket path must be absolute: {chosen!r}")
-        return Endpoint(url=chosen, base_url="http://cleanroom", uds=path)
+        return Endpoint(url=chosen, base_url="http://cleanroom", uds=path, credentials=creds)
     if chosen.startswith("tcp://"):
-        return Endpoint(url=chosen, base_url="http://" + chosen[len("tcp://") :].rstrip("/"))
-    if chosen.startswith(("http://", "https://")):
-        return Endpoint(url=chosen, base_url=chosen.rstrip("/"))
-    raise InvalidRequest(
-        f"unsupported server address {chosen!r} (use unix:///path, tcp://HOST:PORT or http://...)"
-    )
+        scheme = "https://" if creds.pins_tls else "http://"
+        base = scheme + chosen[len("tcp://") :].rstrip("/")
+    elif chosen.startswith(("http://", "https://")):
+        base = chosen.rstrip("/")
+    else:
+        raise InvalidRequest(
+            f"unsupported server address {chosen!r} "
+            "(use unix:///path, tcp://HOST:PORT or http(s)://HOST:PORT)"
+        )
+    endpoint = Endpoint(url=chosen, base_url=base, credentials=creds)
+    if creds.token is not None and not endpoint.tls and not _loopback(endpoint.host_port()[0]):
+        raise InvalidRequest(
+            f"refusing to send an API token in clear text to {chosen} "
+            "(use https://, or pin the server's certificate with --tls-fingerprint)",
+            details={"address": chosen},
+        )
+    return endpoint
+
+
+def client_endpoint(
+    host: str | None,
+    token: str | None = None,
+    token_file: Path | str | None = None,
+    tls_fingerprint: str | None = None,
+    tls_ca: Path | str | None = None,
+) -> Endpoint:
+    """The endpoint a client talks to, with its credentials (see ``_auth``).
+
+    A unix socket takes none, so none are read for it (a token file in the
+    environment cannot break local use).
+    """
+    endpoint = resolve_endpoint(host)
+    if endpoint.uds is not None:
+        return endpoint
+    credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
+    return resolve_endpoint(host, credentials)
 
 
 def run_record_path(run_id: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal
@@ -25,6 +25,9 @@ from urllib.parse import urlsplit
 __all__ = ["Failure", "Response", "open_request"]
 
 FailureKind = Literal["connect", "timeout", "lost"]
+Secure = Callable[[socket.socket, str], socket.socket]
+"""``(connected socket, host) -> TLS socket with a verified server``; raises OSError
+or a ``CleanroomError`` (closing the socket)."""
 
 _MAX_LINE = 64 * 1024
 _MAX_HEADERS = 100
@@ -45,7 +48,9 @@ class _Malformed(Exception):
     """The peer sent something that is not the HTTP/1.1 this client reads."""
 
 
-def _connect(base_url: str, uds: Path | None, timeout: float) -> tuple[socket.socket, str]:
+def _connect(
+    base_url: str, uds: Path | None, timeout: float, secure: Secure | None
+) -> tuple[socket.socket, str]:
     """A connected socket and the ``Host`` header value; raises OSError."""
     if uds is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -61,7 +66,9 @@ def _connect(base_url: str, uds: Path | None, timeout: float) -> tuple[socket.so
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
     sock = socket.create_connection((host, port), timeout=timeout)
-    if tls:
+    if tls and secure is not None:
+        sock = secure(sock, host)
+    elif tls:
         import ssl  # noqa: PLC0415 -- only remote https servers pay for it
 
         try:
@@ -211,16 +218,23 @@ def open_request(
     accept: str = "application/json",
     connect_timeout: float,
     read_timeout: float | None,
+    headers: Mapping[str, str] | None = None,
+    secure: Secure | None = None,
 ) -> Response:
     """Send one request and return its response once the status line and headers arrived.
 
     The body is ``json_body`` as JSON, or ``body_chunks`` streamed with chunked
     transfer coding (as ``content_type``). ``connect_timeout`` bounds
     connecting; ``read_timeout`` (``None``: no limit) bounds every later wait
-    for the server. Raises :class:`Failure`.
+    for the server. ``headers`` are sent too; ``secure`` makes the TLS
+    connection of an ``https://`` server (default: the system's CAs). Raises
+    :class:`Failure`.
     """
+    extra = [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if any("\r" in line or "\n" in line for line in extra):
+        raise Failure("connect", "a header holds a line break")
     try:
-        sock, host = _connect(base_url, uds, connect_timeout)
+        sock, host = _connect(base_url, uds, connect_timeout, secure)
     except OSError as exc:  # refused, no such socket, or the connect timeout
         raise Failure("connect", exc) from exc
     body = b"" if json_body is None else json.dumps(json_body).encode()
@@ -238,6 +252,7 @@ def open_request(
         head.append("Content-Type: application/json")
     elif content_type is not None:
         head.append(f"Content-Type: {content_type}")
+    head.extend(extra)
     request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
     stream = sock.makefile("rb")
     try:

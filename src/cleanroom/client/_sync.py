@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -13,9 +14,9 @@ from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
+    client_endpoint,
     connection_error,
     precheck,
-    resolve_endpoint,
 )
 from cleanroom.client._http import Failure, Response, open_request
 from cleanroom.client._upload import TAR_TYPE, tar_chunks
@@ -39,17 +40,36 @@ T = TypeVar("T")
 class Client:
     """A blocking client for the cleanroom server API.
 
-    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http://h:p``; default
-    ``$CLEANROOM_HOST``, else the default local socket. Errors are raised as
+    ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
+    ``$CLEANROOM_HOST``, else the default local socket. A TCP server wants an
+    API token: ``token``, ``token_file``, else ``$CLEANROOM_TOKEN``; its TLS
+    certificate is pinned by ``tls_fingerprint`` or verified with ``tls_ca``
+    (else ``$CLEANROOM_TLS_FINGERPRINT``/``$CLEANROOM_TLS_CA``, else the
+    system's CAs); a certificate that does not verify raises
+    ``ServerNotTrusted`` before anything is sent. Errors are raised as
     the :mod:`cleanroom.errors` class the server reported (by code);
     an unreachable server raises ``ServerUnavailable``. Launch, run, exec and
     terminate have no read timeout (runs can take minutes); other calls give
     up after ``timeout`` seconds.
     """
 
-    def __init__(self, host: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.endpoint: Endpoint = resolve_endpoint(host)
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_fingerprint: str | None = None,
+        tls_ca: Path | str | None = None,
+    ) -> None:
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
         self._timeout = timeout
+
+    def _secure(self, sock: socket.socket, host: str) -> socket.socket:
+        from cleanroom.client._tls import secure_socket  # noqa: PLC0415 -- ssl on use
+
+        return secure_socket(sock, host, self.endpoint.credentials, self.endpoint.url)
 
     def close(self) -> None:
         """Release the client (each request has its own connection: nothing stays open)."""
@@ -80,6 +100,8 @@ class Client:
                 accept=accept,
                 connect_timeout=self._timeout,
                 read_timeout=None if call.long else self._timeout,
+                headers=self.endpoint.headers(),
+                secure=self._secure,
             )
         except Failure as exc:
             raise connection_error(self.endpoint, exc.kind, exc.cause) from exc

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from cleanroom.client._calls import error_from_body
@@ -129,7 +130,25 @@ def open_terminal(
             ws = unix_connect(str(endpoint.uds), "ws://cleanroom" + TTY_PATH, open_timeout=timeout)
         else:
             base = endpoint.base_url.replace("https://", "wss://").replace("http://", "ws://")
-            ws = connect(base + TTY_PATH, open_timeout=timeout)
+            context = None
+            if endpoint.tls:
+                from cleanroom.client._tls import anchored_context  # noqa: PLC0415
+
+                host, port = endpoint.host_port()
+                context = anchored_context(host, port, endpoint.credentials, timeout, endpoint.url)
+            ws = connect(
+                base + TTY_PATH,
+                open_timeout=timeout,
+                ssl=context,
+                additional_headers=endpoint.headers(),
+            )
+    except InvalidStatus as exc:  # refused before the upgrade, e.g. unauthenticated
+        response = exc.response
+        raise error_from_body(response.status_code, bytes(response.body or b"")) from exc
+    except ssl.SSLCertVerificationError as exc:
+        from cleanroom.client._tls import not_trusted  # noqa: PLC0415
+
+        raise not_trusted(endpoint.url, exc.verify_message or str(exc)) from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise connection_error(endpoint, "connect", str(exc)) from exc
     session = TerminalSession(ws, endpoint)

@@ -8,6 +8,12 @@ next to the socket makes "one server per socket" race-free: the lock holder
 may replace a stale socket file left by a dead server; a second server exits
 with ``server_unavailable``. ``tcp://HOST:PORT`` binds loopback only unless
 remote listening is explicitly allowed.
+
+What a caller must show depends on the listener's kind (:data:`LISTENER_KINDS`):
+the unix socket admits its owner (the filesystem checks), a TCP listener
+wants a bearer token on every request, and TLS too unless it is on loopback.
+A further kind (a tailnet listener, say) is one more table entry with its own
+parsing, binding, authentication and TLS rule.
 """
 
 from __future__ import annotations
@@ -19,14 +25,28 @@ import ipaddress
 import os
 import socket
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
 from cleanroom.errors import InvalidRequest, ServerUnavailable
+from cleanroom.server.auth import Authenticator, BearerTokens, OwnerOnly
+from cleanroom.tokens import TokenStore
 
-__all__ = ["BoundListener", "ListenAddress", "bind", "parse_listen"]
+__all__ = [
+    "LISTENER_KINDS",
+    "BoundListener",
+    "ListenAddress",
+    "ListenerKind",
+    "TlsNeed",
+    "bind",
+    "is_loopback",
+    "listener_kind",
+    "parse_listen",
+]
 
 _BACKLOG = 128
 
@@ -35,7 +55,8 @@ _BACKLOG = 128
 class ListenAddress:
     """Where to listen: a unix socket path, or a TCP host and port."""
 
-    scheme: Literal["unix", "tcp"]
+    scheme: str
+    """A key of :data:`LISTENER_KINDS`."""
     path: Path | None = None
     host: str | None = None
     port: int | None = None
@@ -48,25 +69,33 @@ class ListenAddress:
         return f"tcp://{host}:{self.port}"
 
 
+def _parse_unix(url: str) -> ListenAddress:
+    path = Path(url[len("unix://") :])
+    if not path.is_absolute():
+        raise InvalidRequest(f"unix socket path must be absolute: {url!r}")
+    return ListenAddress(scheme="unix", path=path)
+
+
+def _parse_tcp(url: str) -> ListenAddress:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid port in {url!r}") from exc
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise InvalidRequest(f"expected tcp://HOST:PORT, got {url!r}")
+    return ListenAddress(scheme="tcp", host=parts.hostname, port=port)
+
+
 def parse_listen(url: str) -> ListenAddress:
     """Parse ``unix:///abs/path`` or ``tcp://HOST:PORT``; raises ``InvalidRequest``."""
-    if url.startswith("unix://"):
-        path = Path(url[len("unix://") :])
-        if not path.is_absolute():
-            raise InvalidRequest(f"unix socket path must be absolute: {url!r}")
-        return ListenAddress(scheme="unix", path=path)
-    if url.startswith("tcp://"):
-        parts = urlsplit(url)
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise InvalidRequest(f"invalid port in {url!r}") from exc
-        if not parts.hostname or port is None or parts.path not in ("", "/"):
-            raise InvalidRequest(f"expected tcp://HOST:PORT, got {url!r}")
-        return ListenAddress(scheme="tcp", host=parts.hostname, port=port)
-    raise InvalidRequest(
-        f"unsupported listen address {url!r} (use unix:///path or tcp://HOST:PORT)"
-    )
+    scheme = url.partition("://")[0] if "://" in url else ""
+    kind = LISTENER_KINDS.get(scheme)
+    if kind is None:
+        raise InvalidRequest(
+            f"unsupported listen address {url!r} (use unix:///path or tcp://HOST:PORT)"
+        )
+    return kind.parse(url)
 
 
 @dataclass
@@ -109,9 +138,15 @@ def bind(address: ListenAddress, *, allow_remote: bool = False) -> BoundListener
     ``InvalidRequest`` for a non-loopback TCP host without ``allow_remote`` or a
     non-socket file in the way.
     """
-    if address.scheme == "unix":
-        assert address.path is not None
-        return _bind_unix(address, address.path)
+    return listener_kind(address).bind(address, allow_remote)
+
+
+def _bind_unix_address(address: ListenAddress, allow_remote: bool) -> BoundListener:
+    assert address.path is not None
+    return _bind_unix(address, address.path)
+
+
+def _bind_tcp_address(address: ListenAddress, allow_remote: bool) -> BoundListener:
     assert address.host is not None
     assert address.port is not None
     return _bind_tcp(address, address.host, address.port, allow_remote=allow_remote)
@@ -187,7 +222,8 @@ def _remove_stale(path: Path) -> None:
     raise _already(path)  # something answers but does not hold the lock
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost`` or a loopback address)."""
     if host == "localhost":
         return True
     try:
@@ -197,7 +233,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _bind_tcp(address: ListenAddress, host: str, port: int, *, allow_remote: bool) -> BoundListener:
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise InvalidRequest(
             f"refusing to listen on non-loopback address {host!r} without --allow-remote",
             details={"host": host},
@@ -221,3 +257,46 @@ def _bind_tcp(address: ListenAddress, host: str, port: int, *, allow_remote: boo
             ) from exc
         raise InvalidRequest(f"cannot listen on {address.url()}: {exc}") from exc
     return BoundListener(address, sock)
+
+
+TlsNeed = Literal["never", "optional", "required"]
+"""Whether a listener speaks TLS: never, when asked (``serve --tls``), or always."""
+
+
+@dataclass(frozen=True)
+class ListenerKind:
+    """One kind of listen address: its parsing, its binding, and what callers must show."""
+
+    scheme: str
+    parse: Callable[[str], ListenAddress]
+    """``scheme://...`` -> the address; raises ``InvalidRequest``."""
+    bind: Callable[[ListenAddress, bool], BoundListener]
+    """``(address, allow_remote)`` -> a listening socket."""
+    authenticator: Callable[[TokenStore], Authenticator]
+    """The listener's gate, given the server's token store: the unix socket's admits
+    its owner (only the owner can connect at all), TCP's wants a bearer token on
+    every request (see :mod:`cleanroom.server.auth`)."""
+    tls: Callable[[ListenAddress], TlsNeed]
+
+
+def _tcp_tls(address: ListenAddress) -> TlsNeed:
+    return "optional" if address.host is not None and is_loopback(address.host) else "required"
+
+
+LISTENER_KINDS: Mapping[str, ListenerKind] = MappingProxyType(
+    {
+        "unix": ListenerKind(
+            "unix", _parse_unix, _bind_unix_address, lambda _: OwnerOnly(), lambda _: "never"
+        ),
+        "tcp": ListenerKind("tcp", _parse_tcp, _bind_tcp_address, BearerTokens, _tcp_tls),
+    }
+)
+"""Every listener kind by scheme."""
+
+
+def listener_kind(address: ListenAddress) -> ListenerKind:
+    """The kind of ``address`` (``InvalidRequest`` for a scheme no kind has)."""
+    kind = LISTENER_KINDS.get(address.scheme)
+    if kind is None:
+        raise InvalidRequest(f"unsupported listener kind {address.scheme!r}")
+    return kind

@@ -1,5 +1,9 @@
 """Running the server: uvicorn on pre-bound sockets, orderly shutdown, structured logs.
 
+Each listener has its own uvicorn server in the one event loop: its own TLS
+certificate (or none) and its own authentication gate in front of the one
+app (see :mod:`cleanroom.server.security`).
+
 Shutdown (SIGTERM, SIGINT, or :meth:`CleanroomServer.request_stop`): stop
 accepting connections, ``await service.close()`` (which cancels running runs,
 so their requests finish with ``run_cancelled``), let uvicorn finish the open
@@ -23,7 +27,9 @@ import uvicorn
 
 from cleanroom.errors import CleanroomError
 from cleanroom.server.app import create_app
+from cleanroom.server.auth import Gate
 from cleanroom.server.listen import BoundListener, ListenAddress, bind
+from cleanroom.server.security import ListenerSetup, ServeSecurity, setup_listener
 from cleanroom.service.api import ServiceAPI
 
 __all__ = ["SERVER_UMASK", "CleanroomServer", "configure_logging", "serve_forever"]
@@ -70,47 +76,91 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        self._owner.started.set()
+        self._owner.server_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()  # stop accepting before the runs are cancelled
+        self._owner.stop_accepting()  # every listener, before the runs are cancelled
         await self._owner.close_service()
         await super().shutdown(sockets)
+
+    def stop_accepting(self) -> None:
+        """Close this server's listening sockets (idempotent)."""
+        for server in getattr(self, "servers", ()):
+            server.close()
 
 
 class CleanroomServer:
     """Serves ``service`` on already bound listeners until asked to stop.
 
-    ``started`` is set once the listeners accept connections. The listeners
+    ``started`` is set once every listener accepts connections. The listeners
     are closed (and unix socket files removed) when :meth:`serve` returns.
+    ``security`` (default: the state directory's tokens, no TLS) decides each
+    listener's authentication and certificate; a listener that requires TLS
+    without a certificate raises ``InvalidRequest`` here.
     """
 
-    def __init__(self, service: ServiceAPI, listeners: Sequence[BoundListener]) -> None:
+    def __init__(
+        self,
+        service: ServiceAPI,
+        listeners: Sequence[BoundListener],
+        *,
+        security: ServeSecurity | None = None,
+    ) -> None:
         self.service = service
         self.listeners = list(listeners)
         self.started = threading.Event()
-        self._closed_service = False
-        config = uvicorn.Config(
-            create_app(service),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=_GRACEFUL_SECONDS,
-        )
-        self._uvicorn = _Uvicorn(config, self)
+        self._started_count = 0
+        self._close_task: asyncio.Future[None] | None = None
+        chosen = security if security is not None else ServeSecurity()
+        self.setups: list[ListenerSetup] = [setup_listener(item, chosen) for item in listeners]
+        app = create_app(service)
+        self._servers = [
+            _Uvicorn(
+                uvicorn.Config(
+                    Gate(app, setup.authenticator),
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                    timeout_graceful_shutdown=_GRACEFUL_SECONDS,
+                    ssl_certfile=None if setup.tls is None else setup.tls.cert,
+                    ssl_keyfile=None if setup.tls is None else setup.tls.key,
+                ),
+                self,
+            )
+            for setup in self.setups
+        ]
+
+    def client_urls(self) -> list[str]:
+        """Each listener's address as a client gives it (``https://`` for TLS)."""
+        pairs = zip(self.setups, self.listeners, strict=True)
+        return [setup.client_url(item) for setup, item in pairs]
+
+    def server_started(self) -> None:
+        """Called by each listener's server once it accepts connections."""
+        self._started_count += 1
+        if self._started_count == len(self._servers):
+            self.started.set()
+
+    def stop_accepting(self) -> None:
+        """Stop accepting connections on every listener."""
+        for server in self._servers:
+            server.stop_accepting()
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown (safe from any thread or a signal handler)."""
-        if self._uvicorn.should_exit:
-            self._uvicorn.force_exit = True  # a second request stops waiting for responses
-        self._uvicorn.should_exit = True
+        for server in self._servers:
+            if server.should_exit:
+                server.force_exit = True  # a second request stops waiting for responses
+            server.should_exit = True
 
     async def close_service(self) -> None:
-        """Close the service once (cancels runs, destroys guests and networks)."""
-        if self._closed_service:
-            return
-        self._closed_service = True
+        """Close the service once (cancels runs, destroys guests and networks); every
+        caller waits for that one close."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close_service())
+        await asyncio.shield(self._close_task)
+
+    async def _close_service(self) -> None:
         _log.info("service_closing")
         try:
             await self.service.close()
@@ -126,8 +176,17 @@ class CleanroomServer:
             if in_main:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)
-            _log.info("listening", addresses=[item.url() for item in self.listeners])
-            await self._uvicorn.serve(sockets=[item.sock for item in self.listeners])
+            tls = {setup.tls.fingerprint for setup in self.setups if setup.tls is not None}
+            _log.info("listening", addresses=self.client_urls(), tls_fingerprints=sorted(tls))
+            serving = [
+                asyncio.ensure_future(server.serve(sockets=[item.sock]))
+                for server, item in zip(self._servers, self.listeners, strict=True)
+            ]
+            try:
+                await asyncio.gather(*serving)
+            finally:
+                self.request_stop()  # one listener's server failing stops them all
+                await asyncio.gather(*serving, return_exceptions=True)
         finally:
             if in_main:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,21 +202,27 @@ class CleanroomServer:
 
 
 def serve_forever(
-    service: ServiceAPI, addresses: Sequence[ListenAddress], *, allow_remote: bool = False
+    service: ServiceAPI,
+    addresses: Sequence[ListenAddress],
+    *,
+    allow_remote: bool = False,
+    security: ServeSecurity | None = None,
 ) -> None:
     """Bind every address, then serve ``service`` in a new event loop until stopped.
 
     Sets the process's umask to :data:`SERVER_UMASK` first. Raises
     ``ServerUnavailable`` (another server holds an address) or
-    ``InvalidRequest`` (bad or refused address) before anything is served.
+    ``InvalidRequest`` (bad or refused address, TLS required but no
+    certificate) before anything is served.
     """
     os.umask(SERVER_UMASK)
     listeners: list[BoundListener] = []
     try:
         for address in addresses:
             listeners.append(bind(address, allow_remote=allow_remote))
+        server = CleanroomServer(service, listeners, security=security)
     except BaseException:
         for item in listeners:
             item.close()
         raise
-    asyncio.run(CleanroomServer(service, listeners).serve())
+    asyncio.run(server.serve())

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from cleanroom import paths
 from cleanroom.backends import Capabilities
 from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest
 from cleanroom.models import RunRequest, encode_stdin
@@ -20,6 +21,7 @@ __all__ = [
     "check_capabilities",
     "check_cwd",
     "checked_request",
+    "checked_run_dir",
     "current_task_cancelling",
     "network_check",
     "pool_checks",
@@ -121,3 +123,38 @@ def current_task_cancelling() -> bool:
     """True while the current task is being cancelled."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(root.resolve()) for root in roots)
+
+
+def checked_run_dir(run_dir: Path | None, roots: Sequence[Path] | None) -> Path:
+    """The directory a context's runs go in, created: ``run_dir`` if given, else
+    the state directory's ``runs/``.
+
+    A given ``run_dir`` must lie, symbolic links resolved, inside one of
+    ``roots`` (``None``: the state directory), checked before and after it
+    is created; otherwise, or when it cannot be created, ``InvalidRequest``.
+    """
+    if run_dir is None:
+        chosen = paths.state_dir() / "runs"
+    else:
+        allowed = list(roots) if roots is not None else [paths.state_dir()]
+        chosen = run_dir.resolve()
+        details = {"run_dir": str(run_dir), "roots": [str(root) for root in allowed]}
+        if not _inside(chosen, allowed):
+            raise InvalidRequest(
+                f"run_dir {run_dir} is not under an allowed root "
+                "(the runtime config's run_dir_roots; default: the state directory)",
+                details=details,
+            )
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot create run_dir {chosen}: {exc.strerror}", details={"run_dir": str(chosen)}
+        ) from exc
+    if run_dir is not None and not _inside(chosen.resolve(), allowed):
+        raise InvalidRequest(f"run_dir {run_dir} moved out of its root", details=details)
+    return chosen

@@ -31,6 +31,7 @@ from cleanroom.service.checks import (
     check_capabilities,
     check_cwd,
     checked_request,
+    checked_run_dir,
     current_task_cancelling,
     network_check,
     pool_checks,
@@ -224,13 +225,7 @@ class Service:
             if opts.read_only_workspace is not None
             else self._config.workspace.access == "ro"
         )
-        root = opts.run_dir if opts.run_dir is not None else paths.state_dir() / "runs"
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidRequest(
-                f"cannot create run_dir {root}: {exc.strerror}", details={"run_dir": str(root)}
-            ) from exc
+        root = await asyncio.to_thread(checked_run_dir, opts.run_dir, self._config.run_dir_roots)
         info = CleanroomInfo(
             cleanroom_id=new_cleanroom_id(),
             backend=name,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cleanroom.server.listen import ListenAddress, bind, parse_listen
 from cleanroom.server.runner import CleanroomServer, configure_logging, serve_forever
+from cleanroom.server.security import ServeSecurity
 from cleanroom.service.api import ServiceAPI
 
 __all__ = ["ServerThread", "main"]
@@ -31,24 +32,35 @@ class ServerThread:
     """
 
     def __init__(
-        self, service: ServiceAPI, address: ListenAddress, *, allow_remote: bool = False
+        self,
+        service: ServiceAPI,
+        address: ListenAddress,
+        *,
+        allow_remote: bool = False,
+        security: ServeSecurity | None = None,
     ) -> None:
         self.service = service
         self.address = address
         self._allow_remote = allow_remote
+        self._security = security
         self._server: CleanroomServer | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
-        """The bound address as a URL (``tcp://127.0.0.1:PORT`` for port 0)."""
+        """The bound address as a client gives it (``tcp://127.0.0.1:PORT`` for port 0,
+        ``https://...`` when the listener speaks TLS)."""
         assert self._server is not None
-        return self._server.listeners[0].url()
+        return self._server.client_urls()[0]
 
     def __enter__(self) -> ServerThread:
         listener = bind(self.address, allow_remote=self._allow_remote)
-        self._server = CleanroomServer(self.service, [listener])
+        try:
+            self._server = CleanroomServer(self.service, [listener], security=self._security)
+        except BaseException:
+            listener.close()
+            raise
         self._thread = threading.Thread(target=self._main, name="cleanroom-server", daemon=True)
         self._thread.start()
         if not self._server.started.wait(15) or self._error is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from network_fixtures import DNS_ADDR, PROBE, Internet
 
+from cleanroom import paths
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.backends.qemu.snapshot import SNAPSHOT_MAC
 from cleanroom.config import NetworkConfig, PoolConfig, RuntimeConfig
@@ -102,7 +103,7 @@ async def test_networked_runs_and_pool_refills_are_restored(
     svc = Service(config, backends={"qemu": qemu})
     await svc.start()
     try:
-        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
         pool = svc.pool("qemu")
         assert pool is not None
         await pool.wait_ready(1)

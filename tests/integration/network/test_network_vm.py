@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from network_fixtures import DNS_ADDR, PROBE, TEST_PREFIX, Internet, netns_names
 
+from cleanroom import paths
 from cleanroom.backends.qemu import QemuConfig
 from cleanroom.config import NetworkConfig, PoolConfig, RuntimeConfig
 from cleanroom.network import read_events
@@ -126,7 +127,9 @@ def _blocked(events: list[dict[str, Any]], dst: str, port: int, proto: str) -> N
 async def test_policy_enforced_in_a_real_guest(service: Service, tmp_path: Path) -> None:
     ws = _workspace(tmp_path)
     result = await service.exec(
-        ws, ["python3", "/workspace/checks.py"], options=LaunchOptions(run_dir=tmp_path / "runs")
+        ws,
+        ["python3", "/workspace/checks.py"],
+        options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
     )
     assert result.exit_code == 0, result.stderr
     got = {r["label"]: r for r in map(json.loads, result.stdout.splitlines())}
@@ -225,7 +228,9 @@ async def test_pooled_guest_serves_a_networked_run(internet: Internet, tmp_path:
 
         ws = _workspace(tmp_path)
         result = await svc.exec(
-            ws, ["python3", "/workspace/checks.py"], options=LaunchOptions(run_dir=tmp_path / "r")
+            ws,
+            ["python3", "/workspace/checks.py"],
+            options=LaunchOptions(run_dir=paths.state_dir() / "test-r"),
         )
         assert result.exit_code == 0, result.stderr
         got = {r["label"]: r for r in map(json.loads, result.stdout.splitlines())}

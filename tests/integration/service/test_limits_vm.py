@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import paths
 from cleanroom.backends.console import truncation_marker
 from cleanroom.config import LimitsConfig, QemuConfig, RuntimeConfig
 from cleanroom.service import LaunchOptions, Service
@@ -36,7 +37,7 @@ async def test_console_flood_is_capped_and_qemu_is_sandboxed(
         result = await svc.exec(
             repo,
             ["sh", "-c", f"head -c {FLOOD} /dev/zero > /dev/hvc0 && echo flooded"],
-            options=LaunchOptions(run_dir=tmp_path / "runs"),
+            options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
             timeout=300,
         )
     finally:

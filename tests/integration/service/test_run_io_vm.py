@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import paths
 from cleanroom.config import QemuConfig, RuntimeConfig
 from cleanroom.errors import InvalidRequest
 from cleanroom.models import ChangeCounts
@@ -56,7 +57,7 @@ async def test_env_stdin_changes_and_artifacts_in_a_guest(
     result = await service.exec(
         workspace,
         ["sh", "-c", script],
-        options=LaunchOptions(run_dir=tmp_path / "runs"),
+        options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
         env={"TOKEN": SECRET, "EXPECT": SECRET},
         stdin=b"from stdin\n",
         artifacts=["out/*.bin"],
@@ -93,7 +94,7 @@ async def test_a_read_only_workspace_reports_no_changes(
     result = await service.exec(
         workspace,
         ["sh", "-c", "echo x > /tmp/t; cat keep.txt"],
-        options=LaunchOptions(run_dir=tmp_path / "runs", read_only_workspace=True),
+        options=LaunchOptions(run_dir=paths.state_dir() / "test-runs", read_only_workspace=True),
         artifacts=["keep.txt"],
     )
     assert result.stdout == "unchanged\n"
@@ -124,7 +125,7 @@ async def test_a_terminal_run_in_a_guest(service: Service, workspace: Path, tmp_
         service.exec(
             workspace,
             ["sh", "-c", script],
-            options=LaunchOptions(run_dir=tmp_path / "runs"),
+            options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
             on_event=sink,
             terminal=terminal,
         )

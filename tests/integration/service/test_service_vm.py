@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import paths
 from cleanroom.config import QemuConfig, RuntimeConfig
 from cleanroom.errors import (
     CleanroomNotFound,
@@ -84,7 +85,7 @@ def _vmm_children() -> set[int]:
 async def test_exit_codes_output_workspace_and_record(
     service: Service, workspace: Path, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
+    runs = paths.state_dir() / "test-runs"
     info = await service.launch(workspace, options=LaunchOptions(run_dir=runs))
     assert info.backend == "qemu"
     assert info.policy_source == workspace / "cleanroom.yaml"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import paths
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.backends.qemu.snapshot import MEMORY_NAME
 from cleanroom.config import RuntimeConfig
@@ -63,7 +64,7 @@ async def test_snapshot_made_on_first_use_restored_runs_unique_bad_one_boots_col
     svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
     await svc.start()
     try:
-        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
         # The first run finds no snapshot: it boots cold, and one is made meanwhile.
         first_run = await svc.run(info.cleanroom_id, ["cat", "/workspace/data.txt"])
         assert first_run.stdout == "hello from the host\n"
@@ -178,7 +179,7 @@ async def test_a_restored_guest_sees_its_own_workspace_disk_never_cached_blocks(
     svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
     await svc.start()
     try:
-        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
         for _ in range(2):
             result = await svc.run(info.cleanroom_id, ["python3", "/workspace/check.py"])
             assert result.exit_code == 0, result.stderr

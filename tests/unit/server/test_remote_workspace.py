@@ -59,8 +59,7 @@ def remote(service: Service) -> Iterator[RemoteServer]:
 
 @pytest.fixture
 def http(remote: RemoteServer) -> Iterator[httpx.Client]:
-    base = "http://" + remote.url.removeprefix("tcp://")
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=remote.base_url, headers=remote.headers, timeout=60) as client:
         yield client
 
 
@@ -150,15 +149,16 @@ def test_server_paths_under_configured_roots(
     backend: AgentProcessBackend, state: Path, workdir: Path, root: Path
 ) -> None:
     config = RuntimeConfig(default_backend="qemu", workspace=WorkspaceConfig(roots=(root,)))
-    with tcp_server(agent_service(backend, config=config)) as running:
-        base = "http://" + running.url.removeprefix("tcp://")
-        with httpx.Client(base_url=base, timeout=60) as http:
-            body = {"cwd": str(workdir), "command": ["cat", "hello.txt"]}
-            response = http.post("/v1/exec", json=body)
-            assert response.status_code == 200, response.text
-            assert response.json()["stdout"] == "hello from the client\n"
-            escape = {"cwd": str(workdir / ".." / ".."), "command": ["true"]}
-            assert http.post("/v1/exec", json=escape).json()["error"]["code"] == "invalid_request"
+    with (
+        tcp_server(agent_service(backend, config=config)) as running,
+        httpx.Client(base_url=running.base_url, headers=running.headers, timeout=60) as http,
+    ):
+        body = {"cwd": str(workdir), "command": ["cat", "hello.txt"]}
+        response = http.post("/v1/exec", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["stdout"] == "hello from the client\n"
+        escape = {"cwd": str(workdir / ".." / ".."), "command": ["true"]}
+        assert http.post("/v1/exec", json=escape).json()["error"]["code"] == "invalid_request"
 
 
 def _tar(*members: tarfile.TarInfo) -> bytes:

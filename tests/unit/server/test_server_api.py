@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cleanroom import paths
 from cleanroom.service import Service
 from cleanroom.testing import ServerThread
 
@@ -88,7 +89,7 @@ def test_launch_run_record_list_terminate(http: httpx.Client, repo: Path) -> Non
 
 
 def test_exec_with_options(http: httpx.Client, repo: Path, short_tmp: Path) -> None:
-    run_root = short_tmp / "custom-runs"
+    run_root = paths.state_dir() / "custom-runs"
     response = http.post(
         "/v1/exec",
         json={

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cleanroom import paths
 from cleanroom.config import LimitsConfig, RuntimeConfig
 from cleanroom.errors import CapacityExhausted
 from cleanroom.server import ListenAddress
@@ -86,7 +87,7 @@ async def test_capacity_counts_runs_across_contexts(
             started.set()
 
     try:
-        opts = LaunchOptions(run_dir=repo.parent / "runs")
+        opts = LaunchOptions(run_dir=paths.state_dir() / "test-runs")
         first = await svc.launch(repo, options=opts)
         second = await svc.launch(repo, options=opts)
         runs = [

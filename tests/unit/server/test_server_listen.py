@@ -15,6 +15,7 @@ from cleanroom.paths import default_socket_path
 from cleanroom.server import ListenAddress, bind, parse_listen
 from cleanroom.service import Service
 from cleanroom.testing import ServerThread
+from cleanroom.tokens import TokenStore
 
 
 def mode(path: Path) -> int:
@@ -100,10 +101,12 @@ def test_tcp_is_loopback_only_by_default() -> None:
 
 
 def test_tcp_loopback_serves(service: Service) -> None:
+    token = TokenStore().create("test")  # a TCP listener wants a token on every request
     with ServerThread(service, parse_listen("tcp://127.0.0.1:0")) as running:
         assert running.url.startswith("tcp://127.0.0.1:")
         base = "http://" + running.url.removeprefix("tcp://")
-        assert httpx.get(base + "/healthz").json()["ok"] is True
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(base + "/healthz", headers=auth).json()["ok"] is True
 
 
 def test_umask_is_restored(short_tmp: Path) -> None:

@@ -17,6 +17,7 @@ from schemathesis.specs.openapi import checks as oa_checks
 
 from cleanroom.server import create_app, parse_listen
 from cleanroom.testing import ServerThread, agent_service
+from cleanroom.tokens import TokenStore
 
 # Upload bodies are raw tar streams: arbitrary bytes here (refused as workspace_invalid).
 schemathesis.openapi.media_type("application/x-tar", st.binary(max_size=4096))
@@ -33,13 +34,15 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def api() -> Iterator[tuple[str, dict[str, str]]]:
+    """The server's base URL and the headers that authenticate to it."""
     root = Path(tempfile.mkdtemp(prefix="crs-oa-"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(root / "state"))
         try:
+            auth = {"Authorization": "Bearer " + TokenStore().create("openapi")}
             with ServerThread(agent_service(), parse_listen("tcp://127.0.0.1:0")) as running:
-                yield "http://" + running.url.removeprefix("tcp://")
+                yield "http://" + running.url.removeprefix("tcp://"), auth
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -81,8 +84,9 @@ def test_document_shape() -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-def test_api_conforms_to_its_schema(case: Any, base_url: str) -> None:
-    response = case.call(base_url=base_url)
+def test_api_conforms_to_its_schema(case: Any, api: tuple[str, dict[str, str]]) -> None:
+    base_url, auth = api
+    response = case.call(base_url=base_url, headers=auth)
     if response.status_code == 413:
         # A generated body over the 1 MiB request cap (e.g. stdin_base64 past its
         # maxLength) is refused before validation: a rejection, with the API's error body.

@@ -16,6 +16,7 @@ import pytest
 from agent_backend import SRC, AgentProcessBackend, AgentProcessGuest
 from no_network import NoNetwork
 
+from cleanroom import paths
 from cleanroom.agent import AgentClient
 from cleanroom.backends.base import GuestSpec
 from cleanroom.config import LimitsConfig, RuntimeConfig
@@ -124,7 +125,7 @@ async def test_hostile_agent_ends_with_stable_code_and_no_leaks(
     (repo / "file.txt").write_text("data\n")
     backend.mode = mode
     info = await service.launch(
-        repo, options=LaunchOptions(run_dir=tmp_path / "runs", launch_seconds=2.0)
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs", launch_seconds=2.0)
     )
     fds_before = _fds()
     with pytest.raises(CleanroomError) as caught:
@@ -133,7 +134,9 @@ async def test_hostile_agent_ends_with_stable_code_and_no_leaks(
     (guest,) = backend.guests
     assert guest.destroyed
     assert guest.proc.poll() is not None  # killed and reaped
-    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("run-")]
+    (run_dir,) = [
+        p for p in (paths.state_dir() / "test-runs").iterdir() if p.name.startswith("run-")
+    ]
     assert {p.name for p in run_dir.iterdir()} <= KEPT
     record = json.loads((run_dir / RECORD_NAME).read_text())
     assert record["error"]["code"] == code

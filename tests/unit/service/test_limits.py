@@ -11,6 +11,7 @@ import pytest
 from agent_backend import AgentProcessBackend
 from no_network import NoNetwork
 
+from cleanroom import paths
 from cleanroom.config import LimitsConfig, RuntimeConfig, parse_config_text
 from cleanroom.errors import ConfigInvalid, OutputLimitExceeded, RunTimeout, WorkspaceTooLarge
 from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
@@ -68,14 +69,16 @@ async def test_output_past_the_log_limit_kills_the_run(
             seen += len(event.data)
 
     try:
-        info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+        info = await svc.launch(
+            repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+        )
         with pytest.raises(OutputLimitExceeded) as caught:
             await svc.run(info.cleanroom_id, ["sh", "-c", "yes; sleep 60"], on_event=sink)
     finally:
         await svc.close()
     assert caught.value.code == "output_limit"
     assert caught.value.details["stream"] == "stdout"
-    run_dir = _only_run_dir(repo.parent / "runs")
+    run_dir = _only_run_dir(paths.state_dir() / "test-runs")
     # Kept on disk past the in-memory cap, exactly up to the limit; nothing beyond.
     assert (run_dir / "stdout.log").stat().st_size == LOG_LIMIT
     assert seen == LOG_LIMIT
@@ -90,7 +93,9 @@ async def test_output_under_the_limit_is_kept_whole(
 ) -> None:
     svc = await _service(backend, LimitsConfig(output_log_bytes=LOG_LIMIT))
     try:
-        info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+        info = await svc.launch(
+            repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+        )
         size = 2 * CAPTURE_LIMIT
         result = await svc.run(info.cleanroom_id, ["head", "-c", str(size), "/dev/zero"])
     finally:
@@ -105,7 +110,9 @@ async def test_a_run_without_timeout_gets_the_default(
 ) -> None:
     svc = await _service(backend, LimitsConfig(run_timeout_seconds=0.5))
     try:
-        info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+        info = await svc.launch(
+            repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+        )
         with pytest.raises(RunTimeout):
             await svc.run(info.cleanroom_id, ["sleep", "30"])
         # A timeout in the request still wins over the default.
@@ -166,14 +173,14 @@ async def test_workspace_size_caps_allocated_and_apparent(
     for limits, key in cases:
         svc = await _service(backend, limits)
         try:
-            info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / key))
+            info = await svc.launch(repo, options=LaunchOptions(run_dir=paths.state_dir() / key))
             with pytest.raises(WorkspaceTooLarge) as caught:
                 await svc.run(info.cleanroom_id, ["true"])
         finally:
             await svc.close()
         assert caught.value.code == "workspace_too_large"
         assert caught.value.details["limit"] == key
-        record = json.loads((_only_run_dir(repo.parent / key) / RECORD_NAME).read_text())
+        record = json.loads((_only_run_dir(paths.state_dir() / key) / RECORD_NAME).read_text())
         assert record["error"]["code"] == "workspace_too_large"
         assert record["cleanup"] == "done"
     assert backend.guests == []  # refused before any guest was started
@@ -184,7 +191,7 @@ async def test_workspace_size_caps_allocated_and_apparent(
         backend, LimitsConfig(workspace_bytes=3 << 20, workspace_apparent_bytes=80 << 20)
     )
     try:
-        info = await svc.launch(repo, options=LaunchOptions(run_dir=repo.parent / "ok"))
+        info = await svc.launch(repo, options=LaunchOptions(run_dir=paths.state_dir() / "ok"))
         result = await svc.run(info.cleanroom_id, ["stat", "-c", "%s", "sparse.bin"])
     finally:
         await svc.close()

@@ -12,6 +12,7 @@ import pytest
 from agent_backend import AgentProcessBackend, AgentProcessGuest
 from no_network import NoNetwork
 
+from cleanroom import paths
 from cleanroom.backends.base import Guest, GuestSpec, NoRestore
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import RuntimeLaunchFailed
@@ -88,7 +89,9 @@ async def test_restore_first_then_cold(
     repo.mkdir()
     (repo / "cleanroom.yaml").write_text("version: 1\n")
     (repo / "data.txt").write_text("payload\n")
-    info = await service.launch(repo, options=LaunchOptions(run_dir=tmp_path / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     result = await service.run(info.cleanroom_id, ["cat", "data.txt"])
     assert (result.exit_code, result.stdout) == (0, "payload\n")
     record = await service.run_record(result.run_id)  # once the run is released

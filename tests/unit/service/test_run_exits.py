@@ -13,6 +13,7 @@ import pytest
 from agent_backend import AgentProcessBackend
 from no_network import NoNetwork
 
+from cleanroom import paths
 from cleanroom.agent import AgentClient
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import GuestAgentFailed, RunCancelled, RunTimeout
@@ -58,7 +59,9 @@ async def test_agent_that_stops_answering_is_run_timeout(
 ) -> None:
     # The host waits this long past the command's timeout for the agent's answer.
     monkeypatch.setattr(greet_module, "AgentClient", functools.partial(AgentClient, exec_grace=0.5))
-    info = await service.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     with pytest.raises(RunTimeout) as caught:
         # The agent (the command's parent) is stopped: it can neither kill nor report.
         await service.run(info.cleanroom_id, ["sh", "-c", "kill -STOP $PPID; sleep 2"], timeout=0.3)
@@ -73,7 +76,9 @@ async def test_agent_that_stops_answering_is_run_timeout(
 async def test_agent_that_dies_is_guest_agent_failed(
     service: Service, backend: AgentProcessBackend, repo: Path
 ) -> None:
-    info = await service.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     with pytest.raises(GuestAgentFailed) as caught:
         await service.run(info.cleanroom_id, ["sh", "-c", "kill -KILL $PPID; sleep 2"])
     assert "lost the guest during the run" in caught.value.message
@@ -90,7 +95,9 @@ async def test_unexpected_exception_still_releases_everything(
         if isinstance(event, RunOutput):
             raise RecursionError("maximum recursion depth exceeded")
 
-    info = await service.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     with pytest.raises(RecursionError):
         await service.run(info.cleanroom_id, ["echo", "hello"], on_event=sink)
     guest = backend.guests[-1]
@@ -113,7 +120,9 @@ async def test_terminate_mid_command_cancels_and_releases(
         if isinstance(event, RunOutput):
             started.set()
 
-    info = await service.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     run = asyncio.ensure_future(
         service.run(info.cleanroom_id, ["sh", "-c", "echo go; sleep 30"], on_event=sink)
     )
@@ -131,7 +140,9 @@ async def test_cleanup_failure_of_a_failed_run_is_recorded_not_raised(
     service: Service, backend: AgentProcessBackend, repo: Path
 ) -> None:
     backend.destroy_error = OSError("disk busy")
-    info = await service.launch(repo, options=LaunchOptions(run_dir=repo.parent / "runs"))
+    info = await service.launch(
+        repo, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs")
+    )
     with pytest.raises(GuestAgentFailed) as caught:
         await service.run(info.cleanroom_id, ["sh", "-c", "kill -KILL $PPID"])
     record = _record(_only_run_dir(info.run_dir_root))
