@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_server import module_server  # noqa: F401 - a fixture, offered to every test
 
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.server import ListenAddress

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from shared_server import SharedServer
 
 from cleanroom import errors
 from cleanroom.errors import CleanroomError, error_class_for_code
@@ -147,6 +148,22 @@ def test_module_docstring_tree_matches() -> None:
 
 
 # Over HTTP and through the CLI
+
+
+# The tests here need a server, not a fresh one: they share one per module.
+@pytest.fixture
+def backend(module_server: SharedServer) -> AgentProcessBackend:
+    return module_server.backend
+
+
+@pytest.fixture
+def service(module_server: SharedServer) -> Service:
+    return module_server.service
+
+
+@pytest.fixture
+def host(module_server: SharedServer) -> str:
+    return module_server.host
 
 
 @pytest.fixture
@@ -290,8 +307,9 @@ def test_runtime_launch_failed(
     env: dict[str, str],
     repo: Path,
     backend: AgentProcessBackend,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend.fail_launch = True
+    monkeypatch.setattr(backend, "fail_launch", True)  # the backend is the module's
     assert_http(http.post("/v1/exec", json=_exec_body(repo, ["true"])), "runtime_launch_failed")
     done = cli("exec", "--host", host, "-c", str(repo), "--", "true", env=env)
     assert_cli(done, "runtime_launch_failed")
