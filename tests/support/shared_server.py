@@ -1,4 +1,10 @@
-"""A real server shared by the tests of one module (see :func:`module_server`)."""
+"""A real server shared by the tests of one module (see :func:`module_server`).
+
+A module opts in by importing the fixtures that stand for the suite's
+per-test ones: ``from shared_server import shared_host`` gives its tests a
+``host`` fixture bound to the module's server (``shared_service``,
+``shared_backend``: ``service``, ``backend``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from cleanroom.server import ListenAddress
 from cleanroom.service import Service
 from cleanroom.testing import AgentProcessBackend, ServerThread, agent_service
 
-__all__ = ["SharedServer", "module_server"]
+__all__ = ["SharedServer", "module_server", "shared_backend", "shared_host", "shared_service"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +54,21 @@ def module_server() -> Iterator[SharedServer]:
                 yield SharedServer(backend, service, f"unix://{sock}")
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(name="backend")
+def shared_backend(module_server: SharedServer) -> AgentProcessBackend:
+    """The module server's backend (a test that changes it restores it: monkeypatch)."""
+    return module_server.backend
+
+
+@pytest.fixture(name="service")
+def shared_service(module_server: SharedServer) -> Service:
+    """The module server's service."""
+    return module_server.service
+
+
+@pytest.fixture(name="host")
+def shared_host(module_server: SharedServer) -> str:
+    """``unix://`` address of the module server."""
+    return module_server.host

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from shared_server import SharedServer
+from shared_server import shared_backend, shared_host, shared_service  # noqa: F401 - one server
 
 from cleanroom import errors
 from cleanroom.errors import CleanroomError, error_class_for_code
@@ -148,22 +148,6 @@ def test_module_docstring_tree_matches() -> None:
 
 
 # Over HTTP and through the CLI
-
-
-# The tests here need a server, not a fresh one: they share one per module.
-@pytest.fixture
-def backend(module_server: SharedServer) -> AgentProcessBackend:
-    return module_server.backend
-
-
-@pytest.fixture
-def service(module_server: SharedServer) -> Service:
-    return module_server.service
-
-
-@pytest.fixture
-def host(module_server: SharedServer) -> str:
-    return module_server.host
 
 
 @pytest.fixture
