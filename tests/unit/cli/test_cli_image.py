@@ -6,25 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from apt_candidates import seed_candidates
 
 from cleanroom.cli.testing import invoke
-from cleanroom.images import GuestImage, ensure_image, image_digest
-from cleanroom.images.cache import _CANDIDATES_CACHE
+from cleanroom.images import GuestImage, ensure_image
 from cleanroom.images.manifest import ARTIFACTS, MANIFEST_SCHEMA, file_sha256, write_manifest
 from cleanroom.paths import images_dir
-
-
-@pytest.fixture(scope="module")
-def apt_candidates(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """apt's candidates for the image inputs, resolved once for the module.
-
-    Resolving runs ``apt-cache`` (seconds); the product keeps the answer in the
-    image cache, so each private cache below starts with it, as a user's does.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("apt-cache")))
-        image_digest()
-        return (images_dir() / _CANDIDATES_CACHE).read_bytes()
 
 
 @pytest.fixture
@@ -33,7 +20,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apt_candidate
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     directory = images_dir() / ("c" * 64)
     directory.mkdir(parents=True)
-    (images_dir() / _CANDIDATES_CACHE).write_bytes(apt_candidates)
+    seed_candidates(apt_candidates)
     artifacts = {}
     for role, name in ARTIFACTS.items():
         path = directory / name
