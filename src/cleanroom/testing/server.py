@@ -48,7 +48,11 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         listener = bind(self.address, allow_remote=self._allow_remote)
-        self._server = CleanroomServer(self.service, [listener])
+        try:
+            self._server = CleanroomServer(self.service, [listener])
+        except BaseException:
+            listener.close()  # nobody else holds it yet
+            raise
         self._thread = threading.Thread(target=self._main, name="cleanroom-server", daemon=True)
         self._thread.start()
         if not self._server.started.wait(15) or self._error is not None:
