@@ -13,48 +13,12 @@ problem and return ``None`` on a mismatch, so a schema walker can keep going
 and report every problem in one pass.
 """
 
-from cleanroom._yaml.parse import parse_yaml
-from cleanroom._yaml.read import (
-    read_bool,
-    read_choice,
-    read_int,
-    read_mapping,
-    read_number,
-    read_sequence,
-    read_str,
-)
-from cleanroom._yaml.tree import (
-    Mark,
-    Problems,
-    ScalarValue,
-    YamlEntry,
-    YamlMapping,
-    YamlNode,
-    YamlScalar,
-    YamlSequence,
-    describe,
-    join_index,
-    join_key,
-)
+from cleanroom._yaml import parse, read, tree
+from cleanroom._yaml.parse import *  # noqa: F403 - each part names its public values
+from cleanroom._yaml.read import *  # noqa: F403
+from cleanroom._yaml.tree import *  # noqa: F403
 
-__all__ = [
-    "Mark",
-    "Problems",
-    "ScalarValue",
-    "YamlEntry",
-    "YamlMapping",
-    "YamlNode",
-    "YamlScalar",
-    "YamlSequence",
-    "describe",
-    "join_index",
-    "join_key",
-    "parse_yaml",
-    "read_bool",
-    "read_choice",
-    "read_int",
-    "read_mapping",
-    "read_number",
-    "read_sequence",
-    "read_str",
-]
+__all__ = []
+__all__ += tree.__all__
+__all__ += parse.__all__
+__all__ += read.__all__
