@@ -34,11 +34,10 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit_json, host_facts, print_table, summarize
+from common import report, summarize, with_facts
 
 import cleanroom.agent
 from cleanroom.agent.changes import record_manifest
@@ -177,24 +176,23 @@ def main() -> None:
             samples["transfer"].append(rnd["transfer"])
         shutil.rmtree(xroot, ignore_errors=True)
     stats = {k: summarize(v) for k, v in samples.items()}
-    out: dict[str, Any] = {
+    summary = {
         "workspace_mib": args.mib,
         "files": args.files,
         "added_ms": stats["added"]["median"],
         "target_ms": 300,
-        "runs": args.n,
-        "host": host_facts(),
-        "stats": stats,
     }
-    if args.json:
-        emit_json(out)
-        return
-    print_table(
-        f"change detection, {args.mib} MiB in {args.files} files, one changed ({args.n} runs)",
-        list(stats.items()),
+    out = with_facts(summary, runs=args.n, stats=stats)
+    report(
+        out,
+        as_json=args.json,
+        title=(
+            f"change detection, {args.mib} MiB in {args.files} files, one changed ({args.n} runs)"
+        ),
+        rows=list(stats.items()),
+        footer=f"\nadded to the run: {out['added_ms']} ms (median; target <= 300 ms)\n"
+        f"host {out['host']}",
     )
-    print(f"\nadded to the run: {out['added_ms']} ms (median; target <= 300 ms)")
-    print(f"host {out['host']}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -21,15 +22,21 @@ from cleanroom.errors import CleanroomError
 
 if TYPE_CHECKING:
     from cleanroom.client import Client
+    from cleanroom.images import GuestImage
 
 __all__ = [
     "CLI",
     "Server",
+    "emit_json",
+    "floor_argv",
     "host_facts",
     "make_workspace",
     "print_table",
+    "report",
     "serve",
     "summarize",
+    "time_true",
+    "with_facts",
 ]
 
 CLI = str(Path(sys.executable).with_name("cleanroom"))
@@ -181,3 +188,124 @@ def print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
 def emit_json(value: dict[str, Any]) -> None:
     """One JSON object on stdout (``--json``)."""
     sys.stdout.write(json.dumps(value, sort_keys=True) + "\n")
+
+
+def with_facts(
+    out: dict[str, Any], *, runs: int, stats: dict[str, Any], accel: str | None = None
+) -> dict[str, Any]:
+    """``out`` followed by what every benchmark reports: runs, accel (if any), host, stats."""
+    return {
+        **out,
+        "runs": runs,
+        **({} if accel is None else {"accel": accel}),
+        "host": host_facts(),
+        "stats": stats,
+    }
+
+
+def report(
+    out: dict[str, Any],
+    *,
+    as_json: bool,
+    title: str,
+    rows: list[tuple[str, dict[str, float]]],
+    footer: str,
+) -> None:
+    """``out`` as one JSON object (``--json``), else ``rows`` as a table and a ``footer``."""
+    if as_json:
+        emit_json(out)
+        return
+    print_table(title, rows)
+    print(footer)
+
+
+def floor_argv(
+    runtime: GuestImage,
+    accel: str,
+    sock_path: Path,
+    *,
+    image_mode: bool = False,
+    drives: Sequence[tuple[str, str]] = (),
+    console: Path | None = None,
+) -> list[str]:
+    """A minimal QEMU command line for the bare-VMM floor, written out by hand.
+
+    The runtime kernel, initramfs and rootfs (a snapshot), then each ``(id, spec)``
+    of ``drives`` as a virtio disk, an entropy source, and the agent's
+    virtio-serial port at ``sock_path``; ``console`` adds a console device
+    logging there (as every service guest has). ``image_mode`` boots into a
+    user image (its disks among ``drives``).
+    """
+    from cleanroom.backends.hostinfo import host_tsc_khz  # noqa: PLC0415 - as above
+
+    tsc = host_tsc_khz()
+    append = (
+        "console=hvc0 quiet panic=-1 cleanroom.root=/dev/vda "
+        "cleanroom.channel=virtio-serial:org.cleanroom.agent"
+        + (" cleanroom.image=1" if image_mode else "")
+        + (f" tsc_early_khz={tsc}" if tsc and accel == "tcg" else "")
+    )
+    accel_args = (
+        ["-accel", "tcg,tb-size=32", "-cpu", "max"]
+        if accel == "tcg"
+        else ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+    )
+    argv = [
+        "qemu-system-x86_64",
+        "-M", "microvm,acpi=on,pit=off,pic=off,isa-serial=off,rtc=on",
+        *accel_args,
+        "-m", "256", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(runtime.kernel), "-initrd", str(runtime.initrd), "-append", append,
+        "-drive", f"id=root,file={runtime.rootfs},format=raw,if=none,snapshot=on,cache=unsafe",
+        "-device", "virtio-blk-device,drive=root",
+    ]  # fmt: skip
+    for drive_id, spec in drives:
+        argv += [
+            "-drive",
+            f"id={drive_id},{spec}",
+            "-device",
+            f"virtio-blk-device,drive={drive_id}",
+        ]
+    # Without an entropy source the guest's Python can wait for the kernel's
+    # CRNG at start-up: a floor without it would flatter the cold ratio.
+    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+             "-device", "virtio-rng-device,rng=rng0"]  # fmt: skip
+    if console is None:
+        argv += ["-device", "virtio-serial-device"]
+    else:
+        argv += ["-device", "virtio-serial-device,max_ports=4",
+                 "-chardev", f"file,id=console,path={console}",
+                 "-device", "virtconsole,chardev=console"]  # fmt: skip
+    argv += ["-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
+             "-device", "virtserialport,chardev=agent,name=org.cleanroom.agent"]  # fmt: skip
+    return argv
+
+
+async def time_true(argv: Sequence[str], sock_path: Path, *, hello_timeout: float) -> float:
+    """Start the VMM ``argv``, greet its agent at ``sock_path`` and run ``true`` with
+    cwd ``/``; the ms from start to its exit. The VMM is killed on every path."""
+    from cleanroom.agent import AgentClient  # noqa: PLC0415 - keep the other benches light
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.005)
+        client = AgentClient(reader, writer)
+        await client.hello(timeout=hello_timeout)
+
+        async def sink(stream: str, data: bytes) -> None:
+            return None
+
+        status = await client.exec(["true"], cwd="/", on_output=sink)
+        elapsed = (time.perf_counter() - t0) * 1000
+        assert status.exit_code == 0, status
+        await client.close()
+        return elapsed
+    finally:
+        proc.kill()
+        proc.wait()

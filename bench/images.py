@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CLI, emit_json, host_facts, print_table, summarize
+from common import CLI, report, summarize, with_facts
 
 from cleanroom.images import build_debian_image, pull_oci_image
 from cleanroom.policy.image import DebianImage, parse_image_ref
@@ -158,19 +158,19 @@ def main() -> None:
         rows["build_debian_hit_cli"] = [_cli("image", "prepare", str(repo)) for _ in range(args.n)]
         sizes["build_debian"] = build_debian_image(spec).content_bytes
     stats = {k: summarize(v) for k, v in rows.items()}
-    out: dict[str, Any] = {
+    summary = {
         "ms": {k: v["median"] for k, v in stats.items()},
         "content_bytes": sizes,
         "packages": args.packages,
-        "runs": args.n,
-        "host": host_facts(),
-        "stats": stats,
     }
-    if args.json:
-        emit_json(out)
-        return
-    print_table("user images: first use and cache hits", list(stats.items()))
-    print(f"\ncontent bytes {sizes}   host {out['host']}")
+    out = with_facts(summary, runs=args.n, stats=stats)
+    report(
+        out,
+        as_json=args.json,
+        title="user images: first use and cache hits",
+        rows=list(stats.items()),
+        footer=f"\ncontent bytes {sizes}   host {out['host']}",
+    )
 
 
 if __name__ == "__main__":

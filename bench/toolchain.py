@@ -28,14 +28,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit_json, host_facts, print_table, serve, summarize
+from common import floor_argv, report, serve, summarize, time_true, with_facts
 
-from cleanroom.agent import AgentClient
-from cleanroom.backends.hostinfo import host_tsc_khz
 from cleanroom.backends.workspace_disk import (
     SCRATCH_LABEL,
     SCRATCH_SETTINGS_NAME,
@@ -75,62 +72,21 @@ async def _floor_once(tmp: Path, accel: str, image: UserImage) -> float:
     scratch = _disk(tmp, "scratch", SCRATCH_LABEL, {SCRATCH_SETTINGS_NAME: settings})
     sock_path = tmp / "floor.sock"
     sock_path.unlink(missing_ok=True)
-    tsc = host_tsc_khz()
-    append = (
-        "console=hvc0 quiet panic=-1 cleanroom.root=/dev/vda "
-        "cleanroom.channel=virtio-serial:org.cleanroom.agent cleanroom.image=1"
-        + (f" tsc_early_khz={tsc}" if tsc and accel == "tcg" else "")
+    argv = floor_argv(
+        runtime,
+        accel,
+        sock_path,
+        image_mode=True,
+        drives=[
+            ("ws", f"file={workspace},format=raw,if=none,cache=unsafe"),
+            ("image", f"file={image.rootfs},format=raw,if=none,readonly=on"),
+            ("scratch", f"file={scratch},format=raw,if=none,cache=unsafe"),
+        ],
+        console=tmp / "console.log",
     )
-    accel_args = (
-        ["-accel", "tcg,tb-size=32", "-cpu", "max"]
-        if accel == "tcg"
-        else ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
-    )
-    argv = [
-        "qemu-system-x86_64",
-        "-M", "microvm,acpi=on,pit=off,pic=off,isa-serial=off,rtc=on",
-        *accel_args,
-        "-m", "256", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(runtime.kernel), "-initrd", str(runtime.initrd), "-append", append,
-        "-drive", f"id=root,file={runtime.rootfs},format=raw,if=none,snapshot=on,cache=unsafe",
-        "-device", "virtio-blk-device,drive=root",
-        "-drive", f"id=ws,file={workspace},format=raw,if=none,cache=unsafe",
-        "-device", "virtio-blk-device,drive=ws",
-        "-drive", f"id=image,file={image.rootfs},format=raw,if=none,readonly=on",
-        "-device", "virtio-blk-device,drive=image",
-        "-drive", f"id=scratch,file={scratch},format=raw,if=none,cache=unsafe",
-        "-device", "virtio-blk-device,drive=scratch",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-device,rng=rng0",
-        "-device", "virtio-serial-device,max_ports=4",
-        "-chardev", f"file,id=console,path={tmp / 'console.log'}",
-        "-device", "virtconsole,chardev=console",
-        "-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
-        "-device", "virtserialport,chardev=agent,name=org.cleanroom.agent",
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(sock_path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                await asyncio.sleep(0.005)
-        client = AgentClient(reader, writer)
-        await client.hello(timeout=180)
-
-        async def sink(stream: str, data: bytes) -> None:
-            return None
-
-        status = await client.exec(["true"], cwd="/", on_output=sink)
-        elapsed = (time.perf_counter() - t0) * 1000
-        assert status.exit_code == 0, status
-        await client.close()
-        return elapsed
+        return await time_true(argv, sock_path, hello_timeout=180)
     finally:
-        proc.kill()
-        proc.wait()
         scratch.unlink(missing_ok=True)
         workspace.unlink(missing_ok=True)
 
@@ -170,7 +126,7 @@ def main() -> None:
                     results["floor"].append(asyncio.run(_floor_once(tmp, args.accel, image)))
             record = c.run_record(r.run_id)
     stats = {k: summarize(v) for k, v in results.items()}
-    out: dict[str, Any] = {
+    summary = {
         "image": {"key": image.key, "source": image.source, "size_bytes": image.size_bytes},
         "floor_ms": stats["floor"]["median"],
         "cold_ms": stats["cold"]["median"],
@@ -179,19 +135,15 @@ def main() -> None:
             k: record.get(k)
             for k in ("rootfs_prepare_ms", "workspace_disk_ms", "vmm_start_ms", "vm_ready_ms")
         },
-        "runs": args.n,
-        "accel": args.accel,
-        "host": host_facts(),
-        "stats": stats,
     }
-    if args.json:
-        emit_json(out)
-        return
-    print_table(
-        f"cold exec -- true in {image.source} ({args.n} runs each, accel={args.accel})",
-        [(k, stats[k]) for k in ("floor", "cold")],
+    out = with_facts(summary, runs=args.n, accel=args.accel, stats=stats)
+    report(
+        out,
+        as_json=args.json,
+        title=f"cold exec -- true in {image.source} ({args.n} runs each, accel={args.accel})",
+        rows=[(k, stats[k]) for k in ("floor", "cold")],
+        footer=f"\ncold/floor {out['cold_over_floor']}   last cold run {out['last_cold_record']}",
     )
-    print(f"\ncold/floor {out['cold_over_floor']}   last cold run {out['last_cold_record']}")
 
 
 if __name__ == "__main__":

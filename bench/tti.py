@@ -39,10 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CLI, emit_json, host_facts, make_workspace, print_table, serve, summarize
+from common import CLI, floor_argv, make_workspace, report, serve, summarize, time_true, with_facts
 
-from cleanroom.agent import AgentClient
-from cleanroom.backends.hostinfo import host_tsc_khz
 from cleanroom.images import ensure_image
 
 if TYPE_CHECKING:
@@ -50,59 +48,10 @@ if TYPE_CHECKING:
 
 
 async def _floor_once(tmp: Path, accel: str) -> float:
-    image = ensure_image()
     sock_path = tmp / "floor.sock"
     sock_path.unlink(missing_ok=True)
-    tsc = host_tsc_khz()
-    append = (
-        "console=hvc0 quiet panic=-1 cleanroom.root=/dev/vda "
-        "cleanroom.channel=virtio-serial:org.cleanroom.agent"
-        + (f" tsc_early_khz={tsc}" if tsc and accel == "tcg" else "")
-    )
-    accel_args = (
-        ["-accel", "tcg,tb-size=32", "-cpu", "max"]
-        if accel == "tcg"
-        else ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
-    )
-    argv = [
-        "qemu-system-x86_64",
-        "-M", "microvm,acpi=on,pit=off,pic=off,isa-serial=off,rtc=on",
-        *accel_args,
-        "-m", "256", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
-        "-drive", f"id=root,file={image.rootfs},format=raw,if=none,snapshot=on,cache=unsafe",
-        "-device", "virtio-blk-device,drive=root",
-        # Without an entropy source the guest's Python can wait for the kernel's
-        # CRNG at start-up: a floor without it would flatter the cold ratio.
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-device,rng=rng0",
-        "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=agent,path={sock_path},server=on,wait=off",
-        "-device", "virtserialport,chardev=agent,name=org.cleanroom.agent",
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(sock_path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                await asyncio.sleep(0.005)
-        client = AgentClient(reader, writer)
-        await client.hello(timeout=120)
-
-        async def sink(stream: str, data: bytes) -> None:
-            return None
-
-        status = await client.exec(["true"], cwd="/", on_output=sink)
-        elapsed = (time.perf_counter() - t0) * 1000
-        assert status.exit_code == 0
-        await client.close()
-        return elapsed
-    finally:
-        proc.kill()
-        proc.wait()
+    argv = floor_argv(ensure_image(), accel, sock_path)
+    return await time_true(argv, sock_path, hello_timeout=120)
 
 
 def _big_workspace(root: Path) -> Path:
@@ -277,7 +226,7 @@ def main() -> None:
         if results["sustained"]
         else None
     )
-    out: dict[str, Any] = {
+    summary: dict[str, Any] = {
         "floor_ms": stats["floor"]["median"],
         "cold_ms": stats["cold"]["median"],
         "restored_ms": stats["restored"]["median"],
@@ -304,29 +253,25 @@ def main() -> None:
         "warm_over_cold": round(stats["warm"]["median"] / stats["cold"]["median"], 4),
         "warm_pool_hits": pool_hits,
         "restored_hits": restored_hits,
-        "runs": args.n,
-        "accel": args.accel,
-        "host": host_facts(),
-        "stats": stats,
     }
-    if args.json:
-        emit_json(out)
-        return
-    print_table(
-        f"time to first command ({args.n} runs each, accel={args.accel})",
-        [(k, stats[k]) for k in results if k in stats],
-    )
-    print(
-        f"\ncold/floor {out['cold_over_floor']}   restored/floor {out['restored_over_floor']}   "
-        f"restored_big/floor {out['restored_big_over_floor']}   "
-        f"warm/cold {out['warm_over_cold']}   restored {restored_hits}/{2 * args.n}   "
-        f"warm pool hits {pool_hits}/{args.n}   host {out['host']}"
-    )
-    print(
-        f"refill/floor {out['refill_over_floor']}   warm_big/floor {out['warm_big_over_floor']} "
-        f"{starts['warm_big']}   sustained {sustained} ms/run (/floor "
-        f"{out['sustained_over_floor']}) {starts['sustained']}\n"
-        f"restored guests' QEMU memory (KiB): {memory}\nfallbacks: {FALLBACKS}"
+    out = with_facts(summary, runs=args.n, accel=args.accel, stats=stats)
+    report(
+        out,
+        as_json=args.json,
+        title=f"time to first command ({args.n} runs each, accel={args.accel})",
+        rows=[(k, stats[k]) for k in results if k in stats],
+        footer=(
+            f"\ncold/floor {out['cold_over_floor']}   "
+            f"restored/floor {out['restored_over_floor']}   "
+            f"restored_big/floor {out['restored_big_over_floor']}   "
+            f"warm/cold {out['warm_over_cold']}   restored {restored_hits}/{2 * args.n}   "
+            f"warm pool hits {pool_hits}/{args.n}   host {out['host']}\n"
+            f"refill/floor {out['refill_over_floor']}   "
+            f"warm_big/floor {out['warm_big_over_floor']} {starts['warm_big']}   "
+            f"sustained {sustained} ms/run (/floor {out['sustained_over_floor']}) "
+            f"{starts['sustained']}\n"
+            f"restored guests' QEMU memory (KiB): {memory}\nfallbacks: {FALLBACKS}"
+        ),
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit_json, host_facts, print_table, summarize
+from common import report, summarize, with_facts
 
 from cleanroom.backends.qemu import QemuConfig
 from cleanroom.config import RuntimeConfig
@@ -80,26 +80,22 @@ def main() -> None:
         "total": summarize(total),
     }
     methods = sorted({r["workspace"]["method"] for r in records})
-    out = {
+    summary = {
         "workspace_mib": args.mib,
         "files": files,
         "bytes": size,
         "workspace_ms": stats["total"]["median"],
         "method": methods,
         "mib_per_s": round(args.mib / (stats["total"]["median"] / 1000), 1),
-        "runs": args.n,
-        "accel": args.accel,
-        "host": host_facts(),
-        "stats": stats,
     }
-    if args.json:
-        emit_json(out)
-        return
-    print_table(
-        f"{args.mib} MiB workspace, {files} files ({args.n} runs, accel={args.accel})",
-        list(stats.items()),
+    out = with_facts(summary, runs=args.n, accel=args.accel, stats=stats)
+    report(
+        out,
+        as_json=args.json,
+        title=f"{args.mib} MiB workspace, {files} files ({args.n} runs, accel={args.accel})",
+        rows=list(stats.items()),
+        footer=f"\nmethod {methods}, {out['mib_per_s']} MiB/s end to end   host {out['host']}",
     )
-    print(f"\nmethod {methods}, {out['mib_per_s']} MiB/s end to end   host {out['host']}")
 
 
 if __name__ == "__main__":

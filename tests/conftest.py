@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apt_candidates import apt_candidates  # noqa: F401 - fixtures offered to every test
+from shared_server import module_server  # noqa: F401
 
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.server import ListenAddress

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from shared_server import shared_host  # noqa: F401 - the tests share one server
 
 from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.protocol import (

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from shared_server import shared_backend, shared_host, shared_service  # noqa: F401 - one server
 
 from cleanroom import errors
 from cleanroom.errors import CleanroomError, error_class_for_code
@@ -294,8 +295,9 @@ def test_runtime_launch_failed(
     env: dict[str, str],
     repo: Path,
     backend: AgentProcessBackend,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend.fail_launch = True
+    monkeypatch.setattr(backend, "fail_launch", True)  # the backend is the module's
     assert_http(http.post("/v1/exec", json=_exec_body(repo, ["true"])), "runtime_launch_failed")
     done = cli("exec", "--host", host, "-c", str(repo), "--", "true", env=env)
     assert_cli(done, "runtime_launch_failed")

@@ -14,15 +14,13 @@ import builtins
 from dataclasses import dataclass, fields
 
 from cleanroom.agent.errors import AgentProtocolError
-from cleanroom.agent.messages import _dump, _get, _load, _opt
+from cleanroom.agent.jsonwire import as_object, dump, get, load, opt
 from cleanroom.agent.protocol import Frame, FrameType
 
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-    from _typeshed import DataclassInstance
 
 __all__ = [
     "CAP_NAMES",
@@ -63,11 +61,6 @@ _CAP_TOPS = {"max_files": MAX_COUNT, "max_file_bytes": MAX_BYTES, "max_total_byt
 CAP_NAMES = frozenset(_CAP_TOPS)
 
 
-def _fields(value: DataclassInstance) -> dict[str, Any]:
-    """A flat dataclass as its JSON object: each field under its own name, in order."""
-    return {f.name: getattr(value, f.name) for f in fields(value)}
-
-
 def check_rel_path(path: str, what: str) -> str:
     """``path`` if it is a normalized relative path inside its root; else AgentProtocolError.
 
@@ -87,7 +80,7 @@ def check_rel_path(path: str, what: str) -> str:
 
 
 def _count(obj: dict[str, Any], key: str, what: str, top: int) -> int:
-    value = _get(obj, key, int, what)
+    value = get(obj, key, int, what)
     if not 0 <= value <= top:
         raise AgentProtocolError(f"{what}: {key} must be 0..{top}")
     return value
@@ -113,12 +106,12 @@ class ChangesRequest:
     limits: FileLimits
 
     def to_frame(self) -> bytes:
-        return _dump(FrameType.CHANGES, _fields(self.limits))
+        return dump(FrameType.CHANGES, as_object(self.limits))
 
 
 def parse_changes(payload: bytes) -> ChangesRequest:
     w = "changes"
-    return ChangesRequest(_limits(_load(payload, w, CAP_NAMES), w))
+    return ChangesRequest(_limits(load(payload, w, CAP_NAMES), w))
 
 
 @dataclass(frozen=True)
@@ -133,13 +126,15 @@ class ArtifactsRequest:
     limits: FileLimits
 
     def to_frame(self) -> bytes:
-        return _dump(FrameType.ARTIFACTS, {"patterns": list(self.patterns), **_fields(self.limits)})
+        return dump(
+            FrameType.ARTIFACTS, {"patterns": list(self.patterns), **as_object(self.limits)}
+        )
 
 
 def parse_artifacts(payload: bytes) -> ArtifactsRequest:
     w = "artifacts"
-    obj = _load(payload, w, CAP_NAMES | {"patterns"})
-    patterns = _get(obj, "patterns", list, w)
+    obj = load(payload, w, CAP_NAMES | {"patterns"})
+    patterns = get(obj, "patterns", list, w)
     if len(patterns) > MAX_PATTERNS or not all(isinstance(p, str) for p in patterns):
         raise AgentProtocolError(f"{w}: patterns must be at most {MAX_PATTERNS} strings")
     return ArtifactsRequest(tuple(check_rel_path(p, w) for p in patterns), _limits(obj, w))
@@ -169,7 +164,7 @@ class FileEntry:
     skipped: str | None = None
 
     def to_frame(self) -> builtins.bytes:
-        return _dump(FrameType.FILE_ENTRY, _fields(self))
+        return dump(FrameType.FILE_ENTRY, as_object(self))
 
 
 _ENTRY_KEYS = frozenset(f.name for f in fields(FileEntry))
@@ -179,27 +174,27 @@ _HEX = frozenset("0123456789abcdef")
 def parse_file_entry(payload: bytes) -> FileEntry:
     """Strict: besides keys and types, the combination of fields must make sense."""
     w = "file_entry"
-    obj = _load(payload, w, _ENTRY_KEYS)
-    path = check_rel_path(_get(obj, "path", str, w), w)
-    change, ftype = _get(obj, "change", str, w), _get(obj, "type", str, w)
+    obj = load(payload, w, _ENTRY_KEYS)
+    path = check_rel_path(get(obj, "path", str, w), w)
+    change, ftype = get(obj, "change", str, w), get(obj, "type", str, w)
     if change not in CHANGE_KINDS or ftype not in FILE_TYPES:
         raise AgentProtocolError(f"{w}: unknown change {change!r} or type {ftype!r}")
-    mode = _opt(obj, "mode", int, w)
+    mode = opt(obj, "mode", int, w)
     if mode is not None and not 0 <= mode <= 0o7777:
         raise AgentProtocolError(f"{w}: mode out of range")
-    size = _opt(obj, "size", int, w)
+    size = opt(obj, "size", int, w)
     if size is not None and not 0 <= size <= MAX_BYTES:
         raise AgentProtocolError(f"{w}: size out of range")
-    digest = _opt(obj, "sha256", str, w)
+    digest = opt(obj, "sha256", str, w)
     if digest is not None and (len(digest) != 64 or not set(digest) <= _HEX):
         raise AgentProtocolError(f"{w}: sha256 must be 64 lowercase hex digits")
-    target = _opt(obj, "target", str, w)
+    target = opt(obj, "target", str, w)
     if target is not None and (
         not target or "\0" in target or len(target.encode("utf-8", "replace")) > MAX_PATH
     ):
         raise AgentProtocolError(f"{w}: symlink target must be 1..{MAX_PATH} bytes, no NUL")
-    content = _get(obj, "content", bool, w)
-    skipped = _opt(obj, "skipped", str, w)
+    content = get(obj, "content", bool, w)
+    skipped = opt(obj, "skipped", str, w)
     if skipped is not None and skipped not in SKIP_REASONS:
         raise AgentProtocolError(f"{w}: unknown skip reason {skipped!r}")
     exists = change != "deleted"
@@ -223,7 +218,7 @@ class FilesDone:
     caps_hit: tuple[str, ...] = ()
 
     def to_frame(self) -> builtins.bytes:
-        return _dump(
+        return dump(
             FrameType.FILES_DONE,
             {"entries": self.entries, "bytes": self.bytes, "caps_hit": list(self.caps_hit)},
         )
@@ -231,8 +226,8 @@ class FilesDone:
 
 def parse_files_done(payload: bytes) -> FilesDone:
     w = "files_done"
-    obj = _load(payload, w, frozenset({"entries", "bytes", "caps_hit"}))
-    caps = _get(obj, "caps_hit", list, w)
+    obj = load(payload, w, frozenset({"entries", "bytes", "caps_hit"}))
+    caps = get(obj, "caps_hit", list, w)
     if not all(isinstance(c, str) and c in CAP_NAMES for c in caps) or len(set(caps)) != len(caps):
         raise AgentProtocolError(f"{w}: caps_hit must list distinct cap names")
     return FilesDone(

@@ -26,7 +26,6 @@ from cleanroom.agent.errors import (
     AgentError,
     AgentNotReady,
     AgentProtocolError,
-    AgentRemoteError,
     AgentTimeout,
 )
 from cleanroom.agent.filemessages import (
@@ -36,9 +35,8 @@ from cleanroom.agent.filemessages import (
     FileLimits,
     FileReply,
     FilesDone,
-    parse_artifacts,
-    parse_changes,
 )
+from cleanroom.agent.hoststream import FrameStream, aiter_chunks, checked
 from cleanroom.agent.messages import (
     ConfigureRequest,
     ExecRequest,
@@ -50,10 +48,7 @@ from cleanroom.agent.messages import (
     SignalRequest,
     WorkspaceBegin,
     WorkspaceStats,
-    parse_configure,
     parse_configured,
-    parse_error,
-    parse_exec,
     parse_exit,
     parse_guest_hello,
     parse_resize,
@@ -61,10 +56,7 @@ from cleanroom.agent.messages import (
 )
 from cleanroom.agent.protocol import (
     HEADER_SIZE,
-    MAX_DATA_CHUNK,
     PROTOCOL_VERSION,
-    Frame,
-    FrameDecoder,
     FrameType,
     encode_frame,
 )
@@ -92,54 +84,9 @@ DataCallback = Callable[[bytes], Awaitable[None]]
 EXEC_GRACE = 30.0
 """Seconds beyond an exec's timeout the host waits for the guest's EXIT frame."""
 
-_READ_SIZE = 256 * 1024
 _EXEC_REPLIES = frozenset({FrameType.EXIT, FrameType.ERROR})
 _ABORT_REPLIES = frozenset({FrameType.ERROR, FrameType.WORKSPACE_DONE})
 _FILES_REPLIES = frozenset({FrameType.ERROR, FrameType.FILES_DONE})
-
-
-def _chunks(data: bytes) -> Iterable[bytes]:
-    for start in range(0, len(data), MAX_DATA_CHUNK):
-        yield data[start : start + MAX_DATA_CHUNK]
-
-
-async def _aiter_chunks(
-    source: AsyncIterator[bytes] | Iterable[bytes] | bytes,
-) -> AsyncIterator[bytes]:
-    """Yield ``source`` re-cut to at most MAX_DATA_CHUNK bytes per piece, skipping empties."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        for piece in _chunks(bytes(source)):
-            yield piece
-    elif isinstance(source, AsyncIterator):
-        async for chunk in source:
-            for piece in _chunks(bytes(chunk)):
-                yield piece
-    else:
-        for chunk in source:
-            for piece in _chunks(bytes(chunk)):
-                yield piece
-
-
-_PARSERS = {
-    FrameType.EXEC: parse_exec,
-    FrameType.CONFIGURE: parse_configure,
-    FrameType.CHANGES: parse_changes,
-    FrameType.ARTIFACTS: parse_artifacts,
-}
-
-
-def _checked(frame: bytes) -> bytes:
-    """``frame`` if the guest would accept it; else ValueError, raised here.
-
-    A request the guest refuses to parse ends the whole session, so a bad
-    argument (empty argv, ``=`` in an env name, prefix 33) fails locally.
-    """
-    (decoded,) = FrameDecoder().feed(frame)
-    try:
-        _PARSERS[decoded.type](decoded.payload)
-    except AgentProtocolError as exc:
-        raise ValueError(f"invalid request: {exc.message}") from exc
-    return frame
 
 
 class AgentClient:
@@ -153,53 +100,9 @@ class AgentClient:
         exec_grace: float = EXEC_GRACE,
     ) -> None:
         self._exec_grace = exec_grace
-        self._reader = reader
-        self._writer = writer
-        self._decoder = FrameDecoder()
-        self._write_lock = asyncio.Lock()
+        self._io = FrameStream(reader, writer)
         self._op_lock = asyncio.Lock()
         self._exec_running = False
-        # An abandoned request: skip the guest's frames up to one of these (its last reply).
-        self._stale: frozenset[FrameType] = frozenset()
-
-    # -- framing -----------------------------------------------------------------------------
-
-    async def _send(self, data: bytes) -> None:
-        async with self._write_lock:
-            try:
-                self._writer.write(data)
-                await self._writer.drain()
-            except (ConnectionError, OSError) as exc:
-                raise AgentDisconnected(f"channel write failed: {exc}") from exc
-
-    async def _recv(self) -> Frame:
-        while (frame := self._decoder.pop()) is None:
-            try:
-                data = await self._reader.read(_READ_SIZE)
-            except (ConnectionError, OSError) as exc:
-                raise AgentDisconnected(f"channel read failed: {exc}") from exc
-            if not data:
-                raise AgentDisconnected("the guest agent closed the channel")
-            self._decoder.push(data)
-        return frame
-
-    async def _reply(self, *types: FrameType) -> Frame:
-        """The next frame, which must be one of ``types``; an ERROR frame raises."""
-        frame = await self._recv()
-        if frame.type in self._stale:
-            self._stale = frozenset()  # the pending request got its last reply
-        if frame.type is FrameType.ERROR:
-            err = parse_error(frame.payload)
-            raise AgentRemoteError(err.code, err.message)
-        if frame.type not in types:
-            names = "/".join(t.name for t in types)
-            raise AgentProtocolError(f"expected {names}, got {frame.type.name}")
-        return frame
-
-    async def _skip_stale(self) -> None:
-        while self._stale:
-            if (await self._recv()).type in self._stale:
-                self._stale = frozenset()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -212,8 +115,8 @@ class AgentClient:
         async with self._op_lock:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._send(HostHello(PROTOCOL_VERSION).to_frame())
-                    frame = await self._reply(FrameType.HELLO)
+                    await self._io.send(HostHello(PROTOCOL_VERSION).to_frame())
+                    frame = await self._io.reply(FrameType.HELLO)
             except TimeoutError as exc:
                 raise AgentNotReady(f"no hello from the guest agent in {timeout:g} s") from exc
         info = parse_guest_hello(frame.payload)
@@ -228,9 +131,9 @@ class AgentClient:
     ) -> None:
         """Seed the guest's entropy pool and/or configure its eth0 and DNS."""
         async with self._op_lock:
-            await self._skip_stale()
-            await self._send(_checked(ConfigureRequest(entropy_seed, network).to_frame()))
-            parse_configured((await self._reply(FrameType.CONFIGURED)).payload)
+            await self._io.skip_stale()
+            await self._io.send(checked(ConfigureRequest(entropy_seed, network).to_frame()))
+            parse_configured((await self._io.reply(FrameType.CONFIGURED)).payload)
 
     async def send_workspace(
         self,
@@ -246,20 +149,19 @@ class AgentClient:
         raises AgentRemoteError (``workspace_failed``).
         """
         async with self._op_lock:
-            await self._skip_stale()
-            await self._send(WorkspaceBegin(read_only, scratch).to_frame())
+            await self._io.skip_stale()
+            await self._io.send(WorkspaceBegin(read_only, scratch).to_frame())
             try:
-                async for piece in _aiter_chunks(chunks):
-                    await self._send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
+                async for piece in aiter_chunks(chunks):
+                    await self._io.send(encode_frame(FrameType.WORKSPACE_CHUNK, piece))
             except BaseException:
                 # The archive source failed (or we were cancelled): tell the guest to
                 # drop the transfer; its ERROR reply is skipped by the next request.
-                self._stale = _ABORT_REPLIES
-                with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                    self._writer.write(encode_frame(FrameType.WORKSPACE_ABORT))
+                self._io.stale = _ABORT_REPLIES
+                self._io.write_now(encode_frame(FrameType.WORKSPACE_ABORT))
                 raise
-            await self._send(encode_frame(FrameType.WORKSPACE_END))
-            return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
+            await self._io.send(encode_frame(FrameType.WORKSPACE_END))
+            return parse_workspace_done((await self._io.reply(FrameType.WORKSPACE_DONE)).payload)
 
     async def exec(
         self,
@@ -299,10 +201,10 @@ class AgentClient:
             tty=tty,
         )
         async with self._op_lock:
-            await self._skip_stale()
-            await self._send(_checked(request.to_frame()))
+            await self._io.skip_stale()
+            await self._io.send(checked(request.to_frame()))
             self._exec_running = True
-            self._stale = _EXEC_REPLIES
+            self._io.stale = _EXEC_REPLIES
             pump_error: list[BaseException] = []
             pump = None
             if stdin is not None:
@@ -316,11 +218,9 @@ class AgentClient:
                 raise AgentTimeout(msg) from exc
             finally:
                 self._exec_running = False
-                if self._stale:
+                if self._io.stale:
                     # Abandoned (cancelled, timed out, broken): do not leave it running.
-                    # A plain write() is atomic with respect to other frames.
-                    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                        self._writer.write(SignalRequest(_signal.SIGKILL).to_frame())
+                    self._io.write_now(SignalRequest(_signal.SIGKILL).to_frame())
                 if pump is not None:
                     pump.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -331,34 +231,34 @@ class AgentClient:
 
     async def _exec_loop(self, on_output: OutputCallback) -> ExitStatus:
         while True:
-            frame = await self._reply(FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT)
+            frame = await self._io.reply(FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT)
             if frame.type is FrameType.STDOUT:
                 await on_output("stdout", frame.payload)
             elif frame.type is FrameType.STDERR:
                 await on_output("stderr", frame.payload)
             else:
-                self._stale = frozenset()
+                self._io.stale = frozenset()
                 return parse_exit(frame.payload)
 
     async def _pump_stdin(
         self, stdin: bytes | AsyncIterator[bytes], errors: list[BaseException]
     ) -> None:
         try:
-            async for piece in _aiter_chunks(stdin):
-                await self._send(encode_frame(FrameType.STDIN, piece))
-            await self._send(encode_frame(FrameType.STDIN_EOF))
+            async for piece in aiter_chunks(stdin):
+                await self._io.send(encode_frame(FrameType.STDIN, piece))
+            await self._io.send(encode_frame(FrameType.STDIN_EOF))
         except AgentDisconnected:
             pass  # the exec loop reports the broken channel
         except Exception as exc:  # noqa: BLE001 -- the caller's stdin source failed
             # Truncated input must not pass for a clean EOF: kill the command instead.
             errors.append(exc)
             with contextlib.suppress(AgentError):
-                await self._send(SignalRequest(_signal.SIGKILL).to_frame())
+                await self._io.send(SignalRequest(_signal.SIGKILL).to_frame())
 
     async def signal(self, signum: int) -> None:
         """Send ``signum`` to the running command's process group (no-op when none runs)."""
         if self._exec_running:
-            await self._send(SignalRequest(int(signum)).to_frame())
+            await self._io.send(SignalRequest(int(signum)).to_frame())
 
     async def baseline(self) -> WorkspaceStats:
         """Make the workspace as it is now the one :meth:`changes` compares against.
@@ -368,9 +268,9 @@ class AgentClient:
         content may be as before comes back as modified; the host compares.
         """
         async with self._op_lock:
-            await self._skip_stale()
-            await self._send(encode_frame(FrameType.BASELINE))
-            return parse_workspace_done((await self._reply(FrameType.WORKSPACE_DONE)).payload)
+            await self._io.skip_stale()
+            await self._io.send(encode_frame(FrameType.BASELINE))
+            return parse_workspace_done((await self._io.reply(FrameType.WORKSPACE_DONE)).payload)
 
     async def changes(
         self, limits: FileLimits, *, on_entry: EntryCallback, on_data: DataCallback
@@ -403,12 +303,12 @@ class AgentClient:
         self, request: bytes, limits: FileLimits, on_entry: EntryCallback, on_data: DataCallback
     ) -> FilesDone:
         async with self._op_lock:
-            await self._skip_stale()
-            await self._send(_checked(request))
-            self._stale = _FILES_REPLIES
+            await self._io.skip_stale()
+            await self._io.send(checked(request))
+            self._io.stale = _FILES_REPLIES
             reply = FileReply(limits)
             while True:
-                frame = await self._reply(
+                frame = await self._io.reply(
                     FrameType.FILE_ENTRY, FrameType.FILE_DATA, FrameType.FILES_DONE
                 )
                 item = reply.feed(frame)
@@ -430,7 +330,7 @@ class AgentClient:
         except AgentProtocolError as exc:
             raise ValueError(f"invalid window size: {exc.message}") from exc
         if self._exec_running:
-            await self._send(frame)
+            await self._io.send(frame)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the guest to stop its command, sync and power off; wait at most ``timeout``.
@@ -439,15 +339,13 @@ class AgentClient:
         """
         try:
             async with asyncio.timeout(timeout):
-                await self._send(encode_frame(FrameType.SHUTDOWN))
+                await self._io.send(encode_frame(FrameType.SHUTDOWN))
                 async with self._op_lock:
-                    while (await self._recv()).type is not FrameType.GOODBYE:
+                    while (await self._io.recv()).type is not FrameType.GOODBYE:
                         pass  # leftovers of an abandoned exec
         except (TimeoutError, AgentError):
             pass  # a guest that is gone or wedged is powered off by its backend
 
     async def close(self) -> None:
         """Close the channel (idempotent)."""
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        await self._io.close()

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cleanroom.service import types
 from cleanroom.service.api import ServiceAPI
-from cleanroom.service.types import (
-    CleanroomInfo,
-    DoctorCheck,
-    EventSink,
-    LaunchOptions,
-    RunEvent,
-    RunExit,
-    RunOutput,
-    RunResult,
-    RunStarted,
-)
+from cleanroom.service.types import *  # noqa: F403 - the values that cross the boundary
 
 if TYPE_CHECKING:
     from cleanroom.service.service import Service
 
-__all__ = [
-    "CleanroomInfo",
-    "DoctorCheck",
-    "EventSink",
-    "LaunchOptions",
-    "RunEvent",
-    "RunExit",
-    "RunOutput",
-    "RunResult",
-    "RunStarted",
-    "Service",
-    "ServiceAPI",
-]
+__all__ = ["Service", "ServiceAPI"]
+__all__ += types.__all__
 
 
 def __getattr__(name: str) -> Any:

@@ -59,7 +59,7 @@ class ServerThread:
         try:
             self._server = CleanroomServer(self.service, [listener], security=self._security)
         except BaseException:
-            listener.close()
+            listener.close()  # nobody else holds it yet
             raise
         self._thread = threading.Thread(target=self._main, name="cleanroom-server", daemon=True)
         self._thread.start()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from apt_candidates import seed_candidates
 
 from cleanroom.cli.testing import invoke
 from cleanroom.images import GuestImage, ensure_image
@@ -14,11 +15,12 @@ from cleanroom.paths import images_dir
 
 
 @pytest.fixture
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apt_candidates: bytes) -> Path:
     """A private image cache holding one synthetic (but self-consistent) image."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     directory = images_dir() / ("c" * 64)
     directory.mkdir(parents=True)
+    seed_candidates(apt_candidates)
     artifacts = {}
     for role, name in ARTIFACTS.items():
         path = directory / name

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared_server import shared_host  # noqa: F401 - the tests share one server
 
 from cleanroom.cli.runio import read_env
 from cleanroom.errors import InvalidRequest

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from shared_server import shared_host  # noqa: F401 - the tests share one server
 
 ENTRY = "from cleanroom.cli.app import main; main()"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apt_candidates import seed_candidates
 
 from cleanroom.images import (
     RichProgress,
@@ -81,8 +82,9 @@ def fake_build(inputs: BuildInputs, out: Path, work: Path, progress: Any) -> dic
 
 
 @pytest.fixture
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apt_candidates: bytes) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seed_candidates(apt_candidates)
     return images_dir()
 
 
@@ -96,7 +98,7 @@ def test_waiting_builder_takes_the_image_the_lock_holder_published(
         return fake_build(inputs, out, work, progress)
 
     monkeypatch.setattr(cache_module, "build_artifacts", counting_build)
-    private_cache.mkdir(parents=True)
+    private_cache.mkdir(parents=True, exist_ok=True)
     digest = image_digest()
     recorder = Recorder()
     result: list[Any] = []

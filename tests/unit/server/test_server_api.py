@@ -9,15 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
+from shared_server import SharedServer, shared_service  # noqa: F401 - one server
 
 from cleanroom import paths
 from cleanroom.service import Service
-from cleanroom.testing import ServerThread
 
 
 @pytest.fixture
-def http(server: ServerThread, sock: Path) -> Iterator[httpx.Client]:
-    transport = httpx.HTTPTransport(uds=str(sock))
+def http(module_server: SharedServer) -> Iterator[httpx.Client]:
+    """A client of the module's server (the tests here need a server, not a fresh one)."""
+    transport = httpx.HTTPTransport(uds=module_server.host.removeprefix("unix://"))
     with httpx.Client(transport=transport, base_url="http://cleanroom", timeout=30) as client:
         yield client
 

@@ -25,6 +25,18 @@ def _stdout_log(state: Path) -> Path | None:
     return logs[0] if logs else None
 
 
+def _stalled_size(log: Path, *, quiet: float = 0.5, timeout: float = 30) -> int:
+    """The log's size once it has not grown for ``quiet`` seconds (the buffers are full)."""
+    deadline = time.monotonic() + timeout
+    size, since = log.stat().st_size, time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "output never stalled for a client that reads nothing"
+        time.sleep(0.05)
+        if (now := log.stat().st_size) != size:
+            size, since = now, time.monotonic()
+    return size
+
+
 def test_stalled_client_stalls_the_guest(
     service: Service, repo: Path, root: Path, state: Path
 ) -> None:
@@ -46,8 +58,7 @@ def test_stalled_client_stalls_the_guest(
         while (log := _stdout_log(state)) is None or log.stat().st_size == 0:
             assert time.monotonic() < deadline, "the run did not start"
             time.sleep(0.1)
-        time.sleep(3)  # far longer than filling every buffer takes
-        stalled_at = log.stat().st_size
+        stalled_at = _stalled_size(log)
         time.sleep(2)
         assert log.stat().st_size == stalled_at, "output kept flowing to a stalled client"
         assert stalled_at < STALL_CEILING

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from shared_server import shared_host  # noqa: F401 - the tests share one server
 
 from cleanroom.client import AsyncClient, Client
 from cleanroom.client._calls import Inputs, exec_
