@@ -49,6 +49,7 @@ from cleanroom.models import (
 )
 from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
 from cleanroom.server.origin import over_unix_socket
+from cleanroom.server.schemas import prepare_wire_schemas
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
 from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
@@ -157,6 +158,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
 
     Request bodies over ``body_limit`` bytes are refused with 413 ``invalid_request``.
     """
+    prepare_wire_schemas()
     app = FastAPI(
         title="cleanroom",
         version=cleanroom.__version__,
