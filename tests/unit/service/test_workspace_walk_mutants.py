@@ -73,7 +73,7 @@ def _umask() -> int:
 
 
 def test_counts_and_allocated_bytes(ws: Path) -> None:
-    one_block = os.stat(ws / "d.bin").st_blocks * 512
+    one_block = (ws / "d.bin").stat().st_blocks * 512
     assert one_block > 0
     expected = ArchiveStats(
         files=3,
@@ -82,7 +82,7 @@ def test_counts_and_allocated_bytes(ws: Path) -> None:
         bytes=5 + 3 + 3,  # apparent sizes: a hard link counts each time
         archive_bytes=0,
         skipped=("a/pipe",),
-        allocated=os.stat(ws / "a" / "b.txt").st_blocks * 512 + one_block,  # ...blocks once
+        allocated=(ws / "a" / "b.txt").stat().st_blocks * 512 + one_block,  # ...blocks once
     )
     assert scan_workspace(ws) == expected
     buf = io.BytesIO(b"preamble")
@@ -97,7 +97,7 @@ def test_a_lone_file_counts_its_blocks_each_time(tmp_path: Path) -> None:
     ws.mkdir()
     for name in ("a", "b"):
         (ws / name).write_bytes(b"same content")
-    blocks = sum(os.stat(ws / name).st_blocks * 512 for name in ("a", "b"))
+    blocks = sum((ws / name).stat().st_blocks * 512 for name in ("a", "b"))
     assert scan_workspace(ws).allocated == blocks > 0
 
 
@@ -109,7 +109,7 @@ def test_hard_links_in_different_directories_count_once(tmp_path: Path) -> None:
     os.link(ws / "x" / "f", ws / "h")
     stats = scan_workspace(ws)
     assert (stats.files, stats.bytes) == (3, 15000)
-    assert stats.allocated == os.stat(ws / "g").st_blocks * 512
+    assert stats.allocated == (ws / "g").stat().st_blocks * 512
 
 
 def test_the_workspace_root_may_be_a_symlink(ws: Path, tmp_path: Path) -> None:
