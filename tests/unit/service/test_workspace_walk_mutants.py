@@ -13,6 +13,7 @@ import pytest
 
 from cleanroom.config_limits import LimitsConfig
 from cleanroom.errors import InvalidRequest, WorkspaceTooLarge
+from cleanroom.service import workspace as workspace_module
 from cleanroom.service.workspace import (
     ArchiveStats,
     archive_workspace,
@@ -165,3 +166,27 @@ def test_apparent_cap_one_past() -> None:
         "max_bytes": 1000,
     }
     assert "more than limits.workspace_apparent_bytes (1000)" in str(info.value)
+
+
+def test_only_multiply_linked_files_become_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file moved deeper into the tree while the walk runs is met twice under one
+    inode with a single link: the second is archived as a file, not a link to the first."""
+    ws = tmp_path / "ws"
+    (ws / "z").mkdir(parents=True)
+    (ws / "a").write_bytes(b"moved")
+    real_openat = workspace_module._openat
+
+    def openat(name: str, flags: int, dir_fd: int) -> int:
+        if name == "z":
+            (ws / "a").rename(ws / "z" / "a2")
+        return real_openat(name, flags, dir_fd)
+
+    monkeypatch.setattr(workspace_module, "_openat", openat)
+    buf = io.BytesIO()
+    archive_workspace(ws, buf)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        moved = tar.getmember("z/a2")
+        assert (moved.type, moved.linkname, moved.size) == (tarfile.REGTYPE, "", 5)
