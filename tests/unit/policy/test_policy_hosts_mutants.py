@@ -100,3 +100,9 @@ def test_specificity_exact_beats_every_wildcard_and_network() -> None:
     assert parse_host("2001:db8::/127").specificity() == (0, 127)
     assert parse_host("192.0.2.0/31").specificity() == (0, 31)
     assert max(parse_host("192.0.2.0/31").specificity(), *exact) == (1, 0)
+
+
+def test_an_empty_host_message_is_exact() -> None:
+    with pytest.raises(InvalidHost) as info:
+        parse_host(" ")
+    assert str(info.value) == "invalid_request: host must not be empty"
