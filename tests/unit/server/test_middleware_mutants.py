@@ -146,14 +146,14 @@ async def test_a_client_gone_mid_body_gets_nothing() -> None:
 
 
 class _Clock:
-    """Stands in for the ``time`` module in the middleware: 12.3 ms per request."""
+    """Stands in for the ``time`` module in the middleware: 12.34 ms per request."""
 
     def __init__(self) -> None:
         self.now = 100.0
 
     def monotonic(self) -> float:
         value = self.now
-        self.now += 0.0123
+        self.now += 0.01234
         return value
 
 
@@ -182,7 +182,7 @@ async def test_access_log_logs_one_line_per_request(monkeypatch: pytest.MonkeyPa
             "method": "POST",
             "path": "/v1/x",
             "status": 201,
-            "duration_ms": 12.3,
+            "duration_ms": 12.3,  # 12.34 ms, rounded to 0.1
         }
     ]
 
@@ -220,7 +220,7 @@ async def test_a_bug_before_the_response_is_a_logged_generic_500(
             "method": "POST",
             "path": "/v1/x",
             "status": 500,
-            "duration_ms": 12.3,
+            "duration_ms": 12.3,  # 12.34 ms, rounded to 0.1
         },
     ]
 

@@ -190,3 +190,33 @@ def test_only_multiply_linked_files_become_hard_links(
     with tarfile.open(fileobj=buf) as tar:
         moved = tar.getmember("z/a2")
         assert (moved.type, moved.linkname, moved.size) == (tarfile.REGTYPE, "", 5)
+
+
+def test_every_directory_and_every_hard_link_group_counts(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "a" / "b").mkdir(parents=True)
+    (ws / "c").mkdir()
+    for group in ("x", "y"):
+        (ws / f"{group}1").write_bytes(group.encode() * 5000)
+        os.link(ws / f"{group}1", ws / "a" / f"{group}2")
+    stats = scan_workspace(ws)
+    assert (stats.directories, stats.files, stats.bytes) == (3, 4, 20000)
+    blocks = (ws / "x1").stat().st_blocks + (ws / "y1").stat().st_blocks
+    assert stats.allocated == blocks * 512
+
+
+def test_a_failure_mid_walk_names_the_workspace_and_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "f").write_bytes(b"f")
+
+    def openat(name: str, flags: int, dir_fd: int) -> int:
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(workspace_module, "_openat", openat)
+    with pytest.raises(InvalidRequest) as info:
+        archive_workspace(ws, io.BytesIO())
+    assert str(info.value) == f"invalid_request: cannot archive workspace {ws}: Permission denied"
+    assert info.value.details == {"cwd": str(ws), "path": "f"}
