@@ -250,3 +250,14 @@ async def test_access_log_passes_other_scopes_through(monkeypatch: pytest.Monkey
         await AccessLog(app)(scope, exchange.receive, exchange.send)
     assert seen == [(scope, exchange.receive, exchange.send)]
     assert logs == []
+
+
+async def test_a_scope_without_headers_is_counted() -> None:
+    exchange = Exchange([_request(b"{}")], [])
+    del exchange.scope["headers"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        exchange.app_read = [await receive()]
+
+    await BodyLimit(app, limit=8)(exchange.scope, exchange.receive, exchange.send)
+    assert exchange.app_read == [_request(b"{}")]
