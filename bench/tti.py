@@ -10,11 +10,18 @@
    by ``cleanroom image warm`` with the server's config; pool disabled).
    ``cold_big`` and ``restored_big``: the same two with a 100 MiB, 1,000-file
    workspace (it reaches the guest as a disk made on the host).
-4. warm: the same with the warm pool (the pool is refilled between samples).
+4. warm: the same with the warm pool (``pool.size: 1``, refills restored from
+   the snapshot; the pool is refilled between samples). ``refill_ms``: how long
+   each refill took (restore to self-tested, from the run records).
+   ``warm_big``: the 100 MiB workspace on the same server (big workspaces do
+   not stream through the agent: they take a guest restored with their own disk).
 5. cli_warm: the whole ``cleanroom exec -- true`` process against the warm server.
+6. sustained: ``--sustained K`` (default 100; 0 skips) sequential ``exec -- true``
+   against the warm server without waiting for the pool: the average per run.
+7. memory: RSS and PSS of each restored guest's QEMU process, two alive at once.
 
 
-Usage: ``python bench/tti.py [-n N] [--accel tcg|kvm|auto] [--json]``
+Usage: ``python bench/tti.py [-n N] [--sustained K] [--accel tcg|kvm|auto] [--json]``
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,13 +116,63 @@ def _big_workspace(root: Path) -> Path:
     return ws
 
 
+FALLBACKS: dict[str, int] = {}
+"""Why guests meant to be restored (runs' and pooled ones) booted instead, and how often."""
+
+
+def _note_fallbacks(record: dict[str, Any]) -> None:
+    pooled = record.get("pool_guest") or {}
+    for reason in (record.get("start_fallback"), pooled.get("start_fallback")):
+        if reason:
+            FALLBACKS[reason] = FALLBACKS.get(reason, 0) + 1
+
+
 def _timed_exec(c: Client, ws: Path) -> tuple[float, str]:
     """``POST /v1/exec`` of ``true`` in ``ws``: its ms and how the guest started."""
     t0 = time.perf_counter()
     r = c.exec(ws, ["true"])
     ms = (time.perf_counter() - t0) * 1000
     assert r.exit_code == 0
-    return ms, str(c.run_record(r.run_id)["start"])
+    record = c.run_record(r.run_id)
+    _note_fallbacks(record)
+    return ms, str(record["start"])
+
+
+def _qemu_memory(server_pid: int) -> list[dict[str, int]]:
+    """RSS, PSS and private KiB of each QEMU process ``server_pid`` started."""
+    found: list[dict[str, int]] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "comm").read_text().startswith("qemu-system"):
+                continue
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
+                continue
+            rollup = (entry / "smaps_rollup").read_text().splitlines()[1:]
+        except (OSError, ValueError, IndexError):
+            continue
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in rollup)}
+        private = kib["Private_Clean"] + kib["Private_Dirty"]
+        found.append({"rss_kib": kib["Rss"], "pss_kib": kib["Pss"], "private_kib": private})
+    return found
+
+
+def _memory_of_restored(server_pid: int, c: Client, ws: Path) -> list[dict[str, int]]:
+    """Two restored guests alive at once (each runs ``sleep``): their QEMU's memory."""
+    threads = [threading.Thread(target=c.exec, args=(ws, ["sleep", "4"])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    sample: list[dict[str, int]] = []
+    while time.monotonic() < deadline and len(sample) < 2:
+        time.sleep(0.5)
+        sample = _qemu_memory(server_pid)
+    time.sleep(1.0)  # both past their restore and configure
+    sample = _qemu_memory(server_pid) or sample
+    for t in threads:
+        t.join()
+    return sample
 
 
 def _cli_once(host: str, ws: Path) -> float:
@@ -133,6 +191,9 @@ def _cli_once(host: str, ws: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5, help="iterations per mode")
+    ap.add_argument(
+        "--sustained", type=int, default=100, help="sequential runs for sustained_ms (0: skip)"
+    )
     ap.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -145,9 +206,14 @@ def main() -> None:
         "cold_big": [],
         "restored_big": [],
         "warm": [],
+        "refill": [],
+        "warm_big": [],
         "cli_warm": [],
+        "sustained": [],
     }
     pool_hits = restored_hits = 0
+    starts: dict[str, dict[str, int]] = {"warm_big": {}, "sustained": {}}
+    memory: list[dict[str, int]] = []
     with tempfile.TemporaryDirectory(prefix="cleanroom-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ws = make_workspace(tmp)
@@ -170,18 +236,47 @@ def main() -> None:
                     ms, start = _timed_exec(restoring, where)
                     results[key].append(ms)
                     restored_hits += start == "restored"
-        with serve(tmp / "warm", pool_size=1, accel=args.accel) as server:
+            memory = _memory_of_restored(restorer.proc.pid, restoring, ws)
+        with serve(tmp / "warm", pool_size=1, accel=args.accel, snapshots=True) as server:
             with server.client() as c:
                 for _ in range(args.n):
                     server.wait_pool()
                     t0 = time.perf_counter()
                     r = c.exec(ws, ["true"])
                     results["warm"].append((time.perf_counter() - t0) * 1000)
-                    pool_hits += c.run_record(r.run_id)["pool"] == "hit"
+                    record = c.run_record(r.run_id)
+                    _note_fallbacks(record)
+                    pool_hits += record["pool"] == "hit"
+                    pooled = record.get("pool_guest") or {}
+                    if pooled.get("start") == "restored":
+                        results["refill"].append(float(pooled["boot_ms"]))
+                for _ in range(args.n):
+                    server.wait_pool()
+                    ms, start = _timed_exec(c, big)
+                    results["warm_big"].append(ms)
+                    starts["warm_big"][start] = starts["warm_big"].get(start, 0) + 1
+                server.wait_pool()
+                for _ in range(args.sustained):
+                    ms, start = _timed_exec(c, ws)
+                    results["sustained"].append(ms)
+                    starts["sustained"][start] = starts["sustained"].get(start, 0) + 1
             for _ in range(args.n):
                 server.wait_pool()
                 results["cli_warm"].append(_cli_once(server.host, ws))
-    stats = {k: summarize(v) for k, v in results.items()}
+    stats = {k: summarize(v) for k, v in results.items() if v}
+    floor = stats["floor"]["median"]
+
+    def median(key: str) -> float | None:
+        return stats[key]["median"] if key in stats else None
+
+    def over_floor(value: float | None) -> float | None:
+        return None if value is None else round(value / floor, 3)
+
+    sustained = (
+        round(sum(results["sustained"]) / len(results["sustained"]), 1)
+        if results["sustained"]
+        else None
+    )
     out: dict[str, Any] = {
         "floor_ms": stats["floor"]["median"],
         "cold_ms": stats["cold"]["median"],
@@ -189,6 +284,17 @@ def main() -> None:
         "cold_big_ms": stats["cold_big"]["median"],
         "restored_big_ms": stats["restored_big"]["median"],
         "warm_ms": stats["warm"]["median"],
+        "refill_ms": median("refill"),
+        "refill_over_floor": over_floor(median("refill")),
+        "warm_big_ms": median("warm_big"),
+        "warm_big_over_floor": over_floor(median("warm_big")),
+        "warm_big_starts": starts["warm_big"],
+        "sustained_ms": sustained,
+        "sustained_over_floor": over_floor(sustained),
+        "sustained_runs": len(results["sustained"]),
+        "sustained_starts": starts["sustained"],
+        "restored_memory": memory,
+        "fallbacks": FALLBACKS,
         "cli_warm_ms": stats["cli_warm"]["median"],
         "cold_over_floor": round(stats["cold"]["median"] / stats["floor"]["median"], 3),
         "restored_over_floor": round(stats["restored"]["median"] / stats["floor"]["median"], 3),
@@ -208,13 +314,19 @@ def main() -> None:
         return
     print_table(
         f"time to first command ({args.n} runs each, accel={args.accel})",
-        [(k, stats[k]) for k in results],
+        [(k, stats[k]) for k in results if k in stats],
     )
     print(
         f"\ncold/floor {out['cold_over_floor']}   restored/floor {out['restored_over_floor']}   "
         f"restored_big/floor {out['restored_big_over_floor']}   "
         f"warm/cold {out['warm_over_cold']}   restored {restored_hits}/{2 * args.n}   "
         f"warm pool hits {pool_hits}/{args.n}   host {out['host']}"
+    )
+    print(
+        f"refill/floor {out['refill_over_floor']}   warm_big/floor {out['warm_big_over_floor']} "
+        f"{starts['warm_big']}   sustained {sustained} ms/run (/floor "
+        f"{out['sustained_over_floor']}) {starts['sustained']}\n"
+        f"restored guests' QEMU memory (KiB): {memory}\nfallbacks: {FALLBACKS}"
     )
 
 

@@ -10,6 +10,8 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     default_backend: auto            # auto | a name from cleanroom.backend_table
     workspace:
       access: rw                     # rw | ro
+      roots: [PATH, ...]             # server directories a TCP client may name as cwd
+                                     # (default none: TCP clients upload their workspace)
     backends:                        # one section per backend, owned and parsed by it
       firecracker: {binary_path, kernel_image, initrd, rootfs, vcpus, memory_mib,
                     guest_cid, launch_seconds}
@@ -24,6 +26,7 @@ syntax errors raise :class:`~cleanroom.errors.ConfigInvalid` whose
     images: {insecure_registries, allow_override, default, max}   # see cleanroom.config_images
     limits: {console_log_bytes, output_log_bytes, run_timeout_seconds, workspace_bytes,
              workspace_apparent_bytes, max_concurrent_runs}         # see cleanroom.config_limits
+    policy: {isolation, ceiling: {hosts, images, max}}             # see cleanroom.config_policy
 
 Paths must be absolute (``~`` is expanded). ``binary_path: null`` means look the
 VMM up on ``PATH``, a bare command name is looked up on ``PATH`` too; image
@@ -54,6 +57,7 @@ from cleanroom._yaml import (
 from cleanroom.backend_table import BackendSettings, load_ref, settings_class
 from cleanroom.config_images import IMAGES_KEYS, ImagesConfig, read_images
 from cleanroom.config_limits import LIMITS_KEYS, LimitsConfig, read_limits
+from cleanroom.config_policy import POLICY_KEYS, PolicyConfig, read_policy_section
 from cleanroom.config_reader import SectionReader, is_null
 from cleanroom.errors import ConfigInvalid
 
@@ -63,6 +67,7 @@ __all__ = [
     "ImagesConfig",
     "LimitsConfig",
     "NetworkConfig",
+    "PolicyConfig",
     "PoolConfig",
     "RuntimeConfig",
     "WorkspaceAccess",
@@ -120,6 +125,10 @@ class WorkspaceConfig:
     """How the workspace is mounted in the guest by default."""
 
     access: WorkspaceAccess = "rw"
+    roots: tuple[Path, ...] = ()
+    """Directories under which a request over TCP may name a server-side ``cwd``
+    (the unix socket may name any); none by default: TCP clients upload their
+    workspace instead."""
 
 
 def _default_sections() -> dict[str, BackendSettings]:
@@ -143,6 +152,7 @@ class RuntimeConfig:
     backends: Mapping[str, BackendSettings]
     images: ImagesConfig
     limits: LimitsConfig
+    policy: PolicyConfig
     source: Path | None = field(compare=False)
 
     def __init__(
@@ -156,6 +166,7 @@ class RuntimeConfig:
         source: Path | None = None,
         images: ImagesConfig | None = None,
         limits: LimitsConfig | None = None,
+        policy: PolicyConfig | None = None,
         **sections: BackendSettings,
     ) -> None:
         merged = _default_sections()
@@ -172,6 +183,7 @@ class RuntimeConfig:
         setter(self, "source", source)
         setter(self, "images", images if images is not None else ImagesConfig())
         setter(self, "limits", limits if limits is not None else LimitsConfig())
+        setter(self, "policy", policy if policy is not None else PolicyConfig())
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not fields: a backend's section by name.
@@ -189,6 +201,7 @@ class RuntimeConfig:
                 self.pool,
                 self.images,
                 self.limits,
+                self.policy,
             )
         )
 
@@ -235,13 +248,23 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     problems.raise_if_any(ConfigInvalid, "runtime config")
     if root is None:
         return RuntimeConfig()
-    top = ("default_backend", "workspace", "backends", "network", "pool", "images", "limits")
+    top = (
+        "default_backend",
+        "workspace",
+        "backends",
+        "network",
+        "pool",
+        "images",
+        "limits",
+        "policy",
+    )
     entries = read_mapping(root, "", problems, allowed=top) or {}
     reader = SectionReader(problems)
     names = backend_table.backend_names()
     backend = reader.choice(entries, "default_backend", "", ("auto", *names), "auto")
-    workspace = reader.section(entries, "workspace", "", ("access",))
+    workspace = reader.section(entries, "workspace", "", ("access", "roots"))
     access = reader.choice(workspace, "access", "workspace", ("rw", "ro"), "rw")
+    roots = _read_roots(reader, workspace.get("roots"))
     backends = reader.section(entries, "backends", "", names)
     sections: dict[str, BackendSettings] = {}
     for name in names:
@@ -256,16 +279,27 @@ def parse_config_text(text: str, source_name: str) -> RuntimeConfig:
     pool_images = _read_pool_images(pool.get("images"), problems)
     images = read_images(reader, reader.section(entries, "images", "", IMAGES_KEYS))
     limits = read_limits(reader, reader.section(entries, "limits", "", LIMITS_KEYS))
+    policy = read_policy_section(reader, reader.section(entries, "policy", "", POLICY_KEYS))
     problems.raise_if_any(ConfigInvalid, "runtime config")
     return RuntimeConfig(
         default_backend=backend,
-        workspace=WorkspaceConfig(access=cast(WorkspaceAccess, access)),
+        workspace=WorkspaceConfig(access=cast(WorkspaceAccess, access), roots=roots),
         backends=sections,
         network=network,
         pool=PoolConfig(size=size, images=pool_images),
         images=images,
         limits=limits,
+        policy=policy,
     )
+
+
+def _read_roots(reader: SectionReader, entry: YamlEntry | None) -> tuple[Path, ...]:
+    """``workspace.roots``: absolute directory paths."""
+    if entry is None or is_null(entry.value):
+        return ()
+    items = read_sequence(entry.value, "workspace.roots", reader.problems) or ()
+    found = (reader.path_value(item, f"workspace.roots[{i}]") for i, item in enumerate(items))
+    return tuple(path for path in found if path is not None)
 
 
 def _read_pool_images(entry: YamlEntry | None, problems: Problems) -> tuple[str, ...]:

@@ -12,6 +12,10 @@
       runs_max_age_days: 30            # finished run directories older than this are pruned
       runs_max_count: 1000             # ... beyond this many (oldest first)
       runs_max_bytes: 21474836480      # ... until the rest take at most this much disk
+      dns_tcp_clients: 8               # per run: concurrent TCP clients of the DNS filter
+      dns_inflight_queries: 32         # per run: UDP queries answered at once (more: dropped)
+      dns_queries_per_second: 100      # per run: DNS query rate (more: dropped, counted)
+      dns_audit_bytes: 4194304         # per run: network-events.jsonl size cap
 
 Every key is optional; the defaults are the values above.
 """
@@ -37,6 +41,10 @@ LIMITS_KEYS = (
     "runs_max_age_days",
     "runs_max_count",
     "runs_max_bytes",
+    "dns_tcp_clients",
+    "dns_inflight_queries",
+    "dns_queries_per_second",
+    "dns_audit_bytes",
 )
 
 _MIN_LOG_BYTES = 4096
@@ -56,6 +64,10 @@ class LimitsConfig:
     runs_max_age_days: float = 30.0
     runs_max_count: int = 1000
     runs_max_bytes: int = 20 << 30
+    dns_tcp_clients: int = 8
+    dns_inflight_queries: int = 32
+    dns_queries_per_second: int = 100
+    dns_audit_bytes: int = 4 << 20
 
 
 def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsConfig:
@@ -92,5 +104,17 @@ def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsC
         ),
         runs_max_bytes=reader.integer(
             section, "runs_max_bytes", "limits", d.runs_max_bytes, minimum=0
+        ),
+        dns_tcp_clients=reader.integer(
+            section, "dns_tcp_clients", "limits", d.dns_tcp_clients, minimum=1
+        ),
+        dns_inflight_queries=reader.integer(
+            section, "dns_inflight_queries", "limits", d.dns_inflight_queries, minimum=1
+        ),
+        dns_queries_per_second=reader.integer(
+            section, "dns_queries_per_second", "limits", d.dns_queries_per_second, minimum=1
+        ),
+        dns_audit_bytes=reader.integer(
+            section, "dns_audit_bytes", "limits", d.dns_audit_bytes, minimum=_MIN_LOG_BYTES
         ),
     )

@@ -25,6 +25,7 @@ errors by class or by ``code``, never by message text.
     ├── RunCancelled               run_cancelled                409 130
     ├── OutputLimitExceeded        output_limit                 413  73
     ├── WorkspaceTooLarge          workspace_too_large          413  65
+    ├── WorkspaceInvalid           workspace_invalid            400  65
     ├── CapacityExhausted          capacity_exhausted           503  75
     ├── GuestAgentFailed           guest_agent_failed           502  70
     ├── NetworkSetupFailed         network_setup_failed         502  70
@@ -62,6 +63,7 @@ __all__ = [
     "RuntimeLaunchFailed",
     "ServerUnavailable",
     "WorkspaceConflict",
+    "WorkspaceInvalid",
     "WorkspaceTooLarge",
     "error_class_for_code",
 ]
@@ -176,6 +178,11 @@ class OutputLimitExceeded(CleanroomError, code="output_limit", status=413, exit_
 class WorkspaceTooLarge(CleanroomError, code="workspace_too_large", status=413, exit_code=65):
     """The workspace is larger than ``limits.workspace_bytes`` (allocated) or
     ``limits.workspace_apparent_bytes`` (apparent); nothing was copied."""
+
+
+class WorkspaceInvalid(CleanroomError, code="workspace_invalid", status=400, exit_code=65):
+    """An uploaded workspace archive is malformed or unsafe (a path leaving the tree,
+    a device node, too many members, ...) or names no live upload; nothing of it is used."""
 
 
 class CapacityExhausted(CleanroomError, code="capacity_exhausted", status=503, exit_code=75):

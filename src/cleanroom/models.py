@@ -61,6 +61,7 @@ __all__ = [
     "SandboxResources",
     "TerminateRequest",
     "Terminated",
+    "WorkspaceUploaded",
     "encode_stdin",
     "from_dict",
     "to_dict",
@@ -124,6 +125,9 @@ class LaunchOptions(Wire):
     image: ImageOverride | None = None
     """A digest-pinned image ref to run in instead of the policy's ``sandbox.image``
     (refused with ``policy_conflict`` when the runtime config forbids overrides)."""
+    expected_policy_hash: Annotated[str, NonEmpty(), NoNul()] | None = None
+    """The ``policy_hash`` the caller has reviewed (hex, ``sha256:`` prefix optional);
+    any other policy in ``cwd`` is refused with ``policy_conflict``."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,15 @@ class LaunchRequest(Wire):
     """``POST /v1/cleanrooms/launch``."""
 
     cwd: AbsPath
-    """Absolute path of the repository directory (holds the policy)."""
+    """Absolute path of the repository directory (holds the policy). With
+    ``workspace_id``: the client's own path of the uploaded directory (recorded,
+    never opened on the server)."""
     backend: Name | None = None
     """Backend name; default from the runtime config."""
     options: LaunchOptions | None = None
+    workspace_id: Id | None = None
+    """An uploaded workspace (``POST /v1/workspaces``) to use instead of the server
+    directory ``cwd``; it is used once (the context owns it)."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -183,7 +192,8 @@ class ExecRequest(Wire):
     """``POST /v1/exec``: launch, run once, terminate."""
 
     cwd: AbsPath
-    """Absolute path of the repository directory (holds the policy)."""
+    """Absolute path of the repository directory (holds the policy). With
+    ``workspace_id``: the client's own path of the uploaded directory."""
     command: Command
     """argv, run without a shell."""
     backend: Name | None = None
@@ -197,6 +207,9 @@ class ExecRequest(Wire):
     """Standard input, base64 (at most 512 KiB decoded), then EOF; default: empty."""
     artifacts: ArtifactGlobs | None = None
     """Globs of workspace files to copy into the run directory's ``artifacts/``."""
+    workspace_id: Id | None = None
+    """An uploaded workspace (``POST /v1/workspaces``) to use instead of the server
+    directory ``cwd``; it is used once."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -212,7 +225,7 @@ class ExecRequest(Wire):
     @property
     def launch(self) -> LaunchRequest:
         """The launch half of the request."""
-        return LaunchRequest(self.cwd, self.backend, self.options)
+        return LaunchRequest(self.cwd, self.backend, self.options, self.workspace_id)
 
 
 # -- results -------------------------------------------------------------------------
@@ -258,6 +271,9 @@ class CleanroomInfo(Wire):
     image: SandboxImage | None = None
     """The user image (None: the built-in image)."""
     resources: SandboxResources | None = None
+    isolation: str | None = None
+    """How the context's guests are isolated: ``qemu-tcg`` (emulation; not a security
+    boundary), ``qemu-kvm`` or ``firecracker-kvm``."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +288,8 @@ class LaunchResult(Wire):
     image: SandboxImage | None = None
     """The user image (None: the built-in image)."""
     resources: SandboxResources | None = None
+    isolation: str | None = None
+    """How the context's guests are isolated (see ``CleanroomInfo.isolation``)."""
 
     @classmethod
     def of(cls, info: CleanroomInfo) -> LaunchResult:
@@ -284,6 +302,7 @@ class LaunchResult(Wire):
             info.run_dir_root,
             info.image,
             info.resources,
+            info.isolation,
         )
 
 
@@ -344,6 +363,8 @@ class RunResult(Wire):
     """The files the request's ``artifacts`` globs matched (none matched: empty)."""
     artifacts_caps_hit: tuple[str, ...] = ()
     """Caps that cut the artifacts short (``max_files``, ``max_file_bytes``, ...)."""
+    isolation: str | None = None
+    """How the run's guest was isolated (``qemu-tcg``, ``qemu-kvm``, ``firecracker-kvm``)."""
 
 
 @dataclass(frozen=True)
@@ -371,6 +392,22 @@ class DoctorReport(Wire):
     def of(cls, checks: tuple[DoctorCheck, ...] | list[DoctorCheck]) -> DoctorReport:
         """The report of ``checks``."""
         return cls(all(c.status != "fail" for c in checks), tuple(checks))
+
+
+@dataclass(frozen=True)
+class WorkspaceUploaded(Wire):
+    """``POST /v1/workspaces``: an uploaded workspace, ready to be named by one launch or exec."""
+
+    workspace_id: str
+    files: int
+    directories: int
+    symlinks: int
+    bytes: int
+    """Sum of the regular files' sizes."""
+    archive_bytes: int
+    """Size of the tar stream received."""
+    expires_in_seconds: float
+    """It is removed if no launch or exec claims it by then."""
 
 
 @dataclass(frozen=True)

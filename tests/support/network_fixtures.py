@@ -37,6 +37,8 @@ ZONE = {
     "evil.wild.example.test": "192.0.2.66",
     "blocked.example.test": "192.0.2.30",
     "changing.example.test": "203.0.113.100",
+    "private.example.test": "10.99.0.5",
+    "cgnat.example.test": "100.64.0.5",
 }
 INET_ADDRESSES = (
     "192.0.2.10/32",
@@ -53,6 +55,11 @@ INET_ADDRESSES = (
     "203.0.113.100/32",
     "203.0.113.101/32",
     "169.254.169.254/32",
+    # Private and CGNAT addresses: reachable only through rules naming their range.
+    "10.99.0.5/32",
+    "100.64.0.5/32",
+    "172.16.0.5/32",
+    "192.168.0.5/32",
 )
 
 

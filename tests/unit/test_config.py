@@ -141,7 +141,8 @@ def test_unknown_keys_are_located() -> None:
     assert problems_of("pool:\n  size: 1\n  max: 2\nbackend: qemu\n") == [
         "config.yaml:3:3: pool.max: unknown key 'max' (expected one of: images, size)",
         "config.yaml:4:1: backend: unknown key 'backend' "
-        "(expected one of: backends, default_backend, images, limits, network, pool, workspace)",
+        "(expected one of: backends, default_backend, images, limits, network, policy, pool, "
+        "workspace)",
     ]
 
 

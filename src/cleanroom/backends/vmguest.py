@@ -26,6 +26,7 @@ from cleanroom.backends.workspace_disk import (
     DEFAULT_WORKSPACE_DISK_BYTES,
     ScratchDisk,
     WorkspaceDisk,
+    create_blank_workspace_disk,
     create_scratch_disk,
     create_workspace_disk,
     remove_scratch_disk,
@@ -67,6 +68,7 @@ async def run_disks(
     *,
     vmm: str,
     qemu_img: str = "qemu-img",
+    blank_workspace: bool = False,
 ) -> AsyncIterator[RunDisks]:
     """Make the run's rootfs copy, workspace disk and (for ``spec.image``) scratch
     disk in ``spec.run_dir`` for the block that starts ``vmm`` on them; the
@@ -76,6 +78,9 @@ async def run_disks(
     Raises ``ImageUnavailable`` if the user image's file is gone, and
     ``RuntimeLaunchFailed``: making a disk failed, or the block raised an
     ``OSError`` (writing the plan, say); anything else the block raises passes as is.
+
+    ``blank_workspace``: the workspace disk is a blank file the caller fills in
+    place later (``fill_workspace_disk``), so the VMM can start meanwhile.
     """
     run_dir = spec.run_dir
     if spec.image is not None and not spec.image.rootfs.is_file():
@@ -88,7 +93,12 @@ async def run_disks(
         prepare_rootfs, base_rootfs, run_dir, methods, qemu_img=qemu_img
     )
     try:
-        workspace = await asyncio.to_thread(create_workspace_disk, run_dir, spec.workspace, size)
+        if blank_workspace and spec.workspace is not None:
+            workspace = await asyncio.to_thread(create_blank_workspace_disk, run_dir, size)
+        else:
+            workspace = await asyncio.to_thread(
+                create_workspace_disk, run_dir, spec.workspace, size
+            )
         scratch = None
         if spec.image is not None:
             scratch = await asyncio.to_thread(create_scratch_disk, run_dir, spec.image.config, size)
@@ -157,6 +167,7 @@ class VmGuest:
     def __init__(self, *, spec: GuestSpec, process: VmmProcess, disks: RunDisks) -> None:
         self._spec = spec
         self._process = process
+        self._disks = disks
         self._facts = GuestFacts(
             rootfs_method=disks.rootfs.method, workspace_seeded=disks.workspace.seeded
         )

@@ -38,8 +38,10 @@ __all__ = [
     "WORKSPACE_LABEL",
     "ScratchDisk",
     "WorkspaceDisk",
+    "create_blank_workspace_disk",
     "create_scratch_disk",
     "create_workspace_disk",
+    "fill_workspace_disk",
     "remove_scratch_disk",
     "remove_workspace_disk",
 ]
@@ -85,9 +87,13 @@ def _make_ext4(
     *,
     what: str,
     after: Sequence[str] = (),
+    in_place: bool = False,
 ) -> None:
     """A sparse ext4 at ``path`` holding a copy of ``seed``, then ``after PATH`` run on
-    it; removed again on failure, which raises ``RuntimeLaunchFailed``."""
+    it; removed again on failure, which raises ``RuntimeLaunchFailed``.
+
+    ``in_place``: ``path`` exists (a blank file of ``size_bytes`` a VMM already has
+    open): the filesystem is written into that same file, never truncated."""
     if size_bytes < _MKFS_MIN_BYTES:
         raise RuntimeLaunchFailed(
             f"a {what} disk of {size_bytes} bytes is too small",
@@ -97,8 +103,9 @@ def _make_ext4(
     argv += ["-E", "lazy_itable_init=1,root_owner=0:0", "-L", label]
     argv += ["-d", str(seed)] if seed is not None else []
     try:
-        with path.open("wb") as fh:
-            fh.truncate(size_bytes)
+        if not in_place:
+            with path.open("wb") as fh:
+                fh.truncate(size_bytes)
         commands = [[*argv, str(path)]]
         if after:
             commands.append([*after, str(path)])
@@ -166,6 +173,42 @@ def create_workspace_disk(
     )
     ms = round((time.monotonic() - started) * 1000, 3)
     return WorkspaceDisk(path, size_bytes, ms, seeded=source is not None)
+
+
+def create_blank_workspace_disk(
+    run_dir: Path, size_bytes: int = DEFAULT_WORKSPACE_DISK_BYTES
+) -> WorkspaceDisk:
+    """Create ``run_dir/workspace.ext4`` as a blank sparse file (no filesystem yet) for
+    a VMM to open now; :func:`fill_workspace_disk` writes the workspace into it
+    later, in place. The guest must not read it before then, and must drop any
+    blocks of that device it cached earlier (a restored guest's agent does both).
+    Raises ``RuntimeLaunchFailed``."""
+    path = run_dir / WORKSPACE_DISK_NAME
+    try:
+        with path.open("wb") as fh:
+            fh.truncate(size_bytes)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise RuntimeLaunchFailed(f"could not create the workspace disk: {exc}") from exc
+    return WorkspaceDisk(path, size_bytes, 0.0, seeded=True)
+
+
+def fill_workspace_disk(disk: WorkspaceDisk, source: Path) -> float:
+    """Write the workspace filesystem holding a copy of ``source`` into the blank
+    ``disk`` (see :func:`create_blank_workspace_disk`), as
+    :func:`create_workspace_disk` would make it; the milliseconds it took.
+    Raises ``RuntimeLaunchFailed``."""
+    started = time.monotonic()
+    _make_ext4(
+        disk.path,
+        disk.size_bytes,
+        WORKSPACE_LABEL,
+        source,
+        what="workspace",
+        after=("debugfs", "-w", "-R", "rmdir /lost+found"),
+        in_place=True,
+    )
+    return round((time.monotonic() - started) * 1000, 3)
 
 
 def remove_workspace_disk(run_dir: Path) -> None:

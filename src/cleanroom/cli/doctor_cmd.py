@@ -2,7 +2,8 @@
 
 Client-side checks (the server answers; the policy in the directory compiles)
 followed by the server's host checks (``GET /v1/doctor``) when a server
-answers. Exits 1 when any check fails.
+answers, or the same host and backend checks run here when none does (named
+``local`` in the report). Exits 1 when any check fails.
 """
 
 # The client, the policy compiler and rich load only when the command runs.
@@ -38,6 +39,24 @@ def _policy_check(directory: Path) -> DoctorCheck:
     return DoctorCheck("policy", "pass", summary, {"warnings": list(policy.warnings)})
 
 
+def _local_checks() -> list[DoctorCheck]:
+    """The server's host and backend checks, run in this process."""
+    import asyncio
+
+    from cleanroom.config import load_config
+    from cleanroom.service.doctor import local_checks
+
+    try:
+        config = load_config()
+    except CleanroomError as exc:
+        return [DoctorCheck("config", "fail", exc.message, exc.details)]
+    checks = asyncio.run(local_checks(config))
+    return [
+        DoctorCheck("local", "pass", "no server answers: these checks ran in this process"),
+        *checks,
+    ]
+
+
 def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck], bool]:
     """The client-side checks, then the server's; and whether a server answered."""
     from cleanroom.client import Client
@@ -65,6 +84,7 @@ def client_checks(host: str | None, directory: Path) -> tuple[list[DoctorCheck],
                 reason += " (cleanroom exec starts one)"
             checks.append(DoctorCheck("server", status, reason, exc.details))
             checks.append(_policy_check(directory))
+            checks.extend(_local_checks())
         else:
             checks.append(DoctorCheck("server-checks", "fail", exc.message, exc.details))
     return checks, answered

@@ -73,6 +73,7 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
         "changes": None if result.changes is None else to_dict(result.changes),
         "artifacts": [to_dict(a) for a in result.artifacts],
         "artifacts_caps_hit": list(result.artifacts_caps_hit),
+        "isolation": result.isolation,
     }
 
 
@@ -196,14 +197,19 @@ def _exec(args: argparse.Namespace) -> int:
         args.parser.error("-t and --json do not go together")
     if args.out is not None and not args.artifact:
         args.parser.error("--out needs --artifact GLOB")
-    options = launch_options(args.read_only, args.image)
+    if args.apply and endpoint.uds is None:
+        args.parser.error(
+            "--apply needs a server on this machine's unix socket; with a remote server, "
+            "use --diff FILE and apply it with git apply"
+        )
+    options = launch_options(args.read_only, args.image, args.expect_policy_hash)
     try:
         env = read_env(args.env, args.env_file)
         stdin = None if args.tty else read_stdin(args.interactive)
         if endpoint.is_default and not args.no_autostart:
             _prepare_local(endpoint)
         if endpoint.is_default:
-            prepare_launch_image(args.cwd, args.image)
+            prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
         with Client(endpoint.url) as client:
             common: dict[str, Any] = {
                 "backend": args.backend,

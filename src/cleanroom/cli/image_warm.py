@@ -1,8 +1,10 @@
 """``cleanroom image warm [--json]``: make the guest snapshot runs are restored from.
 
-Boots one guest of the built-in image with the runtime config's QEMU settings
+Boots a guest of the built-in image with the runtime config's QEMU settings
 (accel, vCPUs, memory) until its agent waits for a hello, saves it, and
-caches the snapshot beside the image, unless a valid one exists already.
+caches the snapshot beside the image, unless a valid one exists already; the
+same again for the snapshot with a NIC (networked runs, pooled guests). The
+output describes the one without a NIC.
 Runs make it on first use anyway; this makes it ahead of time. No server is
 needed. User images are not snapshotted (their runs boot cold), so a
 ``REF`` is refused with ``invalid_request``.

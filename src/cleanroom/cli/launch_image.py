@@ -25,32 +25,57 @@ __all__ = ["add_image_option", "launch_options", "prepare_launch_image"]
 
 
 def add_image_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--image REF`` (``args.image``)."""
+    """Add ``--image REF`` (``args.image``) and ``--expect-policy-hash HASH``
+    (``args.expect_policy_hash``)."""
     parser.add_argument(
         "--image",
         metavar="REF",
         help="Run in this digest-pinned image instead of the policy's "
         "(NAME@sha256:..., or the sha256:... that `image import` printed).",
     )
+    parser.add_argument(
+        "--expect-policy-hash",
+        metavar="HASH",
+        help="Refuse (policy_conflict) unless the directory's policy has this hash "
+        "(as `cleanroom policy validate` prints it).",
+    )
 
 
-def launch_options(read_only: bool, image: str | None) -> LaunchOptions | None:
-    """The launch options of ``--read-only`` and ``--image`` (None: neither given)."""
-    if not read_only and image is None:
+def launch_options(
+    read_only: bool, image: str | None, expected_policy_hash: str | None = None
+) -> LaunchOptions | None:
+    """The launch options of ``--read-only``, ``--image`` and ``--expect-policy-hash``
+    (None: none given)."""
+    if not read_only and image is None and expected_policy_hash is None:
         return None
-    return LaunchOptions(read_only_workspace=True if read_only else None, image=image)
+    return LaunchOptions(
+        read_only_workspace=True if read_only else None,
+        image=image,
+        expected_policy_hash=expected_policy_hash,
+    )
 
 
-def prepare_launch_image(cwd: Path, override: str | None) -> None:
+def prepare_launch_image(
+    cwd: Path, override: str | None, expected_policy_hash: str | None = None
+) -> None:
     """Pull or build the image a launch in ``cwd`` will use, showing progress.
 
-    Nothing happens for the built-in image. Raises CleanroomError.
+    Nothing happens for the built-in image, nor for a policy the server will
+    refuse (not the ``expected_policy_hash``, or over the runtime config's
+    ceiling): nothing is pulled for it. Raises CleanroomError.
     """
     from cleanroom.config import load_config
-    from cleanroom.policy import load_policy, select_image
+    from cleanroom.policy import ceiling_excess, load_policy, require_image_ref, select_image
 
     config = load_config()
     policy = load_policy(cwd)
+    if expected_policy_hash is not None and not policy.has_hash(expected_policy_hash):
+        return
+    ceiling = config.policy.ceiling
+    if ceiling is not None:
+        ref = None if override is None else require_image_ref(override, "image override")
+        if ceiling_excess(policy, ceiling, image_override=ref):
+            return
     spec = select_image(
         policy.image,
         override=override,

@@ -50,6 +50,7 @@ def _info_to_dict(info: CleanroomInfo) -> dict[str, Any]:
         "runs": list(info.runs),
         "image": None if info.image is None else to_dict(info.image),
         "resources": None if info.resources is None else to_dict(info.resources),
+        "isolation": info.isolation,
     }
 
 
@@ -107,9 +108,9 @@ def _serve_cmd(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     from cleanroom.client import resolve_endpoint
 
-    options = launch_options(args.read_only, args.image)
+    options = launch_options(args.read_only, args.image, args.expect_policy_hash)
     if resolve_endpoint(args.host).is_default:
-        prepare_launch_image(args.cwd, args.image)
+        prepare_launch_image(args.cwd, args.image, args.expect_policy_hash)
     with _client(args.host) as client:
         result = client.launch(args.cwd, backend=args.backend, options=options)
     if args.as_json:

@@ -18,6 +18,7 @@ from cleanroom.client._endpoint import (
     precheck,
     resolve_endpoint,
 )
+from cleanroom.client._upload import TAR_TYPE, async_tar_chunks
 from cleanroom.errors import ServerUnavailable
 from cleanroom.events import NDJSON, EventDecoder
 from cleanroom.models import (
@@ -91,13 +92,31 @@ class AsyncClient:
             kind = "lost"
         return connection_error(self.endpoint, kind, str(exc) or type(exc).__name__)
 
+    async def _with_upload(self, call: Call[T]) -> Call[T]:
+        """``call``, its workspace uploaded first when the server is remote."""
+        directory = calls.remote_workspace(call, self.endpoint.uds)
+        if directory is None:
+            return call
+        uploaded = await self._call(calls.upload_workspace(directory))
+        return calls.with_workspace(call, uploaded.workspace_id)
+
     async def _call(self, call: Call[T]) -> T:
+        call = await self._with_upload(call)
         timeout = _long_timeout(self._timeout) if call.long else self._timeout
         precheck(self.endpoint)
         try:
-            response = await self._http.request(
-                call.method, call.path, json=call.body, timeout=timeout
-            )
+            if call.tar is not None:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    content=async_tar_chunks(call.tar),
+                    headers={"content-type": TAR_TYPE},
+                    timeout=timeout,
+                )
+            else:
+                response = await self._http.request(
+                    call.method, call.path, json=call.body, timeout=timeout
+                )
         except httpx.TransportError as exc:
             raise self._unavailable(exc) from exc
         return answer(call, response.status_code, response.content)
@@ -113,11 +132,13 @@ class AsyncClient:
     run_artifact = awaitable(calls.run_artifact)
     apply_changes = awaitable(calls.apply_changes)
     doctor = awaitable(calls.doctor)
+    upload_workspace = awaitable(calls.upload_workspace)
     run_stream = awaitable_stream(calls.run, "run_stream", _ASYNC_RUN_STREAM_DOC)
     exec_stream = awaitable_stream(calls.exec_call, "exec_stream", EXEC_STREAM_DOC)
 
     async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
         decoder = EventDecoder()
+        call = await self._with_upload(call)
         precheck(self.endpoint)
         try:
             async with self._http.stream(

@@ -31,6 +31,7 @@ from cleanroom.models import (
     RunRequest,
     RunResult,
     TerminateRequest,
+    WorkspaceUploaded,
     encode_stdin,
     from_dict,
     to_dict,
@@ -42,7 +43,10 @@ __all__ = [
     "answer",
     "error_from_body",
     "exec_call",
+    "remote_workspace",
     "stream_ended",
+    "upload_workspace",
+    "with_workspace",
 ]
 
 T = TypeVar("T")
@@ -62,6 +66,12 @@ class Call(Generic[T]):
     """True for calls that may take minutes (no read timeout)."""
     raw: bool = False
     """The answer is bytes (a patch, a file), not JSON."""
+    upload: Path | None = None
+    """A launch's or exec's local workspace directory: a client whose server is not
+    on a unix socket uploads it first and names it by ``workspace_id`` (see
+    :func:`with_workspace`)."""
+    tar: Path | None = None
+    """The body is this local directory as a tar stream (``POST /v1/workspaces``)."""
 
 
 def _options(options: LaunchOptions | None) -> LaunchOptions | None:
@@ -87,6 +97,7 @@ def launch(
         lambda body: from_dict(LaunchResult, body),
         to_dict(request, drop_none=True),
         long=True,
+        upload=request.cwd,
     )
 
 
@@ -151,7 +162,8 @@ def exec_(
     request = ExecRequest(
         Path(cwd).absolute(), argv, backend, _options(options), timeout, **inputs.fields()
     )
-    return Call("POST", "/v1/exec", _result, to_dict(request, drop_none=True), long=True)
+    body = to_dict(request, drop_none=True)
+    return Call("POST", "/v1/exec", _result, body, long=True, upload=request.cwd)
 
 
 def exec_call(
@@ -168,6 +180,30 @@ def exec_call(
     """Launch, run once, terminate (``env``, ``stdin``, ``artifacts``: as :meth:`run`)."""
     inputs = Inputs(env, stdin, artifacts)
     return exec_(cwd, command, backend, options, timeout, inputs)
+
+
+def upload_workspace(directory: Path | str) -> Call[WorkspaceUploaded]:
+    """Upload ``directory`` as a workspace (``POST /v1/workspaces``) for one later
+    launch or exec on a remote server. ``launch``, ``exec`` and their streaming
+    forms do this themselves when the server is not on a unix socket."""
+    return Call(
+        "POST",
+        "/v1/workspaces",
+        lambda body: from_dict(WorkspaceUploaded, body),
+        long=True,
+        tar=Path(directory).absolute(),
+    )
+
+
+def remote_workspace(call: Call[Any], uds: Path | None) -> Path | None:
+    """The directory to upload before ``call``: its workspace, when the server is
+    not on a unix socket (``uds``; a server there shares this machine's files)."""
+    return call.upload if uds is None else None
+
+
+def with_workspace(call: Call[T], workspace_id: str) -> Call[T]:
+    """``call`` naming the uploaded workspace ``workspace_id`` (nothing left to upload)."""
+    return replace(call, body={**(call.body or {}), "workspace_id": workspace_id}, upload=None)
 
 
 def run_diff(run_id: str) -> Call[bytes]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal
@@ -186,6 +186,19 @@ def _failure(exc: BaseException) -> Failure:
     return Failure("lost", exc)
 
 
+def _send_chunked(sock: socket.socket, chunks: Iterable[bytes]) -> None:
+    """Send ``chunks`` in chunked transfer coding. A server that answers before
+    the body ends (an error) and stops reading is not an error here: its answer
+    is read next."""
+    try:
+        for chunk in chunks:
+            if chunk:
+                sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        return
+
+
 def open_request(
     base_url: str,
     uds: Path | None,
@@ -193,14 +206,18 @@ def open_request(
     path: str,
     *,
     json_body: Any = None,
+    body_chunks: Iterable[bytes] | None = None,
+    content_type: str | None = None,
     accept: str = "application/json",
     connect_timeout: float,
     read_timeout: float | None,
 ) -> Response:
     """Send one request and return its response once the status line and headers arrived.
 
-    ``connect_timeout`` bounds connecting; ``read_timeout`` (``None``: no limit)
-    bounds every later wait for the server. Raises :class:`Failure`.
+    The body is ``json_body`` as JSON, or ``body_chunks`` streamed with chunked
+    transfer coding (as ``content_type``). ``connect_timeout`` bounds
+    connecting; ``read_timeout`` (``None``: no limit) bounds every later wait
+    for the server. Raises :class:`Failure`.
     """
     try:
         sock, host = _connect(base_url, uds, connect_timeout)
@@ -212,15 +229,22 @@ def open_request(
         f"Host: {host}",
         f"Accept: {accept}",
         "Connection: close",
-        f"Content-Length: {len(body)}",
     ]
+    if body_chunks is None:
+        head.append(f"Content-Length: {len(body)}")
+    else:
+        head.append("Transfer-Encoding: chunked")
     if json_body is not None:
         head.append("Content-Type: application/json")
+    elif content_type is not None:
+        head.append(f"Content-Type: {content_type}")
     request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
     stream = sock.makefile("rb")
     try:
         sock.settimeout(read_timeout)
         sock.sendall(request)
+        if body_chunks is not None:
+            _send_chunked(sock, body_chunks)
         return Response(sock, stream)
     except (OSError, _Malformed, ValueError) as exc:
         stream.close()

@@ -18,6 +18,7 @@ from cleanroom.client._endpoint import (
     resolve_endpoint,
 )
 from cleanroom.client._http import Failure, Response, open_request
+from cleanroom.client._upload import TAR_TYPE, tar_chunks
 from cleanroom.events import NDJSON, EventDecoder
 from cleanroom.models import (
     ExecRequest,
@@ -66,6 +67,7 @@ class Client:
 
     def _open(self, call: Call[Any], accept: str) -> Response:
         precheck(self.endpoint)
+        chunks = None if call.tar is None else tar_chunks(call.tar)
         try:
             return open_request(
                 self.endpoint.base_url,
@@ -73,14 +75,28 @@ class Client:
                 call.method,
                 call.path,
                 json_body=call.body,
+                body_chunks=chunks,
+                content_type=None if chunks is None else TAR_TYPE,
                 accept=accept,
                 connect_timeout=self._timeout,
                 read_timeout=None if call.long else self._timeout,
             )
         except Failure as exc:
             raise connection_error(self.endpoint, exc.kind, exc.cause) from exc
+        finally:
+            if chunks is not None:
+                chunks.close()
+
+    def _with_upload(self, call: Call[T]) -> Call[T]:
+        """``call``, its workspace uploaded first when the server is remote."""
+        directory = calls.remote_workspace(call, self.endpoint.uds)
+        if directory is None:
+            return call
+        uploaded = self._call(calls.upload_workspace(directory))
+        return calls.with_workspace(call, uploaded.workspace_id)
 
     def _call(self, call: Call[T]) -> T:
+        call = self._with_upload(call)
         with self._open(call, "application/json") as response:
             try:
                 content = response.read()
@@ -99,6 +115,7 @@ class Client:
     run_artifact = blocking(calls.run_artifact)
     apply_changes = blocking(calls.apply_changes)
     doctor = blocking(calls.doctor)
+    upload_workspace = blocking(calls.upload_workspace)
     run_stream = blocking_stream(calls.run, "run_stream", RUN_STREAM_DOC)
     exec_stream = blocking_stream(calls.exec_call, "exec_stream", EXEC_STREAM_DOC)
 
@@ -131,12 +148,14 @@ class Client:
             env=env,
             artifacts=artifacts,
         )
+        call = self._with_upload(call)
         assert call.body is not None
         request = from_dict(ExecRequest, call.body)
         return open_terminal(self.endpoint, request, rows, cols, self._timeout)
 
     def _stream(self, call: Call[RunResult]) -> Iterator[RunEvent]:
         decoder = EventDecoder()
+        call = self._with_upload(call)
         with self._open(call, NDJSON) as response:
             try:
                 if response.status >= 400:

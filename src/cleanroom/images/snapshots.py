@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,14 +188,15 @@ class SnapshotCache:
             self._verified[snap.file(name)] = _identity(snap.file(name))
         return snap
 
-    def prune(self, keep: str | None = None) -> list[str]:
-        """Remove every snapshot (and leftover staging directory) but ``keep``;
-        the keys removed."""
+    def prune(self, keep: str | Collection[str] | None = None) -> list[str]:
+        """Remove every snapshot (and leftover staging directory) but ``keep`` (one
+        key or several); the keys removed."""
+        kept = {keep} if isinstance(keep, str) else set(keep or ())
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
         for entry in self.root.iterdir():
-            if entry.name == keep or not entry.is_dir():
+            if entry.name in kept or not entry.is_dir():
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             if not entry.name.startswith(_TMP_PREFIX):

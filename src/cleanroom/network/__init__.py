@@ -9,6 +9,8 @@ network (a :class:`RunNetwork` whose ``attachment`` goes to the backend and
 from __future__ import annotations
 
 from cleanroom.network.audit import EVENTS_FILE, read_events
+from cleanroom.network.dns import DnsLimits
+from cleanroom.network.guard import SPECIAL_RANGES, EgressGuard, special_reason
 from cleanroom.network.manager import (
     DEFAULT_PREFIX,
     NetworkManager,
@@ -22,11 +24,15 @@ from cleanroom.network.manager import (
 __all__ = [
     "DEFAULT_PREFIX",
     "EVENTS_FILE",
+    "SPECIAL_RANGES",
+    "DnsLimits",
+    "EgressGuard",
     "NetworkManager",
     "NetworkSettings",
     "NetworkSlot",
     "NetworkSummary",
     "RunNetwork",
     "read_events",
+    "special_reason",
     "system_resolvers",
 ]

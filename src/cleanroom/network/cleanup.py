@@ -31,6 +31,8 @@ class NetworkSummary:
     blocked_destinations: int
     network_cleanup_ms: float
     events_path: str
+    dns_dropped: int = 0
+    """DNS queries or connections dropped by a per-run DNS limit."""
 
     @property
     def allowed(self) -> int:
@@ -39,8 +41,8 @@ class NetworkSummary:
 
     @property
     def blocked(self) -> int:
-        """Refused DNS queries plus blocked packets."""
-        return self.dns_refused + self.connections_blocked
+        """Refused or dropped DNS queries plus blocked packets."""
+        return self.dns_refused + self.dns_dropped + self.connections_blocked
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values."""
@@ -50,6 +52,7 @@ class NetworkSummary:
             "blocked": self.blocked,
             "dns_allowed": self.dns_allowed,
             "dns_refused": self.dns_refused,
+            "dns_dropped": self.dns_dropped,
             "connections_allowed": self.connections_allowed,
             "connections_blocked": self.connections_blocked,
             "blocked_destinations": self.blocked_destinations,

@@ -11,6 +11,7 @@ the run network drops IPv6 entirely.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ __all__ = [
     "denied_names",
     "exact_allowed_names",
     "name_verdict",
+    "prune_covered",
 ]
 
 Protocol = Literal["tcp", "udp"]
@@ -50,6 +52,27 @@ class Element:
             else f"{self.first_port}-{self.last_port}"
         )
         return f"{addr} . {self.protocol} . {ports}"
+
+    def covers(self, other: Element) -> bool:
+        """Whether every packet ``other`` matches, this element matches too."""
+        return (
+            self.protocol == other.protocol
+            and other.network.subnet_of(self.network)
+            and self.first_port <= other.first_port
+            and other.last_port <= self.last_port
+        )
+
+
+def prune_covered(elements: Iterable[Element]) -> tuple[Element, ...]:
+    """``elements`` without duplicates and without those another one covers, in order.
+
+    nft refuses (``File exists``) an interval element that lies wholly inside
+    one already in the set, so a set definition must not hold both.
+    """
+    unique = list(dict.fromkeys(elements))
+    return tuple(
+        e for e in unique if not any(o is not e and o != e and o.covers(e) for o in unique)
+    )
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from cleanroom.network.addressing import (
 from cleanroom.network.commands import in_netns, run_command
 from cleanroom.network.ruleset import uplink_ruleset
 
-__all__ = ["FAKE_GUEST_IF", "Links", "make_sockets", "system_resolvers"]
+__all__ = ["FAKE_GUEST_IF", "Links", "make_sockets", "namespace_addresses", "system_resolvers"]
 
 FAKE_GUEST_IF = "gst0"
 _MAX_SLOT_TRIES = 64
@@ -189,10 +189,16 @@ class Links:
 
     async def uplink_addresses(self) -> tuple[ipaddress.IPv4Address, ...]:
         """The uplink namespace's own IPv4 addresses (guarded from every run)."""
-        listing = await run_command(self.uplink(["-j", "-4", "addr", "show"]))
-        out: list[ipaddress.IPv4Address] = []
-        for entry in json.loads(listing.stdout or "[]"):
-            for info in entry.get("addr_info", []):
-                if info.get("family") == "inet" and "local" in info:
-                    out.append(ipaddress.IPv4Address(info["local"]))
-        return tuple(dict.fromkeys(out))
+        return await namespace_addresses(self.uplink_netns)
+
+
+async def namespace_addresses(netns: str | None) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses of every interface in ``netns`` (None: this process's)."""
+    argv = ["ip", "-j", "-4", "addr", "show"]
+    listing = await run_command(argv if netns is None else ["ip", "-n", netns, *argv[1:]])
+    out: list[ipaddress.IPv4Address] = []
+    for entry in json.loads(listing.stdout or "[]"):
+        for info in entry.get("addr_info", []):
+            if info.get("family") == "inet" and "local" in info:
+                out.append(ipaddress.IPv4Address(info["local"]))
+    return tuple(dict.fromkeys(out))

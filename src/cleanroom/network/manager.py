@@ -7,7 +7,9 @@ the uplink (the host namespace, or ``network.uplink_netns``); see
 everything (:func:`~cleanroom.network.ruleset.drop_all_ruleset`) and no
 resolver runs, so a guest booted on it has no network path at all. Activation
 replaces that table with the run's ruleset in one transaction, starts the
-run's DNS filter (:mod:`cleanroom.network.dns`) and opens the audit log.
+run's DNS filter (:mod:`cleanroom.network.dns`) and opens the audit log. The
+host's own addresses and the pool are unreachable from every run, and DNS
+answers pointing inside are never learned (:mod:`cleanroom.network.guard`).
 Teardown deletes the namespace, which takes the TAP, both veth ends and the
 table with it.
 """
@@ -18,27 +20,40 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import re
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from cleanroom.errors import CleanroomError, ConfigInvalid, NetworkSetupFailed
-from cleanroom.netspec import GuestInterface, NetworkAttachment
-from cleanroom.network.addressing import DEFAULT_POOL, GUEST_PREFIX, LinkPlan, guest_mac
+from cleanroom.errors import CleanroomError, NetworkSetupFailed
+from cleanroom.netspec import NetworkAttachment
+from cleanroom.network.addressing import DEFAULT_POOL, GUEST_PREFIX, guest_mac
 from cleanroom.network.audit import EVENTS_FILE, AuditLog
 from cleanroom.network.cleanup import NetworkSummary, collect_counters, delete_netns
 from cleanroom.network.commands import in_netns, run_command
-from cleanroom.network.dns import DnsFilter, UpstreamClient
 from cleanroom.network.egress import allowed_elements, denied_elements
-from cleanroom.network.links import FAKE_GUEST_IF, Links, make_sockets, system_resolvers
+from cleanroom.network.guard import EgressGuard
+from cleanroom.network.links import (
+    FAKE_GUEST_IF,
+    Links,
+    make_sockets,
+    namespace_addresses,
+    system_resolvers,
+)
+from cleanroom.network.live import LiveNetwork, start_filtering
 from cleanroom.network.netns import call_in_netns
 from cleanroom.network.owners import owned_elsewhere, record_owner
-from cleanroom.network.resolution import elements_for, resolve_policy_names
-from cleanroom.network.ruleset import RunRules, add_elements, drop_all_ruleset, run_ruleset
+from cleanroom.network.ruleset import RunRules, drop_all_ruleset, run_ruleset
+from cleanroom.network.upstream import UpstreamClient
+from cleanroom.network.values import (
+    DEFAULT_PREFIX,
+    PREFIX_ENV,
+    DnsLimitSettings,
+    NetworkSettings,
+    NetworkSlot,
+    RunNetwork,
+    default_prefix,
+    dns_limits,
+)
 from cleanroom.policy import CompiledPolicy
 
 __all__ = [
@@ -55,102 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "crn-"
-PREFIX_ENV = "CLEANROOM_NETNS_PREFIX"
-"""Overrides :data:`DEFAULT_PREFIX` (tests give each run its own prefix)."""
-_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
-
-
-def default_prefix() -> str:
-    """``$CLEANROOM_NETNS_PREFIX`` if set, else :data:`DEFAULT_PREFIX`; ``ConfigInvalid``
-    unless it is 1-16 lowercase letters, digits and dashes starting with a letter."""
-    value = os.environ.get(PREFIX_ENV)
-    if not value:
-        return DEFAULT_PREFIX
-    if _PREFIX_RE.fullmatch(value) is None:
-        raise ConfigInvalid(
-            f"{PREFIX_ENV} must be 1-16 of a-z, 0-9 and '-', starting with a letter",
-            details={"value": value[:300]},
-        )
-    return value
-
-
-class NetworkSettings(Protocol):
-    """The ``network`` section of the runtime config (``cleanroom.config.NetworkConfig``)."""
-
-    @property
-    def uplink_netns(self) -> str | None: ...
-
-    @property
-    def resolvers(self) -> tuple[str, ...] | None: ...
-
-
-@dataclass(frozen=True)
-class NetworkSlot:
-    """A reserved namespace with its TAP and links, behind a drop-everything table.
-
-    Hand ``attachment`` to the backend at boot; :meth:`NetworkManager.activate`
-    opens it for one run, :meth:`NetworkManager.teardown` removes it.
-    """
-
-    owner_id: str
-    netns: str
-    attachment: NetworkAttachment
-    link: LinkPlan
-    guest_if: str
-    mac: str
-
-
-@dataclass(frozen=True)
-class RunNetwork:
-    """A run's prepared network: hand ``attachment`` to the backend, ``guest`` to the agent."""
-
-    run_id: str
-    netns: str
-    attachment: NetworkAttachment
-    address: str
-    prefix: int
-    gateway: str
-    dns: str
-    mac: str
-    resolver: str
-    """Address the run's DNS filter listens on (UDP and TCP 53); equals ``dns``."""
-    policy_resolution_ms: float
-    network_setup_ms: float
-
-    @property
-    def guest(self) -> GuestInterface:
-        """The guest's eth0 settings (the service hands them to the agent)."""
-        return GuestInterface(
-            address=self.address,
-            prefix=self.prefix,
-            gateway=self.gateway,
-            dns=self.dns,
-            mac=self.mac,
-        )
-
-    @property
-    def timings(self) -> dict[str, float]:
-        """``policy_resolution_ms`` and ``network_setup_ms`` for the run record."""
-        return {
-            "policy_resolution_ms": self.policy_resolution_ms,
-            "network_setup_ms": self.network_setup_ms,
-        }
-
-
-@dataclass
-class _Live:
-    """Mutable state of one namespace while it exists (private to the manager)."""
-
-    owner_id: str
-    netns: str
-    run_id: str | None = None
-    """Set by activation; None while the slot is only reserved."""
-    audit: AuditLog | None = None
-    upstream: UpstreamClient | None = None
-    dns: DnsFilter | None = None
-    sockets: list[socket.socket] = field(default_factory=list)
-
 
 class NetworkManager:
     """Reserves, activates and tears down run networks (one instance per server).
@@ -159,7 +78,13 @@ class NetworkManager:
     (default: :func:`default_prefix`) names everything this manager owns
     (namespaces), so :meth:`reconcile` can
     find leftovers; ``ttl_floor`` is the minimum lifetime (s) of addresses
-    learned from DNS answers.
+    learned from DNS answers; ``limits`` bounds each run's DNS filter and
+    audit log (the runtime config's ``limits``; defaults for None).
+    ``host_netns`` names the namespace whose addresses are the host's own
+    (default: this process's namespace; tests point it at one they made):
+    those addresses and ``pool`` are unreachable from every run whatever the
+    policy says. Denied names are resolved again every ``deny_refresh_s``
+    seconds while a run lives, so a denied name that moves stays blocked.
     """
 
     def __init__(
@@ -169,6 +94,9 @@ class NetworkManager:
         pool: ipaddress.IPv4Network = DEFAULT_POOL,
         prefix: str | None = None,
         ttl_floor: int = 60,
+        limits: DnsLimitSettings | None = None,
+        host_netns: str | None = None,
+        deny_refresh_s: float = 60.0,
     ) -> None:
         self.uplink_netns = config.uplink_netns
         self.resolvers = (
@@ -177,8 +105,11 @@ class NetworkManager:
         self.pool = pool
         self.prefix = default_prefix() if prefix is None else prefix
         self.ttl_floor = ttl_floor
+        self.dns_limits = dns_limits(limits)
+        self.host_netns = host_netns
+        self.deny_refresh_s = deny_refresh_s
         self._links = Links(config.uplink_netns, pool)
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveNetwork] = {}
         """By namespace name."""
         self._finished: dict[str, NetworkSummary] = {}
 
@@ -223,7 +154,7 @@ class NetworkManager:
         netns = self.netns_name(owner_id)
         if netns in self._live:
             raise NetworkSetupFailed(f"{owner_id} already has a network", details={"netns": netns})
-        live = _Live(owner_id, netns)
+        live = LiveNetwork(owner_id, netns)
         try:
             await run_command(["ip", "netns", "add", netns])
             record_owner(netns)
@@ -267,7 +198,7 @@ class NetworkManager:
                 details={"netns": slot.netns},
             )
         live.run_id = run_id
-        live.audit = AuditLog(run_id, run_dir / EVENTS_FILE)
+        live.audit = AuditLog(run_id, run_dir / EVENTS_FILE, self.dns_limits.audit_bytes)
         try:
             return await self._open(live, slot, policy, started)
         except BaseException as exc:
@@ -275,7 +206,7 @@ class NetworkManager:
             raise _translated(exc, f"network setup for run {run_id} failed", slot.netns) from exc
 
     async def _open(
-        self, live: _Live, slot: NetworkSlot, policy: CompiledPolicy, started: float
+        self, live: LiveNetwork, slot: NetworkSlot, policy: CompiledPolicy, started: float
     ) -> RunNetwork:
         assert live.run_id is not None
         assert live.audit is not None
@@ -288,40 +219,35 @@ class NetworkManager:
         live.upstream = UpstreamClient(resolvers)
         await live.upstream.start(upstream_sock)
 
+        host = await namespace_addresses(self.host_netns)
+        same = self.host_netns == self.uplink_netns  # the usual case: the host is the uplink
+        uplink = host if same else await self._links.uplink_addresses()
+        guard = EgressGuard.of(host, (self.pool,))
         rules = RunRules(
             link=link,
             guest_if=slot.guest_if,
             pool=self.pool,
             resolvers=tuple(ipaddress.IPv4Address(r) for r in resolvers),
-            uplink_local=await self._links.uplink_addresses(),
+            uplink_local=uplink,
             allowed=allowed_elements(policy),
             denied=denied_elements(policy),
+            host_addresses=host,
         )
         # run_ruleset deletes and recreates the table in one transaction: an atomic swap
         # of the drop-all table. It must precede resolution, which needs its output rule.
         await run_command(in_netns(netns, ["nft", "-f", "-"]), stdin=run_ruleset(rules))
 
-        resolution_started = time.monotonic()
-        learned, learned_denied = await resolve_policy_names(
-            live.upstream, policy, live.audit, self.ttl_floor
+        resolution_ms = await start_filtering(
+            live,
+            policy,
+            guard,
+            static_allowed=rules.allowed,
+            static_denied=rules.denied,
+            limits=self.dns_limits,
+            ttl_floor=self.ttl_floor,
+            deny_refresh_s=self.deny_refresh_s,
         )
-        if learned or learned_denied:
-            # One transaction, so a learned deny is never missing while its allow exists.
-            await run_command(
-                in_netns(netns, ["nft", "-f", "-"]),
-                stdin=add_elements("denied", learned_denied) + add_elements("allowed", learned),
-            )
-        resolution_ms = (time.monotonic() - resolution_started) * 1000
-
-        async def learn(
-            addresses: tuple[ipaddress.IPv4Address, ...], ports: tuple[int, ...], ttl: int
-        ) -> None:
-            timed = [(e, ttl) for e in elements_for(addresses, ports)]
-            await run_command(
-                in_netns(netns, ["nft", "-f", "-"]), stdin=add_elements("allowed", timed)
-            )
-
-        live.dns = DnsFilter(policy, live.upstream, learn, live.audit, ttl_floor=self.ttl_floor)
+        assert live.dns is not None
         await live.dns.serve(udp_sock, tcp_sock)
         setup_ms = (time.monotonic() - started) * 1000
         return RunNetwork(
@@ -371,14 +297,15 @@ class NetworkManager:
             else:  # never set up by this manager (or forgotten): just delete its namespace
                 await delete_netns(target.netns)
             return NetworkSummary(key, 0, 0, 0, 0, 0, _ms_since(started), "")
-        if live.dns is not None:
-            await live.dns.close()
+        await live.stop()
         counts = await collect_counters(live.netns, live.audit)
+        live.audit.summarise()
         await self._destroy(live)
         summary = NetworkSummary(
             run_id=live.run_id,
             dns_allowed=live.audit.dns_allowed,
             dns_refused=live.audit.dns_refused,
+            dns_dropped=live.audit.dns_dropped,
             connections_allowed=counts[0],
             connections_blocked=counts[1],
             blocked_destinations=counts[2],
@@ -389,10 +316,9 @@ class NetworkManager:
         self._finished[live.owner_id] = summary
         return summary
 
-    async def _destroy(self, live: _Live) -> None:
+    async def _destroy(self, live: LiveNetwork) -> None:
         """Stop the resolver, close sockets, delete the namespace (and with it the links)."""
-        if live.dns is not None:
-            await live.dns.close()
+        await live.stop()
         if live.upstream is not None:
             live.upstream.close()
         for sock in live.sockets:

@@ -6,11 +6,15 @@
 - IPv6 is recorded (TCP/UDP destination and port in ``blocked6``) and dropped
   at prerouting, before any routing decision;
 - forward: established/related pass; only the guest interface may open new
-  flows; non-TCP/UDP is blocked; ``denied`` (deny rules) is checked first,
-  then the guarded ranges (link-local, the link pool holding every run's
-  addresses, loopback, multicast/reserved) pass only for elements a static
-  IP/CIDR rule names explicitly (``explicit``), then the uplink's own
-  addresses pass only for allowed elements, then ``allowed`` accepts;
+  flows; non-TCP/UDP is blocked; ``denied`` (deny rules, static and learned
+  from DNS, never expiring while the run lives) is checked first, then
+  ``forbidden`` (the host's own addresses and the link pool holding every
+  run's addresses: no rule opens them), then the guarded ranges
+  (:data:`~cleanroom.network.guard.SPECIAL_RANGES`: RFC 1918, CGNAT,
+  link-local, loopback, multicast, reserved) pass only for elements of a
+  static IP/CIDR rule naming the range or a sub-range (``explicit``), then
+  the uplink's own addresses pass only for allowed elements, then
+  ``allowed`` accepts;
 - everything else jumps to ``blocked``, which adds ``daddr . proto . dport``
   to the dynamic ``blocked`` set with a per-element counter (read at
   teardown for the audit) and rejects, so the guest fails fast;
@@ -32,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cleanroom.network.addressing import UPLINK_VETH_PREFIX, LinkPlan
-from cleanroom.network.egress import Element
+from cleanroom.network.egress import Element, prune_covered
+from cleanroom.network.guard import SPECIAL_RANGES
 
 __all__ = [
     "GUARDED_RANGES",
@@ -40,6 +45,7 @@ __all__ = [
     "UPLINK_TABLE",
     "RunRules",
     "add_elements",
+    "add_permanent_elements",
     "drop_all_ruleset",
     "explicit_elements",
     "run_ruleset",
@@ -50,16 +56,7 @@ RUN_TABLE = "cleanroom"
 UPLINK_TABLE = "cleanroom-uplink"
 DNS_LEARNED_FLOOR_S = 60
 
-GUARDED_RANGES: tuple[ipaddress.IPv4Network, ...] = tuple(
-    ipaddress.IPv4Network(n)
-    for n in (
-        "0.0.0.0/8",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-    )
-)
+GUARDED_RANGES: tuple[ipaddress.IPv4Network, ...] = tuple(net for net, _ in SPECIAL_RANGES)
 """Never reachable unless a static IP/CIDR rule names an address inside them."""
 
 
@@ -76,7 +73,15 @@ class RunRules:
     denied: tuple[Element, ...]
     learned: tuple[tuple[Element, int], ...] = ()
     """DNS-learned allow elements with their timeout in seconds."""
-    learned_denied: tuple[tuple[Element, int], ...] = ()
+    learned_denied: tuple[Element, ...] = ()
+    """Deny elements for the addresses of denied names (no timeout: they last the run)."""
+    host_addresses: tuple[ipaddress.IPv4Address, ...] = ()
+    """The host's own addresses: with ``pool``, the ``forbidden`` set no rule opens."""
+
+    def forbidden(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """Host addresses and the pool, collapsed into non-overlapping blocks."""
+        nets = [ipaddress.IPv4Network(a) for a in self.host_addresses]
+        return tuple(ipaddress.collapse_addresses([*nets, self.pool]))
 
 
 def explicit_elements(
@@ -88,9 +93,10 @@ def explicit_elements(
 
 
 def _elements(static: Iterable[Element], timed: Iterable[tuple[Element, int]]) -> str:
-    items = [e.nft() for e in static]
-    items += [f"{e.nft()} timeout {t}s" for e, t in timed]
-    # nft rejects duplicate interval elements in one set definition.
+    # nft rejects an interval element inside another one of the same set definition.
+    kept = prune_covered(static)
+    items = [e.nft() for e in kept]
+    items += [f"{e.nft()} timeout {t}s" for e, t in timed if not any(k.covers(e) for k in kept)]
     unique = list(dict.fromkeys(items))
     return f"\t\telements = {{ {', '.join(unique)} }}\n" if unique else ""
 
@@ -108,11 +114,16 @@ _CONCAT = "ipv4_addr . inet_proto . inet_service"
 def run_ruleset(rules: RunRules) -> str:
     """The run namespace's complete table (see the module docstring)."""
     link = rules.link
-    guarded = (*GUARDED_RANGES, rules.pool)
+    guarded = GUARDED_RANGES
     explicit = explicit_elements(rules.allowed, guarded)
     gif = rules.guest_if
     veth = link.run_veth
     resolvers = ", ".join(str(r) for r in rules.resolvers) or str(link.gateway)
+    addr_sets = (
+        _addr_set("forbidden", rules.forbidden())
+        + _addr_set("guarded", guarded)
+        + _addr_set("uplink_local", rules.uplink_local)
+    )
     return f"""table inet {RUN_TABLE}
 delete table inet {RUN_TABLE}
 table inet {RUN_TABLE} {{
@@ -123,12 +134,12 @@ table inet {RUN_TABLE} {{
 \tset denied {{
 \t\ttype {_CONCAT}
 \t\tflags interval, timeout
-{_elements(rules.denied, rules.learned_denied)}\t}}
+{_elements((*rules.denied, *rules.learned_denied), ())}\t}}
 \tset explicit {{
 \t\ttype {_CONCAT}
 \t\tflags interval
 {_elements(explicit, ())}\t}}
-{_addr_set("guarded", guarded)}{_addr_set("uplink_local", rules.uplink_local)}\tset blocked {{
+{addr_sets}\tset blocked {{
 \t\ttype {_CONCAT}
 \t\tsize 65535
 \t\tflags dynamic
@@ -168,6 +179,7 @@ table inet {RUN_TABLE} {{
 \t\tiifname != "{gif}" drop
 \t\tmeta l4proto != {{ tcp, udp }} goto blocked
 \t\t{_TUPLE} @denied goto blocked
+\t\tip daddr @forbidden goto blocked
 \t\tip daddr @guarded {_TUPLE} != @explicit goto blocked
 \t\tip daddr @uplink_local {_TUPLE} != @allowed goto blocked
 \t\t{_TUPLE} @allowed counter name "allowed_new" accept
@@ -236,6 +248,14 @@ def add_elements(set_name: str, timed: Iterable[tuple[Element, int]]) -> str:
         lines.append(f"add element inet {RUN_TABLE} {set_name} {{ {text} }}")
         lines.append(f"delete element inet {RUN_TABLE} {set_name} {{ {text} }}")
         lines.append(f"add element inet {RUN_TABLE} {set_name} {{ {text} timeout {timeout}s }}")
+    return "\n".join(lines) + "\n"
+
+
+def add_permanent_elements(set_name: str, elements: Iterable[Element]) -> str:
+    """An ``nft -f`` script adding elements without a timeout (they last as long as
+    the table: used for the addresses of denied names, which must never lapse)."""
+    items = list(dict.fromkeys(e.nft() for e in elements))
+    lines = [f"add element inet {RUN_TABLE} {set_name} {{ {item} }}" for item in items]
     return "\n".join(lines) + "\n"
 
 

@@ -68,5 +68,6 @@ def compile_policy_text(
         source=Path(source_name),
         image=document.image,
         resources=document.resources,
+        isolation=document.isolation,
         warnings=(*warnings, *_shadow_warnings(allow, deny)),
     )

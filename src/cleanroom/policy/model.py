@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from cleanroom.policy.hosts import HostKind, HostSpec, IPAddress, IPNetwork
 from cleanroom.policy.image import ImageSpec, Resources
+from cleanroom.policy.isolation import IsolationRequirement
 
 __all__ = [
     "DEFAULT_ALLOW_PORTS",
@@ -109,8 +110,9 @@ class CompiledPolicy:
 
     ``source`` and ``warnings`` describe where it came from and are not part of
     :meth:`canonical_json` or :attr:`policy_hash`. ``image`` (``None``: the
-    built-in image) and ``resources`` are, but only when set, so policies
-    without them keep the hashes they always had.
+    built-in image), ``resources`` and ``isolation`` (``None``: not required)
+    are, but only when set, so policies without them keep the hashes they
+    always had.
     """
 
     allow: tuple[AllowRule, ...]
@@ -121,6 +123,7 @@ class CompiledPolicy:
     default: Literal["deny"] = "deny"
     image: ImageSpec | None = None
     resources: Resources = field(default_factory=Resources)
+    isolation: IsolationRequirement | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical dictionary (what is hashed)."""
@@ -135,6 +138,8 @@ class CompiledPolicy:
             sandbox["image"] = self.image.to_dict()
         if not self.resources.is_default:
             sandbox["resources"] = self.resources.to_dict()
+        if self.isolation is not None:
+            sandbox["isolation"] = self.isolation
         return {"version": self.version, "sandbox": sandbox}
 
     def canonical_json(self) -> str:
@@ -145,6 +150,11 @@ class CompiledPolicy:
     def policy_hash(self) -> str:
         """SHA-256 (lowercase hex, no prefix) of :meth:`canonical_json`."""
         return hashlib.sha256(self.canonical_json().encode("ascii")).hexdigest()
+
+    def has_hash(self, expected: str) -> bool:
+        """Whether ``expected`` (as a caller pins it: hex, ``sha256:`` prefix and case
+        ignored) is :attr:`policy_hash`."""
+        return expected.strip().lower().removeprefix("sha256:") == self.policy_hash
 
     @property
     def allowed_names(self) -> tuple[AllowRule, ...]:

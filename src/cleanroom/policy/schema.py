@@ -15,6 +15,7 @@
             ports: [22]             # optional; omitted or null: every port
       image: {ref: ...} | {debian: {suite, packages}}   # optional (see schema_sandbox)
       resources: {vcpus, memory_mib, disk_mib}          # optional (see schema_sandbox)
+      isolation: any | kvm                              # optional (see schema_sandbox)
 
 :func:`read_policy` walks the located YAML tree and records every problem it
 finds (it does not stop at the first); rules come back in file order with
@@ -43,8 +44,9 @@ from cleanroom._yaml import (
 )
 from cleanroom.policy.hosts import HostSpec, InvalidHost, parse_host
 from cleanroom.policy.image import ImageSpec, Resources
+from cleanroom.policy.isolation import IsolationRequirement
 from cleanroom.policy.model import DEFAULT_ALLOW_PORTS, AllowRule, DenyRule
-from cleanroom.policy.schema_sandbox import read_image, read_resources
+from cleanroom.policy.schema_sandbox import read_image, read_isolation, read_resources
 
 __all__ = ["PolicyDocument", "read_policy"]
 
@@ -62,6 +64,7 @@ class PolicyDocument:
     deny: tuple[DenyRule, ...]
     image: ImageSpec | None = None
     resources: Resources = field(default_factory=Resources)
+    isolation: IsolationRequirement | None = None
 
 
 def read_policy(text: str, problems: Problems) -> PolicyDocument | None:
@@ -95,11 +98,15 @@ def _read_root(root: YamlNode, problems: Problems) -> PolicyDocument | None:
     deny: tuple[DenyRule, ...] = ()
     image: ImageSpec | None = None
     resources = Resources()
+    isolation: IsolationRequirement | None = None
     sandbox = entries.get("sandbox")
     if sandbox is not None:
         sandbox_entries = (
             read_mapping(
-                sandbox.value, "sandbox", problems, allowed=("network", "image", "resources")
+                sandbox.value,
+                "sandbox",
+                problems,
+                allowed=("network", "image", "resources", "isolation"),
             )
             or {}
         )
@@ -114,7 +121,10 @@ def _read_root(root: YamlNode, problems: Problems) -> PolicyDocument | None:
             resources = (
                 read_resources(resources_entry.value, "sandbox.resources", problems) or resources
             )
-    return PolicyDocument(allow, deny, image, resources)
+        isolation_entry = sandbox_entries.get("isolation")
+        if isolation_entry is not None and not _is_null(isolation_entry.value):
+            isolation = read_isolation(isolation_entry.value, "sandbox.isolation", problems)
+    return PolicyDocument(allow, deny, image, resources, isolation)
 
 
 def _read_network(

@@ -1,4 +1,5 @@
-"""The ``sandbox.image`` and ``sandbox.resources`` parts of the policy schema.
+"""The ``sandbox.image``, ``sandbox.resources`` and ``sandbox.isolation`` parts of the
+policy schema.
 
 ::
 
@@ -13,6 +14,7 @@
         vcpus: 2
         memory_mib: 2048
         disk_mib: 8192
+      isolation: kvm                  # optional; any (default) | kvm: refuse emulated guests
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cleanroom._yaml import (
     YamlScalar,
     join_index,
     join_key,
+    read_choice,
     read_int,
     read_mapping,
     read_sequence,
@@ -41,8 +44,9 @@ from cleanroom.policy.image import (
     valid_package_name,
     valid_suite,
 )
+from cleanroom.policy.isolation import ISOLATION_REQUIREMENTS, IsolationRequirement
 
-__all__ = ["read_image", "read_resources"]
+__all__ = ["read_image", "read_isolation", "read_resources"]
 
 _MIN_MEMORY_MIB = 64
 _MIN_DISK_MIB = 64
@@ -132,3 +136,9 @@ def read_resources(node: YamlNode, path: str, problems: Problems) -> Resources |
         else:
             values[key] = value
     return Resources(**values) if ok else None
+
+
+def read_isolation(node: YamlNode, path: str, problems: Problems) -> IsolationRequirement | None:
+    """``sandbox.isolation``: the weakest guest isolation the policy accepts."""
+    value = read_choice(node, path, problems, ISOLATION_REQUIREMENTS)
+    return next((r for r in ISOLATION_REQUIREMENTS if r == value), None)

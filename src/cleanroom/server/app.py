@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -21,9 +21,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import cleanroom
-from cleanroom.errors import CleanroomError, InvalidRequest, NotFound, RunCancelled
+from cleanroom.errors import (
+    CleanroomError,
+    InvalidRequest,
+    NotFound,
+    RunCancelled,
+    WorkspaceInvalid,
+)
 from cleanroom.events import NDJSON
 from cleanroom.models import (
     Applied,
@@ -38,8 +45,10 @@ from cleanroom.models import (
     RunResult,
     Terminated,
     TerminateRequest,
+    WorkspaceUploaded,
 )
 from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
+from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
 from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
@@ -69,6 +78,17 @@ _STREAMING = {
 
 _DIFF = "text/x-diff"
 _OCTETS = "application/octet-stream"
+_TAR = "application/x-tar"
+WORKSPACES_PATH = "/v1/workspaces"
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The workspace as an uncompressed tar stream (ustar, PAX or GNU "
+        "long names; regular files, directories, symlinks staying inside the tree, hard "
+        "links), sent as is (no multipart), e.g. with chunked transfer coding.",
+        "content": {_TAR: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 # pydantic names these differently for dataclasses than for models; the API keeps
 # the model names it has always reported.
@@ -142,7 +162,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
         version=cleanroom.__version__,
         description="Run commands in fresh microVMs under a repository's network policy.",
     )
-    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(BodyLimit, limit=body_limit, streamed=frozenset({WORKSPACES_PATH}))
     app.add_middleware(AccessLog)  # added last: outermost, so it sees every response
     _install_error_handlers(app)
     _install_openapi(app)
@@ -151,9 +171,53 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     async def healthz() -> Health:
         return Health(ok=True, version=cleanroom.__version__)
 
+    @app.post(
+        WORKSPACES_PATH,
+        response_model=WorkspaceUploaded,
+        responses=_errors(400, 413, 500, 503),
+        openapi_extra=_UPLOAD_BODY,
+        description="Upload a workspace for one later launch or exec (its `workspace_id`), "
+        "for clients whose directory is not on the server. The archive is read as a "
+        "stream and extracted strictly (`workspace_invalid`), within the runtime "
+        "config's `limits.workspace_bytes` and `limits.workspace_apparent_bytes` "
+        "(`workspace_too_large`). An upload no launch claims expires; every upload is "
+        "removed when the server stops.",
+    )
+    async def upload_workspace(request: Request) -> WorkspaceUploaded:
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip()
+        if kind not in (_TAR, _OCTETS):
+            raise InvalidRequest(f"the body must be a tar stream sent with Content-Type: {_TAR}")
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in request.stream():
+                    yield chunk
+            except ClientDisconnect as exc:
+                raise WorkspaceInvalid("the client went away during the upload") from exc
+
+        upload = await _guard(service.upload_workspace(body()))
+        stats = upload.stats
+        return WorkspaceUploaded(
+            workspace_id=upload.workspace_id,
+            files=stats.files + stats.hardlinks,
+            directories=stats.directories,
+            symlinks=stats.symlinks,
+            bytes=stats.bytes,
+            archive_bytes=stats.archive_bytes,
+            expires_in_seconds=upload.expires_in_seconds,
+        )
+
     @app.post("/v1/cleanrooms/launch", response_model=LaunchResult, responses=_LAUNCH_ERRORS)
-    async def launch(body: LaunchRequest) -> LaunchResult:
-        info = await _guard(service.launch(body.cwd, backend=body.backend, options=body.options))
+    async def launch(body: LaunchRequest, request: Request) -> LaunchResult:
+        info = await _guard(
+            service.launch(
+                body.cwd,
+                backend=body.backend,
+                options=body.options,
+                workspace_id=body.workspace_id,
+                local=over_unix_socket(request.scope),
+            )
+        )
         return LaunchResult.of(info)
 
     @app.post(
@@ -195,6 +259,8 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
                 env=body.env,
                 stdin=body.stdin_bytes,
                 artifacts=body.artifacts or (),
+                workspace_id=body.workspace_id,
+                local=over_unix_socket(request.scope),
             )
 
         if _wants_stream(request):

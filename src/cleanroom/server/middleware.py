@@ -22,16 +22,22 @@ class BodyLimit:
 
     The body is read here (it is small by construction) and replayed to the
     app; later ``receive`` calls go to the server, so the app still sees the
-    client's disconnect.
+    client's disconnect. ``POST`` requests to a path in ``streamed`` pass
+    untouched: their route reads its (large) body as a stream under its own caps.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = DEFAULT_BODY_LIMIT) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = DEFAULT_BODY_LIMIT, streamed: frozenset[str] = frozenset()
+    ) -> None:
         self._app = app
         self._limit = limit
+        self._streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Buffer and check the body, then call the app."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            scope.get("method") == "POST" and scope.get("path") in self._streamed
+        ):
             await self._app(scope, receive, send)
             return
         declared = _content_length(scope)

@@ -29,6 +29,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from cleanroom.errors import CleanroomError, InvalidRequest
 from cleanroom.models import ExecRequest, RunResult, from_dict, to_dict
+from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.streaming import as_cleanroom_error
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.terminal import Terminal
@@ -123,6 +124,8 @@ def install_terminal(app: FastAPI, service: ServiceAPI) -> None:
                 env=request.env,
                 artifacts=request.artifacts or (),
                 terminal=terminal,
+                workspace_id=request.workspace_id,
+                local=over_unix_socket(ws.scope),
             )
         )
         pump = asyncio.ensure_future(_pump_input(ws, terminal))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cleanroom.models import Applied
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+
+if TYPE_CHECKING:  # the service's own modules stay unloaded for the CLI
+    from cleanroom.service.uploads import Upload
 
 __all__ = ["ServiceAPI"]
 
@@ -26,14 +29,37 @@ class ServiceAPI(Protocol):
     async def close(self) -> None:
         """Cancel running runs and destroy every guest and network resource. Idempotent."""
 
+    async def upload_workspace(self, chunks: AsyncIterator[bytes]) -> Upload:
+        """Receive a workspace as an uncompressed tar stream (``chunks``), extracted
+        strictly, for one later launch or exec (``workspace_id``); unclaimed, it
+        expires. Raises ``WorkspaceInvalid``, ``WorkspaceTooLarge`` (the
+        ``limits.workspace_*`` caps), ``CapacityExhausted``."""
+        ...
+
     async def launch(
-        self, cwd: Path, *, backend: str | None = None, options: LaunchOptions | None = None
+        self,
+        cwd: Path,
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> CleanroomInfo:
         """Load and compile ``cwd``'s policy once and create a context.
 
+        With ``workspace_id`` the context uses (and owns) that uploaded
+        workspace instead of ``cwd``. A caller that is not ``local`` (not on the
+        owner-only unix socket) may name a server ``cwd`` only under the runtime
+        config's ``workspace.roots``.
+
         Raises ``PolicyNotFound``/``PolicyInvalid``, ``InvalidRequest`` (unknown
-        backend, cwd not a directory), ``BackendUnavailable``,
-        ``BackendCapabilityMismatch``.
+        backend, cwd not a directory or not allowed), ``WorkspaceInvalid`` (no
+        such upload), ``PolicyConflict`` (not the
+        ``options.expected_policy_hash``; beyond the runtime config's
+        ``policy.ceiling``, every excess in ``details['excess']``),
+        ``BackendUnavailable``, ``BackendCapabilityMismatch`` (also when the
+        backend's isolation is weaker than ``sandbox.isolation`` or the runtime
+        config's ``policy.isolation`` require).
         """
 
     async def run(
@@ -51,8 +77,9 @@ class ServiceAPI(Protocol):
         """Run ``command`` (argv, non-empty) in a fresh guest of the context.
 
         ``timeout`` (seconds; None: the runtime config's
-        ``limits.run_timeout_seconds``) kills the command's whole process group
-        when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
+        ``limits.run_timeout_seconds``, capped by ``policy.ceiling.max``; more
+        than that maximum: ``PolicyConflict``) kills the command's whole process
+        group when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
         guest's defaults (its values are never recorded); ``stdin`` (at most
         512 KiB) is the command's standard input, then EOF (None: empty).
         After the command, the workspace's changes (writable workspaces) and the
@@ -90,8 +117,11 @@ class ServiceAPI(Protocol):
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
         terminal: Terminal | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> RunResult:
-        """Launch, run once, terminate (terminate happens also on failure)."""
+        """Launch, run once, terminate (terminate happens also on failure);
+        ``workspace_id`` and ``local`` as for :meth:`launch`."""
         ...
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:

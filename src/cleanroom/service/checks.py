@@ -4,7 +4,9 @@ network readiness for ``doctor`` (pure functions of the state they are given).""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from cleanroom.backends import Capabilities
 from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest
@@ -16,6 +18,7 @@ from cleanroom.service.types import DoctorCheck
 
 __all__ = [
     "check_capabilities",
+    "check_cwd",
     "checked_request",
     "current_task_cancelling",
     "network_check",
@@ -43,6 +46,25 @@ def check_capabilities(
             + ", ".join(missing),
             details={"missing": missing, "backend": caps.backend_name},
         )
+
+
+def check_cwd(cwd: Path, roots: Sequence[Path], local: bool) -> None:
+    """Raises ``InvalidRequest`` unless the caller may name ``cwd`` on this server:
+    a ``local`` caller (the owner-only unix socket) may name any directory, a
+    remote one only a directory under ``roots`` (``workspace.roots``; symlinks
+    resolved on both sides)."""
+    if local:
+        return
+    real = os.path.realpath(cwd)
+    for root in roots:
+        top = os.path.realpath(root)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
+            return
+    raise InvalidRequest(
+        "a server-side cwd is accepted only over the unix socket or under the runtime "
+        "config's workspace.roots; upload the workspace instead (workspace_id)",
+        details={"cwd": str(cwd)[:300], "roots": [str(r) for r in roots]},
+    )
 
 
 def pool_checks(pools: Iterable[tuple[PoolKey, WarmPool]]) -> list[DoctorCheck]:

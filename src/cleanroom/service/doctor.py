@@ -1,18 +1,66 @@
-"""Host readiness checks that do not depend on a backend."""
+"""Host readiness checks: those that need no backend, and each backend's own.
+
+:func:`host_checks` and :func:`backend_checks` are what the server's ``doctor``
+reports; :func:`local_checks` runs the same checks in the calling process, for
+``cleanroom doctor`` when no server answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from cleanroom import paths
+from cleanroom.backend_table import backend_names
+from cleanroom.backends import Backend, get_backend, resolve_backend_name
+from cleanroom.config import RuntimeConfig
+from cleanroom.errors import CleanroomError
 from cleanroom.service.types import DoctorCheck
 
-__all__ = ["host_checks"]
+__all__ = ["backend_checks", "host_checks", "local_checks"]
+
+
+async def backend_checks(
+    name: str, default: str, backend: Backend | CleanroomError
+) -> list[DoctorCheck]:
+    """Backend ``name``'s own checks (``backend``: it, or why it could not be made); a
+    backend that cannot be made or checked fails for the ``default`` backend, and is a
+    warning for the others."""
+    try:
+        if isinstance(backend, CleanroomError):
+            raise backend
+        # Copied into the service's own check type (it may differ from the backend's).
+        return [DoctorCheck(c.name, c.status, c.reason, c.details) for c in await backend.doctor()]
+    except CleanroomError as exc:
+        status: Literal["fail", "warn"] = "fail" if name == default else "warn"
+        return [DoctorCheck(f"backend.{name}", status, exc.message)]
+
+
+async def local_checks(config: RuntimeConfig) -> list[DoctorCheck]:
+    """The host's and every backend's checks, run here (no server, no guest booted)."""
+    checks = await asyncio.to_thread(host_checks)
+    try:
+        default = resolve_backend_name(None, config)
+    except CleanroomError as exc:
+        checks.append(DoctorCheck("backend", "fail", exc.message, exc.details))
+        default = ""
+    for name in backend_names():
+        try:
+            be = get_backend(name, config)
+        except CleanroomError as exc:
+            checks.extend(await backend_checks(name, default, exc))
+            continue
+        try:
+            checks.extend(await backend_checks(name, default, be))
+        finally:
+            await be.close()
+    return checks
 
 
 def host_checks() -> list[DoctorCheck]:

@@ -201,12 +201,25 @@ class RunRecorder:
             self._data["guest"] = {"agent_version": agent_version, "kernel": kernel}
 
     def set_pool(
-        self, outcome: str, *, boot_ms: float | None = None, idle_ms: float | None = None
+        self,
+        outcome: str,
+        *,
+        boot_ms: float | None = None,
+        idle_ms: float | None = None,
+        restored: bool = False,
+        fallback: str | None = None,
     ) -> None:
-        """``pool`` (``hit`` or ``miss``); for a hit, the pooled guest's boot and idle time."""
+        """``pool`` (``hit`` or ``miss``); for a hit, the pooled guest's start time
+        (booted or ``restored`` from a snapshot, ready for a run), idle time, and
+        for a booted one why it was not restored."""
         self._data["pool"] = outcome
         if boot_ms is not None and idle_ms is not None:
-            self._data["pool_guest"] = {"boot_ms": round(boot_ms, 1), "idle_ms": round(idle_ms, 1)}
+            self._data["pool_guest"] = {
+                "boot_ms": round(boot_ms, 1),
+                "idle_ms": round(idle_ms, 1),
+                "start": "restored" if restored else "cold",
+                "start_fallback": fallback,
+            }
 
     def set_start(self, start: str, fallback: str | None = None) -> None:
         """How the guest started (``restored``, ``cold`` or ``warm``) and, for a cold

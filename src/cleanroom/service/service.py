@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
@@ -22,31 +22,33 @@ from cleanroom.errors import (
     CleanroomNotFound,
     InvalidRequest,
     RunCancelled,
-    RunNotFound,
 )
 from cleanroom.models import Applied, LaunchRequest
 from cleanroom.policy import CompiledPolicy, load_policy
+from cleanroom.service.admission import admit_isolation, admit_policy, run_timeout
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.checks import (
     check_capabilities,
+    check_cwd,
     checked_request,
     current_task_cancelling,
     network_check,
     pool_checks,
 )
-from cleanroom.service.doctor import host_checks
+from cleanroom.service.doctor import backend_checks, host_checks
 from cleanroom.service.finalize import Finalizers
+from cleanroom.service.finished import FinishedRuns
 from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, resolve_pool_image
-from cleanroom.service.record import read_record
 from cleanroom.service.repair import prune_runs, repair_runs, retention
 from cleanroom.service.run import RunPlan, execute_run
-from cleanroom.service.runfiles import apply_run, artifact_path, run_patch
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.statelock import StateLock
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+from cleanroom.service.uploads import Upload, Uploads
 from cleanroom.service.workspace import remove_dead_stagings
 
 __all__ = ["Service"]
@@ -66,6 +68,8 @@ class _Context:
     sandbox: Sandbox
     tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
     terminated: bool = False
+    upload: Path | None = None
+    """The uploaded tree the context owns (removed after it is terminated)."""
 
 
 class Service:
@@ -96,17 +100,22 @@ class Service:
             console_log_bytes=config.limits.console_log_bytes,
         )
         self._finalizers = Finalizers()
+        self._state_lock = StateLock(paths.state_dir())
+        self._uploads = Uploads(paths.state_dir() / "uploads", config.limits)
+        self._done = FinishedRuns(self._finalizers, self._runs, self._uploads)
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the network manager (if this host can enforce egress) and reconcile."""
+        """Lock the state directory (``ServerUnavailable`` when another server holds it),
+        create the network manager (if this host can enforce egress) and reconcile."""
+        self._state_lock.acquire()
         if self._network is None:
             try:
                 from cleanroom.network import NetworkManager  # noqa: PLC0415 - optional layer
 
-                manager = NetworkManager(self._config.network)
+                manager = NetworkManager(self._config.network, limits=self._config.limits)
             except CleanroomError as exc:
                 self._network_error = exc.message
             else:
@@ -118,6 +127,7 @@ class Service:
                 log.warning("reconciled leftovers from a previous server", removed=removed)
         # Pool directories of a previous server hold only dead guests' files.
         shutil.rmtree(paths.state_dir() / "pool", ignore_errors=True)
+        self._uploads.clear_leftovers()
         remove_dead_stagings()
         await self._repair_runs()
         if self._pools.enabled:
@@ -147,6 +157,7 @@ class Service:
         await self._pools.close()
         # Finished runs still releasing their guests and networks.
         await self._finalizers.drain()
+        await self._uploads.close()
         for ctx in self._contexts.values():
             ctx.terminated = True
             self._terminated.add(ctx.info.cleanroom_id)
@@ -154,23 +165,49 @@ class Service:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()
+        self._state_lock.release()
 
     # -- contexts ------------------------------------------------------------------
 
+    async def upload_workspace(self, chunks: AsyncIterator[bytes]) -> Upload:
+        """See ``ServiceAPI.upload_workspace``."""
+        return await self._uploads.receive(chunks)
+
     async def launch(
-        self, cwd: Path, *, backend: str | None = None, options: LaunchOptions | None = None
+        self,
+        cwd: Path,
+        *,
+        backend: str | None = None,
+        options: LaunchOptions | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> CleanroomInfo:
         """See ``ServiceAPI.launch``."""
         opts = options or LaunchOptions()
-        cwd = Path(cwd)
-        LaunchRequest(cwd=cwd, backend=backend, options=opts)  # the wire rules, stated once
-        if not cwd.is_dir():
+        # the wire rules, stated once
+        LaunchRequest(cwd=Path(cwd), backend=backend, options=opts, workspace_id=workspace_id)
+        if workspace_id is None:
+            check_cwd(Path(cwd), self._config.workspace.roots, local)
+            return await self._launch(Path(cwd), backend, opts, None)
+        upload = self._uploads.claim(workspace_id)
+        try:
+            return await self._launch(upload, backend, opts, upload)
+        except BaseException:
+            self._uploads.release(upload)
+            raise
+
+    async def _launch(
+        self, cwd: Path, backend: str | None, opts: LaunchOptions, upload: Path | None
+    ) -> CleanroomInfo:
+        if not await asyncio.to_thread(cwd.is_dir):
             raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
         policy = await asyncio.to_thread(load_policy, cwd)
+        admit_policy(policy, self._config, opts)  # the caller's pin, the operator's ceiling
         name = resolve_backend_name(backend, self._config)
         be = await self._backend(name)
         caps = await be.prepare()
         check_capabilities(policy, caps, self._network is not None, self._network_error)
+        admit_isolation(policy, self._config, caps)
         # Pulled or built now, so a bad image fails the launch, not a run. Only a
         # user image needs I/O (a thread); the built-in one is decided in place.
         if opts.image is None and policy.image is None and self._config.images.default is None:
@@ -202,9 +239,12 @@ class Service:
             created_at=utc_now(),
             image=sandbox.image_info,
             resources=sandbox.machine,
+            isolation=caps.isolation,
         )
         launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
-        self._contexts[info.cleanroom_id] = _Context(info, policy, be, launch_seconds, sandbox)
+        self._contexts[info.cleanroom_id] = _Context(
+            info, policy, be, launch_seconds, sandbox, upload=upload
+        )
         log.info(
             "launched",
             cleanroom_id=info.cleanroom_id,
@@ -229,6 +269,8 @@ class Service:
             task.cancel()
         if ctx.tasks:
             await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        if ctx.upload is not None:  # its runs' patches are rendered against it first
+            self._uploads.release(ctx.upload, [self._finalizers.wait(r) for r in ctx.info.runs])
         log.info("terminated", cleanroom_id=cleanroom_id)
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
@@ -256,8 +298,7 @@ class Service:
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
         argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
-        if timeout is None:  # every run ends: none may hold a guest for ever
-            timeout = self._config.limits.run_timeout_seconds
+        timeout = run_timeout(timeout, self._config)  # every run ends, within the ceiling
         self._check_capacity()
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
@@ -354,11 +395,16 @@ class Service:
         stdin: bytes | None = None,
         artifacts: Sequence[str] = (),
         terminal: Terminal | None = None,
+        workspace_id: str | None = None,
+        local: bool = True,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
         # Judged before anything is launched (the run checks them again, cheaply).
         checked_request("exec", command, timeout, env, stdin, artifacts)
-        info = await self.launch(cwd, backend=backend, options=options)
+        run_timeout(timeout, self._config)
+        info = await self.launch(
+            cwd, backend=backend, options=options, workspace_id=workspace_id, local=local
+        )
         try:
             return await self.run(
                 info.cleanroom_id,
@@ -375,33 +421,19 @@ class Service:
 
     async def run_record(self, run_id: str) -> dict[str, Any]:
         """See ``ServiceAPI.run_record``."""
-        return (await self._finished(run_id))[1]
-
-    async def _finished(self, run_id: str) -> tuple[Path, dict[str, Any]]:
-        """The finished run's directory and record (after its background release)."""
-        if not run_id.startswith("run-") or "/" in run_id or len(run_id) > 64:
-            raise RunNotFound(f"no run {run_id!r}", details={"run_id": run_id})
-        await self._finalizers.wait(run_id)
-        run_dir = self._runs.get(run_id, paths.state_dir() / "runs" / run_id)
-        try:
-            return run_dir, read_record(run_dir)
-        except (OSError, ValueError, TypeError) as exc:
-            raise RunNotFound(f"no record for run {run_id!r}", details={"run_id": run_id}) from exc
+        return (await self._done.locate(run_id))[1]
 
     async def run_diff(self, run_id: str) -> bytes:
         """See ``ServiceAPI.run_diff``."""
-        run_dir, record = await self._finished(run_id)
-        return await asyncio.to_thread(run_patch, run_dir, record)
+        return await self._done.diff(run_id)
 
     async def run_artifact(self, run_id: str, path: str) -> Path:
         """See ``ServiceAPI.run_artifact``."""
-        run_dir, record = await self._finished(run_id)
-        return artifact_path(run_dir, record, path)
+        return await self._done.artifact(run_id, path)
 
     async def apply_changes(self, run_id: str) -> Applied:
         """See ``ServiceAPI.apply_changes``."""
-        run_dir, _ = await self._finished(run_id)
-        return await asyncio.to_thread(apply_run, run_dir)
+        return await self._done.apply(run_id)
 
     async def doctor(self) -> list[DoctorCheck]:
         """See ``ServiceAPI.doctor``."""
@@ -409,15 +441,10 @@ class Service:
         name = resolve_backend_name(None, self._config)
         for be_name in backend_names():
             try:
-                be = await self._backend(be_name)
-                # Until service.types re-exports cleanroom.doctor.DoctorCheck, copy
-                # the backend's checks into the service's own check type.
-                checks.extend(
-                    DoctorCheck(c.name, c.status, c.reason, c.details) for c in await be.doctor()
-                )
+                be: Backend | CleanroomError = await self._backend(be_name)
             except CleanroomError as exc:
-                status: Literal["fail", "warn"] = "fail" if be_name == name else "warn"
-                checks.append(DoctorCheck(f"backend.{be_name}", status, exc.message))
+                be = exc
+            checks.extend(await backend_checks(be_name, name, be))
         checks.extend(pool_checks(self._pools.items()))
         if self._network is None:
             checks.append(network_check(self._network_error))

@@ -69,4 +69,7 @@ async def test_doctor(image: GuestImage, tmp_path: Path) -> None:
     checks = {c.name: c for c in await _backend(image, tmp_path).doctor()}
     assert checks["qemu.binary"].status == "pass"
     assert checks["qemu.image"].status == "pass"
-    assert checks["qemu.accel"].status == "pass"
+    # TCG is emulation: a warning that says it is not a security boundary.
+    assert checks["qemu.accel"].status == "warn"
+    assert "not a security boundary" in checks["qemu.accel"].reason
+    assert checks["qemu.accel"].details["isolation"] == "qemu-tcg"

@@ -2,7 +2,9 @@
 
 With a network manager, pooled guests boot on reserved network slots; the
 uplink is a namespace these tests create (no route out), so the host's own
-namespace is never touched.
+namespace is never touched. Snapshots are off: these tests count the QEMU
+children of the pool, and one making a snapshot would be one more (pool
+refills restored from a snapshot: tests/integration/network/test_network_restored_vm.py).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ async def pooled(
     # A private state directory: a service's start clears its pool directory.
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     config = RuntimeConfig(
-        qemu=QemuConfig(accel="tcg", launch_seconds=120),
+        qemu=QemuConfig(accel="tcg", launch_seconds=120, snapshots=False),
         network=network,
         pool=PoolConfig(size=2),
     )
@@ -109,7 +111,9 @@ async def test_pool_hits_are_fresh_distinct_guests_and_refill(
 async def test_close_destroys_pooled_guests_and_their_slots(
     tmp_path: Path, network: NetworkConfig
 ) -> None:
-    config = RuntimeConfig(qemu=QemuConfig(accel="tcg"), network=network, pool=PoolConfig(size=1))
+    config = RuntimeConfig(
+        qemu=QemuConfig(accel="tcg", snapshots=False), network=network, pool=PoolConfig(size=1)
+    )
     svc = Service(config)
     await svc.start()
     pool = svc.pool("qemu")

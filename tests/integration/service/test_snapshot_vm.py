@@ -7,7 +7,9 @@ restored runs and the cold fallback; every run packs its checks into one command
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -115,5 +117,76 @@ async def test_snapshot_made_on_first_use_restored_runs_unique_bad_one_boots_col
         record = json.loads((cold.run_dir / RECORD_NAME).read_text())
         assert record["start"] == "cold"
         assert "does not match its sha256" in record["start_fallback"]
+    finally:
+        await svc.close()
+
+
+# What the guest sees of its workspace: every file's path and content, hashed in
+# order, and whether the disk's first 4 KiB read through the kernel's cache of the
+# block device equal the same bytes read from the device itself (O_DIRECT).
+DISK_CHECK = r"""
+import hashlib, json, mmap, os
+dev = [line.split()[0] for line in open("/proc/mounts") if line.split()[1] == "/workspace"][0]
+fd = os.open(dev, os.O_RDONLY)
+cached = os.pread(fd, 4096, 0)
+os.close(fd)
+fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+os.preadv(fd, [buf], 0)
+os.close(fd)
+tree = hashlib.sha256()
+for root, dirs, files in os.walk("/workspace"):
+    dirs.sort()
+    for name in sorted(files):
+        path = os.path.join(root, name)
+        tree.update(os.path.relpath(path, "/workspace").encode() + b"\0")
+        tree.update(open(path, "rb").read())
+print(json.dumps({"same": cached == bytes(buf), "tree": tree.hexdigest()}))
+"""
+
+
+def _tree_digest(root: Path) -> str:
+    tree = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        tree.update(str(path.relative_to(root)).encode() + b"\0")
+        tree.update(path.read_bytes())
+    return tree.hexdigest()
+
+
+async def test_a_restored_guest_sees_its_own_workspace_disk_never_cached_blocks(
+    qemu: QemuBackend, tmp_path: Path
+) -> None:
+    """The snapshot guest's kernel read the placeholder disk when it probed it at
+    boot; a restored guest starts on a blank file that the host fills with the
+    run's filesystem while the stream loads. What the guest then reads through
+    its block cache must be exactly what is on the disk, and every file exactly
+    the host's.
+
+    Measured with the agent's BLKFLSBUF removed, this still passes: this kernel
+    drops a block device's cache when its last opener closes it, and nothing
+    holds the placeholder open across the snapshot. The flush guards the case
+    where something does; this test guards the outcome whatever the reason."""
+    ws = tmp_path / "repo"
+    for i in range(300):
+        d = ws / f"pkg{i // 30:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i:03d}.bin").write_bytes(os.urandom(20_000 + i))
+    (ws / "cleanroom.yaml").write_text(POLICY)
+    (ws / "check.py").write_text(DISK_CHECK)
+    expected = _tree_digest(ws)
+    await qemu.warm()
+    svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
+    await svc.start()
+    try:
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=tmp_path / "runs"))
+        for _ in range(2):
+            result = await svc.run(info.cleanroom_id, ["python3", "/workspace/check.py"])
+            assert result.exit_code == 0, result.stderr
+            record = json.loads((result.run_dir / RECORD_NAME).read_text())
+            assert record["start"] == "restored", record["start_fallback"]
+            assert record["workspace"]["method"] == "disk"
+            assert isinstance(record["workspace_disk_ms"], float)
+            got = json.loads(result.stdout)
+            assert got == {"same": True, "tree": expected}
     finally:
         await svc.close()

@@ -70,6 +70,8 @@ def test_the_key_covers_versions_shape_devices_and_accel() -> None:
     facts = _facts()
     assert "vmgenid,guid=auto" in str(facts["devices"])
     assert SNAPSHOT_KERNEL_ARG in str(facts["devices"])
+    # Restored guests map the snapshot's RAM file privately.
+    assert "memory-backend-file,id=ram0,size=256M,mem-path=@ram,share=off" in str(facts["devices"])
     assert snapshot_machine(snapshot_machine(MACHINE)) == snapshot_machine(MACHINE)
 
 
@@ -94,8 +96,10 @@ def test_which_runs_fit(tmp_path: Path) -> None:
         config=ImageConfig(),
         size_bytes=1 << 20,
     )
+    # A networked run fits too: it is restored from the snapshot with a NIC.
+    assert snaps.unfit(replace(spec, network=net)) is None
+    assert snaps.key_for(nic=False) == snaps.key != snaps.key_for(nic=True)
     for changed, why in (
-        (replace(spec, network=net), "network interface"),
         (replace(spec, image=image), "user image"),
         (replace(spec, vcpus=2), "vCPU"),
         (replace(spec, memory_mib=512), "memory"),
@@ -111,7 +115,7 @@ async def test_a_failed_background_attempt_is_retried_only_later(
 ) -> None:
     attempts: list[str] = []
 
-    async def failing_make(*args: object) -> Snapshot:
+    async def failing_make(*args: object, nic: bool) -> Snapshot:
         attempts.append("boot")
         raise RuntimeLaunchFailed("guest agent not ready within 60 s")
 
@@ -138,4 +142,28 @@ async def test_a_failed_background_attempt_is_retried_only_later(
     again = await snaps.find()
     assert isinstance(again, NoRestore)
     assert again.reason.endswith("making it now")
+    # The networked snapshot is a separate attempt with its own reason.
+    networked = await snaps.find(nic=True)
+    assert isinstance(networked, NoRestore)
+    assert networked.reason.endswith("making it now")
     await snaps.close()
+
+
+def test_the_networked_snapshot_puts_its_nic_where_a_run_guest_has_it() -> None:
+    plain = str(_facts()["devices"])
+    facts = snapshot_facts(
+        MACHINE,
+        qemu_version=VERSIONS["qemu_version"],
+        image_digest=VERSIONS["image_digest"],
+        agent_version=VERSIONS["agent_version"],
+        kernel_version=VERSIONS["kernel_version"],
+        nic=True,
+    )
+    devices = str(facts["devices"])
+    assert facts["nic"] is True
+    assert "virtio-net-device" not in plain
+    assert "netdev=net0,mac=02:00:00:00:00:01" in devices
+    # The NIC is the last device before vmgenid, in the snapshot and a run guest alike.
+    assert devices.index("virtio-rng-device") < devices.index("virtio-net-device")
+    assert devices.index("virtio-net-device") < devices.index("vmgenid")
+    assert snapshot_key(facts) != _key()

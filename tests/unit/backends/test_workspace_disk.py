@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from cleanroom.backends.workspace_disk import (
     SCRATCH_DISK_NAME,
     SCRATCH_SETTINGS_NAME,
     WORKSPACE_DISK_NAME,
+    create_blank_workspace_disk,
     create_scratch_disk,
     create_workspace_disk,
+    fill_workspace_disk,
     remove_scratch_disk,
     remove_workspace_disk,
 )
@@ -112,3 +115,29 @@ def test_scratch_disk_carries_the_image_settings_for_the_agent(tmp_path: Path) -
     with pytest.raises(RuntimeLaunchFailed, match="too small"):
         create_scratch_disk(tmp_path, config, size_bytes=1 << 20)
     assert not disk.path.exists()
+
+
+def test_a_blank_disk_is_filled_in_place(tmp_path: Path) -> None:
+    """A VMM opens the blank file first; the filesystem is then written into that
+    same file (same inode, same size), never a new one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("filled")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    disk = create_blank_workspace_disk(run_dir, size_bytes=64 << 20)
+    assert disk.seeded
+    assert disk.path == run_dir / WORKSPACE_DISK_NAME
+    with disk.path.open("rb") as held:  # what the VMM has open
+        assert held.read(4096) == bytes(4096)  # no filesystem yet
+        ms = fill_workspace_disk(disk, src)
+        assert ms > 0
+        held.seek(1024 + 56)
+        assert held.read(2) == b"\x53\xef"  # ext4 magic, seen through the open file
+        assert disk.path.stat().st_ino == os.fstat(held.fileno()).st_ino
+    assert disk.path.stat().st_size == 64 << 20
+    cat = subprocess.run(
+        ["debugfs", "-R", "cat /f.txt", str(disk.path)], capture_output=True, check=True
+    )
+    assert cat.stdout == b"filled"
+    assert "lost+found" not in _ls(disk.path, "/")

@@ -55,6 +55,10 @@ def test_publish_find_and_prune(tmp_path: Path) -> None:
     _publish(cache, "k2")
     assert cache.prune(keep="k2") == ["k1"]
     assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["k2"]
+    _publish(cache, "k3")
+    _publish(cache, "k4")
+    assert cache.prune(keep=["k3", "k4"]) == ["k2"]
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["k3", "k4"]
 
 
 def test_a_changed_file_is_hashed_again_and_refused(tmp_path: Path) -> None:

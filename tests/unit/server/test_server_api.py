@@ -47,7 +47,9 @@ def test_launch_run_record_list_terminate(http: httpx.Client, repo: Path) -> Non
         "run_dir_root",
         "image",
         "resources",
+        "isolation",
     }
+    assert info["isolation"] == "qemu-tcg"  # what the agent-process backend reports
     assert info["image"] is None  # the built-in image
     assert info["resources"]["disk_mib"] == 16384
     assert info["backend"] == "qemu"  # the agent-process backend stands in for qemu

@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis import checks as st_checks
 from schemathesis.specs.openapi import checks as oa_checks
 
 from cleanroom.server import create_app, parse_listen
 from cleanroom.testing import ServerThread, agent_service
 
+# Upload bodies are raw tar streams: arbitrary bytes here (refused as workspace_invalid).
+schemathesis.openapi.media_type("application/x-tar", st.binary(max_size=4096))
 DOC: dict[str, Any] = create_app(agent_service()).openapi()
 schema = schemathesis.openapi.from_dict(DOC)
 
@@ -55,6 +58,7 @@ def test_document_shape() -> None:
         "/v1/runs/{run_id}/artifacts/{path}",
         "/v1/runs/{run_id}/apply",
         "/v1/doctor",
+        "/v1/workspaces",
     }
     run = paths["/v1/cleanrooms/run"]["post"]["responses"]
     assert "application/x-ndjson" in run["200"]["content"]
@@ -64,6 +68,11 @@ def test_document_shape() -> None:
     assert "422" not in run  # validation failures are 400 invalid_request, not FastAPI's 422
     launch_body = DOC["components"]["schemas"]["LaunchRequest"]
     assert launch_body["additionalProperties"] is False
+    upload = paths["/v1/workspaces"]["post"]
+    assert "application/x-tar" in upload["requestBody"]["content"]
+    assert upload["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WorkspaceUploaded"
+    }
 
 
 @schema.parametrize()

@@ -125,7 +125,10 @@ def test_record_facts_land_under_the_documented_keys(tmp_path: Path) -> None:
         "qemu-tcg",
         {"agent_version": "1", "kernel": "6.1"},
     )
-    assert (on_disk["pool"], on_disk["pool_guest"]) == ("hit", {"boot_ms": 1234.6, "idle_ms": 7.9})
+    assert (on_disk["pool"], on_disk["pool_guest"]) == (
+        "hit",
+        {"boot_ms": 1234.6, "idle_ms": 7.9, "start": "cold", "start_fallback": None},
+    )
     assert on_disk["workspace"] == {
         "method": "stream",
         "files": 2,

@@ -114,6 +114,10 @@ async def test_pool_refills_restore_first(
         assert warm is not None
         assert (len(backend.restored), len(backend.guests)) == (restored, booted)
         assert warm.guest is (backend.restored if booted == 0 else backend.guests)[0]
+        assert warm.restored is (booted == 0)
+        assert warm.fallback == (
+            None if booted == 0 else "restore failed: the snapshot did not load in time"
+        )
         await warm.client.close()
         await warm.guest.destroy()
         warm.discard_dir()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import workspace_tree as workspace_module
 from cleanroom.errors import ConfigInvalid, InvalidRequest
-from cleanroom.service import workspace as workspace_module
 from cleanroom.service.workspace import (
     STAGE_IN_MEMORY_LIMIT,
     archive_workspace,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom import workspace_tree as workspace_module
 from cleanroom.config_limits import LimitsConfig
 from cleanroom.errors import InvalidRequest, WorkspaceTooLarge
-from cleanroom.service import workspace as workspace_module
 from cleanroom.service.workspace import (
     ArchiveStats,
     archive_workspace,

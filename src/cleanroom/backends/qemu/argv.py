@@ -29,6 +29,7 @@ __all__ = [
     "build_argv",
     "kernel_cmdline",
     "netns_prefix",
+    "nic_argv",
 ]
 
 AGENT_PORT_NAME = "org.cleanroom.agent"
@@ -186,10 +187,15 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
         "virtio-rng-device,rng=rng0",
     ]
     if launch.network is not None:
-        argv += [
-            "-netdev",
-            f"tap,id=net0,ifname={_opt(launch.network.tap)},script=no,downscript=no",
-            "-device",
-            f"virtio-net-device,netdev=net0,mac={_opt(launch.network.mac)}",
-        ]
+        argv += nic_argv(launch.network.tap, launch.network.mac)
     return argv
+
+
+def nic_argv(tap: str, mac: str) -> list[str]:
+    """The guest NIC on TAP device ``tap`` (the last devices of :func:`build_argv`)."""
+    return [
+        "-netdev",
+        f"tap,id=net0,ifname={_opt(tap)},script=no,downscript=no",
+        "-device",
+        f"virtio-net-device,netdev=net0,mac={_opt(mac)}",
+    ]

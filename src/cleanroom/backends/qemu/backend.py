@@ -133,13 +133,14 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         unfit = self.snapshots.unfit(spec)
         if unfit is not None:
             return NoRestore(unfit)
-        found = await self.snapshots.find()
+        found = await self.snapshots.find(nic=spec.network is not None)
         if isinstance(found, NoRestore):
             return found
         return await restore_guest(self._machine, spec, found)
 
     async def warm(self) -> Snapshot:
-        """Make the snapshot now unless a valid one exists (``cleanroom image warm``).
+        """Make both snapshots (without and with a NIC) now unless valid ones exist
+        (``cleanroom image warm``); returns the one without a NIC.
 
         Raises ``BackendUnavailable`` when snapshots are off or impossible for the
         configured image, ``RuntimeLaunchFailed`` when making one fails.
@@ -147,7 +148,9 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         await self.prepare()
         if self.snapshots is None:
             raise BackendUnavailable(self._no_snapshots)
-        return await self.snapshots.ensure()
+        plain = await self.snapshots.ensure()
+        await self.snapshots.ensure(nic=True)
+        return plain
 
     async def close(self) -> None:
         """Stop a snapshot being made in the background."""
@@ -200,10 +203,12 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         self, identity: str | None, version: str | None, image: BootImage | None
     ) -> DoctorCheck:
         requested = self._config.accel
+        if requested == "tcg":
+            return _tcg_check("accel tcg (configured)")
         if requested != "auto":
             return DoctorCheck("qemu.accel", "pass", f"accel {requested} (configured)")
         if identity is None:
-            return DoctorCheck("qemu.accel", "pass", "accel tcg (no KVM)")
+            return _tcg_check("accel tcg (no KVM)")
         if version is None or image is None:
             return DoctorCheck("qemu.accel", "warn", "KVM canary not possible yet")
         verdict = self._verdicts.get(verdict_key(identity, version, image.digest))
@@ -211,10 +216,23 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             return DoctorCheck(
                 "qemu.accel", "warn", "KVM canary not run yet (runs on first launch)"
             )
-        chosen = "kvm" if verdict.kvm_works else "tcg"
-        return DoctorCheck(
-            "qemu.accel",
-            "pass",
-            f"accel {chosen}: {verdict.reason}",
-            {"checked_at": verdict.checked_at, "kvm_works": verdict.kvm_works},
-        )
+        details = {"checked_at": verdict.checked_at, "kvm_works": verdict.kvm_works}
+        if not verdict.kvm_works:
+            return _tcg_check(f"accel tcg: {verdict.reason}", details)
+        return DoctorCheck("qemu.accel", "pass", f"accel kvm: {verdict.reason}", details)
+
+
+TCG_WARNING = (
+    "guests are emulated (TCG): not a security boundary (QEMU's security policy); "
+    "use KVM to isolate untrusted code"
+)
+
+
+def _tcg_check(reason: str, details: dict[str, object] | None = None) -> DoctorCheck:
+    """The ``qemu.accel`` warning for emulated guests."""
+    return DoctorCheck(
+        "qemu.accel",
+        "warn",
+        f"{reason}; {TCG_WARNING}",
+        {**(details or {}), "isolation": "qemu-tcg", "security_boundary": False},
+    )

@@ -51,6 +51,8 @@ class QemuGuest(VmGuest):
 
     sandbox: ClassVar[str] = SANDBOX
     """QEMU's seccomp filter for guests of this class."""
+    wrapper: ClassVar[tuple[str, ...]] = ()
+    """A command QEMU is started under (after the death-signal wrapper)."""
 
     def __init__(
         self,
@@ -80,13 +82,15 @@ class QemuGuest(VmGuest):
         extra_argv: Sequence[str] = (),
         extra_fds: Mapping[int, str] | None = None,
         plan_extra: Mapping[str, Any] | None = None,
+        blank_workspace: bool = False,
     ) -> Self:
         """Prepare the run's disk, write the plan, and spawn QEMU.
 
         ``base_rootfs`` replaces the machine's (a snapshot's saved disk state);
         ``extra_argv`` goes at the end of QEMU's arguments, ``extra_fds`` (descriptor
         -> what it is) are inherited by QEMU and ``plan_extra`` goes into the plan
-        (all three: a snapshot's stream). Raises ``RuntimeLaunchFailed``;
+        (all three: a snapshot's stream); ``blank_workspace``: see ``run_disks``
+        (the disks are then in ``self._disks``). Raises ``RuntimeLaunchFailed``;
         on failure nothing is left running and the per-run disk is removed.
         """
         base = machine.rootfs if base_rootfs is None else base_rootfs
@@ -103,7 +107,12 @@ class QemuGuest(VmGuest):
         )
         try:
             async with run_disks(
-                spec, base, QEMU_ROOTFS_METHODS, vmm="QEMU", qemu_img=machine.qemu_img
+                spec,
+                base,
+                QEMU_ROOTFS_METHODS,
+                vmm="QEMU",
+                qemu_img=machine.qemu_img,
+                blank_workspace=blank_workspace,
             ) as disks:
                 launch = QemuLaunch(
                     machine=machine,
@@ -119,7 +128,10 @@ class QemuGuest(VmGuest):
                     console_fd=console.vmm_fd,
                     sandbox=cls.sandbox,
                 )
-                argv = [*build_argv(launch, prefix=pdeathsig_prefix()), *extra_argv]
+                argv = [
+                    *build_argv(launch, prefix=[*pdeathsig_prefix(), *cls.wrapper]),
+                    *extra_argv,
+                ]
                 write_plan(
                     spec,
                     disks,

@@ -1,17 +1,24 @@
 """Save a booted, agent-ready QEMU guest to a snapshot, and restore guests from it.
 
-The snapshot is two files: ``memory.mig``, QEMU's migration stream of the
-paused guest (RAM and device state), and ``rootfs.raw``, the root disk exactly
-as that guest left it (the guest's page cache in the stream depends on it).
+The snapshot is three files: ``ram.raw``, the guest's RAM (the snapshot guest's
+memory is that file, mapped shared: ``memory-backend-file,share=on``);
+``memory.mig``, QEMU's migration stream of the paused guest without that RAM
+(device state; the ``x-ignore-shared`` capability leaves shared memory out);
+and ``rootfs.raw``, the root disk exactly as that guest left it (the guest's
+page cache in its RAM depends on it). A restored guest maps ``ram.raw``
+privately (``share=off``): it reads the snapshot's pages from the host's page
+cache on first touch, shared with every other guest restored from it, and
+gets its own copy only of the pages it writes; nothing it does reaches the file.
 QEMU 7.2 has no ``file:`` migration URI: the stream is saved with
 ``migrate "exec:cat > FILE"`` (QEMU spawns a shell: the snapshot guest, which
 never runs anything but the agent waiting for its hello, must be allowed to)
-and restored from a descriptor QEMU inherits, ``-incoming fd:N`` (no process
-spawned per run; QEMU 7.2's outgoing ``fd:`` takes only a descriptor passed
-over QMP by name). A restore is a new QEMU with the same machine and devices;
-it gets its own copy of the root disk (an
-overlay over ``rootfs.raw``, never written), its own workspace disk, console
-and channels, like a cold boot.
+and restored from a descriptor QEMU inherits (``-incoming defer``, then
+``migrate-incoming fd:N`` once ``x-ignore-shared`` is set over QMP: QEMU 7.2
+has no command-line switch for that capability; no process spawned per run;
+its outgoing ``fd:`` takes only a descriptor passed over QMP by name). A
+restore is a new QEMU with the same machine and devices; it gets its own copy
+of the root disk (an overlay over ``rootfs.raw``, never written), its own
+workspace disk, console and channels, like a cold boot.
 
 What the guest is told and what it must not keep:
 
@@ -20,18 +27,30 @@ What the guest is told and what it must not keep:
   workspace disk (a placeholder at snapshot time) unmounted, and the agent
   drops the disks' buffer caches and mounts the run's own disk at its first
   configure, after the restore, so no block cached before the snapshot is read;
+- so a restore need not wait for the run's workspace disk: QEMU starts on a
+  blank file of the disk's size and loads the stream while the host writes
+  the workspace filesystem into that same file; the guest stays paused until
+  the filesystem is complete (``cont`` comes after it);
 - ``-device vmgenid,guid=auto`` gives every QEMU a new VM generation id,
   which a Linux guest with the vmgenid driver takes as a signal to reseed its
   CRNG; the agent also reseeds it (``RNDRESEEDCRNG``) after mixing in the
   host's 64-byte seed at configure, and reseeds its own Python generators;
 - the agent is waiting for the host's hello when the guest is paused, so a
-  restored guest starts a fresh session; it has no NIC (networked runs boot
-  cold).
+  restored guest starts a fresh session.
+
+Networked guests come from a second snapshot of the same image (``nic``): its
+guest had a NIC when it was saved, on a TAP that QEMU made in a network
+namespace of its own (``unshare --net``: nothing reachable, gone with QEMU).
+A restore attaches the same NIC model to the run's own TAP in the run's
+namespace (a TAP's state is not part of the stream); the guest's interface is
+still unconfigured then, and the agent's configure gives it the run's MAC,
+address and route, exactly as on a cold guest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -42,17 +61,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cleanroom.backends.base import GuestSpec
-from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv
+from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv, nic_argv
 from cleanroom.backends.qemu.guest import QemuGuest
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
-from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
+from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES, fill_workspace_disk
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotCache
+from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "DISK_NAME",
     "MEMORY_NAME",
+    "RAM_NAME",
     "SNAPSHOT_KERNEL_ARG",
+    "SNAPSHOT_MAC",
     "VMGENID_ARGV",
     "make_snapshot",
     "restore_guest",
@@ -62,13 +84,26 @@ __all__ = [
 
 MEMORY_NAME = "memory.mig"
 DISK_NAME = "rootfs.raw"
+RAM_NAME = "ram.raw"
+_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 SNAPSHOT_KERNEL_ARG = "cleanroom.snapshot=1"
 """Equal to ``cleanroom.agent.sysops.SNAPSHOT_CMDLINE_FLAG`` (the agent imports nothing)."""
 VMGENID_ARGV = ("-device", "vmgenid,guid=auto")
+SNAPSHOT_MAC = "02:00:00:00:00:01"
+"""The NIC's MAC in the networked snapshot (the agent sets each run's own at configure)."""
+_SNAPSHOT_TAP = "snap0"
 SETTLE_SECONDS = 0.5
 """After the agent opened its port, let it reach its first read before pausing."""
 _MIGRATE_POLL_SECONDS = 0.02
 _LOAD_POLL_SECONDS = 0.005
+
+
+def memory_argv(path: Path, memory_mib: int, *, shared: bool = False) -> tuple[str, ...]:
+    """The guest's RAM as the file ``path``: mapped ``shared`` by the snapshot guest
+    (its RAM is written to the file), privately by restored guests."""
+    backend = f"memory-backend-file,id=ram0,size={memory_mib}M"
+    backend += f",mem-path={str(path).replace(',', ',,')},share={'on' if shared else 'off'}"
+    return ("-object", backend, "-machine", "memory-backend=ram0")
 
 
 def snapshot_machine(machine: QemuMachine) -> QemuMachine:
@@ -86,12 +121,14 @@ def snapshot_facts(
     agent_version: str,
     kernel_version: str,
     disk_bytes: int = DEFAULT_WORKSPACE_DISK_BYTES,
+    nic: bool = False,
 ) -> dict[str, str | int | bool | None]:
     """What a snapshot of ``machine`` depends on (its cache key is their hash).
 
     ``devices`` is the whole QEMU command line with the per-run paths and
     descriptors replaced by placeholders: it covers the machine type, accel,
-    CPU model, vCPUs, memory, kernel and command line, and every device.
+    CPU model, vCPUs, memory, kernel and command line, and every device
+    (``nic``: the guest has a network interface).
     """
     m = snapshot_machine(machine)
     shape = QemuLaunch(
@@ -102,8 +139,9 @@ def snapshot_facts(
         agent_fd=-1,
         qmp_fd=-2,
         workspace_disk=Path("@workspace"),
+        network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
     )
-    argv = [*build_argv(shape), *VMGENID_ARGV]
+    argv = [*build_argv(shape), *memory_argv(Path("@ram"), m.memory_mib), *VMGENID_ARGV]
     return {
         "vmm": "qemu",
         "qemu_version": qemu_version,
@@ -114,6 +152,7 @@ def snapshot_facts(
         "vcpus": m.vcpus,
         "memory_mib": m.memory_mib,
         "workspace_disk_bytes": disk_bytes,
+        "nic": nic,
         "devices": shlex.join(argv),
     }
 
@@ -138,6 +177,7 @@ class _SnapshotSource(QemuGuest):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
+            await qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
             await qmp.execute("stop")
             uri = f"exec:cat > {shlex.quote(str(memory))}"
             await qmp.execute("migrate", {"uri": uri})
@@ -161,6 +201,12 @@ class _SnapshotSource(QemuGuest):
     async def stop_vmm(self) -> None:
         """Kill QEMU (the stream is written) so its disk can be copied."""
         await self._process.kill()
+
+
+class _NetSnapshotSource(_SnapshotSource):
+    """A snapshot guest with a NIC, on a TAP in a network namespace of its own."""
+
+    wrapper: ClassVar[tuple[str, ...]] = ("unshare", "--net")
 
 
 def _flatten_disk(run_dir: Path, dest: Path, qemu_img: str) -> None:
@@ -190,9 +236,12 @@ async def make_snapshot(
     key: str,
     facts: dict[str, str | int | bool | None],
     seconds: float,
+    *,
+    nic: bool = False,
 ) -> Snapshot:
     """Boot a guest of ``machine`` until its agent waits for a hello, save it and its
-    root disk, and publish both in ``cache`` under ``key``.
+    root disk, and publish both in ``cache`` under ``key`` (``nic``: the guest has
+    a network interface, see the module docstring).
 
     Raises ``RuntimeLaunchFailed`` (the guest did not boot, or saving failed);
     nothing is left running and no partial snapshot is published.
@@ -203,9 +252,15 @@ async def make_snapshot(
         run_dir = staging / "boot"
         run_dir.mkdir()
         spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
-        guest = await _SnapshotSource.start(
-            snapshot_machine(machine), spec, extra_argv=VMGENID_ARGV
+        ram = memory_argv(staging / RAM_NAME, machine.memory_mib, shared=True)
+        source, devices = (
+            (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *ram, *VMGENID_ARGV))
+            if nic
+            else (_SnapshotSource, (*ram, *VMGENID_ARGV))
         )
+        # The NIC goes last, as build_argv places a run's: the devices' order is
+        # their layout, which a restore must repeat.
+        guest = await source.start(snapshot_machine(machine), spec, extra_argv=devices)
         try:
             # Open: the agent waits for a hello that never comes (destroy closes it).
             await guest.open_channel(deadline)
@@ -216,13 +271,37 @@ async def make_snapshot(
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-        return await asyncio.to_thread(cache.publish, staging, key, facts, (MEMORY_NAME, DISK_NAME))
+        files = (MEMORY_NAME, RAM_NAME, DISK_NAME)
+        return await asyncio.to_thread(cache.publish, staging, key, facts, files)
 
 
 class RestoredGuest(QemuGuest):
     """A guest resumed from a snapshot: QEMU loads the stream into a paused VM (the
     snapshot was taken paused), so ``open_channel`` first waits for the load and
+    for the workspace disk being filled (see :meth:`fill_workspace`), then
     continues it."""
+
+    _filling: asyncio.Future[float] | None = None
+    _incoming_fd: int | None = None
+    """QEMU's descriptor of the stream, loaded once the monitor is connected."""
+
+    def fill_workspace(self, source: Path) -> None:
+        """Write the workspace copy ``source`` into the blank workspace disk QEMU was
+        started on, in a thread, while the stream loads."""
+        self._filling = asyncio.ensure_future(
+            asyncio.to_thread(fill_workspace_disk, self._disks.workspace, source)
+        )
+
+    async def _filled(self) -> None:
+        if self._filling is not None:
+            self._timings["workspace_disk_ms"] = await self._filling
+
+    async def _release_vmm_handles(self) -> None:
+        # The disk is removed after this: let the writer finish with it first.
+        if self._filling is not None and not self._filling.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._filling)
+        await super()._release_vmm_handles()
 
     async def open_channel(
         self, deadline: float
@@ -234,14 +313,21 @@ class RestoredGuest(QemuGuest):
                     sock, self._qmp_sock = self._qmp_sock, None
                     assert sock is not None
                     self._qmp = await QmpClient.connect(sock)
+                if self._incoming_fd is not None:
+                    fd, self._incoming_fd = self._incoming_fd, None
+                    await self._qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
+                    await self._qmp.execute("migrate-incoming", {"uri": f"fd:{fd}"})
                 while True:
                     if self._process.exited() is not None:
                         raise await self._exit_failure()
                     state = await self._qmp.run_state()
                     if state == "paused":
+                        # Loaded: the guest runs only once its workspace disk is whole.
+                        await self._filled()
                         await self._qmp.execute("cont")
                         break
                     if state == "running":
+                        await self._filled()
                         break
                     if state != "inmigrate":
                         raise self._failed(f"restore ended in state {state}", state=state)
@@ -263,13 +349,24 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
     except OSError as exc:
         raise RuntimeLaunchFailed(f"cannot open the snapshot: {exc}") from exc
     try:
-        return await RestoredGuest.start(
+        guest = await RestoredGuest.start(
             snapshot_machine(machine),
             spec,
             base_rootfs=snapshot.file(DISK_NAME),
-            extra_argv=(*VMGENID_ARGV, "-incoming", f"fd:{memory_fd}"),
+            # Deferred: the stream loads once x-ignore-shared is on (open_channel).
+            extra_argv=(
+                *memory_argv(snapshot.file(RAM_NAME), machine.memory_mib),
+                *VMGENID_ARGV,
+                "-incoming",
+                "defer",
+            ),
             extra_fds={memory_fd: "snapshot stream (read)"},
             plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
+            blank_workspace=spec.workspace is not None,
         )
     finally:
         os.close(memory_fd)  # QEMU has its own copy
+    guest._incoming_fd = memory_fd
+    if spec.workspace is not None:
+        guest.fill_workspace(spec.workspace)
+    return guest

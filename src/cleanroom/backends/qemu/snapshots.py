@@ -1,13 +1,15 @@
 """Which snapshot a prepared QEMU backend restores from, and when it is made.
 
-One :class:`Snapshots` per prepared backend: it knows the snapshot's facts and
-key (:func:`cleanroom.backends.qemu.snapshot.snapshot_facts`), says whether a
-run's guest fits it (built-in image, no NIC, the configured shape and disk
-size), finds and verifies it, and makes it either on demand (``ensure``,
-behind ``cleanroom image warm``) or, the first time a run finds none, in the
-background while that run boots cold. A background attempt that fails is not
-retried for :data:`RETRY_SECONDS` (each costs a boot); meanwhile its reason is
-given to every run instead.
+One :class:`Snapshots` per prepared backend: it knows the facts and key of its
+two snapshots (:func:`cleanroom.backends.qemu.snapshot.snapshot_facts`), one
+of a guest without a NIC and one with (for networked runs and pooled guests on
+network slots), says whether a run's guest fits them (built-in image, the
+configured shape and disk size), finds and verifies the one it needs, and makes
+it either on demand (``ensure``, behind ``cleanroom image warm``) or, the first
+time a run finds none, in the background while that run boots cold. One is made
+at a time. A background attempt that fails is not retried for
+:data:`RETRY_SECONDS` (each costs a boot); meanwhile its reason is given to
+every run needing it instead.
 """
 
 from __future__ import annotations
@@ -32,8 +34,19 @@ RETRY_SECONDS = 600.0
 """How long after a failed background attempt the next run may start another."""
 
 
+class _Variant:
+    """One of the two snapshots: its facts, key, and background attempt."""
+
+    def __init__(self, facts: dict[str, str | int | bool | None]) -> None:
+        self.facts = facts
+        self.key = snapshot_key(facts)
+        self.making: asyncio.Task[Snapshot | None] | None = None
+        self.failure: str | None = None
+        self.failed_at = 0.0
+
+
 class Snapshots:
-    """The snapshot of one prepared QEMU machine (see the module docstring)."""
+    """The snapshots of one prepared QEMU machine (see the module docstring)."""
 
     def __init__(
         self,
@@ -48,28 +61,42 @@ class Snapshots:
     ) -> None:
         self.machine = machine
         self.cache = cache
-        self.facts = snapshot_facts(
-            machine,
-            qemu_version=qemu_version,
-            image_digest=image_digest,
-            agent_version=agent_version,
-            kernel_version=kernel_version,
-        )
-        self.key = snapshot_key(self.facts)
+        self._variants = {
+            nic: _Variant(
+                snapshot_facts(
+                    machine,
+                    qemu_version=qemu_version,
+                    image_digest=image_digest,
+                    agent_version=agent_version,
+                    kernel_version=kernel_version,
+                    nic=nic,
+                )
+            )
+            for nic in (False, True)
+        }
         self._boot_seconds = boot_seconds
         self._lock = asyncio.Lock()
-        self._making: asyncio.Task[Snapshot | None] | None = None
-        self._failure: str | None = None
-        self._failed_at = 0.0
         self.made_ms: float | None = None
         """How long the last snapshot this process made took (boot + save)."""
 
+    @property
+    def facts(self) -> dict[str, str | int | bool | None]:
+        """The facts of the snapshot without a NIC."""
+        return self._variants[False].facts
+
+    @property
+    def key(self) -> str:
+        """The key of the snapshot without a NIC."""
+        return self._variants[False].key
+
+    def key_for(self, *, nic: bool) -> str:
+        """The key of the snapshot with (``nic``) or without a NIC."""
+        return self._variants[nic].key
+
     def unfit(self, spec: GuestSpec) -> str | None:
-        """Why ``spec``'s guest cannot come from this snapshot, or None if it can."""
+        """Why ``spec``'s guest cannot come from these snapshots, or None if it can."""
         if spec.image is not None:
             return "the run uses a user image (snapshots are of the built-in image)"
-        if spec.network is not None:
-            return "the run needs a network interface (restored guests have none)"
         if spec.disk_mib is not None and spec.disk_mib << 20 != DEFAULT_WORKSPACE_DISK_BYTES:
             return "the run asks for another workspace disk size than the snapshot's"
         if spec.vcpus not in (None, self.machine.vcpus):
@@ -78,70 +105,82 @@ class Snapshots:
             return "the run asks for another memory size than the snapshot's"
         return None
 
-    async def find(self) -> Snapshot | NoRestore:
-        """The verified snapshot, or why there is none usable (starting one in the
-        background if none is being made and no attempt has failed)."""
+    async def find(self, *, nic: bool = False) -> Snapshot | NoRestore:
+        """The verified snapshot with (``nic``) or without a NIC, or why there is none
+        usable (starting one in the background if none is being made and no
+        attempt has failed lately)."""
+        variant = self._variants[nic]
         try:
-            return await asyncio.to_thread(self.cache.find, self.key)
+            return await asyncio.to_thread(self.cache.find, variant.key)
         except SnapshotInvalid as exc:
             reason = exc.reason
-        if self._failure is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
-            return NoRestore(f"{reason}; making it failed: {self._failure}")
-        if self._making is None or self._making.done():
-            self._making = asyncio.create_task(self._make_logged())
+        if variant.failure is not None and time.monotonic() - variant.failed_at < RETRY_SECONDS:
+            return NoRestore(f"{reason}; making it failed: {variant.failure}")
+        if variant.making is None or variant.making.done():
+            variant.making = asyncio.create_task(self._make_logged(nic))
             return NoRestore(f"{reason}; making it now")
         return NoRestore(f"{reason}; it is being made")
 
-    async def ensure(self) -> Snapshot:
+    async def ensure(self, *, nic: bool = False) -> Snapshot:
         """The snapshot, made now if there is none valid (``RuntimeLaunchFailed`` if
         that fails)."""
-        found = await self.find_quiet()
+        found = await self.find_quiet(nic=nic)
         if found is not None:
             return found
-        if self._making is not None and not self._making.done():
-            made = await asyncio.shield(self._making)
+        making = self._variants[nic].making
+        if making is not None and not making.done():
+            made = await asyncio.shield(making)
             if made is not None:
                 return made
-        return await self._make()
+        return await self._make(nic)
 
-    async def find_quiet(self) -> Snapshot | None:
+    async def find_quiet(self, *, nic: bool = False) -> Snapshot | None:
         """The verified snapshot, or None (starts nothing)."""
         try:
-            return await asyncio.to_thread(self.cache.find, self.key)
+            return await asyncio.to_thread(self.cache.find, self._variants[nic].key)
         except SnapshotInvalid:
             return None
 
-    async def _make(self) -> Snapshot:
+    async def _make(self, nic: bool) -> Snapshot:
+        variant = self._variants[nic]
         async with self._lock:
-            found = await self.find_quiet()
+            found = await self.find_quiet(nic=nic)
             if found is not None:
                 return found
             started = time.monotonic()
             snap = await make_snapshot(
-                self.machine, self.cache, self.key, self.facts, self._boot_seconds
+                self.machine,
+                self.cache,
+                variant.key,
+                variant.facts,
+                self._boot_seconds,
+                nic=nic,
             )
             self.made_ms = round((time.monotonic() - started) * 1000, 1)
             # Snapshots of other shapes or agents of this image are stale now.
-            await asyncio.to_thread(self.cache.prune, self.key)
+            keep = [v.key for v in self._variants.values()]
+            await asyncio.to_thread(self.cache.prune, keep)
             return snap
 
-    async def _make_logged(self) -> Snapshot | None:
+    async def _make_logged(self, nic: bool) -> Snapshot | None:
         """``_make`` in the background: a failure is remembered and logged, not raised."""
+        variant = self._variants[nic]
         try:
-            return await self._make()
+            return await self._make(nic)
         except CleanroomError as exc:
-            self._failure = exc.message
+            variant.failure = exc.message
         except OSError as exc:
-            self._failure = str(exc)
-        self._failed_at = time.monotonic()
-        _log.warning("making the guest snapshot failed: %s", self._failure)
+            variant.failure = str(exc)
+        variant.failed_at = time.monotonic()
+        _log.warning("making the guest snapshot failed: %s", variant.failure)
         return None
 
     async def close(self) -> None:
-        """Stop a snapshot being made (its guest is destroyed, nothing is published)."""
-        task, self._making = self._making, None
-        if task is not None and not task.done():
-            task.cancel()
-        if task is not None:
-            with contextlib.suppress(BaseException):
-                await task
+        """Stop snapshots being made (their guests are destroyed, nothing is published)."""
+        for variant in self._variants.values():
+            task, variant.making = variant.making, None
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task

@@ -126,7 +126,13 @@ async def _claim_warm(
     rec.set_guest(
         isolation=warm.guest.isolation, agent_version=warm.agent_version, kernel=warm.kernel
     )
-    rec.set_pool("hit", boot_ms=warm.boot_ms, idle_ms=(time.monotonic() - warm.ready_at) * 1000)
+    rec.set_pool(
+        "hit",
+        boot_ms=warm.boot_ms,
+        idle_ms=(time.monotonic() - warm.ready_at) * 1000,
+        restored=warm.restored,
+        fallback=warm.fallback,
+    )
     _copy_guest_timings(warm.guest, rec)
     rec.timing("vm_ready_ms", 0.0)
     rec.timing("agent_connect_wait_ms", 0.0)

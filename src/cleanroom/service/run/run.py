@@ -106,6 +106,7 @@ async def execute_run(
         changes=collected.counts(),
         artifacts=collected.artifact_infos(),
         artifacts_caps_hit=collected.artifacts.caps_hit if collected.artifacts else (),
+        isolation=obtained.guest.isolation,
     )
     finalizer = _finalize(res, rec, plan, collected)
     if defer is not None:
