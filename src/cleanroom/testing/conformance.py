@@ -101,6 +101,7 @@ async def booted(
     backend: Backend, run_dir: Path, run_id: str
 ) -> AsyncIterator[tuple[Guest, AgentClient]]:
     guest = await backend.launch(GuestSpec(run_id, fresh_dir(run_dir), BOOT_SECONDS))
+    writer: asyncio.StreamWriter | None = None
     try:
         loop = asyncio.get_running_loop()
         reader, writer = await guest.open_channel(loop.time() + BOOT_SECONDS)
@@ -108,6 +109,10 @@ async def booted(
         await client.hello(timeout=BOOT_SECONDS)
         yield guest, client
     finally:
+        if writer is not None:
+            # Ours to close: a writer left to the garbage collector after its loop
+            # has closed warns ("loop is closed").
+            writer.close()
         await guest.destroy()
 
 

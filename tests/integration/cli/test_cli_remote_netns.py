@@ -104,7 +104,7 @@ def test_exec_from_another_namespace_uploads_its_workspace(
         refused = subprocess.run(
             [
                 *in_ns,
-                _RAW_EXEC.format(base="http://" + remote.url.removeprefix("tcp://"), cwd=work),
+                _RAW_EXEC.format(base=remote.base_url, cwd=work),
             ],
             env=env,
             capture_output=True,
@@ -115,8 +115,16 @@ def test_exec_from_another_namespace_uploads_its_workspace(
         assert refused.stdout.strip() == "400 invalid_request", refused.stderr
 
 
+# Authenticated (the token from the environment), over the listener's TLS; the
+# certificate is not what this probe checks (the CLI above pinned it).
 _RAW_EXEC = """
-import httpx
-r = httpx.post("{base}/v1/exec", json={{"cwd": "{cwd}", "command": ["true"]}}, timeout=30)
+import os, httpx
+r = httpx.post(
+    "{base}/v1/exec",
+    json={{"cwd": "{cwd}", "command": ["true"]}},
+    headers={{"Authorization": "Bearer " + os.environ["CLEANROOM_TOKEN"]}},
+    verify=False,
+    timeout=30,
+)
 print(r.status_code, r.json()["error"]["code"])
 """

@@ -52,7 +52,12 @@ def _service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: LimitsConf
     stage = tmp_path / "stage"
     stage.mkdir()
     monkeypatch.setenv(STAGING_DIR_ENV, str(stage))
-    return Service(RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120), limits=limits))
+    config = RuntimeConfig(
+        qemu=QemuConfig(accel="tcg", launch_seconds=120),
+        limits=limits,
+        run_dir_roots=(tmp_path / "runs",),
+    )
+    return Service(config)
 
 
 async def test_a_sparse_file_stays_sparse_on_the_host_and_arrives_whole(

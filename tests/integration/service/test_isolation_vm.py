@@ -20,7 +20,8 @@ async def test_kvm_required_is_refused_before_booting_and_runs_report_tcg(
     repo = tmp_path / "repo"
     repo.mkdir()
     runs = tmp_path / "runs"
-    svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120)))
+    config = RuntimeConfig(qemu=QemuConfig(accel="tcg", launch_seconds=120), run_dir_roots=(runs,))
+    svc = Service(config)
     await svc.start()
     try:
         (repo / "cleanroom.yaml").write_text("version: 1\nsandbox:\n  isolation: kvm\n")

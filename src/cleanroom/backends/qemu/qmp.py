@@ -36,12 +36,20 @@ class QmpClient:
         """Read the greeting and negotiate capabilities. Raises ``QmpClosed``."""
         reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
         client = cls(reader, writer)
-        greeting = await client._read()
-        if "QMP" not in greeting:
+        try:
+            await client._greet()
+        except BaseException:
+            # QEMU went away mid-greeting (a failed KVM canary, say): the stream is
+            # ours to close, or it is left to the garbage collector.
             await client.close()
-            raise QmpClosed(f"not a QMP greeting: {greeting!r}")
-        await client.execute("qmp_capabilities")
+            raise
         return client
+
+    async def _greet(self) -> None:
+        greeting = await self._read()
+        if "QMP" not in greeting:
+            raise QmpClosed(f"not a QMP greeting: {greeting!r}")
+        await self.execute("qmp_capabilities")
 
     async def _read(self) -> dict[str, Any]:
         try:
