@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cleanroom.client import _calls as calls
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, blocking, blocking_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import (
     DEFAULT_TIMEOUT,
     Endpoint,
@@ -37,7 +37,7 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client:
+class Client(Closing):
     """A blocking client for the cleanroom server API.
 
     ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
@@ -73,17 +73,6 @@ class Client:
 
     def close(self) -> None:
         """Release the client (each request has its own connection: nothing stays open)."""
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _open(self, call: Call[Any], accept: str) -> Response:
         precheck(self.endpoint)
