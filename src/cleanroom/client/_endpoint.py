@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HOST_ENV",
     "Endpoint",
+    "EndpointSettings",
     "client_endpoint",
     "connection_error",
     "precheck",
@@ -53,6 +54,24 @@ class Endpoint:
         """The TCP server's host and port."""
         parts = urlsplit(self.base_url)
         return parts.hostname or "", parts.port or (443 if self.tls else 80)
+
+
+class EndpointSettings:
+    """What both clients are made with: where the server is, the token and TLS
+    trust (see :func:`client_endpoint`), and how long a plain call may take."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_fingerprint: str | None = None,
+        tls_ca: Path | str | None = None,
+    ) -> None:
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
+        self._timeout = timeout
 
 
 def _loopback(host: str) -> bool:

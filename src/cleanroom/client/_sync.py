@@ -12,9 +12,7 @@ from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, blocking, bl
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import (
-    DEFAULT_TIMEOUT,
-    Endpoint,
-    client_endpoint,
+    EndpointSettings,
     connection_error,
     precheck,
 )
@@ -37,7 +35,7 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client(Closing):
+class Client(EndpointSettings, Closing):
     """A blocking client for the cleanroom server API.
 
     ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
@@ -52,19 +50,6 @@ class Client(Closing):
     terminate have no read timeout (runs can take minutes); other calls give
     up after ``timeout`` seconds.
     """
-
-    def __init__(
-        self,
-        host: str | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        token: str | None = None,
-        token_file: Path | str | None = None,
-        tls_fingerprint: str | None = None,
-        tls_ca: Path | str | None = None,
-    ) -> None:
-        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
-        self._timeout = timeout
 
     def _secure(self, sock: socket.socket, host: str) -> socket.socket:
         from cleanroom.client._tls import secure_socket  # noqa: PLC0415 -- ssl on use
