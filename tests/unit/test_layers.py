@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     # bottom: values, errors, parsing
     "": 0,  # cleanroom/__init__.py
     "_fields": 0,
+    "_rules": 0,
     "_files": 0,
     "_yaml": 0,
     "backend_table": 0,
