@@ -1,6 +1,6 @@
 """Field rules and strict dict conversion for the wire models (stdlib only).
 
-The rules themselves live in :mod:`cleanroom._rules` and are re-exported here.
+The rules themselves are in :mod:`cleanroom._rules`.
 
 A rule is metadata on a field's ``Annotated`` type (``Annotated[str, NoNul()]``).
 It is stated once and enforced two ways: :func:`check` applies it in plain
@@ -23,40 +23,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from cleanroom._rules import (
-    MAX_ENV,
-    MAX_GLOBS,
-    MAX_STDIN_BYTES,
-    Absolute,
-    Argv,
-    Base64,
-    Bounds,
-    EnvNames,
-    Globs,
-    Handler,
-    NonEmpty,
-    NoNul,
-    rules_of,
-)
+from cleanroom._rules import Handler, rules_of
 from cleanroom.errors import InvalidRequest
 
-__all__ = [
-    "MAX_ENV",
-    "MAX_GLOBS",
-    "MAX_STDIN_BYTES",
-    "Absolute",
-    "Argv",
-    "Base64",
-    "Bounds",
-    "EnvNames",
-    "Globs",
-    "NoNul",
-    "NonEmpty",
-    "Wire",
-    "check",
-    "from_dict",
-    "to_dict",
-]
+__all__ = ["Wire", "check", "from_dict", "to_dict"]
 
 T = TypeVar("T")
 Loc = tuple[str | int, ...]

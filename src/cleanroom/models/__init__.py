@@ -14,7 +14,8 @@ events in :mod:`cleanroom.models._results`; import them from here.
 
 from __future__ import annotations
 
-from cleanroom._fields import MAX_STDIN_BYTES, from_dict, to_dict
+from cleanroom._fields import from_dict, to_dict
+from cleanroom._rules import MAX_STDIN_BYTES
 from cleanroom.doctor import DoctorCheck
 from cleanroom.models._requests import (
     MAX_LAUNCH_SECONDS,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from cleanroom._fields import (
+from cleanroom._fields import Wire, check
+from cleanroom._rules import (
     MAX_STDIN_BYTES,
     Absolute,
     Argv,
@@ -17,8 +18,6 @@ from cleanroom._fields import (
     Globs,
     NonEmpty,
     NoNul,
-    Wire,
-    check,
 )
 
 __all__ = [
