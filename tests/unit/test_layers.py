@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "models": 0,
     "workspace_tree": 0,
     "netspec": 0,
+    "loopback": 0,
     "paths": 0,
     "policy": 0,
     "tokens": 0,

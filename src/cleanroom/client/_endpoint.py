@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from urllib.parse import quote, urlsplit
 
 from cleanroom.client._auth import Credentials, resolve_credentials
 from cleanroom.errors import InvalidRequest, ServerUnavailable
+from cleanroom.loopback import is_loopback
 from cleanroom.paths import default_socket_path
 
 __all__ = [
@@ -74,15 +74,6 @@ class EndpointSettings:
         self._timeout = timeout
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def resolve_endpoint(host: str | None = None, credentials: Credentials | None = None) -> Endpoint:
     """Explicit ``host`` > ``$CLEANROOM_HOST`` > the default unix socket.
 
@@ -118,7 +109,7 @@ def resolve_endpoint(host: str | None = None, credentials: Credentials | None = 
             "(use unix:///path, tcp://HOST:PORT or http(s)://HOST:PORT)"
         )
     endpoint = Endpoint(url=chosen, base_url=base, credentials=creds)
-    if creds.token is not None and not endpoint.tls and not _loopback(endpoint.host_port()[0]):
+    if creds.token is not None and not endpoint.tls and not is_loopback(endpoint.host_port()[0]):
         raise InvalidRequest(
             f"refusing to send an API token in clear text to {chosen} "
             "(use https://, or pin the server's certificate with --tls-fingerprint)",
