@@ -22,7 +22,7 @@ Every key is optional; the defaults are the values above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cleanroom._yaml import YamlEntry
 from cleanroom.config_reader import SectionReader
@@ -49,6 +49,20 @@ LIMITS_KEYS = (
 
 _MIN_LOG_BYTES = 4096
 _MAX_TIMEOUT = 86400  # the longest timeout a request may give
+_COUNT_MINIMUMS: dict[str, int] = {
+    "console_log_bytes": _MIN_LOG_BYTES,
+    "output_log_bytes": _MIN_LOG_BYTES,
+    "workspace_bytes": 0,
+    "workspace_apparent_bytes": 0,
+    "max_concurrent_runs": 1,
+    "runs_max_count": 0,
+    "runs_max_bytes": 0,
+    "dns_tcp_clients": 1,
+    "dns_inflight_queries": 1,
+    "dns_queries_per_second": 1,
+    "dns_audit_bytes": _MIN_LOG_BYTES,
+}
+"""The integer keys (every key but the two durations) and the least each may be."""
 
 
 @dataclass(frozen=True)
@@ -79,42 +93,15 @@ def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsC
         reader.problems.add(
             entry.value.mark, "limits.run_timeout_seconds", f"must be at most {_MAX_TIMEOUT}"
         )
-    return LimitsConfig(
-        console_log_bytes=reader.integer(
-            section, "console_log_bytes", "limits", d.console_log_bytes, minimum=_MIN_LOG_BYTES
-        ),
-        output_log_bytes=reader.integer(
-            section, "output_log_bytes", "limits", d.output_log_bytes, minimum=_MIN_LOG_BYTES
-        ),
+    counts = {
+        name: reader.integer(section, name, "limits", getattr(d, name), minimum=low)
+        for name, low in _COUNT_MINIMUMS.items()
+    }
+    return replace(
+        d,
         run_timeout_seconds=min(timeout, _MAX_TIMEOUT),
-        workspace_bytes=reader.integer(
-            section, "workspace_bytes", "limits", d.workspace_bytes, minimum=0
-        ),
-        workspace_apparent_bytes=reader.integer(
-            section, "workspace_apparent_bytes", "limits", d.workspace_apparent_bytes, minimum=0
-        ),
-        max_concurrent_runs=reader.integer(
-            section, "max_concurrent_runs", "limits", d.max_concurrent_runs, minimum=1
-        ),
         runs_max_age_days=reader.seconds(
             section, "runs_max_age_days", "limits", d.runs_max_age_days
         ),
-        runs_max_count=reader.integer(
-            section, "runs_max_count", "limits", d.runs_max_count, minimum=0
-        ),
-        runs_max_bytes=reader.integer(
-            section, "runs_max_bytes", "limits", d.runs_max_bytes, minimum=0
-        ),
-        dns_tcp_clients=reader.integer(
-            section, "dns_tcp_clients", "limits", d.dns_tcp_clients, minimum=1
-        ),
-        dns_inflight_queries=reader.integer(
-            section, "dns_inflight_queries", "limits", d.dns_inflight_queries, minimum=1
-        ),
-        dns_queries_per_second=reader.integer(
-            section, "dns_queries_per_second", "limits", d.dns_queries_per_second, minimum=1
-        ),
-        dns_audit_bytes=reader.integer(
-            section, "dns_audit_bytes", "limits", d.dns_audit_bytes, minimum=_MIN_LOG_BYTES
-        ),
+        **counts,
     )

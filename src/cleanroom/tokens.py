@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom import paths
+from cleanroom._files import write_private
 from cleanroom.errors import ConfigInvalid, InvalidRequest, NotFound
 
 __all__ = ["TOKEN_PREFIX", "TokenRecord", "TokenStore", "default_token_file", "token_digest"]
@@ -229,22 +229,6 @@ def _write(path: Path, records: list[TokenRecord]) -> None:
     }
     data = (json.dumps(doc, indent=2) + "\n").encode()
     try:
-        fd, name = tempfile.mkstemp(prefix=".tokens-", dir=path.parent)  # 0600
-        tmp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            tmp.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(path, data)
     except OSError as exc:
         raise _unreadable(path, exc) from exc

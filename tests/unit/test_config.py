@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cleanroom.config import (
     load_config,
     parse_config_text,
 )
+from cleanroom.config_limits import _COUNT_MINIMUMS, LIMITS_KEYS, LimitsConfig
 from cleanroom.errors import ConfigInvalid
 
 FULL = """\
@@ -305,3 +307,11 @@ def test_run_dir_roots() -> None:
     assert problems_of("run_dir_roots: [rel/dir]\n") == [
         "config.yaml:1:17: run_dir_roots[0]: must be an absolute path, got 'rel/dir'"
     ]
+
+
+def test_every_limit_key_is_read_by_one_rule() -> None:
+    """Each ``limits`` key is a field, and is read as a count or as one of the two durations."""
+    durations = {"run_timeout_seconds", "runs_max_age_days"}
+    assert not durations & set(_COUNT_MINIMUMS)
+    assert set(_COUNT_MINIMUMS) | durations == {f.name for f in fields(LimitsConfig)}
+    assert set(LIMITS_KEYS) == {f.name for f in fields(LimitsConfig)}

@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     # bottom: values, errors, parsing
     "": 0,  # cleanroom/__init__.py
     "_fields": 0,
+    "_rules": 0,
+    "_files": 0,
     "_yaml": 0,
     "backend_table": 0,
     "config": 0,
@@ -39,6 +41,7 @@ LAYERS: dict[str, int] = {
     "models": 0,
     "workspace_tree": 0,
     "netspec": 0,
+    "loopback": 0,
     "paths": 0,
     "policy": 0,
     "tokens": 0,

@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
+from cleanroom.cli.launch_image import add_launch_arguments, launch_options, prepare_launch_image
 from cleanroom.cli.options import (
     Subcommands,
     add_command,
-    add_cwd,
     add_host,
     add_json,
     connection,
@@ -259,10 +258,7 @@ def register(commands: Subcommands) -> None:
         "its exit code. One argument after -- runs under `sh -lc`; several run as argv.",
     )
     add_host(parser)
-    add_cwd(parser, "Repository directory (holds the policy).")
-    parser.add_argument("--backend", help="Backend (default: config).")
-    parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
-    add_image_option(parser)
+    add_launch_arguments(parser, "Repository directory (holds the policy).")
     parser.add_argument(
         "--timeout",
         type=float,

@@ -19,14 +19,19 @@ import contextlib
 import sys
 from pathlib import Path
 
+from cleanroom.cli.options import add_cwd
 from cleanroom.models import LaunchOptions
 
-__all__ = ["add_image_option", "launch_options", "prepare_launch_image"]
+__all__ = ["add_launch_arguments", "launch_options", "prepare_launch_image"]
 
 
-def add_image_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--image REF`` (``args.image``) and ``--expect-policy-hash HASH``
-    (``args.expect_policy_hash``)."""
+def add_launch_arguments(parser: argparse.ArgumentParser, cwd_help: str) -> None:
+    """Add what a launch is made of: the directory (``args.cwd``, see ``add_cwd``),
+    ``--backend``, ``--read-only``, ``--image REF`` (``args.image``) and
+    ``--expect-policy-hash HASH`` (``args.expect_policy_hash``)."""
+    add_cwd(parser, cwd_help)
+    parser.add_argument("--backend", help="Backend (default: config).")
+    parser.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
     parser.add_argument(
         "--image",
         metavar="REF",

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.cli.exec_cmd import command_argv, result_to_dict, stream_run
-from cleanroom.cli.launch_image import add_image_option, launch_options, prepare_launch_image
+from cleanroom.cli.launch_image import add_launch_arguments, launch_options, prepare_launch_image
 from cleanroom.cli.options import (
     Subcommands,
     add_command,
-    add_cwd,
     add_host,
     add_json,
     connection,
@@ -249,10 +248,7 @@ def register(commands: Subcommands) -> None:
         "Launch a cleanroom context from a directory's policy; prints its id.",
     )
     add_host(launch)
-    add_cwd(launch, "Repository directory.")
-    launch.add_argument("--backend", help="Backend (default: config).")
-    launch.add_argument("--read-only", action="store_true", help="Mount the workspace read-only.")
-    add_image_option(launch)
+    add_launch_arguments(launch, "Repository directory.")
     add_json(launch)
 
     run = add_command(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -15,9 +14,7 @@ from cleanroom.client import _calls as calls
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, awaitable, awaitable_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
-    DEFAULT_TIMEOUT,
-    Endpoint,
-    client_endpoint,
+    EndpointSettings,
     connection_error,
     precheck,
 )
@@ -44,7 +41,7 @@ def _long_timeout(connect: float) -> httpx.Timeout:
     return httpx.Timeout(connect, read=None)
 
 
-class AsyncClient:
+class AsyncClient(EndpointSettings):
     """An asyncio client for the cleanroom server API.
 
     ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
@@ -56,20 +53,9 @@ class AsyncClient:
     up after ``timeout`` seconds.
     """
 
-    def __init__(
-        self,
-        host: str | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        token: str | None = None,
-        token_file: Path | str | None = None,
-        tls_fingerprint: str | None = None,
-        tls_ca: Path | str | None = None,
-    ) -> None:
-        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
-        self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
-        self._closed = False
+    _client: httpx.AsyncClient | None = None
+    """The connection pool, made on first use."""
+    _closed = False
 
     async def _http(self) -> httpx.AsyncClient:
         """The connection pool, made on first use (a pinned certificate is fetched

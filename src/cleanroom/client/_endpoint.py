@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +9,14 @@ from urllib.parse import quote, urlsplit
 
 from cleanroom.client._auth import Credentials, resolve_credentials
 from cleanroom.errors import InvalidRequest, ServerUnavailable
+from cleanroom.loopback import is_loopback
 from cleanroom.paths import default_socket_path
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HOST_ENV",
     "Endpoint",
+    "EndpointSettings",
     "client_endpoint",
     "connection_error",
     "precheck",
@@ -55,13 +56,22 @@ class Endpoint:
         return parts.hostname or "", parts.port or (443 if self.tls else 80)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class EndpointSettings:
+    """What both clients are made with: where the server is, the token and TLS
+    trust (see :func:`client_endpoint`), and how long a plain call may take."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        token_file: Path | str | None = None,
+        tls_fingerprint: str | None = None,
+        tls_ca: Path | str | None = None,
+    ) -> None:
+        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
+        self._timeout = timeout
 
 
 def resolve_endpoint(host: str | None = None, credentials: Credentials | None = None) -> Endpoint:
@@ -99,7 +109,7 @@ def resolve_endpoint(host: str | None = None, credentials: Credentials | None = 
             "(use unix:///path, tcp://HOST:PORT or http(s)://HOST:PORT)"
         )
     endpoint = Endpoint(url=chosen, base_url=base, credentials=creds)
-    if creds.token is not None and not endpoint.tls and not _loopback(endpoint.host_port()[0]):
+    if creds.token is not None and not endpoint.tls and not is_loopback(endpoint.host_port()[0]):
         raise InvalidRequest(
             f"refusing to send an API token in clear text to {chosen} "
             "(use https://, or pin the server's certificate with --tls-fingerprint)",

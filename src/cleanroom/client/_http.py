@@ -18,9 +18,10 @@ import json
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit
+
+from cleanroom.client._closing import Closing
 
 __all__ = ["Failure", "Response", "open_request"]
 
@@ -79,7 +80,7 @@ def _connect(
     return sock, host if url.port is None else f"{host}:{port}"
 
 
-class Response:
+class Response(Closing):
     """An open response: ``status``, then its body read whole or line by line.
 
     Closing it (or leaving its ``with`` block) closes the connection, which is
@@ -116,17 +117,6 @@ class Response:
         """Drop the connection (the rest of the body is not read)."""
         self._stream.close()
         self._sock.close()
-
-    def __enter__(self) -> Response:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _line(stream: BinaryIO) -> bytes:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cleanroom.client import _calls as calls
 from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, blocking, blocking_stream
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import (
-    DEFAULT_TIMEOUT,
-    Endpoint,
-    client_endpoint,
+    EndpointSettings,
     connection_error,
     precheck,
 )
@@ -37,7 +35,7 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client:
+class Client(EndpointSettings, Closing):
     """A blocking client for the cleanroom server API.
 
     ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
@@ -53,19 +51,6 @@ class Client:
     up after ``timeout`` seconds.
     """
 
-    def __init__(
-        self,
-        host: str | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        token: str | None = None,
-        token_file: Path | str | None = None,
-        tls_fingerprint: str | None = None,
-        tls_ca: Path | str | None = None,
-    ) -> None:
-        self.endpoint: Endpoint = client_endpoint(host, token, token_file, tls_fingerprint, tls_ca)
-        self._timeout = timeout
-
     def _secure(self, sock: socket.socket, host: str) -> socket.socket:
         from cleanroom.client._tls import secure_socket  # noqa: PLC0415 -- ssl on use
 
@@ -73,17 +58,6 @@ class Client:
 
     def close(self) -> None:
         """Release the client (each request has its own connection: nothing stays open)."""
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _open(self, call: Call[Any], accept: str) -> Response:
         precheck(self.endpoint)

@@ -12,13 +12,13 @@ import json
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from cleanroom.client._calls import error_from_body
+from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import Endpoint, connection_error, precheck
 from cleanroom.errors import CleanroomError
 from cleanroom.models import ExecRequest, RunResult, from_dict, to_dict
@@ -42,7 +42,7 @@ class TerminalExit:
     result: RunResult
 
 
-class TerminalSession:
+class TerminalSession(Closing):
     """One interactive run: send keystrokes and controls, read output until the exit."""
 
     def __init__(self, ws: ClientConnection, endpoint: Endpoint) -> None:
@@ -96,17 +96,6 @@ class TerminalSession:
     def close(self) -> None:
         """Close the connection (a run still going is cancelled by the server)."""
         self._ws.close()
-
-    def __enter__(self) -> TerminalSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _event(text: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the class and the ``cause`` detail.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from cleanroom.errors import ImageUnavailable
 from cleanroom.images.progress import NullProgress, Progress
+from cleanroom.loopback import is_loopback
 
 __all__ = ["auth_file", "is_loopback_registry", "run_skopeo", "run_umoci", "tls_flag"]
 
@@ -55,12 +55,7 @@ def is_loopback_registry(registry: str) -> bool:
         host = host[1 : host.find("]")] if "]" in host else host
     elif host.count(":") == 1:
         host = host.partition(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 def tls_flag(registry: str, insecure: Sequence[str], *, src: bool = True) -> list[str]:

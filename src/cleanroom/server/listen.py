@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import os
 import socket
 import stat
@@ -33,6 +32,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cleanroom.errors import InvalidRequest, ServerUnavailable
+from cleanroom.loopback import is_loopback
 from cleanroom.server.auth import Authenticator, BearerTokens, OwnerOnly
 from cleanroom.tokens import TokenStore
 
@@ -220,16 +220,6 @@ def _remove_stale(path: Path) -> None:
     finally:
         probe.close()
     raise _already(path)  # something answers but does not hold the lock
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (``localhost`` or a loopback address)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind_tcp(address: ListenAddress, host: str, port: int, *, allow_remote: bool) -> BoundListener:

@@ -11,11 +11,9 @@ reused by later starts. Clients pin it by its SHA-256 fingerprint
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cleanroom import paths
+from cleanroom._files import write_private
 from cleanroom.errors import InvalidRequest
 
 __all__ = ["TlsFiles", "certificate_fingerprint", "load_tls", "self_signed"]
@@ -135,21 +134,5 @@ def _make(cert: Path, key: Path, hosts: Iterable[str]) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private(key, key_pem)
-    _write_private(cert, certificate.public_bytes(serialization.Encoding.PEM))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, 0600 from the start."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_private(key, key_pem)
+    write_private(cert, certificate.public_bytes(serialization.Encoding.PEM))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cleanroom import paths
 from cleanroom.backends import Capabilities
-from cleanroom.errors import BackendCapabilityMismatch, InvalidRequest
+from cleanroom.errors import BackendCapabilityMismatch, CapacityExhausted, InvalidRequest
 from cleanroom.models import RunRequest, encode_stdin
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.pool import WarmPool
@@ -18,7 +18,9 @@ from cleanroom.service.pools import PoolKey, pool_check_name
 from cleanroom.service.types import DoctorCheck
 
 __all__ = [
+    "RETRY_AFTER_SECONDS",
     "check_capabilities",
+    "check_capacity",
     "check_cwd",
     "checked_request",
     "checked_run_dir",
@@ -26,6 +28,19 @@ __all__ = [
     "network_check",
     "pool_checks",
 ]
+
+RETRY_AFTER_SECONDS = 5
+"""What a run refused for capacity is told to wait (``Retry-After``)."""
+
+
+def check_capacity(running: int, limit: int) -> None:
+    """``CapacityExhausted`` if ``running`` runs already reach ``limit``
+    (``limits.max_concurrent_runs``)."""
+    if running >= limit:
+        raise CapacityExhausted(
+            f"the server already runs {running} runs (limits.max_concurrent_runs)",
+            details={"running": running, "limit": limit, "retry_after": RETRY_AFTER_SECONDS},
+        )
 
 
 def check_capabilities(

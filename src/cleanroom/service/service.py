@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +17,31 @@ from cleanroom.backend_table import backend_names
 from cleanroom.backends import Backend, get_backend, resolve_backend_name
 from cleanroom.config import RuntimeConfig
 from cleanroom.errors import (
-    CapacityExhausted,
     CleanroomError,
     CleanroomNotFound,
-    InvalidRequest,
     RunCancelled,
 )
 from cleanroom.models import Applied, LaunchRequest
-from cleanroom.policy import CompiledPolicy, load_policy
-from cleanroom.service.admission import admit_isolation, admit_policy, run_timeout
+from cleanroom.service.admission import run_timeout
 from cleanroom.service.boots import BootGate, default_boot_limit
 from cleanroom.service.checks import (
-    check_capabilities,
+    check_capacity,
     check_cwd,
     checked_request,
-    checked_run_dir,
     current_task_cancelling,
     network_check,
     pool_checks,
 )
+from cleanroom.service.context import Context, open_context
 from cleanroom.service.doctor import backend_checks, host_checks
 from cleanroom.service.finalize import Finalizers
 from cleanroom.service.finished import FinishedRuns
-from cleanroom.service.ids import new_cleanroom_id, new_run_id, utc_now
+from cleanroom.service.ids import new_run_id
 from cleanroom.service.network import LeaseT, NetworkLayer, RunNetworks, SlotT, bind_network
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import Pools, resolve_pool_image
 from cleanroom.service.repair import AutoPrune, prune_runs, repair_runs, retention
-from cleanroom.service.run import RunPlan, execute_run
-from cleanroom.service.sandbox import Sandbox, resolve_sandbox
+from cleanroom.service.run import execute_run
 from cleanroom.service.staging import remove_dead_stagings
 from cleanroom.service.statelock import StateLock
 from cleanroom.service.terminal import Terminal
@@ -55,22 +51,6 @@ from cleanroom.service.uploads import Upload, Uploads
 __all__ = ["Service"]
 
 log = structlog.get_logger("cleanroom.service")
-
-RETRY_AFTER_SECONDS = 5
-"""What a run refused for capacity is told to wait (``Retry-After``)."""
-
-
-@dataclass
-class _Context:
-    info: CleanroomInfo
-    policy: CompiledPolicy
-    backend: Backend
-    launch_seconds: float
-    sandbox: Sandbox
-    tasks: set[asyncio.Task[RunResult]] = field(default_factory=set)
-    terminated: bool = False
-    upload: Path | None = None
-    """The uploaded tree the context owns (removed after it is terminated)."""
 
 
 class Service:
@@ -88,7 +68,7 @@ class Service:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._network: RunNetworks | None = bind_network(network) if network is not None else None
         self._network_error: str | None = None
-        self._contexts: dict[str, _Context] = {}
+        self._contexts: dict[str, Context] = {}
         self._terminated: set[str] = set()
         self._runs: dict[str, Path] = {}
         self._lock = asyncio.Lock()
@@ -203,50 +183,22 @@ class Service:
     async def _launch(
         self, cwd: Path, backend: str | None, opts: LaunchOptions, upload: Path | None
     ) -> CleanroomInfo:
-        if not await asyncio.to_thread(cwd.is_dir):
-            raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
-        policy = await asyncio.to_thread(load_policy, cwd)
-        admit_policy(policy, self._config, opts)  # the caller's pin, the operator's ceiling
-        name = resolve_backend_name(backend, self._config)
-        be = await self._backend(name)
-        caps = await be.prepare()
-        check_capabilities(policy, caps, self._network is not None, self._network_error)
-        admit_isolation(policy, self._config, caps)
-        # Pulled or built now, so a bad image fails the launch, not a run. Only a
-        # user image needs I/O (a thread); the built-in one is decided in place.
-        if opts.image is None and policy.image is None and self._config.images.default is None:
-            sandbox = resolve_sandbox(policy, self._config, name)
-        else:
-            sandbox = await asyncio.to_thread(
-                resolve_sandbox, policy, self._config, name, override=opts.image
-            )
-        read_only = (
-            opts.read_only_workspace
-            if opts.read_only_workspace is not None
-            else self._config.workspace.access == "ro"
+        ctx = await open_context(
+            cwd,
+            backend,
+            opts,
+            upload,
+            config=self._config,
+            get_backend=self._backend,
+            network_error=self._network_error,
+            has_network=self._network is not None,
         )
-        root = await asyncio.to_thread(checked_run_dir, opts.run_dir, self._config.run_dir_roots)
-        info = CleanroomInfo(
-            cleanroom_id=new_cleanroom_id(),
-            backend=name,
-            cwd=cwd,
-            policy_source=policy.source,
-            policy_hash=policy.policy_hash,
-            run_dir_root=root,
-            read_only_workspace=read_only,
-            created_at=utc_now(),
-            image=sandbox.image_info,
-            resources=sandbox.machine,
-            isolation=caps.isolation,
-        )
-        launch_seconds = opts.launch_seconds or self._backend_launch_seconds(name)
-        self._contexts[info.cleanroom_id] = _Context(
-            info, policy, be, launch_seconds, sandbox, upload=upload
-        )
+        info, policy, sandbox = ctx.info, ctx.policy, ctx.sandbox
+        self._contexts[info.cleanroom_id] = ctx
         log.info(
             "launched",
             cleanroom_id=info.cleanroom_id,
-            backend=name,
+            backend=info.backend,
             policy=policy.policy_hash,
             image=sandbox.image.source if sandbox.image is not None else "built-in",
         )
@@ -297,32 +249,22 @@ class Service:
             )
         argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
         timeout = run_timeout(timeout, self._config)  # every run ends, within the ceiling
-        self._check_capacity()
+        running = sum(len(c.tasks) for c in self._contexts.values())
+        check_capacity(running, self._config.limits.max_concurrent_runs)
         run_id = new_run_id()
         run_dir = ctx.info.run_dir_root / run_id
         self._runs[run_id] = run_dir
         ctx.info = replace(ctx.info, runs=(*ctx.info.runs, run_id))
-        plan = RunPlan(
-            run_id=run_id,
-            cleanroom_id=cleanroom_id,
-            backend_name=ctx.info.backend,
-            command=argv,
-            cwd=ctx.info.cwd,
-            run_dir=run_dir,
-            policy=ctx.policy,
-            read_only_workspace=ctx.info.read_only_workspace,
-            launch_seconds=ctx.launch_seconds,
+        plan = ctx.plan(
+            run_id,
+            run_dir,
+            argv,
             timeout=timeout,
-            image=ctx.sandbox.image,
-            vcpus=ctx.sandbox.vcpus,
-            memory_mib=ctx.sandbox.memory_mib,
-            disk_mib=ctx.sandbox.disk_mib,
-            machine=ctx.sandbox.machine,
-            env=None if env is None else dict(env),
+            env=env,
             stdin=stdin,
-            artifacts=tuple(artifacts),
+            artifacts=artifacts,
             terminal=terminal,
-            limits=self._config.limits,
+            config=self._config,
         )
         # The run executes in its own task so that terminate() can cancel it while
         # the caller (e.g. an HTTP request) gets a RunCancelled error, not a bare
@@ -373,16 +315,6 @@ class Service:
         if pruned:
             log.info("pruned old runs", runs=len(pruned))
         self._auto_prune = AutoPrune(root, keep)
-
-    def _check_capacity(self) -> None:
-        """``CapacityExhausted`` if ``limits.max_concurrent_runs`` runs are running."""
-        limit = self._config.limits.max_concurrent_runs
-        running = sum(len(ctx.tasks) for ctx in self._contexts.values())
-        if running >= limit:
-            raise CapacityExhausted(
-                f"the server already runs {running} runs (limits.max_concurrent_runs)",
-                details={"running": running, "limit": limit, "retry_after": RETRY_AFTER_SECONDS},
-            )
 
     async def exec(
         self,

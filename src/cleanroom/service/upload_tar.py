@@ -72,6 +72,14 @@ class UploadStats:
     """Bytes of the stream read."""
 
 
+def _too_large(verb: str, limit: str, used: int, cap: int) -> WorkspaceTooLarge:
+    """The upload passed ``limits.<limit>`` (``cap``) at ``used`` bytes."""
+    return WorkspaceTooLarge(
+        f"the uploaded workspace {verb} more than limits.{limit} ({cap})",
+        details={"limit": limit, "bytes": used, "max_bytes": cap},
+    )
+
+
 class _Extractor:
     def __init__(self, dest: Path, limits: UploadLimits) -> None:
         self._limits = limits
@@ -128,12 +136,9 @@ class _Extractor:
             raise invalid("a file has an empty name")
         self.bytes += info.size
         if self.bytes > self._limits.apparent_bytes:
-            raise WorkspaceTooLarge(
-                "the uploaded workspace holds more than limits.workspace_apparent_bytes "
-                f"({self._limits.apparent_bytes})",
-                details={"limit": "workspace_apparent_bytes", "bytes": self.bytes,
-                         "max_bytes": self._limits.apparent_bytes},
-            )  # fmt: skip
+            raise _too_large(
+                "holds", "workspace_apparent_bytes", self.bytes, self._limits.apparent_bytes
+            )
         fd = self._parent(parts)
         try:
             try:
@@ -154,12 +159,9 @@ class _Extractor:
         stream.skip_padding(info.size)
         self.files += 1
         if self.allocated > self._limits.allocated_bytes:
-            raise WorkspaceTooLarge(
-                "the uploaded workspace takes more than limits.workspace_bytes "
-                f"({self._limits.allocated_bytes})",
-                details={"limit": "workspace_bytes", "bytes": self.allocated,
-                         "max_bytes": self._limits.allocated_bytes},
-            )  # fmt: skip
+            raise _too_large(
+                "takes", "workspace_bytes", self.allocated, self._limits.allocated_bytes
+            )
 
     def symlink(self, parts: list[str], target: str) -> None:
         if not parts:

@@ -20,8 +20,8 @@ from cleanroom.backends.qemu.accel import AccelVerdict, VerdictCache, resolve_ac
 from cleanroom.backends.qemu.argv import Accel
 from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE, unprivileged_blocker
+from cleanroom.backends.qemu.restore import restore_guest
 from cleanroom.backends.qemu.settings import QemuConfig
-from cleanroom.backends.qemu.snapshot import restore_guest
 from cleanroom.backends.qemu.snapshots import Snapshots
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck

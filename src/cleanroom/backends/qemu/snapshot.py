@@ -1,4 +1,4 @@
-"""Save a booted, agent-ready QEMU guest to a snapshot, and restore guests from it.
+"""Save a booted, agent-ready QEMU guest to a snapshot (restores: ``restore``).
 
 The snapshot is three files: ``ram.raw``, the guest's RAM (the snapshot guest's
 memory is that file, mapped shared: ``memory-backend-file,share=on``);
@@ -60,8 +60,6 @@ address and route, exactly as on a cold guest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shlex
 import shutil
 import subprocess
@@ -73,21 +71,23 @@ from typing import Any, ClassVar
 from cleanroom.backends.base import GuestSpec
 from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv, nic_argv
 from cleanroom.backends.qemu.guest import QemuGuest
-from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
-from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES, fill_workspace_disk
+from cleanroom.backends.qemu.qmp import QmpClosed
+from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotCache
 from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
     "DISK_NAME",
+    "IGNORE_SHARED",
     "MEMORY_NAME",
     "RAM_NAME",
     "SNAPSHOT_KERNEL_ARG",
     "SNAPSHOT_MAC",
     "VMGENID_ARGV",
     "make_snapshot",
-    "restore_guest",
+    "ram_argv",
+    "ram_file",
     "snapshot_facts",
     "snapshot_machine",
 ]
@@ -95,7 +95,7 @@ __all__ = [
 MEMORY_NAME = "memory.mig"
 DISK_NAME = "rootfs.raw"
 RAM_NAME = "ram.raw"
-_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 SNAPSHOT_KERNEL_ARG = "cleanroom.snapshot=1"
 """Equal to ``cleanroom.agent.sysops.SNAPSHOT_CMDLINE_FLAG`` (the agent imports nothing)."""
 VMGENID_ARGV = ("-device", "vmgenid,guid=auto")
@@ -105,7 +105,6 @@ _SNAPSHOT_TAP = "snap0"
 SETTLE_SECONDS = 0.5
 """After the agent opened its port, let it reach its first read before pausing."""
 _MIGRATE_POLL_SECONDS = 0.02
-_LOAD_POLL_SECONDS = 0.005
 
 
 def ram_file(machine: QemuMachine) -> bool:
@@ -114,7 +113,7 @@ def ram_file(machine: QemuMachine) -> bool:
     return not machine.unprivileged
 
 
-def _ram_argv(machine: QemuMachine, path: Path, *, shared: bool = False) -> tuple[str, ...]:
+def ram_argv(machine: QemuMachine, path: Path, *, shared: bool = False) -> tuple[str, ...]:
     return memory_argv(path, machine.memory_mib, shared=shared) if ram_file(machine) else ()
 
 
@@ -161,7 +160,7 @@ def snapshot_facts(
         workspace_disk=Path("@workspace"),
         network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
     )
-    argv = [*build_argv(shape), *_ram_argv(m, Path("@ram")), *VMGENID_ARGV]
+    argv = [*build_argv(shape), *ram_argv(m, Path("@ram")), *VMGENID_ARGV]
     return {
         "vmm": "qemu",
         "qemu_version": qemu_version,
@@ -202,7 +201,7 @@ class _SnapshotSource(QemuGuest):
         started = time.monotonic()
         try:
             if ignore_shared:
-                await qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
+                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("stop")
             uri = f"exec:cat > {shlex.quote(str(memory))}"
             await qmp.execute("migrate", {"uri": uri})
@@ -277,7 +276,7 @@ async def make_snapshot(
         run_dir = staging / "boot"
         run_dir.mkdir()
         spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
-        ram = _ram_argv(machine, staging / RAM_NAME, shared=True)
+        ram = ram_argv(machine, staging / RAM_NAME, shared=True)
         source, devices = (
             (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *ram, *VMGENID_ARGV))
             if nic
@@ -302,104 +301,3 @@ async def make_snapshot(
             (MEMORY_NAME, RAM_NAME, DISK_NAME) if ram_file(machine) else (MEMORY_NAME, DISK_NAME)
         )
         return await asyncio.to_thread(cache.publish, staging, key, facts, files)
-
-
-class RestoredGuest(QemuGuest):
-    """A guest resumed from a snapshot: QEMU loads the stream into a paused VM (the
-    snapshot was taken paused), so ``open_channel`` first waits for the load and
-    for the workspace disk being filled (see :meth:`fill_workspace`), then
-    continues it."""
-
-    _filling: asyncio.Future[float] | None = None
-    _incoming_fd: int | None = None
-    """QEMU's descriptor of the stream, loaded once the monitor is connected."""
-    _ignore_shared: bool = True
-    """The stream leaves the RAM out (the snapshot's RAM is a file)."""
-
-    def fill_workspace(self, source: Path) -> None:
-        """Write the workspace copy ``source`` into the blank workspace disk QEMU was
-        started on, in a thread, while the stream loads."""
-        self._filling = asyncio.ensure_future(
-            asyncio.to_thread(fill_workspace_disk, self._disks.workspace, source)
-        )
-
-    async def _filled(self) -> None:
-        if self._filling is not None:
-            self._timings["workspace_disk_ms"] = await self._filling
-
-    async def _release_vmm_handles(self) -> None:
-        # The disk is removed after this: let the writer finish with it first.
-        if self._filling is not None and not self._filling.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._filling)
-        await super()._release_vmm_handles()
-
-    async def open_channel(
-        self, deadline: float
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        self._check_channel_unopened()
-        try:
-            async with asyncio.timeout_at(deadline):
-                if self._qmp is None:
-                    sock, self._qmp_sock = self._qmp_sock, None
-                    assert sock is not None
-                    self._qmp = await QmpClient.connect(sock)
-                if self._incoming_fd is not None:
-                    fd, self._incoming_fd = self._incoming_fd, None
-                    if self._ignore_shared:
-                        await self._qmp.execute("migrate-set-capabilities", _IGNORE_SHARED)
-                    await self._qmp.execute("migrate-incoming", {"uri": f"fd:{fd}"})
-                while True:
-                    if self._process.exited() is not None:
-                        raise await self._exit_failure()
-                    state = await self._qmp.run_state()
-                    if state == "paused":
-                        # Loaded: the guest runs only once its workspace disk is whole.
-                        await self._filled()
-                        await self._qmp.execute("cont")
-                        break
-                    if state == "running":
-                        await self._filled()
-                        break
-                    if state != "inmigrate":
-                        raise self._failed(f"restore ended in state {state}", state=state)
-                    await asyncio.sleep(_LOAD_POLL_SECONDS)
-        except QmpClosed as exc:
-            raise await self._exit_failure() from exc
-        except TimeoutError as exc:
-            raise self._failed("the snapshot did not load in time") from exc
-        self._timings["restore_ms"] = round((time.monotonic() - self._spawned_at) * 1000, 3)
-        return await super().open_channel(deadline)
-
-
-async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapshot) -> QemuGuest:
-    """Start a new QEMU that resumes ``snapshot`` with ``spec``'s own root overlay,
-    workspace disk, console and channels. Raises ``RuntimeLaunchFailed``; a
-    stream QEMU cannot load makes it exit, which ``open_channel`` reports."""
-    try:
-        memory_fd = os.open(snapshot.file(MEMORY_NAME), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise RuntimeLaunchFailed(f"cannot open the snapshot: {exc}") from exc
-    try:
-        guest = await RestoredGuest.start(
-            snapshot_machine(machine),
-            spec,
-            base_rootfs=snapshot.file(DISK_NAME),
-            # Deferred: the stream loads once x-ignore-shared is on (open_channel).
-            extra_argv=(
-                *(_ram_argv(machine, snapshot.file(RAM_NAME)) if ram_file(machine) else ()),
-                *VMGENID_ARGV,
-                "-incoming",
-                "defer",
-            ),
-            extra_fds={memory_fd: "snapshot stream (read)"},
-            plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
-            blank_workspace=spec.workspace is not None,
-        )
-    finally:
-        os.close(memory_fd)  # QEMU has its own copy
-    guest._incoming_fd = memory_fd
-    guest._ignore_shared = ram_file(machine)
-    if spec.workspace is not None:
-        guest.fill_workspace(spec.workspace)
-    return guest
