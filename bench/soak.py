@@ -298,6 +298,9 @@ def main() -> None:
             pool_size=args.pool,
             accel=args.accel,
             snapshots=args.snapshots == "on",
+            # A soak tests what survives, not how fast a guest boots: on a host
+            # loaded far past its cores a cold boot has taken more than 60 s.
+            launch_seconds=300,
             extra_config=LIMITS,
         ) as srv:
             mine = f"crb-up-{os.getpid()}-"  # the uplink namespace serve() made
