@@ -110,8 +110,9 @@ class QemuGuest(VmGuest):
         (the disks are then in ``self._disks``). With ``machine.unprivileged`` QEMU
         runs as a uid of its own, in mount and pid namespaces of its own (pid 1
         there; still this process's child, so ``pid`` is QEMU's), and gets every
-        file as a descriptor (see ``cleanroom.backends.qemu.privilege``). Raises ``RuntimeLaunchFailed``;
-        on failure nothing is left running and the per-run disk is removed.
+        file as a descriptor (see ``cleanroom.backends.qemu.privilege``). Raises
+        ``RuntimeLaunchFailed``; on failure nothing is left running and the per-run
+        disk is removed.
         """
         base = machine.rootfs if base_rootfs is None else base_rootfs
         run_dir = spec.run_dir
