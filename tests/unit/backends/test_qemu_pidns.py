@@ -68,7 +68,7 @@ def test_watch_needs_a_held_uid(tmp_path: Path) -> None:
     user = VmmUser.take(tmp_path)
     fd = user.watch()
     try:
-        assert os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path / str(user.uid))
+        assert Path(f"/proc/self/fd/{fd}").readlink() == tmp_path / str(user.uid)
     finally:
         os.close(fd)
         user.release()
@@ -86,7 +86,7 @@ def test_only_the_one_fork_in_the_block_gets_a_new_namespace() -> None:
         while not stop.is_set():
             other_thread.append(
                 subprocess.run(
-                    ["readlink", "/proc/self/ns/pid"], capture_output=True, text=True
+                    ["readlink", "/proc/self/ns/pid"], capture_output=True, text=True, check=True
                 ).stdout.strip()
             )
 
@@ -100,14 +100,17 @@ def test_only_the_one_fork_in_the_block_gets_a_new_namespace() -> None:
                 text=True,
                 check=True,
             ).stdout.split()
-        after = subprocess.run(["readlink", "/proc/self/ns/pid"], capture_output=True, text=True)
+        after = subprocess.run(
+            ["readlink", "/proc/self/ns/pid"], capture_output=True, text=True, check=True
+        )
     finally:
         stop.set()
         thread.join()
     assert inside[:2] == ["1", "0"]  # pid 1, its parent outside the namespace
     assert inside[2] != _ns()
     assert after.stdout.strip() == _ns()  # set back for this thread's later children
-    assert other_thread and set(other_thread) == {_ns()}
+    assert other_thread
+    assert set(other_thread) == {_ns()}
     assert _ns("thread-self") == _ns()
 
 
@@ -138,7 +141,8 @@ def test_the_vmm_is_pid_1_alone_with_its_own_proc(tmp_path: Path) -> None:
         user.release()
     pid1, uid, count, exe, stdin, mounted = out.split("\n")[:6]
     assert pid1 == "1"
-    assert uid == str(user.uid) and user.uid >= VMM_UID_BASE
+    assert uid == str(user.uid)
+    assert user.uid >= VMM_UID_BASE
     # Only itself and the probe's own short-lived children: no host process.
     assert int(count) <= 4
     assert exe == os.path.realpath("/bin/sh")  # pid 1 is the "VMM" itself
@@ -157,13 +161,15 @@ def test_signals_from_the_server_reach_pid_1(tmp_path: Path) -> None:
         handled = _spawn_watched(
             user, tmp_path, "trap 'echo term; exit 7' TERM; echo up; while :; do sleep 0.05; done"
         )
-        assert handled.stdout is not None and handled.stdout.readline() == "up\n"
+        assert handled.stdout is not None
+        assert handled.stdout.readline() == "up\n"
         assert _ns(handled.pid) != _ns()
         handled.send_signal(signal.SIGTERM)
-        assert handled.communicate(timeout=30) == ("term\n", None)
+        assert handled.communicate(timeout=30)[0] == "term\n"
         assert handled.returncode == 7
         killed = _spawn_watched(user, tmp_path, "echo up; exec sleep 60")
-        assert killed.stdout is not None and killed.stdout.readline() == "up\n"
+        assert killed.stdout is not None
+        assert killed.stdout.readline() == "up\n"
         killed.kill()
         killed.communicate(timeout=30)
         assert killed.returncode == -signal.SIGKILL
