@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +17,7 @@ from backend_guest_scenarios import commands_and_discarded_writes, launch_deadli
 
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE
+from cleanroom.backends.vmguest import VMM_LOG_NAME
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.testing.conformance import booted, run
 
@@ -115,6 +123,69 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
         assert (exit_status.exit_code, bytes(out.stdout)) == (0, b"hi\n")
         plan = json.loads(first.plan_path.read_text())
         assert plan["vmm_uid"] == uids[0]
+        assert plan["vmm_namespaces"] == ["mnt", "pid"]
         assert not any("run-a" in arg for arg in plan["argv"] if "fdset" in arg)
+        pids = [first.pid, second.pid]  # type: ignore[attr-defined]
+        for pid in pids:
+            # pid 1 of a pid namespace of its own, yet the PID held here is QEMU's,
+            # and its /proc (remounted in its mount namespace) shows itself alone.
+            assert Path(f"/proc/{pid}/ns/pid").readlink() != Path("/proc/self/ns/pid").readlink()
+            assert _status(pid)["NSpid"].split() == [str(pid), "1"]
+            assert Path(f"/proc/{pid}/exe").name.startswith("qemu-system")
+            seen = [p.name for p in Path(f"/proc/{pid}/root/proc").iterdir() if p.name.isdigit()]
+            assert seen == ["1"]
+        # As pid 1 QEMU still quits cleanly on SIGTERM; status and stderr reach us.
+        os.kill(pids[1], signal.SIGTERM)
+        for _ in range(600):
+            if second.exited() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert second.exited() == 0
+        assert "terminating on signal 15" in (tmp_path / "run-b" / VMM_LOG_NAME).read_text()
+    for pid in pids:  # gone with the run
+        assert not Path(f"/proc/{pid}").exists()
     # The run directory stayed root's, 0700 and its disks 0600 (nothing was chowned).
     assert (tmp_path / "run-a").stat().st_uid == 0
+
+
+# A "server": boots a guest on the real backend, writes QEMU's PID, then waits to be killed.
+_SERVER = """
+import asyncio, sys
+from pathlib import Path
+from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
+from cleanroom.images import ensure_image
+from cleanroom.testing.conformance import booted
+
+async def main(tmp: Path) -> None:
+    image = ensure_image()
+    config = QemuConfig(kernel_image=image.kernel, initrd=image.initrd, rootfs=image.rootfs,
+                        accel="tcg", memory_mib=256)
+    backend = QemuBackend(config, verdicts=VerdictCache(tmp / "verdicts.json"))
+    await backend.prepare()
+    async with booted(backend, tmp / "run-k", "run-k") as (guest, _):
+        (tmp / "qemu.pid").write_text(str(guest.pid))
+        await asyncio.sleep(600)
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_a_server_killed_with_sigkill_leaves_no_qemu(tmp_path: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SERVER), str(tmp_path)])
+    pid_file = tmp_path / "qemu.pid"
+    try:
+        deadline = time.monotonic() + 300
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert server.poll() is None, "the server died before its guest was up"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        qemu = int(pid_file.read_text())
+        assert _status(qemu)["NSpid"].split() == [str(qemu), "1"]
+    finally:
+        server.kill()
+        server.wait()
+    for _ in range(200):
+        if not Path(f"/proc/{qemu}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{qemu}").exists()
