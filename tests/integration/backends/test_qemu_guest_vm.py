@@ -131,7 +131,7 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
             # and its /proc (remounted in its mount namespace) shows itself alone.
             assert Path(f"/proc/{pid}/ns/pid").readlink() != Path("/proc/self/ns/pid").readlink()
             assert _status(pid)["NSpid"].split() == [str(pid), "1"]
-            assert Path(f"/proc/{pid}/exe").name.startswith("qemu-system")
+            assert Path(f"/proc/{pid}/exe").readlink().name.startswith("qemu-system")
             seen = [p.name for p in Path(f"/proc/{pid}/root/proc").iterdir() if p.name.isdigit()]
             assert seen == ["1"]
         # As pid 1 QEMU still quits cleanly on SIGTERM; status and stderr reach us.
