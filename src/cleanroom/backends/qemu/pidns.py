@@ -58,9 +58,12 @@ def new_pid_namespace() -> Iterator[None]:
         try:
             yield
         finally:
-            # Cannot fail when going back to the thread's own namespace as root;
-            # if it ever did, this thread's later children must not land there.
-            _libc_call("setns", own, _CLONE_NEWPID)
+            try:
+                _libc_call("setns", own, _CLONE_NEWPID)
+            except OSError as exc:  # root going back to its own namespace: not seen
+                raise RuntimeLaunchFailed(
+                    f"cannot leave QEMU's pid namespace: {exc.strerror or exc}"
+                ) from exc
     finally:
         os.close(own)
 
