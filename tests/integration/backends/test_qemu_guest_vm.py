@@ -29,13 +29,16 @@ def image() -> GuestImage:
     return ensure_image()
 
 
-def _backend(image: GuestImage, tmp_path: Path, accel: str = "tcg") -> QemuBackend:
+def _backend(
+    image: GuestImage, tmp_path: Path, accel: str = "tcg", *, unprivileged: bool = True
+) -> QemuBackend:
     config = QemuConfig(
         kernel_image=image.kernel,
         initrd=image.initrd,
         rootfs=image.rootfs,
         accel=accel,  # type: ignore[arg-type]
         memory_mib=256,
+        unprivileged=unprivileged,
     )
     return QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
 
@@ -146,6 +149,23 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
         assert not Path(f"/proc/{pid}").exists()
     # The run directory stayed root's, 0700 and its disks 0600 (nothing was chowned).
     assert (tmp_path / "run-a").stat().st_uid == 0
+
+
+async def test_privileged_mode_keeps_qemu_in_the_servers_namespaces(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    backend = _backend(image, tmp_path, unprivileged=False)
+    await backend.prepare()
+    assert backend.machine is not None
+    assert not backend.machine.unprivileged
+    async with booted(backend, tmp_path / "run-p", "run-p") as (guest, client):
+        pid = guest.pid  # type: ignore[attr-defined]
+        assert _status(pid)["Uid"].split()[0] == "0"
+        assert Path(f"/proc/{pid}/ns/pid").readlink() == Path("/proc/self/ns/pid").readlink()
+        exit_status, out = await run(client, "echo hi")
+        assert (exit_status.exit_code, bytes(out.stdout)) == (0, b"hi\n")
+        assert json.loads(guest.plan_path.read_text())["vmm_namespaces"] == []
+    assert not Path(f"/proc/{pid}").exists()
 
 
 # A "server": boots a guest on the real backend, writes QEMU's PID, then waits to be killed.
