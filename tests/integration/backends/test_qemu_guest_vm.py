@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from backend_guest_scenarios import commands_and_discarded_writes, launch_deadli
 
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE
+from cleanroom.backends.qemu.qmp import QmpClosed
 from cleanroom.backends.vmguest import VMM_LOG_NAME
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.testing.conformance import booted, run
@@ -145,6 +147,14 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
             await asyncio.sleep(0.05)
         assert second.exited() == 0
         assert "terminating on signal 15" in (tmp_path / "run-b" / VMM_LOG_NAME).read_text()
+        # And on QMP quit (the QMP socketpair handed over still works).
+        with contextlib.suppress(QmpClosed):
+            await first._qmp.execute("quit")  # type: ignore[attr-defined]
+        for _ in range(600):
+            if first.exited() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert first.exited() == 0
     for pid in pids:  # gone with the run
         assert not Path(f"/proc/{pid}").exists()
     # The run directory stayed root's, 0700 and its disks 0600 (nothing was chowned).
