@@ -102,10 +102,12 @@ class VmmProcess:
         stderr: Path,
         pass_fds: Sequence[int] = (),
         cwd: Path | None = None,
+        stdin: int | None = None,
     ) -> VmmProcess:
         """Start ``argv`` (already including any wrapper prefix) with stdin closed and
         stdout/stderr appended to files (``stdout`` may be a descriptor instead, e.g.
-        a bounded console reader's socket). Raises ``RuntimeLaunchFailed`` if exec fails."""
+        a bounded console reader's socket). ``stdin``: a descriptor for a wrapper to
+        read instead of ``/dev/null``. Raises ``RuntimeLaunchFailed`` if exec fails."""
         started = time.perf_counter()
         try:
             with contextlib.ExitStack() as files:
@@ -113,7 +115,7 @@ class VmmProcess:
                 err = files.enter_context(stderr.open("ab"))
                 popen = subprocess.Popen(
                     list(argv),
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL if stdin is None else stdin,
                     stdout=out,
                     stderr=err,
                     pass_fds=tuple(pass_fds),

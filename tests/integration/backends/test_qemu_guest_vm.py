@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +18,8 @@ from backend_guest_scenarios import commands_and_discarded_writes, launch_deadli
 
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE
+from cleanroom.backends.qemu.qmp import QmpClosed
+from cleanroom.backends.vmguest import VMM_LOG_NAME
 from cleanroom.images import GuestImage, ensure_image
 from cleanroom.testing.conformance import booted, run
 
@@ -21,13 +31,16 @@ def image() -> GuestImage:
     return ensure_image()
 
 
-def _backend(image: GuestImage, tmp_path: Path, accel: str = "tcg") -> QemuBackend:
+def _backend(
+    image: GuestImage, tmp_path: Path, accel: str = "tcg", *, unprivileged: bool = True
+) -> QemuBackend:
     config = QemuConfig(
         kernel_image=image.kernel,
         initrd=image.initrd,
         rootfs=image.rootfs,
         accel=accel,  # type: ignore[arg-type]
         memory_mib=256,
+        unprivileged=unprivileged,
     )
     return QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
 
@@ -115,6 +128,94 @@ async def test_each_qemu_runs_as_an_unprivileged_uid_of_its_own(
         assert (exit_status.exit_code, bytes(out.stdout)) == (0, b"hi\n")
         plan = json.loads(first.plan_path.read_text())
         assert plan["vmm_uid"] == uids[0]
+        assert plan["vmm_namespaces"] == ["mnt", "pid"]
         assert not any("run-a" in arg for arg in plan["argv"] if "fdset" in arg)
+        pids = [first.pid, second.pid]  # type: ignore[attr-defined]
+        for pid in pids:
+            # pid 1 of a pid namespace of its own, yet the PID held here is QEMU's,
+            # and its /proc (remounted in its mount namespace) shows itself alone.
+            assert Path(f"/proc/{pid}/ns/pid").readlink() != Path("/proc/self/ns/pid").readlink()
+            assert _status(pid)["NSpid"].split() == [str(pid), "1"]
+            assert Path(f"/proc/{pid}/exe").readlink().name.startswith("qemu-system")
+            seen = [p.name for p in Path(f"/proc/{pid}/root/proc").iterdir() if p.name.isdigit()]
+            assert seen == ["1"]
+        # As pid 1 QEMU still quits cleanly on SIGTERM; status and stderr reach us.
+        os.kill(pids[1], signal.SIGTERM)
+        for _ in range(600):
+            if second.exited() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert second.exited() == 0
+        assert "terminating on signal 15" in (tmp_path / "run-b" / VMM_LOG_NAME).read_text()
+        # And on QMP quit (the QMP socketpair handed over still works).
+        with contextlib.suppress(QmpClosed):
+            await first._qmp.execute("quit")  # type: ignore[attr-defined]
+        for _ in range(600):
+            if first.exited() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert first.exited() == 0
+    for pid in pids:  # gone with the run
+        assert not Path(f"/proc/{pid}").exists()
     # The run directory stayed root's, 0700 and its disks 0600 (nothing was chowned).
     assert (tmp_path / "run-a").stat().st_uid == 0
+
+
+async def test_privileged_mode_keeps_qemu_in_the_servers_namespaces(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    backend = _backend(image, tmp_path, unprivileged=False)
+    await backend.prepare()
+    assert backend.machine is not None
+    assert not backend.machine.unprivileged
+    async with booted(backend, tmp_path / "run-p", "run-p") as (guest, client):
+        pid = guest.pid  # type: ignore[attr-defined]
+        assert _status(pid)["Uid"].split()[0] == "0"
+        assert Path(f"/proc/{pid}/ns/pid").readlink() == Path("/proc/self/ns/pid").readlink()
+        exit_status, out = await run(client, "echo hi")
+        assert (exit_status.exit_code, bytes(out.stdout)) == (0, b"hi\n")
+        assert json.loads(guest.plan_path.read_text())["vmm_namespaces"] == []
+    assert not Path(f"/proc/{pid}").exists()
+
+
+# A "server": boots a guest on the real backend, writes QEMU's PID, then waits to be killed.
+_SERVER = """
+import asyncio, sys
+from pathlib import Path
+from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
+from cleanroom.images import ensure_image
+from cleanroom.testing.conformance import booted
+
+async def main(tmp: Path) -> None:
+    image = ensure_image()
+    config = QemuConfig(kernel_image=image.kernel, initrd=image.initrd, rootfs=image.rootfs,
+                        accel="tcg", memory_mib=256)
+    backend = QemuBackend(config, verdicts=VerdictCache(tmp / "verdicts.json"))
+    await backend.prepare()
+    async with booted(backend, tmp / "run-k", "run-k") as (guest, _):
+        (tmp / "qemu.pid").write_text(str(guest.pid))
+        await asyncio.sleep(600)
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+def test_a_server_killed_with_sigkill_leaves_no_qemu(tmp_path: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SERVER), str(tmp_path)])
+    pid_file = tmp_path / "qemu.pid"
+    try:
+        deadline = time.monotonic() + 300
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert server.poll() is None, "the server died before its guest was up"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        qemu = int(pid_file.read_text())
+        assert _status(qemu)["NSpid"].split() == [str(qemu), "1"]
+    finally:
+        server.kill()
+        server.wait()
+    for _ in range(200):
+        if not Path(f"/proc/{qemu}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{qemu}").exists()

@@ -207,18 +207,24 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             checks.append(DoctorCheck("qemu.image", "fail", exc.message, exc.details))
         checks.append(self._accel_check(identity, version, image))
         if image is not None:
-            blocker = self._privilege_blocker(image)
-            checks.append(
-                DoctorCheck("qemu.privileges", "warn", f"QEMU runs as the server's user: {blocker}")
-                if blocker is not None
-                else DoctorCheck(
-                    "qemu.privileges",
-                    "pass",
-                    f"each guest's QEMU runs as a uid of its own from {VMM_UID_BASE}",
-                    {"uid_base": VMM_UID_BASE},
-                )
-            )
+            checks.append(self._privileges_check(image))
         return checks
+
+    def _privileges_check(self, image: BootImage) -> DoctorCheck:
+        """``qemu.privileges``: whether guests' QEMU drops to a uid of its own, in
+        mount and pid namespaces of its own (a warning when it cannot)."""
+        blocker = self._privilege_blocker(image)
+        if blocker is not None:
+            return DoctorCheck(
+                "qemu.privileges", "warn", f"QEMU runs as the server's user: {blocker}"
+            )
+        return DoctorCheck(
+            "qemu.privileges",
+            "pass",
+            f"each guest's QEMU runs as a uid of its own from {VMM_UID_BASE}, "
+            "as pid 1 of its own pid namespace, in a mount namespace of its own",
+            {"uid_base": VMM_UID_BASE, "namespaces": ["mnt", "pid"]},
+        )
 
     def _accel_check(
         self, identity: str | None, version: str | None, image: BootImage | None

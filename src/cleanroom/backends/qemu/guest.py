@@ -8,6 +8,8 @@ written to the channel before that wait in QEMU until the agent reads them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -25,6 +27,7 @@ from cleanroom.backends.qemu.argv import (
     QemuMachine,
     build_argv,
 )
+from cleanroom.backends.qemu.pidns import new_pid_namespace
 from cleanroom.backends.qemu.privilege import (
     FdHandover,
     VmmUser,
@@ -105,9 +108,11 @@ class QemuGuest(VmGuest):
         -> what it is) are inherited by QEMU and ``plan_extra`` goes into the plan
         (all three: a snapshot's stream); ``blank_workspace``: see ``run_disks``
         (the disks are then in ``self._disks``). With ``machine.unprivileged`` QEMU
-        runs as a uid of its own and gets every file as a descriptor (see
-        ``cleanroom.backends.qemu.privilege``). Raises ``RuntimeLaunchFailed``;
-        on failure nothing is left running and the per-run disk is removed.
+        runs as a uid of its own, in mount and pid namespaces of its own (pid 1
+        there; still this process's child, so ``pid`` is QEMU's), and gets every
+        file as a descriptor (see ``cleanroom.backends.qemu.privilege``). Raises
+        ``RuntimeLaunchFailed``; on failure nothing is left running and the per-run
+        disk is removed.
         """
         base = machine.rootfs if base_rootfs is None else base_rootfs
         run_dir = spec.run_dir
@@ -146,12 +151,12 @@ class QemuGuest(VmGuest):
                     console_fd=console.vmm_fd,
                     sandbox=cls.sandbox,
                 )
+                # A dropped QEMU is pid 1 of its own namespace: its wrapper checks
+                # the server by the uid's lock (``drop_prefix``), not by its PPID.
+                outer = pdeathsig_prefix() if user is None else []
                 if user is not None:
                     launch = _hand_over(launch, disks, base, spec, handover, user)
-                argv = [
-                    *build_argv(launch, prefix=[*pdeathsig_prefix(), *cls.wrapper]),
-                    *extra_argv,
-                ]
+                argv = [*build_argv(launch, prefix=[*outer, *cls.wrapper]), *extra_argv]
                 write_plan(
                     spec,
                     disks,
@@ -168,21 +173,29 @@ class QemuGuest(VmGuest):
                         **{str(fd): what for fd, what in handover.fds.items()},
                     },
                     vmm_uid=None if user is None else user.uid,
+                    vmm_namespaces=["mnt", "pid"] if user is not None else [],
                     **(plan_extra or {}),
                 )
                 console_path.touch()
-                process = VmmProcess.spawn(
-                    argv,
-                    stdout=run_dir / VMM_LOG_NAME,
-                    stderr=run_dir / VMM_LOG_NAME,
-                    pass_fds=(
-                        launch.qmp_fd,
-                        launch.agent_fd,
-                        console.vmm_fd,
-                        *(extra_fds or {}),
-                        *handover.fds,
-                    ),
-                )
+                with contextlib.ExitStack() as spawning:
+                    watch = None
+                    if user is not None:
+                        watch = user.watch()
+                        spawning.callback(os.close, watch)
+                        spawning.enter_context(new_pid_namespace())
+                    process = VmmProcess.spawn(
+                        argv,
+                        stdout=run_dir / VMM_LOG_NAME,
+                        stderr=run_dir / VMM_LOG_NAME,
+                        pass_fds=(
+                            launch.qmp_fd,
+                            launch.agent_fd,
+                            console.vmm_fd,
+                            *(extra_fds or {}),
+                            *handover.fds,
+                        ),
+                        stdin=watch,
+                    )
                 console.start()
         except BaseException:
             qmp_host.close()
@@ -305,7 +318,8 @@ def _hand_over(
             drop_prefix(
                 user,
                 groups=kvm_groups() if m.accel == "kvm" else (),
-                mask=write_mask_fstab(spec.run_dir / MASK_FSTAB_NAME),
+                mask=write_mask_fstab(spec.run_dir / MASK_FSTAB_NAME, proc=True),
+                watched=True,
             )
         ),
     )

@@ -21,9 +21,20 @@ never needs (``/home``, ``/root``, ``/tmp``, ``/var``, ``/run``, ``/dev/shm``,
 ...) are empty read-only tmpfs mounts: one ``mount -a`` of a small fstab
 written into the run directory, since QEMU opens nothing by path after exec.
 
+It is also the first process, pid 1, of a pid namespace of its own (as
+Firecracker's jailer does with ``--new-pid-ns``): the server's thread forks it
+straight into a fresh namespace (``cleanroom.backends.qemu.pidns``), so the PID
+the server holds, kills and reaps is QEMU's own, while QEMU sees no other process
+and can signal none; ``/proc`` is mounted afresh in its mount namespace, so it
+shows that namespace only. As a namespace's init, QEMU gets from outside only
+the signals it handles (``SIGTERM``: a clean quit) and ``SIGKILL``.
+
 Changing the uid clears the parent-death signal, so the wrapper sets it again
-after the switch and checks once more that the server is its parent (as
-:func:`cleanroom.backends.process.pdeathsig_prefix` does before it).
+after the switch and then checks that the server still lives. Its parent's PID
+is invisible from the new namespace (``$PPID`` is 0), so the check is the uid's
+lock: the wrapper's stdin is a second open file of the lock file the server
+holds for this uid (:meth:`VmmUser.watch`), and QEMU starts only if a shared
+lock on it would block, i.e. while the server holds it.
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cleanroom.backends.process import pdeathsig_prefix
+from cleanroom.backends.process import ORPHANED_EXIT, pdeathsig_prefix
+from cleanroom.backends.qemu.pidns import pid_namespace_blocker
 from cleanroom.errors import RuntimeLaunchFailed
 
 __all__ = [
@@ -84,6 +96,7 @@ class VmmUser:
 
     uid: int
     _lock_fd: int | None = None
+    _lock_path: Path | None = None
 
     @classmethod
     def take(cls, lock_dir: Path = UID_LOCK_DIR) -> VmmUser:
@@ -95,12 +108,26 @@ class VmmUser:
                 for uid in range(VMM_UID_BASE, VMM_UID_BASE + VMM_UID_COUNT):
                     if uid not in _taken and (fd := _claim(lock_dir / str(uid))) is not None:
                         _taken.add(uid)
-                        return cls(uid, fd)
+                        return cls(uid, fd, lock_dir / str(uid))
         except OSError as exc:
             raise RuntimeLaunchFailed(
                 f"cannot claim an unprivileged uid for QEMU: {exc.strerror or exc}"
             ) from exc
         raise RuntimeLaunchFailed("no unprivileged uid is free for another VMM")
+
+    def watch(self) -> int:
+        """A new read-only descriptor of this uid's lock file (its own open file, so
+        a lock through it conflicts with the one held here): whoever holds it can
+        tell whether the uid is still held, by ``flock -n -s``. Raises
+        ``RuntimeLaunchFailed`` once released."""
+        if self._lock_fd is None or self._lock_path is None:
+            raise RuntimeLaunchFailed(f"the VMM uid {self.uid} is no longer held")
+        try:
+            return os.open(self._lock_path, _RO | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise RuntimeLaunchFailed(
+                f"cannot open the lock of the VMM uid {self.uid}: {exc.strerror or exc}"
+            ) from exc
 
     def release(self) -> None:
         """Give the uid back (after its QEMU is reaped); idempotent."""
@@ -131,9 +158,11 @@ def unprivileged_blocker(files: list[Path]) -> str | None:
     ``files`` (kernel, initrd) is not world-readable."""
     if os.geteuid() != 0:
         return f"the server runs as uid {os.geteuid()}, and QEMU as the same user"
-    for tool in ("setpriv", "unshare", "mount"):
+    for tool in ("setpriv", "unshare", "mount", "flock"):
         if shutil.which(tool) is None:
             return f"{tool} (util-linux) is missing"
+    if (pidns := pid_namespace_blocker()) is not None:
+        return pidns
     for path in files:
         try:
             mode = path.stat().st_mode
@@ -160,13 +189,21 @@ MASKED_DIRS = (
 """Hidden from QEMU (empty, read-only) in its mount namespace."""
 _MASK_OPTIONS = "ro,nosuid,nodev,noexec,size=4k,mode=0555"
 _MASK_SCRIPT = 'mount -a -T "$1" || exit 126; shift; exec "$@"'
+_PROC_LINE = "cleanroom-proc /proc proc nosuid,nodev,noexec 0 0\n"
+# stdin is the uid's lock (VmmUser.watch): a shared lock on it blocks (75) only
+# while the server holds the uid; anything else (it is free, an error) stops here.
+_HELD_SCRIPT = 'flock -n -s -E 75 0; [ "$?" = 75 ] || exit {code}; exec "$@" </dev/null'
 
 
-def write_mask_fstab(path: Path) -> Path:
-    """Write the fstab that masks :data:`MASKED_DIRS` (those that exist) to ``path``."""
+def write_mask_fstab(path: Path, *, proc: bool = False) -> Path:
+    """Write the fstab that masks :data:`MASKED_DIRS` (those that exist) to ``path``;
+    with ``proc``, it also mounts a fresh ``/proc`` (of the mounting process's pid
+    namespace: in ``pidns.new_pid_namespace``, one that shows QEMU alone)."""
     lines = [
         f"cleanroom-empty {d} tmpfs {_MASK_OPTIONS} 0 0\n" for d in MASKED_DIRS if Path(d).is_dir()
     ]
+    if proc:
+        lines.append(_PROC_LINE)
     path.write_text("".join(lines))
     return path
 
@@ -185,11 +222,19 @@ def drop_prefix(
     groups: tuple[int, ...] = (),
     parent: int | None = None,
     mask: Path | None = None,
+    watched: bool = False,
 ) -> list[str]:
     """The wrapper that runs the rest of the argv as ``user`` with only ``groups``
     (e.g. the owner group of ``/dev/kvm``), no capabilities and ``no_new_privs``,
     dying with ``parent`` (default: this process); with ``mask`` (an fstab from
-    :func:`write_mask_fstab`), in a private mount namespace with those mounts."""
+    :func:`write_mask_fstab`), in a private mount namespace with those mounts.
+
+    ``watched``: for a wrapper started in ``pidns.new_pid_namespace``, where its
+    parent's PID cannot be checked. It dies with its parent all the same, but
+    checks instead that ``user`` is still held, through its stdin, which must be
+    :meth:`VmmUser.watch` (and which it replaces by ``/dev/null``); it exits with
+    :data:`~cleanroom.backends.process.ORPHANED_EXIT` if not.
+    """
     uid = str(user.uid)
     ns: list[str] = []
     if mask is not None:
@@ -199,6 +244,11 @@ def drop_prefix(
     drop += ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
     drop += ["--no-new-privs"]
     drop += ["--inh-caps", "-all", "--bounding-set", "-all", "--"]
+    if watched:
+        # The prefix's own setpriv (is it missing? it names it), with the held check.
+        setpriv = pdeathsig_prefix(parent)[0]
+        held = _HELD_SCRIPT.format(code=ORPHANED_EXIT)
+        return [*drop, setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", held, "sh"]
     return [*drop, *pdeathsig_prefix(parent)]
 
 
