@@ -22,6 +22,7 @@ from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE, unprivileged_blocker
 from cleanroom.backends.qemu.restore import restore_guest
 from cleanroom.backends.qemu.settings import QemuConfig
+from cleanroom.backends.qemu.snapshot import image_facts
 from cleanroom.backends.qemu.snapshots import Snapshots
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
@@ -64,8 +65,8 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         self._snapshot_inputs: tuple[str, str, str, str] | None = None
         """(QEMU version, built-in image digest, agent version, kernel version) once
         snapshots are possible."""
-        self._user_snapshots: dict[tuple[str, Path], Snapshots] = {}
-        """The snapshots of each user image a run used, by (key, file)."""
+        self._user_snapshots: dict[tuple[str, Path, str | int | bool | None], Snapshots] = {}
+        """The snapshots of each user image a run used, by (key, file, file identity)."""
 
     def _image(self) -> BootImage:
         return self._configured_image()
@@ -152,7 +153,12 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             return NoRestore(self._no_snapshots)
         if image is None:
             return self.snapshots
-        ident = (image.key, image.rootfs)
+        try:
+            # The file's identity is part of the key: a file replaced under the same
+            # path is another disk, whose guests need snapshots of their own.
+            ident = (image.key, image.rootfs, image_facts(image)["user_image_file"])
+        except OSError as exc:
+            return NoRestore(f"the user image's file is unreadable: {exc.strerror or exc}")
         found = self._user_snapshots.get(ident)
         if found is None:
             version, digest, agent, kernel = self._snapshot_inputs
