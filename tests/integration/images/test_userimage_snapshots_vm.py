@@ -2,15 +2,17 @@
 
 Two OCI images (busybox plus a command only they have, differing in one file,
 so in digest) are pushed to a docker-registry on 127.0.0.1. ``cleanroom image
-warm REF`` makes the first one's snapshots; a run in it is then restored and
-runs the image's own command; a run in the second image (a new digest) finds
-no snapshot of its own and boots cold; a snapshot file changed on disk makes
-the next run boot cold, saying why. One server serves the module; the guests
-are few (under software emulation each costs seconds).
+warm REF`` makes the first one's snapshots; its warm pool refills from them; a
+run in it is then restored and runs the image's own command; a run in the
+second image (a new digest) finds no snapshot of its own and boots cold; a
+snapshot file changed on disk makes the next run boot cold, saying why. One
+server serves the module; the guests are few (under software emulation each
+costs seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -23,8 +25,9 @@ import pytest
 from ocitools import BUSYBOX, Registry, insert, new_layout, run
 
 from cleanroom.cli.launch_image import prepare_launch_image
-from cleanroom.config import QemuConfig, RuntimeConfig
+from cleanroom.config import NetworkConfig, PoolConfig, QemuConfig, RuntimeConfig
 from cleanroom.images import lookup_user_image, remove_user_images
+from cleanroom.models import LaunchOptions
 from cleanroom.server import ListenAddress
 from cleanroom.service import Service
 from cleanroom.service.record import RECORD_NAME
@@ -129,17 +132,18 @@ def _exec(host: str, ref: str, repo: Path) -> tuple[str, dict[str, object]]:
     return str(result["stdout"]), record
 
 
-def test_runs_in_a_user_image_restore_from_its_own_snapshot(
-    refs: dict[str, str], host: str, config_home: Path, tmp_path: Path
-) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
+@pytest.fixture(scope="module")
+def warmed(
+    refs: dict[str, str], config_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Image ``one`` pulled and its snapshots made by ``cleanroom image warm REF``;
+    the directory of the one without a NIC."""
+    repo = tmp_path_factory.mktemp("warm")
     (repo / "cleanroom.yaml").write_text(POLICY)
     prepare_launch_image(repo, refs["one"])  # pulls it, as `cleanroom exec` would
     key = refs["one"].rsplit("@", 1)[1]
     cached = lookup_user_image(key)
     assert cached is not None
-
     warmed = _cli(
         "image", "warm", refs["one"], "--json", cwd=repo, env={"XDG_CONFIG_HOME": str(config_home)}
     )["snapshot"]
@@ -150,6 +154,61 @@ def test_runs_in_a_user_image_restore_from_its_own_snapshot(
     # Cached with the image: removing the image removes it.
     assert snap_dir.parent == cached.image.rootfs.parent / "snapshots"
     assert {p.name for p in snap_dir.iterdir()} >= {"memory.mig", "rootfs.raw", "scratch.qcow2"}
+    return snap_dir
+
+
+@pytest.fixture
+def uplink() -> Iterator[NetworkConfig]:
+    """A network namespace of its own as the uplink (no route out; the host's is untouched)."""
+    name = f"crt-snapup-{os.getpid() % 0xFFFF:04x}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield NetworkConfig(uplink_netns=name, resolvers=("192.0.2.53",))
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def test_a_user_images_warm_pool_refills_from_its_snapshot(
+    refs: dict[str, str], warmed: Path, uplink: NetworkConfig, tmp_path: Path
+) -> None:
+    config = RuntimeConfig(
+        qemu=QemuConfig(accel="tcg", launch_seconds=180),
+        network=uplink,
+        pool=PoolConfig(size=1, images=(refs["one"],)),
+    )
+    svc = Service(config)
+    await svc.start()
+    try:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        (repo / "cleanroom.yaml").write_text(POLICY)
+        info = await svc.launch(repo, options=LaunchOptions(image=refs["one"]))
+        assert info.image is not None
+        async with asyncio.timeout(300):
+            # The service offers no event for this; polling its accessor is enough here.
+            while (pool := svc.pool("qemu", info.image.key)) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        await pool.wait_ready(1, timeout=300)
+        run = await svc.run(info.cleanroom_id, ["snaptool"])
+        assert run.stdout.startswith("only-in-image one-"), run
+        record = await svc.run_record(run.run_id)
+        assert record["pool"] == "hit"
+        pooled = record["pool_guest"]
+        assert (pooled["start"], pooled["start_fallback"]) == ("restored", None), pooled
+    finally:
+        await svc.close()
+
+
+def test_runs_in_a_user_image_restore_from_its_own_snapshot(
+    refs: dict[str, str], warmed: Path, host: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "cleanroom.yaml").write_text(POLICY)
+    key = refs["one"].rsplit("@", 1)[1]
+    cached = lookup_user_image(key)
+    assert cached is not None
+    snap_dir = warmed
 
     # Restored, and running a command only the image has, as its config says.
     stdout, record = _exec(host, refs["one"], repo)
