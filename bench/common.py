@@ -28,6 +28,7 @@ __all__ = [
     "CLI",
     "Server",
     "emit_json",
+    "exit_on_sigterm",
     "floor_argv",
     "host_facts",
     "make_workspace",
@@ -41,6 +42,40 @@ __all__ = [
 
 CLI = str(Path(sys.executable).with_name("cleanroom"))
 _SERVERS = itertools.count()
+_UPLINK_PREFIX = "crb-up-"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the server's child process: be sent SIGTERM when the benchmark dies, so a
+    killed benchmark never leaves its server (and the server's namespaces) behind."""
+    import ctypes  # noqa: PLC0415 - only in the child, before exec
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _remove_stale_uplinks() -> None:
+    """Delete uplink namespaces left by benchmarks that were killed (their pid, the
+    middle of the name, is gone): SIGKILL gives no chance to clean up."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not name.startswith(_UPLINK_PREFIX):
+            continue
+        pid = name[len(_UPLINK_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so ``with serve(...)`` blocks stop their
+    servers and delete their namespaces when the benchmark is terminated."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -119,27 +154,41 @@ def serve(
     Its sandboxes use a namespace made here as their uplink, so benchmarking
     never changes the host's own firewall or forwarding settings.
     """
+    _remove_stale_uplinks()
     # Unique per server: a benchmark may run two servers side by side.
-    uplink = f"crb-up-{os.getpid()}-{next(_SERVERS)}"
+    uplink = f"{_UPLINK_PREFIX}{os.getpid()}-{next(_SERVERS)}"
     subprocess.run(["ip", "netns", "add", uplink], check=True)
-    config_home = home / "config"
-    (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
-    (config_home / "cleanroom" / "config.yaml").write_text(
-        f"pool: {{size: {pool_size}}}\n"
-        f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}, "
-        f"snapshots: {'on' if snapshots else 'off'}}}}}\n"
-        f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n" + extra_config
-    )
+    try:
+        config_home = home / "config"
+        (config_home / "cleanroom").mkdir(parents=True, exist_ok=True)
+        (config_home / "cleanroom" / "config.yaml").write_text(
+            f"pool: {{size: {pool_size}}}\n"
+            f"backends: {{qemu: {{accel: {accel}, launch_seconds: {launch_seconds}, "
+            f"snapshots: {'on' if snapshots else 'off'}}}}}\n"
+            f"network: {{uplink_netns: {uplink}, resolvers: [192.0.2.53]}}\n" + extra_config
+        )
+        # Its own state directory too: a server clears the pool directory there at start.
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(config_home),
+            "XDG_STATE_HOME": str(home / "state"),
+        }
+        with (home / "server.log").open("wb") as log:
+            yield from _run_server(home, env, log)
+    finally:
+        subprocess.run(["ip", "netns", "del", uplink], check=False)
+
+
+def _run_server(home: Path, env: dict[str, str], log: Any) -> Iterator[Server]:
+    """Start the server, wait until it answers, yield it; stop it on every exit."""
     sock = home / "cleanroom.sock"
-    # Its own state directory too: a server clears the pool directory there at start.
-    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "XDG_STATE_HOME": str(home / "state")}
-    log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [CLI, "serve", "--listen", f"unix://{sock}"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
     )
     server = Server(proc, f"unix://{sock}", home, env)
     try:
@@ -161,8 +210,6 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
-        subprocess.run(["ip", "netns", "del", uplink], check=False)
 
 
 def make_workspace(root: Path) -> Path:

@@ -156,9 +156,11 @@ async def test_a_failed_background_attempt_is_retried_only_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempts: list[str] = []
+    release = asyncio.Event()  # the attempt fails only once the test has looked
 
     async def failing_make(*args: object, nic: bool, image: object) -> Snapshot:
         attempts.append("boot")
+        await release.wait()
         raise RuntimeLaunchFailed("guest agent not ready within 60 s")
 
     monkeypatch.setattr(snapshots_module, "make_snapshot", failing_make)
@@ -175,7 +177,11 @@ async def test_a_failed_background_attempt_is_retried_only_later(
     assert isinstance(first, NoRestore)
     assert first.reason.endswith("making it now")
     assert (await snaps.find()).reason.endswith("it is being made")  # type: ignore[union-attr]
-    await asyncio.sleep(0.05)
+    release.set()
+    for _ in range(100):  # let the background attempt end, however busy the host
+        await asyncio.sleep(0.01)
+        if "failed" in getattr(await snaps.find(), "reason", ""):
+            break
     failed = await snaps.find()
     assert isinstance(failed, NoRestore)
     assert failed.reason.endswith("making it failed: guest agent not ready within 60 s")
