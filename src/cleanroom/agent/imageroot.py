@@ -244,6 +244,14 @@ class CommandRoot:
 
         return enter
 
+    def mount_workspace(self) -> None:
+        """Mount the run's workspace disk (dropping every disk's cached blocks first)
+        at the workspace and give it to the image's user, as a boot without a
+        snapshot does (a guest restored from a snapshot, at its first configure).
+        Raises OSError."""
+        sysops.mount_workspace_disk(self.workspace_path, fresh=True)
+        chown_tree(self.workspace_path, self.account.uid, self.account.gid)
+
     def write_resolv_conf(self, nameserver: str) -> None:
         """Replace the image's ``/etc/resolv.conf`` (in the writable layer)."""
         replace_etc_file(self.path, "resolv.conf", f"nameserver {nameserver}\n")
@@ -271,17 +279,21 @@ def find_read_only_disk(sys_block: str = "/sys/block", dev: str = "/dev") -> str
     return found[0]
 
 
-def setup_command_root(workspace: str = "/workspace", hostname: str = "cleanroom") -> CommandRoot:
+def setup_command_root(
+    workspace: str = "/workspace", hostname: str = "cleanroom", *, mount_workspace: bool = True
+) -> CommandRoot:
     """Build the command root at boot (see the module docstring); raises ImageRootError.
 
     The workspace disk (if attached) is mounted at ``ROOT_DIR + workspace`` and
-    owned by the image's user.
+    owned by the image's user. ``mount_workspace`` False (a guest booted to be
+    snapshotted): the disk attached now is a placeholder, left alone; the agent
+    mounts the run's own after the restore (:meth:`CommandRoot.mount_workspace`).
     """
     scratch = sysops.find_labelled_disk(SCRATCH_LABEL)
     if scratch is None:
         raise ImageRootError("no scratch disk (label cleanroom-upper)")
     image = find_read_only_disk()
-    ws_device = sysops.find_labelled_disk(sysops.WORKSPACE_LABEL)
+    ws_device = sysops.find_labelled_disk(sysops.WORKSPACE_LABEL) if mount_workspace else None
     steps = mount_plan(scratch, image, ws_device, workspace)
     try:
         for step in steps[:2]:

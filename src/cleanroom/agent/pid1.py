@@ -39,13 +39,15 @@ def run_init(workspace: str, serve: Serve, log: Callable[[str], None]) -> int:
         log(f"mount {problem}")
     root: imageroot.CommandRoot | None = None
     root_problem: str | None = None
+    snapshot = sysops.snapshot_mode_requested(sysops.read_cmdline())
     if imageroot.image_mode_requested(sysops.read_cmdline()):
         try:
-            root = imageroot.setup_command_root(workspace)
+            # In snapshot mode the workspace disk is mounted after the restore.
+            root = imageroot.setup_command_root(workspace, mount_workspace=not snapshot)
         except imageroot.ImageRootError as exc:
             root_problem = str(exc)
             log(f"user image: {root_problem}")
-    elif not sysops.snapshot_mode_requested(sysops.read_cmdline()):
+    elif not snapshot:
         # In snapshot mode the disk now attached is a placeholder: the agent
         # mounts the run's own disk at its first configure, after the restore.
         try:

@@ -100,11 +100,10 @@ class Session:
         self._workspace = workspace if root is None else root.workspace_path
         self._init = init_mode
         self._privileged = init_mode or (os.geteuid() == 0 and _own_mount_namespace())
-        self._restorable = (
-            init_mode and root is None and sysops.snapshot_mode_requested(sysops.read_cmdline())
-        )
+        self._restorable = init_mode and sysops.snapshot_mode_requested(sysops.read_cmdline())
         """Booted to be snapshotted: each configure reseeds the CRNG, and the first
-        mounts the workspace disk (see ``sysops.SNAPSHOT_CMDLINE_FLAG``)."""
+        mounts the workspace disk (see ``sysops.SNAPSHOT_CMDLINE_FLAG``; in a user
+        image, inside its command root)."""
         self._greeted = False
         self._command: RunningCommand | TtyCommand | None = None
         if init_mode:
@@ -253,7 +252,10 @@ class Session:
         _reseed_python()
         if self._restorable and not sysops.is_mount_point(self._workspace):
             try:
-                sysops.mount_workspace_disk(self._workspace, fresh=True)
+                if self._root is not None:
+                    self._root.mount_workspace()
+                elif self._root_problem is None:
+                    sysops.mount_workspace_disk(self._workspace, fresh=True)
             except OSError as exc:
                 raise GuestOperationFailed(ERR_CONFIGURE, f"workspace disk: {exc}") from exc
         if req.network is not None:

@@ -26,6 +26,7 @@ from cleanroom.backends.workspace_disk import (
     DEFAULT_WORKSPACE_DISK_BYTES,
     ScratchDisk,
     WorkspaceDisk,
+    copy_scratch_disk,
     create_blank_workspace_disk,
     create_scratch_disk,
     create_workspace_disk,
@@ -69,6 +70,7 @@ async def run_disks(
     vmm: str,
     qemu_img: str = "qemu-img",
     blank_workspace: bool = False,
+    base_scratch: Path | None = None,
 ) -> AsyncIterator[RunDisks]:
     """Make the run's rootfs copy, workspace disk and (for ``spec.image``) scratch
     disk in ``spec.run_dir`` for the block that starts ``vmm`` on them; the
@@ -81,6 +83,8 @@ async def run_disks(
 
     ``blank_workspace``: the workspace disk is a blank file the caller fills in
     place later (``fill_workspace_disk``), so the VMM can start meanwhile.
+    ``base_scratch``: the scratch disk is a copy of this one (a snapshot's; see
+    ``copy_scratch_disk``) instead of a new one.
     """
     run_dir = spec.run_dir
     if spec.image is not None and not spec.image.rootfs.is_file():
@@ -100,7 +104,9 @@ async def run_disks(
                 create_workspace_disk, run_dir, spec.workspace, size
             )
         scratch = None
-        if spec.image is not None:
+        if spec.image is not None and base_scratch is not None:
+            scratch = await asyncio.to_thread(copy_scratch_disk, run_dir, base_scratch, qemu_img)
+        elif spec.image is not None:
             scratch = await asyncio.to_thread(create_scratch_disk, run_dir, spec.image.config, size)
     except BaseException:
         _remove_run_disks(run_dir)

@@ -38,6 +38,8 @@ __all__ = [
     "WORKSPACE_LABEL",
     "ScratchDisk",
     "WorkspaceDisk",
+    "convert_disk",
+    "copy_scratch_disk",
     "create_blank_workspace_disk",
     "create_scratch_disk",
     "create_workspace_disk",
@@ -140,6 +142,33 @@ def create_scratch_disk(
     finally:
         shutil.rmtree(seed, ignore_errors=True)
     return ScratchDisk(path, size_bytes, round((time.monotonic() - started) * 1000, 3))
+
+
+def convert_disk(source: Path, dest: Path, fmt: str, qemu_img: str, *, what: str) -> None:
+    """``qemu-img convert`` ``source`` (``raw`` or ``qcow2``, the other one at ``dest``):
+    only allocated clusters are written, so a sparse disk stays sparse. Raises
+    ``RuntimeLaunchFailed`` (and leaves no ``dest``)."""
+    src_fmt = "qcow2" if fmt == "raw" else "raw"
+    argv = [qemu_img, "convert", "-q", "-f", src_fmt, "-O", fmt, str(source), str(dest)]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        dest.unlink(missing_ok=True)
+        stderr = getattr(exc, "stderr", None) or ""
+        raise RuntimeLaunchFailed(
+            f"could not copy the {what}: {exc}", details={"stderr": stderr.strip()[-500:]}
+        ) from exc
+
+
+def copy_scratch_disk(run_dir: Path, base: Path, qemu_img: str = "qemu-img") -> ScratchDisk:
+    """Make ``run_dir/scratch.ext4`` a raw copy of ``base``, a snapshot's saved scratch
+    disk (qcow2, compact): a guest restored from that snapshot has the filesystem
+    mounted and must find it exactly as it was. Raises ``RuntimeLaunchFailed``."""
+    started = time.monotonic()
+    path = run_dir / SCRATCH_DISK_NAME
+    convert_disk(base, path, "raw", qemu_img, what="snapshot's scratch disk")
+    size = path.stat().st_size
+    return ScratchDisk(path, size, round((time.monotonic() - started) * 1000, 3))
 
 
 def remove_scratch_disk(run_dir: Path) -> None:

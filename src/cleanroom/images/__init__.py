@@ -34,6 +34,7 @@ from cleanroom.images.progress import (
 from cleanroom.images.usercache import (
     CachedImage,
     check_disk_fits,
+    find_user_image,
     list_user_images,
     lookup_user_image,
     prune_user_images,
@@ -58,6 +59,7 @@ __all__ = [
     "ensure_cached_image",
     "ensure_image",
     "ensure_user_image",
+    "find_user_image",
     "image_digest",
     "image_from_paths",
     "import_image",

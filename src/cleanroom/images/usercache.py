@@ -1,4 +1,6 @@
-"""The user image cache: ``images_dir()/user/<hex>/{rootfs.ext4,image.json,last-used}``.
+"""The user image cache: ``images_dir()/user/<hex>/{rootfs.ext4,image.json,last-used}``
+and ``snapshots/``, the guest snapshots of the image (made by the QEMU backend;
+removed with the entry).
 
 ``<hex>`` is the image's content address (``UserImage.key`` without
 ``sha256:``). Entries are made in a private ``.build-*`` directory under the
@@ -32,6 +34,7 @@ __all__ = [
     "CachedImage",
     "Produced",
     "check_disk_fits",
+    "find_user_image",
     "list_user_images",
     "lookup_user_image",
     "obtain_user_image",
@@ -237,10 +240,25 @@ def _matching(selector: str) -> list[CachedImage]:
     ]
 
 
+def find_user_image(selector: str) -> CachedImage:
+    """The one entry named by digest (prefix, at least 4 hex), exact source or
+    pinned ref; ImageUnavailable if none or several match."""
+    matches = _matching(selector) if len(selector.removeprefix("sha256:")) >= 4 else []
+    if not matches:
+        matches = [c for c in list_user_images() if c.origin.get("ref") == selector]
+    if len(matches) != 1:
+        raise ImageUnavailable(
+            f"{len(matches)} cached images match {selector!r}",
+            details={"selector": selector, "hint": "see: cleanroom image ls"},
+        )
+    return matches[0]
+
+
 def remove_user_images(
     selectors: list[str], *, progress: Progress | None = None
 ) -> list[CachedImage]:
-    """Remove the entries named by digest (prefix, at least 4 hex) or exact source.
+    """Remove the entries named by digest (prefix, at least 4 hex) or exact source,
+    and with each its guest snapshots (kept inside its entry).
 
     A selector matching no entry, or several, raises ImageUnavailable and removes nothing.
     """
@@ -267,7 +285,8 @@ def prune_user_images(
     keep: frozenset[str] = frozenset(),
     progress: Progress | None = None,
 ) -> list[CachedImage]:
-    """Remove entries not used for ``unused_seconds`` (0: all), except keys in ``keep``."""
+    """Remove entries not used for ``unused_seconds`` (0: all), except keys in ``keep``
+    (each with its guest snapshots)."""
     progress = progress if progress is not None else NullProgress()
     root = user_images_dir()
     if not root.is_dir():

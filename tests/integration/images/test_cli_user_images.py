@@ -72,10 +72,18 @@ def test_import_ls_rm_prune(oci_images: PushedImages, image_cache: Path, tmp_pat
     assert "import:mine" in text.stdout
     assert key[7:19] in text.stdout
 
+    # Guest snapshots of an image live in its entry and go with it (made for real
+    # by the snapshot VM tests; here their layout is enough).
+    snapshots = {}
+    for entry_key in (key, oci_images.refs["bb"].partition("@")[2]):
+        snapshots[entry_key] = image_cache / entry_key[7:] / "snapshots" / ("ab" * 32)
+        snapshots[entry_key].mkdir(parents=True)
+        (snapshots[entry_key] / "snapshot.json").write_text("{}")
     assert invoke(["image", "rm", "zzzz"]).exit_code == 69
     removed = invoke(["image", "rm", key[7:15], "--json"])
     assert removed.exit_code == 0, removed.output
     assert _lines(removed.stdout)[-1] == {"removed": [key]}
+    assert not snapshots[key].exists()
     # A run's policy naming the removed import now fails cleanly.
     assert invoke(["image", "pull", key]).exit_code == 69
 
@@ -83,6 +91,7 @@ def test_import_ls_rm_prune(oci_images: PushedImages, image_cache: Path, tmp_pat
     assert _lines(kept.stdout)[-1] == {"removed": [], "removed_user": []}
     pruned = invoke(["image", "prune", "--unused", "0", "--json"])
     assert _lines(pruned.stdout)[-1]["removed_user"] == [oci_images.refs["bb"].partition("@")[2]]
+    assert not snapshots[oci_images.refs["bb"].partition("@")[2]].exists()
     assert _lines(invoke(["image", "ls", "--json"]).stdout)[-1]["user_images"] == []
 
 

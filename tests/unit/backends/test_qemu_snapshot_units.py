@@ -100,7 +100,7 @@ def test_which_runs_fit(tmp_path: Path) -> None:
     assert snaps.unfit(replace(spec, network=net)) is None
     assert snaps.key_for(nic=False) == snaps.key != snaps.key_for(nic=True)
     for changed, why in (
-        (replace(spec, image=image), "user image"),
+        (replace(spec, image=image), "another image"),
         (replace(spec, vcpus=2), "vCPU"),
         (replace(spec, memory_mib=512), "memory"),
         (replace(spec, disk_mib=1024), "disk size"),
@@ -110,13 +110,55 @@ def test_which_runs_fit(tmp_path: Path) -> None:
         assert why in reason
 
 
+def test_a_user_images_snapshots_fit_its_runs_and_key_its_file(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs.ext4"
+    rootfs.write_bytes(b"\0" * 4096)
+    image = UserImage(
+        key="sha256:" + "cd" * 32,
+        source="127.0.0.1:5000/tools@sha256:" + "cd" * 32,
+        rootfs=rootfs,
+        config=ImageConfig(env=(("PATH", "/bin"),)),
+        size_bytes=4096,
+    )
+
+    def snaps_of(img: UserImage | None) -> Snapshots:
+        return Snapshots(
+            MACHINE,
+            SnapshotCache(tmp_path / "snapshots"),
+            boot_seconds=60,
+            image=img,
+            **VERSIONS,
+        )
+
+    snaps = snaps_of(image)
+    spec = GuestSpec("r1", tmp_path, 60, image=image)
+    assert snaps.unfit(spec) is None
+    assert snaps.unfit(replace(spec, image=None)) is not None
+    assert snaps_of(None).unfit(spec) is not None
+    facts = snaps.facts
+    assert facts["user_image"] == image.key
+    assert "cleanroom.image=1" in str(facts["devices"])
+    assert "id=image,file=@image" in str(facts["devices"])
+    assert "id=scratch,file=@scratch" in str(facts["devices"])
+    base = snaps.key
+    assert base != snaps_of(None).key
+    # Another image, other settings, or the file rewritten: another key.
+    assert snaps_of(replace(image, key="sha256:" + "ef" * 32)).key != base
+    assert snaps_of(replace(image, config=ImageConfig(user="nobody"))).key != base
+    rootfs.write_bytes(b"\1" * 8192)
+    assert snaps_of(image).key != base
+    rootfs.unlink()
+    with pytest.raises(FileNotFoundError):
+        snaps_of(image)
+
+
 async def test_a_failed_background_attempt_is_retried_only_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempts: list[str] = []
     release = asyncio.Event()  # the attempt fails only once the test has looked
 
-    async def failing_make(*args: object, nic: bool) -> Snapshot:
+    async def failing_make(*args: object, nic: bool, image: object) -> Snapshot:
         attempts.append("boot")
         await release.wait()
         raise RuntimeLaunchFailed("guest agent not ready within 60 s")

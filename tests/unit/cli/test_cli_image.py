@@ -140,8 +140,10 @@ def test_prune_json_removes_non_current_images(private_cache: Path) -> None:
     assert not private_cache.exists()
 
 
-def test_warm_refuses_a_user_image() -> None:
+def test_warm_of_an_uncached_user_image_is_image_unavailable() -> None:
+    # A REF names a cached user image; one that is not cached is refused before
+    # any backend is prepared.
     result = invoke(["image", "warm", "docker.io/library/alpine:3"])
-    assert result.exit_code == 64
-    assert "invalid_request" in result.stderr
-    assert "built-in guest image only" in result.stderr
+    assert result.exit_code == 69
+    assert "image_unavailable" in result.stderr
+    assert "0 cached images match" in result.stderr

@@ -22,11 +22,13 @@ from cleanroom.backends.qemu.guest import QemuGuest, QemuMachine
 from cleanroom.backends.qemu.privilege import VMM_UID_BASE, unprivileged_blocker
 from cleanroom.backends.qemu.restore import restore_guest
 from cleanroom.backends.qemu.settings import QemuConfig
+from cleanroom.backends.qemu.snapshot import image_facts
 from cleanroom.backends.qemu.snapshots import Snapshots
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
 from cleanroom.images.snapshots import SNAPSHOTS_DIR_NAME, Snapshot, SnapshotCache
+from cleanroom.images.userimage import UserImage
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
 
@@ -60,6 +62,11 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         """The snapshot guests are restored from, after ``prepare`` (None: see
         ``_no_snapshots``)."""
         self._no_snapshots = "snapshots are off in the runtime config"
+        self._snapshot_inputs: tuple[str, str, str, str] | None = None
+        """(QEMU version, built-in image digest, agent version, kernel version) once
+        snapshots are possible."""
+        self._user_snapshots: dict[tuple[str, Path, str | int | bool | None], Snapshots] = {}
+        """The snapshots of each user image a run used, by (key, file, file identity)."""
 
     def _image(self) -> BootImage:
         return self._configured_image()
@@ -122,6 +129,12 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         if image.image is None or image.digest == USER_PROVIDED:
             self._no_snapshots = "the configured image files have no digest to key a snapshot by"
             return
+        self._snapshot_inputs = (
+            version,
+            image.digest,
+            image.image.agent_version,
+            image.kernel_version,
+        )
         self.snapshots = Snapshots(
             machine,
             SnapshotCache(image.path / SNAPSHOTS_DIR_NAME),
@@ -132,39 +145,76 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
             boot_seconds=self._config.launch_seconds,
         )
 
+    def snapshots_for(self, image: UserImage | None) -> Snapshots | NoRestore:
+        """The snapshots of guests in ``image`` (None: the built-in image), or why
+        there are none; a user image's are cached in its own cache entry, so
+        removing the image removes them. Call after ``prepare``."""
+        if self.snapshots is None or self._snapshot_inputs is None:
+            return NoRestore(self._no_snapshots)
+        if image is None:
+            return self.snapshots
+        try:
+            # The file's identity is part of the key: a file replaced under the same
+            # path is another disk, whose guests need snapshots of their own.
+            ident = (image.key, image.rootfs, image_facts(image)["user_image_file"])
+        except OSError as exc:
+            return NoRestore(f"the user image's file is unreadable: {exc.strerror or exc}")
+        found = self._user_snapshots.get(ident)
+        if found is None:
+            version, digest, agent, kernel = self._snapshot_inputs
+            try:
+                found = Snapshots(
+                    self.snapshots.machine,
+                    SnapshotCache(image.rootfs.parent / SNAPSHOTS_DIR_NAME),
+                    qemu_version=version,
+                    image_digest=digest,
+                    agent_version=agent,
+                    kernel_version=kernel,
+                    boot_seconds=self._config.launch_seconds,
+                    image=image,
+                )
+            except OSError as exc:
+                return NoRestore(f"the user image's file is unreadable: {exc.strerror or exc}")
+            self._user_snapshots[ident] = found
+        return found
+
     async def restore(self, spec: GuestSpec) -> Guest | NoRestore:
         """See ``cleanroom.backends.base.Restorer.restore`` (prepares first if needed)."""
         if self._machine is None:
             await self.prepare()
         assert self._machine is not None
-        if self.snapshots is None:
-            return NoRestore(self._no_snapshots)
-        unfit = self.snapshots.unfit(spec)
+        snapshots = self.snapshots_for(spec.image)
+        if isinstance(snapshots, NoRestore):
+            return snapshots
+        unfit = snapshots.unfit(spec)
         if unfit is not None:
             return NoRestore(unfit)
-        found = await self.snapshots.find(nic=spec.network is not None)
+        found = await snapshots.find(nic=spec.network is not None)
         if isinstance(found, NoRestore):
             return found
         return await restore_guest(self._machine, spec, found)
 
-    async def warm(self) -> Snapshot:
-        """Make both snapshots (without and with a NIC) now unless valid ones exist
-        (``cleanroom image warm``); returns the one without a NIC.
+    async def warm(self, image: UserImage | None = None) -> Snapshot:
+        """Make both snapshots (without and with a NIC) of guests in ``image`` (None:
+        the built-in image) now unless valid ones exist (``cleanroom image warm``);
+        returns the one without a NIC.
 
         Raises ``BackendUnavailable`` when snapshots are off or impossible for the
         configured image, ``RuntimeLaunchFailed`` when making one fails.
         """
         await self.prepare()
-        if self.snapshots is None:
-            raise BackendUnavailable(self._no_snapshots)
-        plain = await self.snapshots.ensure()
-        await self.snapshots.ensure(nic=True)
+        snapshots = self.snapshots_for(image)
+        if isinstance(snapshots, NoRestore):
+            raise BackendUnavailable(snapshots.reason)
+        plain = await snapshots.ensure()
+        await snapshots.ensure(nic=True)
         return plain
 
     async def close(self) -> None:
-        """Stop a snapshot being made in the background."""
-        if self.snapshots is not None:
-            await self.snapshots.close()
+        """Stop snapshots being made in the background."""
+        for snapshots in (self.snapshots, *self._user_snapshots.values()):
+            if snapshots is not None:
+                await snapshots.close()
 
     @property
     def machine(self) -> QemuMachine | None:

@@ -100,6 +100,7 @@ class QemuGuest(VmGuest):
         extra_fds: Mapping[int, str] | None = None,
         plan_extra: Mapping[str, Any] | None = None,
         blank_workspace: bool = False,
+        base_scratch: Path | None = None,
     ) -> Self:
         """Prepare the run's disk, write the plan, and spawn QEMU.
 
@@ -107,12 +108,13 @@ class QemuGuest(VmGuest):
         ``extra_argv`` goes at the end of QEMU's arguments, ``extra_fds`` (descriptor
         -> what it is) are inherited by QEMU and ``plan_extra`` goes into the plan
         (all three: a snapshot's stream); ``blank_workspace``: see ``run_disks``
-        (the disks are then in ``self._disks``). With ``machine.unprivileged`` QEMU
-        runs as a uid of its own, in mount and pid namespaces of its own (pid 1
-        there; still this process's child, so ``pid`` is QEMU's), and gets every
-        file as a descriptor (see ``cleanroom.backends.qemu.privilege``). Raises
-        ``RuntimeLaunchFailed``; on failure nothing is left running and the per-run
-        disk is removed.
+        (the disks are then in ``self._disks``); ``base_scratch``: the user image's
+        scratch disk is a copy of it (a snapshot's, see ``run_disks``). With
+        ``machine.unprivileged`` QEMU runs as a uid of its own, in mount and pid
+        namespaces of its own (pid 1 there; still this process's child, so ``pid``
+        is QEMU's), and gets every file as a descriptor (see
+        ``cleanroom.backends.qemu.privilege``). Raises ``RuntimeLaunchFailed``; on
+        failure nothing is left running and the per-run disk is removed.
         """
         base = machine.rootfs if base_rootfs is None else base_rootfs
         run_dir = spec.run_dir
@@ -136,6 +138,7 @@ class QemuGuest(VmGuest):
                 vmm="QEMU",
                 qemu_img=machine.qemu_img,
                 blank_workspace=blank_workspace,
+                base_scratch=base_scratch,
             ) as disks:
                 launch = QemuLaunch(
                     machine=machine,

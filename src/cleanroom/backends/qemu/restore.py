@@ -17,6 +17,7 @@ from cleanroom.backends.qemu.snapshot import (
     IGNORE_SHARED,
     MEMORY_NAME,
     RAM_NAME,
+    SCRATCH_NAME,
     VMGENID_ARGV,
     ram_argv,
     ram_file,
@@ -122,6 +123,8 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
             extra_fds={memory_fd: "snapshot stream (read)"},
             plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
             blank_workspace=spec.workspace is not None,
+            # A user image's guest has its scratch disk mounted: the snapshot's own.
+            base_scratch=None if spec.image is None else snapshot.file(SCRATCH_NAME),
         )
     finally:
         os.close(memory_fd)  # QEMU has its own copy

@@ -48,6 +48,17 @@ each restore reads the whole stream into its own memory, a little slower and
 with no pages shared between guests, and no restored QEMU can write anything
 another guest reads. ``ram_file`` says which form a machine's snapshots take.
 
+A user image's guests come from snapshots of their own (``image``), made the
+same way with that image attached: its guest built the image's command root at
+boot (the read-only image disk and the scratch disk mounted, the overlay over
+them) and leaves only the workspace for after the restore. Its root-disk state
+is thus two disks: ``rootfs.raw`` and ``scratch.qcow2``, the scratch disk as it
+left it (compact; each restore gets a raw copy of its own, see
+``copy_scratch_disk``). The image disk itself is the cached image file, never
+written; the snapshot's facts name it by the image's key, its settings and the
+file's identity (device, inode, size, mtime), so a snapshot is only found for
+the very file its guest read.
+
 Networked guests come from a second snapshot of the same image (``nic``): its
 guest had a NIC when it was saved, on a TAP that QEMU made in a network
 namespace of its own (``unshare --net``: nothing reachable, gone with QEMU).
@@ -60,6 +71,8 @@ address and route, exactly as on a cold guest.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import shlex
 import shutil
 import subprocess
@@ -72,9 +85,14 @@ from cleanroom.backends.base import GuestSpec
 from cleanroom.backends.qemu.argv import SANDBOX, QemuLaunch, QemuMachine, build_argv, nic_argv
 from cleanroom.backends.qemu.guest import QemuGuest
 from cleanroom.backends.qemu.qmp import QmpClosed
-from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
+from cleanroom.backends.workspace_disk import (
+    DEFAULT_WORKSPACE_DISK_BYTES,
+    SCRATCH_DISK_NAME,
+    convert_disk,
+)
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotCache
+from cleanroom.images.userimage import UserImage
 from cleanroom.netspec import NetworkAttachment
 
 __all__ = [
@@ -82,9 +100,11 @@ __all__ = [
     "IGNORE_SHARED",
     "MEMORY_NAME",
     "RAM_NAME",
+    "SCRATCH_NAME",
     "SNAPSHOT_KERNEL_ARG",
     "SNAPSHOT_MAC",
     "VMGENID_ARGV",
+    "image_facts",
     "make_snapshot",
     "ram_argv",
     "ram_file",
@@ -95,6 +115,8 @@ __all__ = [
 MEMORY_NAME = "memory.mig"
 DISK_NAME = "rootfs.raw"
 RAM_NAME = "ram.raw"
+SCRATCH_NAME = "scratch.qcow2"
+"""A user image's snapshot: its scratch disk as the snapshot guest left it."""
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 SNAPSHOT_KERNEL_ARG = "cleanroom.snapshot=1"
 """Equal to ``cleanroom.agent.sysops.SNAPSHOT_CMDLINE_FLAG`` (the agent imports nothing)."""
@@ -141,13 +163,15 @@ def snapshot_facts(
     kernel_version: str,
     disk_bytes: int = DEFAULT_WORKSPACE_DISK_BYTES,
     nic: bool = False,
+    image: UserImage | None = None,
 ) -> dict[str, str | int | bool | None]:
     """What a snapshot of ``machine`` depends on (its cache key is their hash).
 
     ``devices`` is the whole QEMU command line with the per-run paths and
     descriptors replaced by placeholders: it covers the machine type, accel,
     CPU model, vCPUs, memory, kernel and command line, and every device
-    (``nic``: the guest has a network interface).
+    (``nic``: the guest has a network interface; ``image``: the guest runs
+    commands in that user image, see :func:`image_facts`).
     """
     m = snapshot_machine(machine)
     shape = QemuLaunch(
@@ -159,9 +183,12 @@ def snapshot_facts(
         qmp_fd=-2,
         workspace_disk=Path("@workspace"),
         network=NetworkAttachment("@netns", "@tap", SNAPSHOT_MAC) if nic else None,
+        image_disk=None if image is None else Path("@image"),
+        scratch_disk=None if image is None else Path("@scratch"),
     )
     argv = [*build_argv(shape), *ram_argv(m, Path("@ram")), *VMGENID_ARGV]
     return {
+        **({} if image is None else image_facts(image)),
         "vmm": "qemu",
         "qemu_version": qemu_version,
         "image_digest": image_digest,
@@ -174,6 +201,20 @@ def snapshot_facts(
         "nic": nic,
         "ram": "file" if ram_file(m) else "stream",
         "devices": shlex.join(argv),
+    }
+
+
+def image_facts(image: UserImage) -> dict[str, str | int | bool | None]:
+    """What a snapshot of a guest in user image ``image`` depends on besides the
+    machine: the image's key and settings (written to the scratch disk) and the
+    identity of the file attached as its disk (the guest's caches hold its
+    blocks). ``OSError`` if the file is gone."""
+    st = image.rootfs.stat()
+    settings = json.dumps(image.config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return {
+        "user_image": image.key,
+        "user_image_settings": hashlib.sha256(settings.encode()).hexdigest(),
+        "user_image_file": f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}",
     }
 
 
@@ -262,10 +303,12 @@ async def make_snapshot(
     seconds: float,
     *,
     nic: bool = False,
+    image: UserImage | None = None,
 ) -> Snapshot:
     """Boot a guest of ``machine`` until its agent waits for a hello, save it and its
     root disk, and publish both in ``cache`` under ``key`` (``nic``: the guest has
-    a network interface, see the module docstring).
+    a network interface; ``image``: it runs commands in that user image, whose
+    scratch disk is saved too; see the module docstring).
 
     Raises ``RuntimeLaunchFailed`` (the guest did not boot, or saving failed);
     nothing is left running and no partial snapshot is published.
@@ -275,7 +318,7 @@ async def make_snapshot(
     with cache.staging() as staging:
         run_dir = staging / "boot"
         run_dir.mkdir()
-        spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds)
+        spec = GuestSpec(run_id="snapshot", run_dir=run_dir, launch_seconds=seconds, image=image)
         ram = ram_argv(machine, staging / RAM_NAME, shared=True)
         source, devices = (
             (_NetSnapshotSource, (*nic_argv(_SNAPSHOT_TAP, SNAPSHOT_MAC), *ram, *VMGENID_ARGV))
@@ -294,10 +337,21 @@ async def make_snapshot(
             )
             await guest.stop_vmm()
             await asyncio.to_thread(_flatten_disk, run_dir, staging / DISK_NAME, machine.qemu_img)
+            if image is not None:
+                await asyncio.to_thread(
+                    convert_disk,
+                    run_dir / SCRATCH_DISK_NAME,
+                    staging / SCRATCH_NAME,
+                    "qcow2",
+                    machine.qemu_img,
+                    what="snapshot guest's scratch disk",
+                )
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
         files = (
             (MEMORY_NAME, RAM_NAME, DISK_NAME) if ram_file(machine) else (MEMORY_NAME, DISK_NAME)
         )
+        if image is not None:
+            files = (*files, SCRATCH_NAME)
         return await asyncio.to_thread(cache.publish, staging, key, facts, files)

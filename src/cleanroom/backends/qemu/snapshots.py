@@ -1,9 +1,10 @@
 """Which snapshot a prepared QEMU backend restores from, and when it is made.
 
-One :class:`Snapshots` per prepared backend: it knows the facts and key of its
+One :class:`Snapshots` per prepared backend and image (the built-in one, or a
+user image: ``image``, cached with that image): it knows the facts and key of its
 two snapshots (:func:`cleanroom.backends.qemu.snapshot.snapshot_facts`), one
 of a guest without a NIC and one with (for networked runs and pooled guests on
-network slots), says whether a run's guest fits them (built-in image, the
+network slots), says whether a run's guest fits them (its image, the
 configured shape and disk size), finds and verifies the one it needs, and makes
 it either on demand (``ensure``, behind ``cleanroom image warm``) or, the first
 time a run finds none, in the background while that run boots cold. One is made
@@ -25,6 +26,7 @@ from cleanroom.backends.qemu.snapshot import make_snapshot, snapshot_facts
 from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
 from cleanroom.errors import CleanroomError
 from cleanroom.images.snapshots import Snapshot, SnapshotCache, SnapshotInvalid, snapshot_key
+from cleanroom.images.userimage import UserImage
 
 __all__ = ["Snapshots"]
 
@@ -58,9 +60,13 @@ class Snapshots:
         agent_version: str,
         kernel_version: str,
         boot_seconds: float,
+        image: UserImage | None = None,
     ) -> None:
+        """``image``: the snapshots are of guests in this user image (``OSError`` if
+        its file is gone); None: of the built-in image."""
         self.machine = machine
         self.cache = cache
+        self.image = image
         self._variants = {
             nic: _Variant(
                 snapshot_facts(
@@ -70,6 +76,7 @@ class Snapshots:
                     agent_version=agent_version,
                     kernel_version=kernel_version,
                     nic=nic,
+                    image=image,
                 )
             )
             for nic in (False, True)
@@ -95,8 +102,8 @@ class Snapshots:
 
     def unfit(self, spec: GuestSpec) -> str | None:
         """Why ``spec``'s guest cannot come from these snapshots, or None if it can."""
-        if spec.image is not None:
-            return "the run uses a user image (snapshots are of the built-in image)"
+        if spec.image != self.image:
+            return "the run uses another image than the snapshot's"
         if spec.disk_mib is not None and spec.disk_mib << 20 != DEFAULT_WORKSPACE_DISK_BYTES:
             return "the run asks for another workspace disk size than the snapshot's"
         if spec.vcpus not in (None, self.machine.vcpus):
@@ -155,6 +162,7 @@ class Snapshots:
                 variant.facts,
                 self._boot_seconds,
                 nic=nic,
+                image=self.image,
             )
             self.made_ms = round((time.monotonic() - started) * 1000, 1)
             # Snapshots of other shapes or agents of this image are stale now.
