@@ -192,7 +192,7 @@ async def test_one_memfd_per_snapshot_reloaded_when_replaced_released_when_prune
         held = rams.held["a" * 64]
         rams.close()
         assert rams.held == {}
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(held)
         with pytest.raises(RuntimeLaunchFailed, match="closing"):
             await rams.open(other)
@@ -206,5 +206,5 @@ async def test_a_snapshot_without_a_ram_file_is_refused(tmp_path: Path) -> None:
     with cache.staging() as staging:
         (staging / "memory.mig").write_bytes(b"m")
         snap = cache.publish(staging, "c" * 64, {"x": 1}, ("memory.mig",))
-    with pytest.raises(SnapshotInvalid, match="no ram.raw"):
+    with pytest.raises(SnapshotInvalid, match=r"no ram\.raw"):
         await SnapshotRams("ram.raw").open(snap)
