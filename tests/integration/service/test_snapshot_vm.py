@@ -212,3 +212,43 @@ async def test_a_restored_guest_sees_its_own_workspace_disk_never_cached_blocks(
             assert got == {"same": True, "tree": expected}
     finally:
         await svc.close()
+
+
+async def test_a_privileged_qemu_restores_from_the_sealed_memfd_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``unprivileged: off`` QEMU runs as the server's user, and the snapshot
+    and its restores are the same: RAM from the sealed memfd, mapped privately."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    config = QemuConfig(accel="tcg", launch_seconds=120, unprivileged=False)
+    backend = QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
+    await backend.prepare()
+    assert backend.snapshots is not None
+    assert backend.machine is not None
+    assert not backend.machine.unprivileged
+    backend.snapshots.cache = SnapshotCache(tmp_path / "snapshots")
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    (ws / "cleanroom.yaml").write_text(POLICY)
+    (ws / "data.txt").write_text("hello from the host\n")
+    svc = Service(RuntimeConfig(qemu=config), backends={"qemu": backend})
+    await svc.start()
+    try:
+        snap = await backend.warm()
+        assert snap.facts["ram"] == "sealed-memfd"
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
+        result = await svc.run(info.cleanroom_id, ["sh", "-c", PROBE])
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.splitlines()[2] == "hello from the host"
+        record = json.loads((result.run_dir / RECORD_NAME).read_text())
+        assert record["start"] == "restored", record["start_fallback"]
+        plan = json.loads(result.plan_path.read_text())
+        assert plan["vmm_uid"] is None
+        ram_fds = [fd for fd, what in plan["inherited_fds"].items() if "sealed memfd" in what]
+        assert len(ram_fds) == 1
+        assert f"mem-path=/proc/self/fd/{ram_fds[0]},share=off" in " ".join(plan["argv"])
+        assert _fd_sha256(backend.snapshots.rams.held[snap.key]) == snap.files[RAM_NAME].sha256
+    finally:
+        await svc.close()
+        await backend.close()
+    assert backend.snapshots.rams.held == {}  # released with the backend
