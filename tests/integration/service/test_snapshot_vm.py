@@ -7,6 +7,7 @@ restored runs and the cold fallback; every run packs its checks into one command
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -19,7 +20,8 @@ import pytest
 
 from cleanroom import paths
 from cleanroom.backends.qemu import QemuBackend, QemuConfig, VerdictCache
-from cleanroom.backends.qemu.snapshot import MEMORY_NAME
+from cleanroom.backends.qemu.sealed_ram import SEALS
+from cleanroom.backends.qemu.snapshot import MEMORY_NAME, RAM_NAME
 from cleanroom.config import RuntimeConfig
 from cleanroom.images.snapshots import SnapshotCache
 from cleanroom.service import LaunchOptions, Service
@@ -93,6 +95,12 @@ async def test_snapshot_made_on_first_use_restored_runs_unique_bad_one_boots_col
             assert record["workspace"]["method"] == "disk"
             plan = json.loads(result.plan_path.read_text())
             assert plan["restored_from"]["snapshot"] == snap.key
+            # Its RAM is the server's sealed memfd, inherited and mapped privately
+            # (by a QEMU running as a uid of its own when the tests run as root).
+            ram_fds = [fd for fd, what in plan["inherited_fds"].items() if "sealed memfd" in what]
+            assert len(ram_fds) == 1
+            assert f"mem-path=/proc/self/fd/{ram_fds[0]},share=off" in " ".join(plan["argv"])
+            assert isinstance(plan["vmm_uid"], int) == (os.geteuid() == 0)
             outs.append(result.stdout.splitlines())
         first, second = outs
         assert first[2] == second[2] == "hello from the host"
@@ -102,6 +110,11 @@ async def test_snapshot_made_on_first_use_restored_runs_unique_bad_one_boots_col
         assert first[3] != second[3], "restored guests share a boot id"
         # The clock is today's, not the snapshot's (the RTC is read at configure).
         assert abs(int(second[4]) - time.time()) < 5
+        # Both guests ran from one memfd, still sealed and still exactly ram.raw.
+        held = qemu.snapshots.rams.held
+        assert list(held) == [snap.key]
+        assert fcntl.fcntl(held[snap.key], fcntl.F_GET_SEALS) == SEALS
+        assert _fd_sha256(held[snap.key]) == snap.files[RAM_NAME].sha256
 
         # A snapshot whose stream no longer matches its manifest is refused
         # before use; the run boots cold and the record says why.
@@ -144,6 +157,14 @@ for root, dirs, files in os.walk("/workspace"):
         tree.update(open(path, "rb").read())
 print(json.dumps({"same": cached == bytes(buf), "tree": tree.hexdigest()}))
 """
+
+
+def _fd_sha256(fd: int) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def _tree_digest(root: Path) -> str:
@@ -191,3 +212,43 @@ async def test_a_restored_guest_sees_its_own_workspace_disk_never_cached_blocks(
             assert got == {"same": True, "tree": expected}
     finally:
         await svc.close()
+
+
+async def test_a_privileged_qemu_restores_from_the_sealed_memfd_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``unprivileged: off`` QEMU runs as the server's user, and the snapshot
+    and its restores are the same: RAM from the sealed memfd, mapped privately."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    config = QemuConfig(accel="tcg", launch_seconds=120, unprivileged=False)
+    backend = QemuBackend(config, verdicts=VerdictCache(tmp_path / "verdicts.json"))
+    await backend.prepare()
+    assert backend.snapshots is not None
+    assert backend.machine is not None
+    assert not backend.machine.unprivileged
+    backend.snapshots.cache = SnapshotCache(tmp_path / "snapshots")
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    (ws / "cleanroom.yaml").write_text(POLICY)
+    (ws / "data.txt").write_text("hello from the host\n")
+    svc = Service(RuntimeConfig(qemu=config), backends={"qemu": backend})
+    await svc.start()
+    try:
+        snap = await backend.warm()
+        assert snap.facts["ram"] == "sealed-memfd"
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
+        result = await svc.run(info.cleanroom_id, ["sh", "-c", PROBE])
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.splitlines()[2] == "hello from the host"
+        record = json.loads((result.run_dir / RECORD_NAME).read_text())
+        assert record["start"] == "restored", record["start_fallback"]
+        plan = json.loads(result.plan_path.read_text())
+        assert plan["vmm_uid"] is None
+        ram_fds = [fd for fd, what in plan["inherited_fds"].items() if "sealed memfd" in what]
+        assert len(ram_fds) == 1
+        assert f"mem-path=/proc/self/fd/{ram_fds[0]},share=off" in " ".join(plan["argv"])
+        assert _fd_sha256(backend.snapshots.rams.held[snap.key]) == snap.files[RAM_NAME].sha256
+    finally:
+        await svc.close()
+        await backend.close()
+    assert backend.snapshots.rams.held == {}  # released with the backend

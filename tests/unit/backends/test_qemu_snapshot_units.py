@@ -72,6 +72,9 @@ def test_the_key_covers_versions_shape_devices_and_accel() -> None:
     assert SNAPSHOT_KERNEL_ARG in str(facts["devices"])
     # Restored guests map the snapshot's RAM file privately.
     assert "memory-backend-file,id=ram0,size=256M,mem-path=@ram,share=off" in str(facts["devices"])
+    # ... as a sealed memfd, whether QEMU runs unprivileged or not (same snapshot).
+    assert facts["ram"] == "sealed-memfd"
+    assert _facts(replace(MACHINE, unprivileged=True)) == facts
     assert snapshot_machine(snapshot_machine(MACHINE)) == snapshot_machine(MACHINE)
 
 

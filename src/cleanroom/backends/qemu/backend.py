@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,12 @@ from cleanroom.backends.qemu.snapshots import Snapshots
 from cleanroom.backends.vmbackend import VmBackend
 from cleanroom.doctor import DoctorCheck
 from cleanroom.errors import BackendUnavailable, CleanroomError
-from cleanroom.images.snapshots import SNAPSHOTS_DIR_NAME, Snapshot, SnapshotCache
+from cleanroom.images.snapshots import (
+    SNAPSHOTS_DIR_NAME,
+    Snapshot,
+    SnapshotCache,
+    SnapshotInvalid,
+)
 from cleanroom.images.userimage import UserImage
 
 __all__ = ["DEFAULT_QEMU_BINARY", "KVM_CANARY_SECONDS", "QemuBackend", "qemu_version"]
@@ -192,7 +198,14 @@ class QemuBackend(VmBackend[QemuConfig, QemuMachine, QemuGuest]):
         found = await snapshots.find(nic=spec.network is not None)
         if isinstance(found, NoRestore):
             return found
-        return await restore_guest(self._machine, spec, found)
+        try:
+            ram_fd = await snapshots.rams.open(found)
+        except SnapshotInvalid as exc:
+            return NoRestore(exc.reason)
+        try:
+            return await restore_guest(self._machine, spec, found, ram_fd)
+        finally:
+            os.close(ram_fd)  # QEMU has its own
 
     async def warm(self, image: UserImage | None = None) -> Snapshot:
         """Make both snapshots (without and with a NIC) of guests in ``image`` (None:

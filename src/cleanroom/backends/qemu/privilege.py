@@ -15,6 +15,8 @@ could otherwise ptrace). It opens no file of the host by path:
   the files themselves must be world-readable, as the image cache's are);
 - the TAP as a descriptor attached in the run's namespace (``-netdev
   tap,fd=N``), so the unprivileged QEMU needs no ``CAP_NET_ADMIN``.
+- a restored guest's RAM as ``/proc/self/fd/N`` of the server's sealed memfd
+  (``sealed_ram``: reopened read-write, yet nothing can change its bytes).
 
 It also gets a mount namespace of its own in which the host directories it
 never needs (``/home``, ``/root``, ``/tmp``, ``/var``, ``/run``, ``/dev/shm``,

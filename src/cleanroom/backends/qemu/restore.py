@@ -16,11 +16,9 @@ from cleanroom.backends.qemu.snapshot import (
     DISK_NAME,
     IGNORE_SHARED,
     MEMORY_NAME,
-    RAM_NAME,
     SCRATCH_NAME,
     VMGENID_ARGV,
     ram_argv,
-    ram_file,
     snapshot_machine,
 )
 from cleanroom.backends.workspace_disk import fill_workspace_disk
@@ -41,8 +39,6 @@ class RestoredGuest(QemuGuest):
     _filling: asyncio.Future[float] | None = None
     _incoming_fd: int | None = None
     """QEMU's descriptor of the stream, loaded once the monitor is connected."""
-    _ignore_shared: bool = True
-    """The stream leaves the RAM out (the snapshot's RAM is a file)."""
 
     def fill_workspace(self, source: Path) -> None:
         """Write the workspace copy ``source`` into the blank workspace disk QEMU was
@@ -74,8 +70,8 @@ class RestoredGuest(QemuGuest):
                     self._qmp = await QmpClient.connect(sock)
                 if self._incoming_fd is not None:
                     fd, self._incoming_fd = self._incoming_fd, None
-                    if self._ignore_shared:
-                        await self._qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+                    # The stream leaves the RAM out: it is the sealed memfd QEMU maps.
+                    await self._qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
                     await self._qmp.execute("migrate-incoming", {"uri": f"fd:{fd}"})
                 while True:
                     if self._process.exited() is not None:
@@ -100,10 +96,15 @@ class RestoredGuest(QemuGuest):
         return await super().open_channel(deadline)
 
 
-async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapshot) -> QemuGuest:
+async def restore_guest(
+    machine: QemuMachine, spec: GuestSpec, snapshot: Snapshot, ram_fd: int
+) -> QemuGuest:
     """Start a new QEMU that resumes ``snapshot`` with ``spec``'s own root overlay,
-    workspace disk, console and channels. Raises ``RuntimeLaunchFailed``; a
-    stream QEMU cannot load makes it exit, which ``open_channel`` reports."""
+    workspace disk, console and channels; its RAM is a private mapping of
+    ``ram_fd``, the snapshot's sealed RAM memfd (``sealed_ram``), which QEMU
+    inherits (the caller keeps and closes its own descriptor). Raises
+    ``RuntimeLaunchFailed``; a stream QEMU cannot load makes it exit, which
+    ``open_channel`` reports."""
     try:
         memory_fd = os.open(snapshot.file(MEMORY_NAME), os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -115,12 +116,15 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
             base_rootfs=snapshot.file(DISK_NAME),
             # Deferred: the stream loads once x-ignore-shared is on (open_channel).
             extra_argv=(
-                *(ram_argv(machine, snapshot.file(RAM_NAME)) if ram_file(machine) else ()),
+                *ram_argv(machine, Path(f"/proc/self/fd/{ram_fd}")),
                 *VMGENID_ARGV,
                 "-incoming",
                 "defer",
             ),
-            extra_fds={memory_fd: "snapshot stream (read)"},
+            extra_fds={
+                memory_fd: "snapshot stream (read)",
+                ram_fd: "snapshot RAM (sealed memfd, mapped privately)",
+            },
             plan_extra={"restored_from": {"snapshot": snapshot.key, "path": str(snapshot.path)}},
             blank_workspace=spec.workspace is not None,
             # A user image's guest has its scratch disk mounted: the snapshot's own.
@@ -129,7 +133,6 @@ async def restore_guest(machine: QemuMachine, spec: GuestSpec, snapshot: Snapsho
     finally:
         os.close(memory_fd)  # QEMU has its own copy
     guest._incoming_fd = memory_fd
-    guest._ignore_shared = ram_file(machine)
     if spec.workspace is not None:
         guest.fill_workspace(spec.workspace)
     return guest

@@ -5,10 +5,14 @@ memory is that file, mapped shared: ``memory-backend-file,share=on``);
 ``memory.mig``, QEMU's migration stream of the paused guest without that RAM
 (device state; the ``x-ignore-shared`` capability leaves shared memory out);
 and ``rootfs.raw``, the root disk exactly as that guest left it (the guest's
-page cache in its RAM depends on it). A restored guest maps ``ram.raw``
-privately (``share=off``): it reads the snapshot's pages from the host's page
-cache on first touch, shared with every other guest restored from it, and
-gets its own copy only of the pages it writes; nothing it does reaches the file.
+page cache in its RAM depends on it). No restored QEMU ever opens ``ram.raw``:
+the server loads it once into a sealed memfd (``sealed_ram``: its bytes and
+size can no longer change, for anyone) and every restored QEMU, privileged or
+running as a uid of its own, inherits a descriptor of it and maps it
+privately (``share=off``, as ``/proc/self/fd/N``): it reads the snapshot's
+pages on first touch, shared with every other guest restored from it, and
+gets its own copy only of the pages it writes; nothing it does reaches the
+memfd or the file.
 QEMU 7.2 has no ``file:`` migration URI: the stream is saved with
 ``migrate "exec:cat > FILE"`` (QEMU spawns a shell: the snapshot guest, which
 never runs anything but the agent waiting for its hello, must be allowed to)
@@ -38,15 +42,12 @@ What the guest is told and what it must not keep:
 - the agent is waiting for the host's hello when the guest is paused, so a
   restored guest starts a fresh session.
 
-The RAM file needs QEMU to open ``ram.raw`` read-write (QEMU 7.2 maps a
-``readonly`` memory file read-only for the guest too; ``rom=off`` came later),
-which a QEMU running as a uid of its own (``unprivileged``, the default) must
-not be able to: a compromised restored QEMU could then rewrite the RAM every
-later guest starts from. So an unprivileged machine's snapshots keep the RAM in
-the stream instead (``ram: stream``; no ``ram.raw``, no ``x-ignore-shared``):
-each restore reads the whole stream into its own memory, a little slower and
-with no pages shared between guests, and no restored QEMU can write anything
-another guest reads. ``ram_file`` says which form a machine's snapshots take.
+QEMU 7.2 opens a memory file read-write (a ``readonly`` one makes the guest's
+RAM read-only too; ``rom=off`` came later), which is why the restored guests'
+RAM is a sealed memfd and not the file: a compromised restored QEMU must not be
+able to rewrite the RAM every later guest starts from (``ram: sealed-memfd``
+in the facts says restores work this way; snapshots of older releases, which
+kept an unprivileged machine's RAM in the stream, have other keys).
 
 A user image's guests come from snapshots of their own (``image``), made the
 same way with that image attached: its guest built the image's command root at
@@ -107,7 +108,6 @@ __all__ = [
     "image_facts",
     "make_snapshot",
     "ram_argv",
-    "ram_file",
     "snapshot_facts",
     "snapshot_machine",
 ]
@@ -129,14 +129,9 @@ SETTLE_SECONDS = 0.5
 _MIGRATE_POLL_SECONDS = 0.02
 
 
-def ram_file(machine: QemuMachine) -> bool:
-    """Whether ``machine``'s snapshots keep the guest's RAM as a shared file (only a
-    privileged QEMU may open it; see the module docstring)."""
-    return not machine.unprivileged
-
-
 def ram_argv(machine: QemuMachine, path: Path, *, shared: bool = False) -> tuple[str, ...]:
-    return memory_argv(path, machine.memory_mib, shared=shared) if ram_file(machine) else ()
+    """``machine``'s RAM as the file ``path`` (see :func:`memory_argv`)."""
+    return memory_argv(path, machine.memory_mib, shared=shared)
 
 
 def memory_argv(path: Path, memory_mib: int, *, shared: bool = False) -> tuple[str, ...]:
@@ -199,7 +194,7 @@ def snapshot_facts(
         "memory_mib": m.memory_mib,
         "workspace_disk_bytes": disk_bytes,
         "nic": nic,
-        "ram": "file" if ram_file(m) else "stream",
+        "ram": "sealed-memfd",
         "devices": shlex.join(argv),
     }
 
@@ -228,9 +223,9 @@ class _SnapshotSource(QemuGuest):
     # The shell writes the stream into the (root's) snapshot staging directory.
     may_drop: ClassVar[bool] = False
 
-    async def save(self, memory: Path, deadline: float, *, ignore_shared: bool) -> float:
-        """Pause the guest and write its migration stream to ``memory``; the ms it took.
-        ``ignore_shared``: leave the (file-backed, shared) RAM out of the stream.
+    async def save(self, memory: Path, deadline: float) -> float:
+        """Pause the guest and write its migration stream, without its (file-backed,
+        shared) RAM, to ``memory``; the ms it took.
 
         The guest stays paused (QEMU drains its disk writes on ``stop``).
         Raises ``RuntimeLaunchFailed``.
@@ -241,8 +236,7 @@ class _SnapshotSource(QemuGuest):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            if ignore_shared:
-                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("stop")
             uri = f"exec:cat > {shlex.quote(str(memory))}"
             await qmp.execute("migrate", {"uri": uri})
@@ -332,9 +326,7 @@ async def make_snapshot(
             # Open: the agent waits for a hello that never comes (destroy closes it).
             await guest.open_channel(deadline)
             await asyncio.sleep(SETTLE_SECONDS)
-            await guest.save(
-                staging / MEMORY_NAME, deadline + seconds, ignore_shared=ram_file(machine)
-            )
+            await guest.save(staging / MEMORY_NAME, deadline + seconds)
             await guest.stop_vmm()
             await asyncio.to_thread(_flatten_disk, run_dir, staging / DISK_NAME, machine.qemu_img)
             if image is not None:
@@ -349,9 +341,7 @@ async def make_snapshot(
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-        files = (
-            (MEMORY_NAME, RAM_NAME, DISK_NAME) if ram_file(machine) else (MEMORY_NAME, DISK_NAME)
-        )
+        files = (MEMORY_NAME, RAM_NAME, DISK_NAME)
         if image is not None:
             files = (*files, SCRATCH_NAME)
         return await asyncio.to_thread(cache.publish, staging, key, facts, files)

@@ -22,7 +22,8 @@ import time
 
 from cleanroom.backends.base import GuestSpec, NoRestore
 from cleanroom.backends.qemu.argv import QemuMachine
-from cleanroom.backends.qemu.snapshot import make_snapshot, snapshot_facts
+from cleanroom.backends.qemu.sealed_ram import SnapshotRams
+from cleanroom.backends.qemu.snapshot import RAM_NAME, make_snapshot, snapshot_facts
 from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
 from cleanroom.errors import CleanroomError
 from cleanroom.images.snapshots import Snapshot, SnapshotCache, SnapshotInvalid, snapshot_key
@@ -85,6 +86,8 @@ class Snapshots:
         self._lock = asyncio.Lock()
         self.made_ms: float | None = None
         """How long the last snapshot this process made took (boot + save)."""
+        self.rams = SnapshotRams(RAM_NAME)
+        """The snapshots' RAM as sealed memfds, one per snapshot restored from."""
 
     @property
     def facts(self) -> dict[str, str | int | bool | None]:
@@ -168,6 +171,7 @@ class Snapshots:
             # Snapshots of other shapes or agents of this image are stale now.
             keep = [v.key for v in self._variants.values()]
             await asyncio.to_thread(self.cache.prune, keep)
+            self.rams.keep(keep)
             return snap
 
     async def _make_logged(self, nic: bool) -> Snapshot | None:
@@ -184,7 +188,8 @@ class Snapshots:
         return None
 
     async def close(self) -> None:
-        """Stop snapshots being made (their guests are destroyed, nothing is published)."""
+        """Stop snapshots being made (their guests are destroyed, nothing is published)
+        and release the RAM memfds (running guests keep their own descriptors)."""
         for variant in self._variants.values():
             task, variant.making = variant.making, None
             if task is not None and not task.done():
@@ -192,3 +197,4 @@ class Snapshots:
             if task is not None:
                 with contextlib.suppress(BaseException):
                     await task
+        self.rams.close()
