@@ -176,14 +176,16 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     @app.post(
         WORKSPACES_PATH,
         response_model=WorkspaceUploaded,
-        responses=_errors(400, 413, 500, 503),
+        responses=_errors(400, 408, 413, 500, 503),
         openapi_extra=_UPLOAD_BODY,
         description="Upload a workspace for one later launch or exec (its `workspace_id`), "
         "for clients whose directory is not on the server. The archive is read as a "
         "stream and extracted strictly (`workspace_invalid`), within the runtime "
         "config's `limits.workspace_bytes` and `limits.workspace_apparent_bytes` "
-        "(`workspace_too_large`). An upload no launch claims expires; every upload is "
-        "removed when the server stops.",
+        "(`workspace_too_large`). An upload too slow (`limits.upload_timeout_seconds`, "
+        "`limits.upload_min_bytes` per `limits.upload_window_seconds`) is `upload_timeout` "
+        "and the connection is closed. An upload no launch claims expires "
+        "(`limits.upload_ttl_seconds`); every upload is removed when the server stops.",
     )
     async def upload_workspace(request: Request) -> WorkspaceUploaded:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip()
