@@ -16,6 +16,10 @@
       dns_inflight_queries: 32         # per run: UDP queries answered at once (more: dropped)
       dns_queries_per_second: 100      # per run: DNS query rate (more: dropped, counted)
       dns_audit_bytes: 4194304         # per run: network-events.jsonl size cap
+      upload_timeout_seconds: 1800     # an uploaded workspace must arrive whole within this
+      upload_min_bytes: 65536          # ... and every this many bytes of it ...
+      upload_window_seconds: 30        # ... within this long (else upload_timeout, 408)
+      upload_ttl_seconds: 600          # an upload no launch or exec claims is removed after this
 
 Every key is optional; the defaults are the values above.
 """
@@ -45,6 +49,10 @@ LIMITS_KEYS = (
     "dns_inflight_queries",
     "dns_queries_per_second",
     "dns_audit_bytes",
+    "upload_timeout_seconds",
+    "upload_min_bytes",
+    "upload_window_seconds",
+    "upload_ttl_seconds",
 )
 
 _MIN_LOG_BYTES = 4096
@@ -61,8 +69,11 @@ _COUNT_MINIMUMS: dict[str, int] = {
     "dns_inflight_queries": 1,
     "dns_queries_per_second": 1,
     "dns_audit_bytes": _MIN_LOG_BYTES,
+    "upload_min_bytes": 1,
 }
-"""The integer keys (every key but the two durations) and the least each may be."""
+"""The integer keys and the least each may be."""
+_UPLOAD_SECONDS = ("upload_timeout_seconds", "upload_window_seconds", "upload_ttl_seconds")
+"""Durations (above zero, at most a day) of the upload rules."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class LimitsConfig:
     dns_inflight_queries: int = 32
     dns_queries_per_second: int = 100
     dns_audit_bytes: int = 4 << 20
+    upload_timeout_seconds: float = 1800.0
+    upload_min_bytes: int = 64 << 10
+    upload_window_seconds: float = 30.0
+    upload_ttl_seconds: float = 600.0
 
 
 def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsConfig:
@@ -103,5 +118,22 @@ def read_limits(reader: SectionReader, section: dict[str, YamlEntry]) -> LimitsC
         runs_max_age_days=reader.seconds(
             section, "runs_max_age_days", "limits", d.runs_max_age_days
         ),
+        upload_timeout_seconds=_duration(reader, section, "upload_timeout_seconds", d),
+        upload_window_seconds=_duration(reader, section, "upload_window_seconds", d),
+        upload_ttl_seconds=_duration(reader, section, "upload_ttl_seconds", d),
         **counts,
     )
+
+
+def _duration(
+    reader: SectionReader, section: dict[str, YamlEntry], name: str, defaults: LimitsConfig
+) -> float:
+    """A positive number of seconds, at most a day."""
+    default: float = getattr(defaults, name)
+    value = reader.seconds(section, name, "limits", default)
+    if value > _MAX_TIMEOUT:
+        reader.problems.add(
+            section[name].value.mark, f"limits.{name}", f"must be at most {_MAX_TIMEOUT}"
+        )
+        return default
+    return value

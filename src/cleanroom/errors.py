@@ -26,6 +26,7 @@ errors by class or by ``code``, never by message text.
     ├── OutputLimitExceeded        output_limit                 413  73
     ├── WorkspaceTooLarge          workspace_too_large          413  65
     ├── WorkspaceInvalid           workspace_invalid            400  65
+    ├── UploadTimeout              upload_timeout               408  75
     ├── CapacityExhausted          capacity_exhausted           503  75
     ├── GuestAgentFailed           guest_agent_failed           502  70
     ├── NetworkSetupFailed         network_setup_failed         502  70
@@ -68,6 +69,7 @@ __all__ = [
     "ServerUnavailable",
     "TokenInvalid",
     "Unauthenticated",
+    "UploadTimeout",
     "WorkspaceConflict",
     "WorkspaceInvalid",
     "WorkspaceTooLarge",
@@ -189,6 +191,16 @@ class WorkspaceTooLarge(CleanroomError, code="workspace_too_large", status=413, 
 class WorkspaceInvalid(CleanroomError, code="workspace_invalid", status=400, exit_code=65):
     """An uploaded workspace archive is malformed or unsafe (a path leaving the tree,
     a device node, too many members, ...) or names no live upload; nothing of it is used."""
+
+
+class UploadTimeout(CleanroomError, code="upload_timeout", status=408, exit_code=75):
+    """An upload was too slow: it did not finish within ``limits.upload_timeout_seconds``,
+    or ``limits.upload_min_bytes`` took longer than ``limits.upload_window_seconds`` to
+    arrive. Nothing of it is kept; the server closes the connection."""
+
+    def http_headers(self) -> dict[str, str]:
+        """``Connection: close``: the rest of the body is not read (RFC 9110, 408)."""
+        return {"Connection": "close"}
 
 
 class CapacityExhausted(CleanroomError, code="capacity_exhausted", status=503, exit_code=75):

@@ -18,7 +18,7 @@ from cleanroom.config import (
     load_config,
     parse_config_text,
 )
-from cleanroom.config_limits import _COUNT_MINIMUMS, LIMITS_KEYS, LimitsConfig
+from cleanroom.config_limits import _COUNT_MINIMUMS, _UPLOAD_SECONDS, LIMITS_KEYS, LimitsConfig
 from cleanroom.errors import ConfigInvalid
 
 FULL = """\
@@ -310,8 +310,28 @@ def test_run_dir_roots() -> None:
 
 
 def test_every_limit_key_is_read_by_one_rule() -> None:
-    """Each ``limits`` key is a field, and is read as a count or as one of the two durations."""
-    durations = {"run_timeout_seconds", "runs_max_age_days"}
+    """Each ``limits`` key is a field, and is read as a count or as one of the durations."""
+    durations = {"run_timeout_seconds", "runs_max_age_days", *_UPLOAD_SECONDS}
     assert not durations & set(_COUNT_MINIMUMS)
     assert set(_COUNT_MINIMUMS) | durations == {f.name for f in fields(LimitsConfig)}
     assert set(LIMITS_KEYS) == {f.name for f in fields(LimitsConfig)}
+
+
+def test_upload_limits() -> None:
+    defaults = RuntimeConfig().limits
+    assert (defaults.upload_timeout_seconds, defaults.upload_min_bytes) == (1800.0, 65536)
+    assert (defaults.upload_window_seconds, defaults.upload_ttl_seconds) == (30.0, 600.0)
+    text = (
+        "limits:\n  upload_timeout_seconds: 60\n  upload_min_bytes: 1024\n"
+        "  upload_window_seconds: 2.5\n  upload_ttl_seconds: 30\n"
+    )
+    limits = parse_config_text(text, "config.yaml").limits
+    assert (limits.upload_timeout_seconds, limits.upload_min_bytes) == (60.0, 1024)
+    assert (limits.upload_window_seconds, limits.upload_ttl_seconds) == (2.5, 30.0)
+    assert problems_of("limits: {upload_timeout_seconds: 90000}\n") == [
+        "config.yaml:1:34: limits.upload_timeout_seconds: must be at most 86400"
+    ]
+    assert len(problems_of("limits: {upload_window_seconds: 0}\n")) == 1
+    assert len(problems_of("limits: {upload_min_bytes: 0}\n")) == 1
+    assert len(problems_of("limits: {upload_ttl_seconds: soon}\n")) == 1
+    assert len(problems_of("limits: {upload_deadline: 5}\n")) == 1

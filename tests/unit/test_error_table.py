@@ -62,6 +62,7 @@ TABLE: dict[str, tuple[str, int, int]] = {
     "OutputLimitExceeded": ("output_limit", 413, 73),
     "WorkspaceTooLarge": ("workspace_too_large", 413, 65),
     "WorkspaceInvalid": ("workspace_invalid", 400, 65),
+    "UploadTimeout": ("upload_timeout", 408, 75),
     "CapacityExhausted": ("capacity_exhausted", 503, 75),
 }
 BY_CODE = {code: (status, exit_) for code, status, exit_ in TABLE.values()}

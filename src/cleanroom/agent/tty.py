@@ -145,7 +145,11 @@ class TtyCommand(CommandProcess):
         assert self._proc is not None
         targets = {self._proc.pid}
         with contextlib.suppress(OSError):  # the terminal may be gone already
-            targets = {os.tcgetpgrp(self._master)}
+            foreground = os.tcgetpgrp(self._master)
+            # 0 once the session leader is gone (no foreground group): killpg(0)
+            # would signal the agent's own group.
+            if foreground > 0:
+                targets = {foreground}
         if signum == signal.SIGKILL:
             targets.add(self._proc.pid)
         return targets

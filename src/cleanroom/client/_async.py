@@ -5,19 +5,27 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, awaitable, awaitable_stream
+from cleanroom.client._bind import (
+    EXEC_STREAM_DOC,
+    RUN_STREAM_DOC,
+    awaitable,
+    awaitable_stream,
+    awaitable_terminal,
+)
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._endpoint import (
     EndpointSettings,
     connection_error,
     precheck,
 )
+from cleanroom.client._terminal import TtyCall, exec_tty
 from cleanroom.client._upload import TAR_TYPE, async_tar_chunks
 from cleanroom.errors import ServerUnavailable
 from cleanroom.events import NDJSON, EventDecoder
@@ -25,6 +33,9 @@ from cleanroom.models import (
     RunEvent,
     RunResult,
 )
+
+if TYPE_CHECKING:
+    from cleanroom.client._tty_async import AsyncTerminalSession
 
 __all__ = ["AsyncClient"]
 
@@ -167,6 +178,13 @@ class AsyncClient(EndpointSettings):
     upload_workspace = awaitable(calls.upload_workspace)
     run_stream = awaitable_stream(calls.run, "run_stream", _ASYNC_RUN_STREAM_DOC)
     exec_stream = awaitable_stream(calls.exec_call, "exec_stream", EXEC_STREAM_DOC)
+    exec_tty = awaitable_terminal(exec_tty)
+
+    async def _terminal(self, tty: TtyCall) -> AsyncTerminalSession:
+        from cleanroom.client._tty_async import open_async_terminal  # noqa: PLC0415
+
+        tty = replace(tty, call=await self._with_upload(tty.call))
+        return await open_async_terminal(self.endpoint, tty, self._timeout)
 
     async def _stream(self, call: Call[RunResult]) -> AsyncIterator[RunEvent]:
         decoder = EventDecoder()

@@ -1,8 +1,10 @@
 """What the client shows a TCP server: the API token and how it trusts the server's TLS.
 
-Each setting comes from the argument if given, else the environment:
+Each setting comes from the argument if given, else the environment, else the
+client configuration file (:mod:`._config`):
 
-- token: ``token=`` > ``token_file=`` > ``$CLEANROOM_TOKEN`` > ``$CLEANROOM_TOKEN_FILE``.
+- token: ``token=`` > ``token_file=`` > ``$CLEANROOM_TOKEN`` > ``$CLEANROOM_TOKEN_FILE``
+  > the file's ``token_file``.
   A token file holds the token on its first line and must not be readable
   by other users (like an ssh key).
 - TLS trust: ``tls_fingerprint=`` / ``$CLEANROOM_TLS_FINGERPRINT`` pins the
@@ -22,8 +24,12 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cleanroom.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from cleanroom.client._config import ClientConfig
 
 __all__ = [
     "TLS_CA_ENV",
@@ -103,8 +109,11 @@ def resolve_credentials(
     token_file: Path | str | None = None,
     tls_fingerprint: str | None = None,
     tls_ca: Path | str | None = None,
+    *,
+    defaults: ClientConfig | None = None,
 ) -> Credentials:
-    """The credentials from the arguments, else the environment (see the module doc)."""
+    """The credentials from the arguments, else the environment, else ``defaults``
+    (the client configuration file; see the module doc)."""
     chosen: str | None = token
     if chosen is None and token_file is not None:
         chosen = _read_token_file(Path(token_file))
@@ -112,10 +121,15 @@ def resolve_credentials(
         chosen = os.environ[TOKEN_ENV].strip()
     if chosen is None and os.environ.get(TOKEN_FILE_ENV):
         chosen = _read_token_file(Path(os.environ[TOKEN_FILE_ENV]))
+    if chosen is None and defaults is not None and defaults.token_file is not None:
+        chosen = _read_token_file(defaults.token_file)
     if chosen is not None and (not chosen or any(c.isspace() for c in chosen)):
         raise InvalidRequest("an API token is one word without spaces")
     pin = tls_fingerprint or os.environ.get(TLS_FINGERPRINT_ENV) or None
     ca = tls_ca or os.environ.get(TLS_CA_ENV) or None
+    if defaults is not None:
+        pin = pin or defaults.tls_fingerprint
+        ca = ca or defaults.tls_ca
     return Credentials(
         token=chosen,
         tls_fingerprint=None if pin is None else normalize_fingerprint(pin),

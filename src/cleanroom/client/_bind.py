@@ -2,26 +2,34 @@
 
 Each public method is a call builder (its signature and docstring are the
 method's) bound to the client's transport: ``_call`` for a plain answer,
-``_stream`` for a run's events. The clients differ only in that transport
-(blocking or awaitable), so neither repeats the API.
+``_stream`` for a run's events, ``_terminal`` for an interactive run. The
+clients differ only in that transport (blocking or awaitable), so neither
+repeats the API.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from cleanroom.client._calls import Call
+from cleanroom.client._terminal import TtyCall
 from cleanroom.models import RunEvent, RunResult
+
+if TYPE_CHECKING:  # the sessions import websockets: only on use
+    from cleanroom.client._tty import TerminalSession
+    from cleanroom.client._tty_async import AsyncTerminalSession
 
 __all__ = [
     "EXEC_STREAM_DOC",
     "RUN_STREAM_DOC",
     "awaitable",
     "awaitable_stream",
+    "awaitable_terminal",
     "blocking",
     "blocking_stream",
+    "blocking_terminal",
 ]
 
 P = ParamSpec("P")
@@ -99,3 +107,27 @@ def awaitable_stream(
         return events
 
     return _as_method(method, build, name, doc)
+
+
+def blocking_terminal(
+    build: Callable[P, TtyCall],
+) -> Callable[Concatenate[Any, P], TerminalSession]:
+    """A blocking interactive method: ``self._terminal(build(...))``."""
+
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> TerminalSession:
+        session: TerminalSession = self._terminal(build(*args, **kwargs))
+        return session
+
+    return _as_method(method, build, build.__name__, None)
+
+
+def awaitable_terminal(
+    build: Callable[P, TtyCall],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, AsyncTerminalSession]]:
+    """An asyncio interactive method: ``await self._terminal(build(...))``."""
+
+    async def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> AsyncTerminalSession:
+        session: AsyncTerminalSession = await self._terminal(build(*args, **kwargs))
+        return session
+
+    return _as_method(method, build, build.__name__, None)

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from cleanroom.client._auth import Credentials, resolve_credentials
+from cleanroom.client._config import load_client_config
 from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.loopback import is_loopback
 from cleanroom.paths import default_socket_path
@@ -127,14 +128,22 @@ def client_endpoint(
 ) -> Endpoint:
     """The endpoint a client talks to, with its credentials (see ``_auth``).
 
-    A unix socket takes none, so none are read for it (a token file in the
-    environment cannot break local use).
+    ``host``, else ``$CLEANROOM_HOST``, else the client configuration file's
+    ``host`` (see ``_config``), else the default socket. A unix socket takes no
+    credentials, so none are read for it (a token file in the environment, or
+    a client configuration file, cannot break local use when a socket is named).
     """
-    endpoint = resolve_endpoint(host)
+    chosen = host or os.environ.get(HOST_ENV) or None
+    file = None
+    if chosen is None:
+        file = load_client_config()
+        chosen = file.host
+    endpoint = resolve_endpoint(chosen)
     if endpoint.uds is not None:
         return endpoint
-    credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca)
-    return resolve_endpoint(host, credentials)
+    file = file if file is not None else load_client_config()
+    credentials = resolve_credentials(token, token_file, tls_fingerprint, tls_ca, defaults=file)
+    return resolve_endpoint(chosen, credentials)
 
 
 def run_record_path(run_id: str) -> str:

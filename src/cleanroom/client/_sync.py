@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cleanroom.client import _calls as calls
-from cleanroom.client._bind import EXEC_STREAM_DOC, RUN_STREAM_DOC, blocking, blocking_stream
+from cleanroom.client._bind import (
+    EXEC_STREAM_DOC,
+    RUN_STREAM_DOC,
+    blocking,
+    blocking_stream,
+    blocking_terminal,
+)
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
 from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import (
@@ -17,15 +23,10 @@ from cleanroom.client._endpoint import (
     precheck,
 )
 from cleanroom.client._http import Failure, Response, open_request
+from cleanroom.client._terminal import TtyCall, exec_tty
 from cleanroom.client._upload import TAR_TYPE, tar_chunks
 from cleanroom.events import NDJSON, EventDecoder
-from cleanroom.models import (
-    ExecRequest,
-    LaunchOptions,
-    RunEvent,
-    RunResult,
-    from_dict,
-)
+from cleanroom.models import RunEvent, RunResult
 
 if TYPE_CHECKING:
     from cleanroom.client._tty import TerminalSession
@@ -115,39 +116,13 @@ class Client(EndpointSettings, Closing):
     run_stream = blocking_stream(calls.run, "run_stream", RUN_STREAM_DOC)
     exec_stream = blocking_stream(calls.exec_call, "exec_stream", EXEC_STREAM_DOC)
 
-    def exec_tty(
-        self,
-        cwd: Path | str,
-        command: Sequence[str],
-        *,
-        rows: int,
-        cols: int,
-        backend: str | None = None,
-        options: LaunchOptions | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        artifacts: Sequence[str] | None = None,
-    ) -> TerminalSession:
-        """Launch, run ``command`` on a ``rows`` x ``cols`` pseudo-terminal, terminate.
+    exec_tty = blocking_terminal(exec_tty)
 
-        The session takes keystrokes (``send``), ``resize``, ``signal`` and
-        ``eof``, and yields the terminal's output then the result (``events``).
-        """
+    def _terminal(self, tty: TtyCall) -> TerminalSession:
         from cleanroom.client._tty import open_terminal  # noqa: PLC0415 -- websockets on use
 
-        call = calls.exec_call(
-            cwd,
-            command,
-            backend=backend,
-            options=options,
-            timeout=timeout,
-            env=env,
-            artifacts=artifacts,
-        )
-        call = self._with_upload(call)
-        assert call.body is not None
-        request = from_dict(ExecRequest, call.body)
-        return open_terminal(self.endpoint, request, rows, cols, self._timeout)
+        tty = replace(tty, call=self._with_upload(tty.call))
+        return open_terminal(self.endpoint, tty, self._timeout)
 
     def _stream(self, call: Call[RunResult]) -> Iterator[RunEvent]:
         decoder = EventDecoder()

@@ -1,18 +1,16 @@
 """An interactive run over the server's ``/v1/exec/tty`` WebSocket (blocking).
 
-See ``cleanroom.server.terminal_ws`` for the protocol. The session is used
-from two threads at most: one reading events (:meth:`TerminalSession.events`),
-one sending input and controls (sending is thread-safe in ``websockets``).
+See ``cleanroom.server.terminal_ws`` for the protocol and :mod:`._terminal`
+for what this shares with the asyncio session. The session is used from two
+threads at most: one reading events (:meth:`TerminalSession.events`), one
+sending input and controls (sending is thread-safe in ``websockets``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect, unix_connect
@@ -20,26 +18,27 @@ from websockets.sync.client import ClientConnection, connect, unix_connect
 from cleanroom.client._calls import error_from_body
 from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import Endpoint, connection_error, precheck
-from cleanroom.errors import CleanroomError
-from cleanroom.models import ExecRequest, RunResult, from_dict, to_dict
+from cleanroom.client._terminal import (
+    EOF_MESSAGE,
+    TTY_PATH,
+    TerminalDecoder,
+    TerminalEvent,
+    TerminalExit,
+    TerminalOutput,
+    TtyCall,
+    resize_message,
+    signal_message,
+    ws_url,
+)
 
-__all__ = ["TerminalExit", "TerminalOutput", "TerminalSession", "open_terminal"]
-
-TTY_PATH = "/v1/exec/tty"
-
-
-@dataclass(frozen=True)
-class TerminalOutput:
-    """Bytes the terminal showed."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class TerminalExit:
-    """The run's result (the last event)."""
-
-    result: RunResult
+__all__ = [
+    "TerminalExit",
+    "TerminalOutput",
+    "TerminalSession",
+    "connect_errors",
+    "open_terminal",
+    "tls_context",
+]
 
 
 class TerminalSession(Closing):
@@ -48,7 +47,12 @@ class TerminalSession(Closing):
     def __init__(self, ws: ClientConnection, endpoint: Endpoint) -> None:
         self._ws = ws
         self._endpoint = endpoint
-        self.run_id: str | None = None
+        self._decoder = TerminalDecoder()
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, once the server has started it."""
+        return self._decoder.run_id
 
     def send(self, data: bytes) -> None:
         """Type ``data`` into the terminal."""
@@ -57,38 +61,30 @@ class TerminalSession(Closing):
 
     def resize(self, rows: int, cols: int) -> None:
         """Change the terminal's window size."""
-        self._safe(json.dumps({"type": "resize", "rows": rows, "cols": cols}))
+        self._safe(resize_message(rows, cols))
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the terminal's foreground process group."""
-        self._safe(json.dumps({"type": "signal", "signal": int(signum)}))
+        self._safe(signal_message(signum))
 
     def eof(self) -> None:
         """No more input."""
-        self._safe(json.dumps({"type": "eof"}))
+        self._safe(EOF_MESSAGE)
 
     def _safe(self, message: str | bytes) -> None:
         # A closed connection means the run ended: the reader reports how.
         with contextlib.suppress(ConnectionClosed, OSError):
             self._ws.send(message)
 
-    def events(self) -> Iterator[TerminalOutput | TerminalExit]:
+    def events(self) -> Iterator[TerminalEvent]:
         """Output as it comes, then the exit; raises the run's error."""
         try:
             for message in self._ws:
-                if isinstance(message, bytes):
-                    yield TerminalOutput(message)
-                    continue
-                event = _event(message)
-                kind = event.get("type")
-                if kind == "started":
-                    self.run_id = str(event.get("run_id"))
-                elif kind == "exit":
-                    yield TerminalExit(from_dict(RunResult, event.get("result")))
-                    return
-                elif kind == "error":
-                    body = json.dumps({"error": event.get("error")}).encode()
-                    raise error_from_body(500, body)
+                event = self._decoder.event(message)
+                if event is not None:
+                    yield event
+                    if isinstance(event, TerminalExit):
+                        return
         except (ConnectionClosed, OSError) as exc:
             raise connection_error(self._endpoint, "lost", str(exc)) from exc
         raise connection_error(self._endpoint, "lost", "the run ended without a result")
@@ -98,40 +94,14 @@ class TerminalSession(Closing):
         self._ws.close()
 
 
-def _event(text: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def connect_errors(endpoint: Endpoint) -> Iterator[None]:
+    """Translate what opening the WebSocket raises: the server's refusal (e.g.
+    unauthenticated) as its error, an untrusted certificate as ``ServerNotTrusted``,
+    anything else as ``ServerUnavailable``."""
     try:
-        event = json.loads(text)
-    except ValueError as exc:
-        raise CleanroomError("the server sent a terminal event that is not JSON") from exc
-    if not isinstance(event, dict):
-        raise CleanroomError("the server sent an unexpected terminal event")
-    return event
-
-
-def open_terminal(
-    endpoint: Endpoint, request: ExecRequest, rows: int, cols: int, timeout: float
-) -> TerminalSession:
-    """Start ``request`` on a ``rows`` x ``cols`` terminal; raises ``ServerUnavailable``."""
-    precheck(endpoint)
-    start = json.dumps({"request": to_dict(request, drop_none=True), "rows": rows, "cols": cols})
-    try:
-        if endpoint.uds is not None:
-            ws = unix_connect(str(endpoint.uds), "ws://cleanroom" + TTY_PATH, open_timeout=timeout)
-        else:
-            base = endpoint.base_url.replace("https://", "wss://").replace("http://", "ws://")
-            context = None
-            if endpoint.tls:
-                from cleanroom.client._tls import anchored_context  # noqa: PLC0415
-
-                host, port = endpoint.host_port()
-                context = anchored_context(host, port, endpoint.credentials, timeout, endpoint.url)
-            ws = connect(
-                base + TTY_PATH,
-                open_timeout=timeout,
-                ssl=context,
-                additional_headers=endpoint.headers(),
-            )
-    except InvalidStatus as exc:  # refused before the upgrade, e.g. unauthenticated
+        yield
+    except InvalidStatus as exc:  # refused before the upgrade
         response = exc.response
         raise error_from_body(response.status_code, bytes(response.body or b"")) from exc
     except ssl.SSLCertVerificationError as exc:
@@ -140,6 +110,36 @@ def open_terminal(
         raise not_trusted(endpoint.url, exc.verify_message or str(exc)) from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise connection_error(endpoint, "connect", str(exc)) from exc
+
+
+def tls_context(endpoint: Endpoint, timeout: float) -> ssl.SSLContext | None:
+    """The TLS context trusting the endpoint's pin or CA (``None`` without TLS).
+
+    Blocks: a pinned certificate is fetched and checked first.
+    """
+    if not endpoint.tls:
+        return None
+    from cleanroom.client._tls import anchored_context  # noqa: PLC0415
+
+    host, port = endpoint.host_port()
+    with connect_errors(endpoint):
+        return anchored_context(host, port, endpoint.credentials, timeout, endpoint.url)
+
+
+def open_terminal(endpoint: Endpoint, tty: TtyCall, timeout: float) -> TerminalSession:
+    """Start ``tty``'s exec on its terminal; raises ``ServerUnavailable``."""
+    precheck(endpoint)
+    start = tty.start_message()
+    with connect_errors(endpoint):
+        if endpoint.uds is not None:
+            ws = unix_connect(str(endpoint.uds), "ws://cleanroom" + TTY_PATH, open_timeout=timeout)
+        else:
+            ws = connect(
+                ws_url(endpoint),
+                open_timeout=timeout,
+                ssl=tls_context(endpoint, timeout),
+                additional_headers=endpoint.headers(),
+            )
     session = TerminalSession(ws, endpoint)
     session._safe(start)
     return session

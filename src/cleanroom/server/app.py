@@ -48,6 +48,7 @@ from cleanroom.models import (
     WorkspaceUploaded,
 )
 from cleanroom.server.middleware import DEFAULT_BODY_LIMIT, AccessLog, BodyLimit
+from cleanroom.server.openapi import install_openapi
 from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.schemas import prepare_wire_schemas
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
@@ -167,7 +168,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     app.add_middleware(BodyLimit, limit=body_limit, streamed=frozenset({WORKSPACES_PATH}))
     app.add_middleware(AccessLog)  # added last: outermost, so it sees every response
     _install_error_handlers(app)
-    _install_openapi(app)
+    install_openapi(app)
 
     @app.get("/healthz", response_model=Health, responses=_GET_ERRORS)
     async def healthz() -> Health:
@@ -176,14 +177,16 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     @app.post(
         WORKSPACES_PATH,
         response_model=WorkspaceUploaded,
-        responses=_errors(400, 413, 500, 503),
+        responses=_errors(400, 408, 413, 500, 503),
         openapi_extra=_UPLOAD_BODY,
         description="Upload a workspace for one later launch or exec (its `workspace_id`), "
         "for clients whose directory is not on the server. The archive is read as a "
         "stream and extracted strictly (`workspace_invalid`), within the runtime "
         "config's `limits.workspace_bytes` and `limits.workspace_apparent_bytes` "
-        "(`workspace_too_large`). An upload no launch claims expires; every upload is "
-        "removed when the server stops.",
+        "(`workspace_too_large`). An upload too slow (`limits.upload_timeout_seconds`, "
+        "`limits.upload_min_bytes` per `limits.upload_window_seconds`) is `upload_timeout` "
+        "and the connection is closed. An upload no launch claims expires "
+        "(`limits.upload_ttl_seconds`); every upload is removed when the server stops.",
     )
     async def upload_workspace(request: Request) -> WorkspaceUploaded:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip()
@@ -330,33 +333,6 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     install_terminal(app, service)
 
     return app
-
-
-def _install_openapi(app: FastAPI) -> None:
-    """Drop FastAPI's generated 422 validation responses: this API answers 400 instead."""
-    from fastapi.openapi.utils import get_openapi  # noqa: PLC0415 - only when served
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            for item in doc.get("paths", {}).values():
-                for operation in item.values():
-                    responses = operation.get("responses", {})
-                    ref = str(responses.get("422", {}).get("content", {}))
-                    if "HTTPValidationError" in ref:
-                        del responses["422"]
-            schemas = doc.get("components", {}).get("schemas", {})
-            schemas.pop("HTTPValidationError", None)
-            schemas.pop("ValidationError", None)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -7,7 +7,12 @@ directory's ``uploads/`` and given an id. A launch (or exec) naming that id
 *claims* it: from then on the context owns the tree (its runs copy it into
 their guests, its policy was read from it) and removes it once the context
 is terminated and its runs are finalized. An upload nobody claims is removed
-after :data:`UPLOAD_TTL_SECONDS`; the server's start and stop remove every one.
+after ``limits.upload_ttl_seconds``; the server's start and stop remove every one.
+
+A body that arrives too slowly is cut off with ``upload_timeout`` (see
+:mod:`cleanroom.service.upload_pace`): at most :data:`MAX_PENDING_UPLOADS`
+uploads are received or kept at once, so a slow client must not keep its slot.
+Whatever way an upload fails, its partial tree is removed and its slot freed.
 
 The stream is pulled chunk by chunk from the request body by the extracting
 thread (through the event loop), so neither side ever holds it whole.
@@ -17,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +34,13 @@ import structlog
 
 from cleanroom.config_limits import LimitsConfig
 from cleanroom.errors import CapacityExhausted, WorkspaceInvalid
+from cleanroom.service.upload_pace import UploadPace, paced
 from cleanroom.service.upload_tar import UploadLimits, UploadStats, extract_upload
 
 __all__ = ["MAX_PENDING_UPLOADS", "UPLOAD_TTL_SECONDS", "Upload", "Uploads"]
 
-UPLOAD_TTL_SECONDS = 600.0
-"""How long an unclaimed upload is kept."""
+UPLOAD_TTL_SECONDS = LimitsConfig.upload_ttl_seconds
+"""How long an unclaimed upload is kept (by default; ``limits.upload_ttl_seconds``)."""
 MAX_PENDING_UPLOADS = 16
 """Uploads being received or waiting to be claimed, at most."""
 _ID_PREFIX = "ws-"
@@ -77,16 +85,18 @@ class _Pull:
 class Uploads:
     """The uploaded workspaces of one service, under ``root`` (use from one event loop)."""
 
-    def __init__(
-        self, root: Path, limits: LimitsConfig, *, ttl: float = UPLOAD_TTL_SECONDS
-    ) -> None:
+    def __init__(self, root: Path, limits: LimitsConfig, *, ttl: float | None = None) -> None:
         self._root = root
         self._limits = UploadLimits.of(limits)
-        self._ttl = ttl
+        self._pace = UploadPace.of(limits)
+        self._ttl = limits.upload_ttl_seconds if ttl is None else ttl
         self._pending: dict[str, Path] = {}
         self._receiving = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._removals: set[asyncio.Task[None]] = set()
+        # Threads of their own: an extraction waits on its client, and slow clients
+        # must not hold the threads the rest of the service runs its blocking work on.
+        self._threads = ThreadPoolExecutor(MAX_PENDING_UPLOADS, thread_name_prefix="upload")
 
     def clear_leftovers(self) -> None:
         """Remove what a previous server left (none of it can be claimed any more)."""
@@ -95,8 +105,8 @@ class Uploads:
     async def receive(self, chunks: AsyncIterator[bytes]) -> Upload:
         """Extract the tar stream ``chunks`` into a new upload.
 
-        Raises ``WorkspaceInvalid``, ``WorkspaceTooLarge`` (nothing is kept) or
-        ``CapacityExhausted`` (too many uploads pending).
+        Raises ``WorkspaceInvalid``, ``WorkspaceTooLarge``, ``UploadTimeout``
+        (nothing is kept) or ``CapacityExhausted`` (too many uploads pending).
         """
         if len(self._pending) + self._receiving >= MAX_PENDING_UPLOADS:
             raise CapacityExhausted(
@@ -109,8 +119,10 @@ class Uploads:
         try:
             self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.mkdir(mode=0o700)
-            read = _Pull(chunks, asyncio.get_running_loop())
-            stats = await asyncio.to_thread(extract_upload, read, path, self._limits)
+            loop = asyncio.get_running_loop()
+            read = _Pull(paced(chunks, self._pace), loop)
+            extract = functools.partial(extract_upload, read, path, self._limits)
+            stats = await loop.run_in_executor(self._threads, extract)
         except BaseException:
             self._remove_later(path)
             raise
@@ -175,3 +187,4 @@ class Uploads:
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
         await asyncio.to_thread(shutil.rmtree, self._root, ignore_errors=True)
+        self._threads.shutdown(wait=False)

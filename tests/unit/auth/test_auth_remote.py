@@ -220,6 +220,30 @@ def test_terminal_over_tls(secure: str, tokens: TokenStore, tls: TlsFiles, repo:
         client.exec_tty(repo, ["true"], rows=24, cols=80)
 
 
+def test_async_terminal_over_tls(
+    secure: str, tokens: TokenStore, tls: TlsFiles, repo: Path
+) -> None:
+    token = tokens.create("ci-async")
+
+    async def events() -> list[object]:
+        async with AsyncClient(secure, token=token, tls_fingerprint=tls.fingerprint) as client:
+            session = await client.exec_tty(repo, ["sh", "-c", "echo tty-ok"], rows=24, cols=80)
+            async with session:
+                return [event async for event in session.events()]
+
+    async def refused(token: str | None, pin: str) -> None:
+        async with AsyncClient(secure, token=token, tls_fingerprint=pin) as client:
+            await client.exec_tty(repo, ["true"], rows=24, cols=80)
+
+    shown = asyncio.run(events())
+    assert b"tty-ok" in b"".join(e.data for e in shown if isinstance(e, TerminalOutput))
+    assert isinstance(shown[-1], TerminalExit)
+    with pytest.raises(Unauthenticated):
+        asyncio.run(refused(None, tls.fingerprint))
+    with pytest.raises(ServerNotTrusted):
+        asyncio.run(refused(token, WRONG_PIN))
+
+
 def test_a_remote_listener_requires_tls(service: Service) -> None:
     remote = parse_listen("tcp://192.0.2.1:8765")
     assert needs_tls([remote], tls_on_loopback=False)

@@ -284,3 +284,14 @@ def test_an_interactive_run_uploads_too(remote: RemoteServer, workdir: Path) -> 
         output = b"".join(getattr(event, "data", b"") for event in session.events())
     assert output == b"hello from the client\r\n"
     _wait_no_uploads()
+
+
+def test_an_async_interactive_run_uploads_too(remote: RemoteServer, workdir: Path) -> None:
+    async def main() -> bytes:
+        async with AsyncClient(remote.url) as client:
+            session = await client.exec_tty(workdir, ["cat", "hello.txt"], rows=24, cols=80)
+            async with session:
+                return b"".join([getattr(event, "data", b"") async for event in session.events()])
+
+    assert asyncio.run(main()) == b"hello from the client\r\n"
+    _wait_no_uploads()

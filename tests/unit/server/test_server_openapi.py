@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -76,6 +77,43 @@ def test_document_shape() -> None:
     assert upload["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/WorkspaceUploaded"
     }
+
+
+def test_the_bearer_scheme_and_its_401s_are_declared() -> None:
+    schemes = DOC["components"]["securitySchemes"]
+    assert set(schemes) == {"bearerToken"}
+    scheme = schemes["bearerToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "TCP listener" in scheme["description"]
+    assert "unix socket needs none" in scheme["description"]
+    assert DOC["security"] == [{"bearerToken": []}]
+    operations = [op for item in DOC["paths"].values() for op in item.values()]
+    assert len(operations) >= len(DOC["paths"])
+    for operation in operations:
+        unauthorized = operation["responses"]["401"]
+        assert unauthorized["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }
+        assert "`unauthenticated`" in unauthorized["description"]
+        assert "`token_invalid`" in unauthorized["description"]
+        assert "WWW-Authenticate" in unauthorized["headers"]
+    assert "408" in DOC["paths"]["/v1/workspaces"]["post"]["responses"]
+
+
+def test_the_401s_are_what_a_tcp_listener_answers(api: tuple[str, dict[str, str]]) -> None:
+    base_url, auth = api
+    bad = {"Authorization": "Bearer cr_not-a-token"}
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        assert http.get("/openapi.json", headers=auth).json() == DOC
+        for method, path in [("get", "/healthz"), ("post", "/v1/exec"), ("get", "/v1/doctor")]:
+            assert "401" in DOC["paths"][path][method]["responses"]
+            for headers, code in [({}, "unauthenticated"), (bad, "token_invalid")]:
+                response = http.request(method, path, headers=headers)
+                assert response.status_code == 401
+                assert set(response.json()) == {"error"}
+                assert response.json()["error"]["code"] == code
+                assert response.headers["www-authenticate"].startswith("Bearer")
+        assert http.get("/openapi.json").status_code == 401
 
 
 @schema.parametrize()

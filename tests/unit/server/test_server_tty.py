@@ -3,16 +3,20 @@ its protocol errors, and a client that goes away cancelling the run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
 from websockets.sync.client import ClientConnection, unix_connect
 
-from cleanroom.client import Client
+from cleanroom.client import AsyncClient, Client
+from cleanroom.client._terminal import TerminalEvent
 from cleanroom.client._tty import TerminalExit, TerminalOutput
-from cleanroom.errors import InvalidRequest
+from cleanroom.client._tty_async import AsyncTerminalSession
+from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.testing import runs_with_status
 
 
@@ -77,3 +81,101 @@ def test_closing_the_connection_cancels_the_run(host: str, repo: Path, state: Pa
             time.sleep(0.2)
         assert runs_with_status("cancelled")
         assert client.list_cleanrooms() == []
+
+
+# The asyncio client's terminal: the same session, awaitable.
+
+
+async def _collect(session: AsyncTerminalSession) -> list[TerminalEvent]:
+    return [event async for event in session.events()]
+
+
+def test_async_output_and_exit_through_the_session(host: str, repo: Path) -> None:
+    async def main() -> tuple[list[TerminalEvent], str | None]:
+        async with AsyncClient(host) as client:
+            session = await client.exec_tty(
+                repo, ["sh", "-c", "stty size; read x; echo got:$x; exit 4"], rows=12, cols=34
+            )
+            async with session:
+                await session.send(b"abc\r")
+                return await _collect(session), session.run_id
+
+    events, run_id = asyncio.run(main())
+    shown = b"".join(e.data for e in events if isinstance(e, TerminalOutput))
+    assert b"12 34" in shown
+    assert b"got:abc" in shown
+    last = events[-1]
+    assert isinstance(last, TerminalExit)
+    assert last.result.exit_code == 4
+    assert run_id == last.result.run_id
+
+
+def test_async_resize_signal_and_eof(host: str, repo: Path) -> None:
+    script = (
+        "trap 'stty size; echo trapped; exit 7' INT; echo ready; "
+        "cat >/dev/null; echo eof-seen; while :; do sleep 0.1; done"
+    )
+
+    async def main() -> list[TerminalEvent]:
+        async with AsyncClient(host) as client:
+            session = await client.exec_tty(repo, ["sh", "-c", script], rows=24, cols=80)
+            async with session:
+                events: list[TerminalEvent] = []
+                shown = b""
+                signalled = False
+                async for event in session.events():
+                    events.append(event)
+                    if isinstance(event, TerminalOutput):
+                        shown += event.data
+                        if b"ready" in shown and b"eof-seen" not in shown:
+                            await session.eof()
+                        if b"eof-seen" in shown and not signalled:
+                            signalled = True
+                            await session.resize(30, 90)
+                            await session.signal(signal.SIGINT)
+                return events
+
+    events = asyncio.run(main())
+    shown = b"".join(e.data for e in events if isinstance(e, TerminalOutput))
+    assert b"30 90" in shown
+    assert b"trapped" in shown
+    last = events[-1]
+    assert isinstance(last, TerminalExit)
+    assert last.result.exit_code == 7
+
+
+def test_async_run_errors_are_raised(host: str, repo: Path) -> None:
+    async def main() -> None:
+        async with AsyncClient(host) as client:
+            session = await client.exec_tty(repo, ["sh", "-c", "sleep 30"], rows=24, cols=80)
+            await session._safe(json.dumps({"type": "dance"}))
+            async with session:
+                await _collect(session)
+
+    with pytest.raises(InvalidRequest):
+        asyncio.run(main())
+
+
+def test_async_closing_cancels_the_run(host: str, repo: Path, state: Path) -> None:
+    async def main() -> None:
+        async with AsyncClient(host) as client:
+            session = await client.exec_tty(repo, ["sleep", "300"], rows=24, cols=80)
+            await asyncio.sleep(2)  # the run starts
+            await session.aclose()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 60
+    while not runs_with_status("cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert runs_with_status("cancelled")
+    with Client(host) as client:
+        assert client.list_cleanrooms() == []
+
+
+def test_async_terminal_needs_a_server(root: Path, repo: Path) -> None:
+    async def main() -> None:
+        async with AsyncClient(f"unix://{root}/nobody.sock") as client:
+            await client.exec_tty(repo, ["true"], rows=24, cols=80)
+
+    with pytest.raises(ServerUnavailable):
+        asyncio.run(main())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cleanroom.config import LimitsConfig
-from cleanroom.errors import CapacityExhausted, WorkspaceInvalid
+from cleanroom.errors import CapacityExhausted, UploadTimeout, WorkspaceInvalid
 from cleanroom.service.uploads import MAX_PENDING_UPLOADS, Uploads
 
 
@@ -81,6 +81,47 @@ def test_pending_uploads_are_bounded(tmp_path: Path) -> None:
             await store.receive(_chunks(_archive()))
         with pytest.raises(CapacityExhausted):
             await store.receive(_chunks(_archive()))
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_slow_uploads_give_their_slots_back(tmp_path: Path) -> None:
+    limits = LimitsConfig(upload_min_bytes=1024, upload_window_seconds=0.2)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        data = _archive()
+        yield data[:600]  # a whole header and part of the file
+        for byte in data[600:]:
+            await asyncio.sleep(0.05)
+            yield bytes([byte])
+
+    async def main() -> None:
+        store = Uploads(tmp_path / "uploads", limits)
+        slow = [store.receive(trickle()) for _ in range(MAX_PENDING_UPLOADS)]
+        outcomes = await asyncio.gather(*slow, return_exceptions=True)
+        assert all(isinstance(outcome, UploadTimeout) for outcome in outcomes)
+        for _ in range(20):
+            if not any((tmp_path / "uploads").iterdir()):
+                break
+            await asyncio.sleep(0.05)
+        assert list((tmp_path / "uploads").iterdir()) == []  # the partial trees are gone
+        for _ in range(MAX_PENDING_UPLOADS):  # and every slot is free again
+            await store.receive(_chunks(_archive()))
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_the_unclaimed_lifetime_comes_from_the_limits(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = Uploads(tmp_path / "uploads", LimitsConfig(upload_ttl_seconds=0.05))
+        upload = await store.receive(_chunks(_archive()))
+        assert upload.expires_in_seconds == 0.05
+        await asyncio.sleep(0.3)
+        assert not upload.path.exists()
+        with pytest.raises(WorkspaceInvalid, match="expired"):
+            store.claim(upload.workspace_id)
         await store.close()
 
     asyncio.run(main())

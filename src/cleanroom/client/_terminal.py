@@ -1,0 +1,145 @@
+"""The terminal protocol as both clients speak it (``/v1/exec/tty``; no I/O here).
+
+See :mod:`cleanroom.server.terminal_ws` for the protocol. What is the same
+for the blocking session (:mod:`._tty`) and the asyncio one
+(:mod:`._tty_async`) lives here: the call builder, the messages a client
+sends, and the decoding of what the server sends. The sessions add only
+their transport.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cleanroom.client._calls import Call, error_from_body, exec_call
+from cleanroom.client._endpoint import Endpoint
+from cleanroom.errors import CleanroomError
+from cleanroom.models import ExecRequest, LaunchOptions, RunResult, from_dict, to_dict
+
+__all__ = [
+    "EOF_MESSAGE",
+    "TTY_PATH",
+    "TerminalDecoder",
+    "TerminalEvent",
+    "TerminalExit",
+    "TerminalOutput",
+    "TtyCall",
+    "exec_tty",
+    "resize_message",
+    "signal_message",
+    "ws_url",
+]
+
+TTY_PATH = "/v1/exec/tty"
+EOF_MESSAGE = json.dumps({"type": "eof"})
+
+
+@dataclass(frozen=True)
+class TerminalOutput:
+    """Bytes the terminal showed."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TerminalExit:
+    """The run's result (the last event)."""
+
+    result: RunResult
+
+
+TerminalEvent = TerminalOutput | TerminalExit
+
+
+@dataclass(frozen=True)
+class TtyCall:
+    """An interactive exec: the exec call (its workspace uploaded by the client when
+    the server is remote) and the terminal's size."""
+
+    call: Call[RunResult]
+    rows: int
+    cols: int
+
+    def start_message(self) -> str:
+        """The first message: the exec request and the window size."""
+        assert self.call.body is not None
+        request = from_dict(ExecRequest, self.call.body)  # the wire model's own checks
+        body = to_dict(request, drop_none=True)
+        return json.dumps({"request": body, "rows": self.rows, "cols": self.cols})
+
+
+def exec_tty(
+    cwd: Path | str,
+    command: Sequence[str],
+    *,
+    rows: int,
+    cols: int,
+    backend: str | None = None,
+    options: LaunchOptions | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    artifacts: Sequence[str] | None = None,
+) -> TtyCall:
+    """Launch, run ``command`` on a ``rows`` x ``cols`` pseudo-terminal, terminate.
+
+    The session takes keystrokes (``send``), ``resize``, ``signal`` and
+    ``eof``, and yields the terminal's output then the result (``events``).
+    """
+    call = exec_call(
+        cwd, command, backend=backend, options=options, timeout=timeout, env=env,
+        artifacts=artifacts,
+    )  # fmt: skip
+    return TtyCall(call, rows, cols)
+
+
+def resize_message(rows: int, cols: int) -> str:
+    """Change the terminal's window size."""
+    return json.dumps({"type": "resize", "rows": rows, "cols": cols})
+
+
+def signal_message(signum: int) -> str:
+    """Send ``signum`` to the terminal's foreground process group."""
+    return json.dumps({"type": "signal", "signal": int(signum)})
+
+
+def ws_url(endpoint: Endpoint) -> str:
+    """The terminal's ``ws://`` or ``wss://`` URL on a TCP endpoint."""
+    base = endpoint.base_url.replace("https://", "wss://").replace("http://", "ws://")
+    return base + TTY_PATH
+
+
+class TerminalDecoder:
+    """The server's messages as events: binary ones are output, text ones JSON events."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+
+    def event(self, message: str | bytes) -> TerminalEvent | None:
+        """The event ``message`` carries (``None``: nothing for the caller); raises
+        the run's error for an ``error`` event."""
+        if isinstance(message, bytes):
+            return TerminalOutput(message)
+        event = _event(message)
+        kind = event.get("type")
+        if kind == "started":
+            self.run_id = str(event.get("run_id"))
+        elif kind == "exit":
+            return TerminalExit(from_dict(RunResult, event.get("result")))
+        elif kind == "error":
+            body = json.dumps({"error": event.get("error")}).encode()
+            raise error_from_body(500, body)
+        return None
+
+
+def _event(text: str) -> dict[str, Any]:
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise CleanroomError("the server sent a terminal event that is not JSON") from exc
+    if not isinstance(event, dict):
+        raise CleanroomError("the server sent an unexpected terminal event")
+    return event
