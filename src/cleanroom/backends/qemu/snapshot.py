@@ -341,7 +341,7 @@ async def make_snapshot(
         finally:
             await guest.destroy()
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-        files = (MEMORY_NAME, RAM_NAME, DISK_NAME)
+        files: tuple[str, ...] = (MEMORY_NAME, RAM_NAME, DISK_NAME)
         if image is not None:
             files = (*files, SCRATCH_NAME)
         return await asyncio.to_thread(cache.publish, staging, key, facts, files)
