@@ -17,10 +17,9 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
-from cleanroom.client._calls import error_from_body
+from cleanroom.client._calls import error_from_body, json_object
 from cleanroom.client._closing import Closing
 from cleanroom.client._endpoint import Endpoint, connection_error, precheck
-from cleanroom.errors import CleanroomError
 from cleanroom.models import ExecRequest, RunResult, from_dict, to_dict
 
 __all__ = ["TerminalExit", "TerminalOutput", "TerminalSession", "open_terminal"]
@@ -99,13 +98,7 @@ class TerminalSession(Closing):
 
 
 def _event(text: str) -> dict[str, Any]:
-    try:
-        event = json.loads(text)
-    except ValueError as exc:
-        raise CleanroomError("the server sent a terminal event that is not JSON") from exc
-    if not isinstance(event, dict):
-        raise CleanroomError("the server sent an unexpected terminal event")
-    return event
+    return json_object(text, "a terminal event", "an unexpected terminal event")
 
 
 def open_terminal(
