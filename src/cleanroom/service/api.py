@@ -120,8 +120,8 @@ class ServiceAPI(Protocol):
         workspace_id: str | None = None,
         local: bool = True,
     ) -> RunResult:
-        """Launch, run once, terminate (terminate happens also on failure);
-        ``workspace_id`` and ``local`` as for :meth:`launch`."""
+        """Launch, run once, terminate (terminate happens also on failure); ``run`` and
+        ``on_event`` as for :meth:`run`, the other arguments as for :meth:`launch`."""
         ...
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:
