@@ -20,8 +20,9 @@ image is always allowed, and so is ``images.default`` (the operator's own choice
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cleanroom._yaml import (
     YamlEntry,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 # ruff: noqa: PLC0415
 
 __all__ = ["POLICY_KEYS", "PolicyConfig", "read_policy_section"]
+
+T = TypeVar("T")
 
 POLICY_KEYS = ("isolation", "ceiling")
 _CEILING_KEYS = ("hosts", "images", "max")
@@ -109,44 +112,47 @@ def _optional_int(reader: SectionReader, maxima: dict[str, YamlEntry], key: str)
     return reader.integer(maxima, key, "policy.ceiling.max", 0, minimum=1)
 
 
-def _items(
-    reader: SectionReader, entry: YamlEntry | None, path: str
-) -> tuple[YamlNode, ...] | None:
+def _read_list(
+    reader: SectionReader,
+    entry: YamlEntry | None,
+    path: str,
+    read_one: Callable[[YamlNode, str], T | None],
+) -> tuple[T, ...] | None:
+    """The list at ``path`` (None: absent or null), each item read by ``read_one(item,
+    its path)``; an item it returns None for (a problem, reported) is left out."""
     if entry is None or is_null(entry.value):
         return None
-    return read_sequence(entry.value, path, reader.problems) or ()
+    items = read_sequence(entry.value, path, reader.problems) or ()
+    found = (read_one(item, join_index(path, index)) for index, item in enumerate(items))
+    return tuple(value for value in found if value is not None)
 
 
 def _read_hosts(reader: SectionReader, entry: YamlEntry | None) -> tuple[CeilingHost, ...] | None:
     from cleanroom.policy.ceiling import ANY_NAME, CeilingHost
     from cleanroom.policy.hosts import InvalidHost, parse_host
 
-    items = _items(reader, entry, "policy.ceiling.hosts")
-    if items is None:
-        return None
-    found: list[CeilingHost] = []
-    for index, item in enumerate(items):
-        path = join_index("policy.ceiling.hosts", index)
+    def read_one(item: YamlNode, path: str) -> CeilingHost | None:
         rule = read_mapping(item, path, reader.problems, allowed=("host", "ports"))
         if rule is None:
-            continue
+            return None
         host_entry, ports_entry = rule.get("host"), rule.get("ports")
         if host_entry is None or ports_entry is None:
             missing = "host" if host_entry is None else "ports"
             reader.problems.add(item.mark, f"{path}.{missing}", "required key is missing")
-            continue
+            return None
         text = read_str(host_entry.value, f"{path}.host", reader.problems)
         ports = _read_ports(reader, ports_entry.value, f"{path}.ports")
         if text is None or ports is None:
-            continue
+            return None
         if text.strip() == ANY_NAME:
-            found.append(CeilingHost(None, ports))
-            continue
+            return CeilingHost(None, ports)
         try:
-            found.append(CeilingHost(parse_host(text), ports))
+            return CeilingHost(parse_host(text), ports)
         except InvalidHost as exc:
             reader.problems.add(host_entry.value.mark, f"{path}.host", exc.message)
-    return tuple(found)
+            return None
+
+    return _read_list(reader, entry, "policy.ceiling.hosts", read_one)
 
 
 def _read_ports(reader: SectionReader, node: YamlNode, path: str) -> tuple[PortRange, ...] | None:
@@ -173,17 +179,14 @@ def _read_images(reader: SectionReader, entry: YamlEntry | None) -> tuple[ImageP
     from cleanroom.policy.image import InvalidImageRef
     from cleanroom.policy.imagepattern import parse_image_pattern
 
-    items = _items(reader, entry, "policy.ceiling.images")
-    if items is None:
-        return None
-    found: list[ImagePattern] = []
-    for index, item in enumerate(items):
-        path = join_index("policy.ceiling.images", index)
+    def read_one(item: YamlNode, path: str) -> ImagePattern | None:
         text = read_str(item, path, reader.problems)
         if text is None:
-            continue
+            return None
         try:
-            found.append(parse_image_pattern(text))
+            return parse_image_pattern(text)
         except InvalidImageRef as exc:
             reader.problems.add(item.mark, path, exc.message)
-    return tuple(found)
+            return None
+
+    return _read_list(reader, entry, "policy.ceiling.images", read_one)

@@ -26,13 +26,16 @@ def cli_env(root: Path) -> dict[str, str]:
 
 
 def cli(
-    *args: str, env: dict[str, str], cwd: Path | None = None
+    *args: str, env: dict[str, str], cwd: Path | None = None, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """``cleanroom ARGS...`` run to completion (two minutes at most)."""
+    """``cleanroom ARGS...`` run to completion (two minutes at most), fed ``stdin``
+    (None: an empty standard input)."""
     return subprocess.run(
         [sys.executable, "-c", ENTRY, *args],
         env=env,
         cwd=cwd,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         timeout=120,
         check=False,

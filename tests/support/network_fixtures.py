@@ -72,6 +72,11 @@ def netns_names() -> list[str]:
     return [e["name"] for e in json.loads(out)] if out else []
 
 
+def nft_ruleset(netns: str) -> str:
+    """``nft list ruleset`` inside ``netns``."""
+    return _ip("netns", "exec", netns, "nft", "list", "ruleset").stdout
+
+
 @dataclass
 class Internet:
     netns: str

@@ -10,7 +10,6 @@ mapped by the real server and CLI.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli_run import cli_env
 from shared_server import shared_backend, shared_host, shared_service  # noqa: F401 - one server
 
 from cleanroom import errors
@@ -169,14 +169,7 @@ def http(sock: Path) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def env(root: Path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k != "CLEANROOM_HOST"}
-    out.update(
-        XDG_RUNTIME_DIR=str(root / "xdg-run"),
-        XDG_STATE_HOME=str(root / "xdg-state"),
-        XDG_CONFIG_HOME=str(root / "xdg-config"),
-        XDG_CACHE_HOME=str(root / "xdg-cache"),
-    )
-    return out
+    return cli_env(root)
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

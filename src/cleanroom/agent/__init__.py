@@ -7,14 +7,8 @@ pulls in asyncio) is loaded on first use so the guest's cold start stays lean.
 
 from __future__ import annotations
 
-from cleanroom.agent.errors import (
-    AgentDisconnected,
-    AgentError,
-    AgentNotReady,
-    AgentProtocolError,
-    AgentRemoteError,
-    AgentTimeout,
-)
+from cleanroom.agent import errors
+from cleanroom.agent.errors import *  # noqa: F403 - the protocol's errors, each named there
 from cleanroom.agent.messages import ExitStatus, GuestInfo, GuestNetwork, WorkspaceStats
 from cleanroom.agent.protocol import AGENT_VERSION, PROTOCOL_VERSION
 
@@ -29,18 +23,13 @@ __all__ = [
     "AGENT_VERSION",
     "PROTOCOL_VERSION",
     "AgentClient",
-    "AgentDisconnected",
-    "AgentError",
-    "AgentNotReady",
-    "AgentProtocolError",
-    "AgentRemoteError",
-    "AgentTimeout",
     "ExitStatus",
     "GuestInfo",
     "GuestNetwork",
     "OutputCallback",
     "WorkspaceStats",
 ]
+__all__ += errors.__all__
 
 
 def __getattr__(name: str) -> Any:

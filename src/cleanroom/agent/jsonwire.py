@@ -3,7 +3,8 @@
 Stdlib only: this module runs inside the guest. A payload is one JSON object
 whose keys are exactly the message's fields; :func:`load` checks that (and a
 nesting bound, before the decoder sees the text), :func:`get` and :func:`opt`
-check each field's type, :func:`dump` and :func:`dump_fields` encode a frame.
+check each field's type (:func:`load_fields`: all of a flat dataclass's at once),
+:func:`dump` and :func:`dump_fields` encode a frame.
 Every failure is an :class:`AgentProtocolError`.
 """
 
@@ -25,8 +26,19 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
     T = TypeVar("T")
+    D = TypeVar("D", bound=DataclassInstance)
 
-__all__ = ["MAX_DEPTH", "as_object", "dump", "dump_fields", "get", "load", "nesting", "opt"]
+__all__ = [
+    "MAX_DEPTH",
+    "as_object",
+    "dump",
+    "dump_fields",
+    "get",
+    "load",
+    "load_fields",
+    "nesting",
+    "opt",
+]
 
 MAX_DEPTH = 8
 """Deepest nesting of arrays and objects a payload may have (the deepest message needs 2).
@@ -107,3 +119,24 @@ def get(obj: dict[str, Any], key: str, typ: type[T], what: str) -> T:
 def opt(obj: dict[str, Any], key: str, typ: type[T], what: str) -> T | None:
     """Like :func:`get`, but ``null`` is None."""
     return None if obj[key] is None else get(obj, key, typ, what)
+
+
+_SCALARS: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+_OR_NULL = " | None"
+
+
+def load_fields(cls: type[D], payload: bytes, what: str) -> D:
+    """The flat dataclass ``cls`` from ``payload``, the inverse of :func:`dump_fields`:
+    exactly its fields as keys, each of its declared type (``str``, ``int``, ``float``
+    or ``bool``; ``X | None`` also ``null``), checked in field order. Value rules
+    beyond the type are the caller's."""
+    found = fields(cls)
+    obj = load(payload, what, frozenset(f.name for f in found))
+    values: dict[str, Any] = {}
+    for f in found:
+        # The field types are strings: the message modules postpone annotations.
+        name = str(f.type)
+        typ = _SCALARS[name.removesuffix(_OR_NULL)]
+        read = opt if name.endswith(_OR_NULL) else get
+        values[f.name] = read(obj, f.name, typ, what)
+    return cls(**values)

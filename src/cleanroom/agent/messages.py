@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cleanroom.agent.errors import AgentProtocolError
-from cleanroom.agent.jsonwire import MAX_DEPTH, as_object, dump, dump_fields, get, load, opt
+from cleanroom.agent.jsonwire import (
+    MAX_DEPTH,
+    as_object,
+    dump,
+    dump_fields,
+    get,
+    load,
+    load_fields,
+    opt,
+)
 from cleanroom.agent.protocol import FrameType
 
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
@@ -72,12 +81,11 @@ class HostHello:
     protocol_version: int
 
     def to_frame(self) -> bytes:
-        return dump(FrameType.HELLO, {"protocol_version": self.protocol_version})
+        return dump_fields(FrameType.HELLO, self)
 
 
 def parse_host_hello(payload: bytes) -> HostHello:
-    obj = load(payload, "hello", frozenset({"protocol_version"}))
-    return HostHello(get(obj, "protocol_version", int, "hello"))
+    return load_fields(HostHello, payload, "hello")
 
 
 @dataclass(frozen=True)
@@ -94,14 +102,7 @@ class GuestInfo:
 
 
 def parse_guest_hello(payload: bytes) -> GuestInfo:
-    w = "hello"
-    obj = load(payload, w, frozenset({"agent_version", "protocol_version", "kernel", "python"}))
-    return GuestInfo(
-        agent_version=get(obj, "agent_version", str, w),
-        protocol_version=get(obj, "protocol_version", int, w),
-        kernel=get(obj, "kernel", str, w),
-        python=get(obj, "python", str, w),
-    )
+    return load_fields(GuestInfo, payload, "hello")
 
 
 @dataclass(frozen=True)
@@ -180,15 +181,11 @@ class WorkspaceBegin:
     scratch: bool = False
 
     def to_frame(self) -> bytes:
-        return dump(
-            FrameType.WORKSPACE_BEGIN, {"read_only": self.read_only, "scratch": self.scratch}
-        )
+        return dump_fields(FrameType.WORKSPACE_BEGIN, self)
 
 
 def parse_workspace_begin(payload: bytes) -> WorkspaceBegin:
-    w = "workspace_begin"
-    obj = load(payload, w, frozenset({"read_only", "scratch"}))
-    return WorkspaceBegin(get(obj, "read_only", bool, w), get(obj, "scratch", bool, w))
+    return load_fields(WorkspaceBegin, payload, "workspace_begin")
 
 
 @dataclass(frozen=True)
@@ -204,13 +201,7 @@ class WorkspaceStats:
 
 
 def parse_workspace_done(payload: bytes) -> WorkspaceStats:
-    w = "workspace_done"
-    obj = load(payload, w, frozenset({"files", "bytes", "skipped"}))
-    return WorkspaceStats(
-        files=get(obj, "files", int, w),
-        bytes=get(obj, "bytes", int, w),
-        skipped=get(obj, "skipped", int, w),
-    )
+    return load_fields(WorkspaceStats, payload, "workspace_done")
 
 
 @dataclass(frozen=True)
@@ -331,16 +322,7 @@ class ExitStatus:
 
 
 def parse_exit(payload: bytes) -> ExitStatus:
-    w = "exit"
-    keys = frozenset({"exit_code", "signal", "signal_name", "timed_out", "duration_ms"})
-    obj = load(payload, w, keys)
-    return ExitStatus(
-        exit_code=get(obj, "exit_code", int, w),
-        signal=opt(obj, "signal", int, w),
-        signal_name=opt(obj, "signal_name", str, w),
-        timed_out=get(obj, "timed_out", bool, w),
-        duration_ms=get(obj, "duration_ms", float, w),
-    )
+    return load_fields(ExitStatus, payload, "exit")
 
 
 @dataclass(frozen=True)
@@ -355,8 +337,7 @@ class ErrorMessage:
 
 
 def parse_error(payload: bytes) -> ErrorMessage:
-    obj = load(payload, "error", frozenset({"code", "message"}))
-    return ErrorMessage(get(obj, "code", str, "error"), get(obj, "message", str, "error"))
+    return load_fields(ErrorMessage, payload, "error")
 
 
 def parse_configured(payload: bytes) -> None:

@@ -151,34 +151,35 @@ def _rm(args: argparse.Namespace) -> int:
 
 def register_user_commands(group: Subcommands, make_progress: ProgressFactory) -> None:
     """Add ``pull``, ``import``, ``prepare`` and ``rm`` to the ``image`` group."""
-    pull = add_command(
-        group,
+
+    def with_progress(
+        name: str, run: Callable[[argparse.Namespace, ProgressFactory], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        return add_command(group, name, lambda args: run(args, make_progress), help_text)
+
+    pull = with_progress(
         "pull",
-        lambda args: _pull(args, make_progress),
+        _pull,
         "Pull a digest-pinned OCI/Docker image into the cache (no network on a cache hit).",
     )
     pull.add_argument("ref", help="NAME[:TAG]@sha256:<64 hex>")
-    add_json(pull, _JSON_HELP)
-    imp = add_command(
-        group,
+    imp = with_progress(
         "import",
-        lambda args: _import(args, make_progress),
+        _import,
         "Import a docker save archive, an OCI archive or layout, or a root filesystem "
         "tarball; prints the ref to put in a policy.",
     )
     imp.add_argument("file", help="The archive (or OCI layout directory).")
     imp.add_argument("--name", help="Name shown as the source. [default: the file name]")
-    add_json(imp, _JSON_HELP)
-    prepare = add_command(
-        group,
+    prepare = with_progress(
         "prepare",
-        lambda args: _prepare(args, make_progress),
+        _prepare,
         "Pull or build the image a repository's policy names (a cache hit if it exists).",
     )
     prepare.add_argument("directory", nargs="?", default=".", help="The repository. [default: .]")
-    add_json(prepare, _JSON_HELP)
     rm = add_command(
         group, "rm", _rm, "Remove user images by digest (a unique prefix) or exact source."
     )
     rm.add_argument("selectors", nargs="+", metavar="IMAGE")
-    add_json(rm, _JSON_HELP)
+    for parser in (pull, imp, prepare, rm):
+        add_json(parser, _JSON_HELP)  # last: --json ends each command's options

@@ -43,6 +43,7 @@ __all__ = [
     "answer",
     "error_from_body",
     "exec_call",
+    "json_object",
     "remote_workspace",
     "stream_ended",
     "upload_workspace",
@@ -264,18 +265,25 @@ def error_from_body(status: int, content: bytes) -> CleanroomError:
     return error_class_for_code(code)(message, details=dict(details))
 
 
+def json_object(content: str | bytes, what: str, unexpected: str) -> dict[str, Any]:
+    """The JSON object the server sent as ``content``; ``CleanroomError`` saying the
+    server sent ``what`` that is not JSON, or sent ``unexpected`` (not an object)."""
+    try:
+        body = json.loads(content)
+    except ValueError as exc:
+        raise CleanroomError(f"the server sent {what} that is not JSON") from exc
+    if not isinstance(body, dict):
+        raise CleanroomError(f"the server sent {unexpected}")
+    return body
+
+
 def answer(call: Call[T], status: int, content: bytes) -> T:
     """The parsed answer of a successful response; raises the server's error otherwise."""
     if status >= 400:
         raise error_from_body(status, content)
     if call.raw:
         return call.parse(content)
-    try:
-        body = json.loads(content)
-    except ValueError as exc:
-        raise CleanroomError("the server sent a response that is not JSON") from exc
-    if not isinstance(body, dict):
-        raise CleanroomError("the server sent an unexpected JSON response")
+    body = json_object(content, "a response", "an unexpected JSON response")
     try:
         return call.parse(body)
     except InvalidRequest as exc:  # the server's answer, not the caller's request, is wrong

@@ -72,6 +72,27 @@ def encode_stdin(data: bytes | None) -> str | None:
 # -- requests ------------------------------------------------------------------------
 
 
+class _CommandInputs:
+    """What a request that runs a command shares beyond its fields: checking,
+    list-to-tuple normalising and the decoded stdin. (The fields stay declared in
+    each request, so every request keeps its own field order on the wire.)"""
+
+    command: tuple[str, ...]
+    stdin_base64: str | None
+    artifacts: tuple[str, ...] | None
+
+    def __post_init__(self) -> None:
+        check(self)
+        object.__setattr__(self, "command", tuple(self.command))
+        if self.artifacts is not None:
+            object.__setattr__(self, "artifacts", tuple(self.artifacts))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """The decoded standard input (None: none given)."""
+        return _decoded(self.stdin_base64)
+
+
 @dataclass(frozen=True)
 class LaunchOptions(Wire):
     """Per-context options given at launch (all optional).
@@ -114,7 +135,7 @@ class LaunchRequest(Wire):
 
 
 @dataclass(frozen=True)
-class RunRequest(Wire):
+class RunRequest(_CommandInputs, Wire):
     """``POST /v1/cleanrooms/run``."""
 
     cleanroom_id: Id
@@ -129,17 +150,6 @@ class RunRequest(Wire):
     artifacts: ArtifactGlobs | None = None
     """Globs of workspace files to copy into the run directory's ``artifacts/``."""
 
-    def __post_init__(self) -> None:
-        check(self)
-        object.__setattr__(self, "command", tuple(self.command))
-        if self.artifacts is not None:
-            object.__setattr__(self, "artifacts", tuple(self.artifacts))
-
-    @property
-    def stdin_bytes(self) -> bytes | None:
-        """The decoded standard input (None: none given)."""
-        return _decoded(self.stdin_base64)
-
 
 @dataclass(frozen=True)
 class TerminateRequest(Wire):
@@ -152,7 +162,7 @@ class TerminateRequest(Wire):
 
 
 @dataclass(frozen=True)
-class ExecRequest(Wire):
+class ExecRequest(_CommandInputs, Wire):
     """``POST /v1/exec``: launch, run once, terminate."""
 
     cwd: AbsPath
@@ -174,17 +184,6 @@ class ExecRequest(Wire):
     workspace_id: Id | None = None
     """An uploaded workspace (``POST /v1/workspaces``) to use instead of the server
     directory ``cwd``; it is used once."""
-
-    def __post_init__(self) -> None:
-        check(self)
-        object.__setattr__(self, "command", tuple(self.command))
-        if self.artifacts is not None:
-            object.__setattr__(self, "artifacts", tuple(self.artifacts))
-
-    @property
-    def stdin_bytes(self) -> bytes | None:
-        """The decoded standard input (None: none given)."""
-        return _decoded(self.stdin_base64)
 
     @property
     def launch(self) -> LaunchRequest:

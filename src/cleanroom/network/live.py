@@ -62,6 +62,17 @@ class LiveNetwork:
         if self.installer is not None:
             await self.installer.close()
 
+    async def close(self) -> None:
+        """:meth:`stop`, then close the sockets and the audit log: everything of the
+        run's but its namespace (what the process's exit would release)."""
+        await self.stop()
+        if self.upstream is not None:
+            self.upstream.close()
+        for sock in self.sockets:
+            sock.close()
+        if self.audit is not None:
+            self.audit.close()
+
 
 async def start_filtering(
     live: LiveNetwork,

@@ -318,13 +318,7 @@ class NetworkManager:
 
     async def _destroy(self, live: LiveNetwork) -> None:
         """Stop the resolver, close sockets, delete the namespace (and with it the links)."""
-        await live.stop()
-        if live.upstream is not None:
-            live.upstream.close()
-        for sock in live.sockets:
-            sock.close()
-        if live.audit is not None:
-            live.audit.close()
+        await live.close()
         await delete_netns(live.netns)
         self._live.pop(live.netns, None)
 

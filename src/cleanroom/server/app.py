@@ -54,7 +54,7 @@ from cleanroom.server.schemas import prepare_wire_schemas
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
 from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
-from cleanroom.service.types import EventSink
+from cleanroom.service.types import EventSink, RunOptions
 
 __all__ = ["create_app"]
 
@@ -233,13 +233,7 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
     async def run(body: RunRequest, request: Request) -> Any:
         def start(on_event: EventSink | None) -> Coroutine[Any, Any, RunResult]:
             return service.run(
-                body.cleanroom_id,
-                body.command,
-                on_event=on_event,
-                timeout=body.timeout_seconds,
-                env=body.env,
-                stdin=body.stdin_bytes,
-                artifacts=body.artifacts or (),
+                body.cleanroom_id, body.command, RunOptions.of(body), on_event=on_event
             )
 
         if _wants_stream(request):
@@ -257,13 +251,10 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
             return service.exec(
                 body.cwd,
                 body.command,
+                RunOptions.of(body),
+                on_event=on_event,
                 backend=body.backend,
                 options=body.options,
-                on_event=on_event,
-                timeout=body.timeout_seconds,
-                env=body.env,
-                stdin=body.stdin_bytes,
-                artifacts=body.artifacts or (),
                 workspace_id=body.workspace_id,
                 local=over_unix_socket(request.scope),
             )

@@ -33,7 +33,7 @@ from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.streaming import as_cleanroom_error
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.terminal import Terminal
-from cleanroom.service.types import RunEvent, RunOutput, RunStarted
+from cleanroom.service.types import RunEvent, RunOptions, RunOutput, RunStarted
 
 __all__ = ["TTY_PATH", "install_terminal"]
 
@@ -117,13 +117,10 @@ def install_terminal(app: FastAPI, service: ServiceAPI) -> None:
             service.exec(
                 request.cwd,
                 request.command,
+                RunOptions.of(request, terminal),
+                on_event=on_event,
                 backend=request.backend,
                 options=request.options,
-                on_event=on_event,
-                timeout=request.timeout_seconds,
-                env=request.env,
-                artifacts=request.artifacts or (),
-                terminal=terminal,
                 workspace_id=request.workspace_id,
                 local=over_unix_socket(ws.scope),
             )

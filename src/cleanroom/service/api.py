@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cleanroom.models import Applied
-from cleanroom.service.terminal import Terminal
-from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+from cleanroom.service.types import (
+    CleanroomInfo,
+    DoctorCheck,
+    EventSink,
+    LaunchOptions,
+    RunOptions,
+    RunResult,
+)
 
 if TYPE_CHECKING:  # the service's own modules stay unloaded for the CLI
     from cleanroom.service.uploads import Upload
@@ -66,26 +72,24 @@ class ServiceAPI(Protocol):
         self,
         cleanroom_id: str,
         command: Sequence[str],
+        run: RunOptions | None = None,
         *,
         on_event: EventSink | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] = (),
-        terminal: Terminal | None = None,
     ) -> RunResult:
-        """Run ``command`` (argv, non-empty) in a fresh guest of the context.
+        """Run ``command`` (argv, non-empty) in a fresh guest of the context, as ``run``
+        (None: all defaults) asks.
 
-        ``timeout`` (seconds; None: the runtime config's
+        ``run.timeout`` (seconds; None: the runtime config's
         ``limits.run_timeout_seconds``, capped by ``policy.ceiling.max``; more
         than that maximum: ``PolicyConflict``) kills the command's whole process
-        group when it runs longer and raises ``RunTimeout``. ``env`` is laid over the
-        guest's defaults (its values are never recorded); ``stdin`` (at most
+        group when it runs longer and raises ``RunTimeout``. ``run.env`` is laid over
+        the guest's defaults (its values are never recorded); ``run.stdin`` (at most
         512 KiB) is the command's standard input, then EOF (None: empty).
         After the command, the workspace's changes (writable workspaces) and the
-        files matching ``artifacts`` (relative globs) are collected from the guest.
-        With ``terminal`` the command runs on a pseudo-terminal of its size, fed
-        by its input (``stdin`` unused), its resizes and signals forwarded.
+        files matching ``run.artifacts`` (relative globs) are collected from the
+        guest. With ``run.terminal`` the command runs on a pseudo-terminal of its
+        size, fed by its input (``run.stdin`` unused), its resizes and signals
+        forwarded.
 
         ``on_event`` receives ``RunStarted``, then ``RunOutput`` chunks as they
         are produced, then ``RunExit``. Cancelling the calling task cancels the
@@ -108,20 +112,16 @@ class ServiceAPI(Protocol):
         self,
         cwd: Path,
         command: Sequence[str],
+        run: RunOptions | None = None,
         *,
+        on_event: EventSink | None = None,
         backend: str | None = None,
         options: LaunchOptions | None = None,
-        on_event: EventSink | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] = (),
-        terminal: Terminal | None = None,
         workspace_id: str | None = None,
         local: bool = True,
     ) -> RunResult:
-        """Launch, run once, terminate (terminate happens also on failure);
-        ``workspace_id`` and ``local`` as for :meth:`launch`."""
+        """Launch, run once, terminate (terminate happens also on failure); ``run`` and
+        ``on_event`` as for :meth:`run`, the other arguments as for :meth:`launch`."""
         ...
 
     def list_cleanrooms(self) -> list[CleanroomInfo]:

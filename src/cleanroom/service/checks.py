@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cleanroom import paths
@@ -15,7 +15,7 @@ from cleanroom.models import RunRequest, encode_stdin
 from cleanroom.policy import CompiledPolicy
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.pools import PoolKey, pool_check_name
-from cleanroom.service.types import DoctorCheck
+from cleanroom.service.types import DoctorCheck, RunOptions
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
@@ -111,14 +111,7 @@ def network_check(network_error: str | None) -> DoctorCheck:
     )
 
 
-def checked_request(
-    cleanroom_id: str,
-    command: Sequence[str],
-    timeout: float | None,
-    env: Mapping[str, str] | None,
-    stdin: bytes | None,
-    artifacts: Sequence[str],
-) -> RunRequest:
+def checked_request(cleanroom_id: str, command: Sequence[str], run: RunOptions) -> RunRequest:
     """The run's inputs as the wire's ``RunRequest``, whose rules (argv, timeout bound,
     NUL bytes, environment names, stdin size, globs) live in ``cleanroom.models`` only;
     ``InvalidRequest`` (never quoting an environment value) when one is broken."""
@@ -127,10 +120,10 @@ def checked_request(
     return RunRequest(
         cleanroom_id=cleanroom_id,
         command=tuple(command),
-        timeout_seconds=timeout,
-        env=None if env is None else dict(env),
-        stdin_base64=encode_stdin(stdin),
-        artifacts=tuple(artifacts) or None,
+        timeout_seconds=run.timeout,
+        env=None if run.env is None else dict(run.env),
+        stdin_base64=encode_stdin(run.stdin),
+        artifacts=tuple(run.artifacts) or None,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,7 @@ from cleanroom.service.checks import check_capabilities, checked_run_dir
 from cleanroom.service.ids import new_cleanroom_id, utc_now
 from cleanroom.service.run import RunPlan
 from cleanroom.service.sandbox import Sandbox, resolve_sandbox
-from cleanroom.service.terminal import Terminal
-from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunResult
+from cleanroom.service.types import CleanroomInfo, LaunchOptions, RunOptions, RunResult
 
 __all__ = ["Context", "open_context"]
 
@@ -41,15 +40,13 @@ class Context:
         run_id: str,
         run_dir: Path,
         argv: tuple[str, ...],
+        run: RunOptions,
         *,
         timeout: float,
-        env: Mapping[str, str] | None,
-        stdin: bytes | None,
-        artifacts: Sequence[str],
-        terminal: Terminal | None,
         config: RuntimeConfig,
     ) -> RunPlan:
-        """The plan of one run of ``argv`` (already checked) in this context."""
+        """The plan of one run of ``argv`` with ``run`` (both already checked) in this
+        context; ``timeout`` is the run's resolved timeout (``run.timeout`` unused)."""
         return RunPlan(
             run_id=run_id,
             cleanroom_id=self.info.cleanroom_id,
@@ -66,10 +63,10 @@ class Context:
             memory_mib=self.sandbox.memory_mib,
             disk_mib=self.sandbox.disk_mib,
             machine=self.sandbox.machine,
-            env=None if env is None else dict(env),
-            stdin=stdin,
-            artifacts=tuple(artifacts),
-            terminal=terminal,
+            env=None if run.env is None else dict(run.env),
+            stdin=run.stdin,
+            artifacts=tuple(run.artifacts),
+            terminal=run.terminal,
             limits=config.limits,
         )
 

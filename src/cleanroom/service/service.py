@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,14 @@ from cleanroom.service.repair import AutoPrune, prune_runs, repair_runs, retenti
 from cleanroom.service.run import execute_run
 from cleanroom.service.staging import remove_dead_stagings
 from cleanroom.service.statelock import StateLock
-from cleanroom.service.terminal import Terminal
-from cleanroom.service.types import CleanroomInfo, DoctorCheck, EventSink, LaunchOptions, RunResult
+from cleanroom.service.types import (
+    CleanroomInfo,
+    DoctorCheck,
+    EventSink,
+    LaunchOptions,
+    RunOptions,
+    RunResult,
+)
 from cleanroom.service.uploads import Upload, Uploads
 
 __all__ = ["Service"]
@@ -233,22 +239,19 @@ class Service:
         self,
         cleanroom_id: str,
         command: Sequence[str],
+        run: RunOptions | None = None,
         *,
         on_event: EventSink | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] = (),
-        terminal: Terminal | None = None,
     ) -> RunResult:
-        """See ``ServiceAPI.run``. ``timeout`` (seconds) kills the command's process group."""
+        """See ``ServiceAPI.run``."""
+        run = run or RunOptions()
         ctx = self._contexts.get(cleanroom_id)
         if ctx is None or ctx.terminated:
             raise CleanroomNotFound(
                 f"no cleanroom {cleanroom_id!r}", details={"cleanroom_id": cleanroom_id}
             )
-        argv = checked_request(cleanroom_id, command, timeout, env, stdin, artifacts).command
-        timeout = run_timeout(timeout, self._config)  # every run ends, within the ceiling
+        argv = checked_request(cleanroom_id, command, run).command
+        timeout = run_timeout(run.timeout, self._config)  # every run ends, within the ceiling
         running = sum(len(c.tasks) for c in self._contexts.values())
         check_capacity(running, self._config.limits.max_concurrent_runs)
         run_id = new_run_id()
@@ -259,11 +262,8 @@ class Service:
             run_id,
             run_dir,
             argv,
+            run,
             timeout=timeout,
-            env=env,
-            stdin=stdin,
-            artifacts=artifacts,
-            terminal=terminal,
             config=self._config,
         )
         # The run executes in its own task so that terminate() can cancel it while
@@ -320,36 +320,24 @@ class Service:
         self,
         cwd: Path,
         command: Sequence[str],
+        run: RunOptions | None = None,
         *,
+        on_event: EventSink | None = None,
         backend: str | None = None,
         options: LaunchOptions | None = None,
-        on_event: EventSink | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        artifacts: Sequence[str] = (),
-        terminal: Terminal | None = None,
         workspace_id: str | None = None,
         local: bool = True,
     ) -> RunResult:
         """See ``ServiceAPI.exec``."""
+        run = run or RunOptions()
         # Judged before anything is launched (the run checks them again, cheaply).
-        checked_request("exec", command, timeout, env, stdin, artifacts)
-        run_timeout(timeout, self._config)
+        checked_request("exec", command, run)
+        run_timeout(run.timeout, self._config)
         info = await self.launch(
             cwd, backend=backend, options=options, workspace_id=workspace_id, local=local
         )
         try:
-            return await self.run(
-                info.cleanroom_id,
-                command,
-                on_event=on_event,
-                timeout=timeout,
-                env=env,
-                stdin=stdin,
-                artifacts=artifacts,
-                terminal=terminal,
-            )
+            return await self.run(info.cleanroom_id, command, run, on_event=on_event)
         finally:
             await asyncio.shield(self.terminate(info.cleanroom_id))
 

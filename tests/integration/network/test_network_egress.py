@@ -348,14 +348,7 @@ async def test_reconcile_removes_leftovers_after_crash(
     )
     # Simulate a crash: drop the manager without teardown (close its sockets as exit would).
     for live in list(crashed._live.values()):
-        if live.dns is not None:
-            await live.dns.close()
-        if live.upstream is not None:
-            live.upstream.close()
-        for sock in live.sockets:
-            sock.close()
-        if live.audit is not None:
-            live.audit.close()
+        await live.close()
     del crashed
     fresh = NetworkManager(Settings(internet.netns, (DNS_ADDR,)), prefix=TEST_PREFIX)
     removed = await fresh.reconcile()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from network_fixtures import DNS_ADDR, TEST_PREFIX, Internet, netns_names, probe
+from network_fixtures import DNS_ADDR, TEST_PREFIX, Internet, netns_names, nft_ruleset, probe
 
 from cleanroom.errors import NetworkSetupFailed
 from cleanroom.network import NetworkManager, read_events
@@ -44,15 +44,6 @@ async def manager(internet: Internet) -> AsyncIterator[NetworkManager]:
     assert not [n for n in netns_names() if n.startswith(TEST_PREFIX)]
 
 
-def _ruleset(netns: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "list", "ruleset"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
 def _links(netns: str) -> str:
     return subprocess.run(
         ["ip", "-n", netns, "-o", "link", "show"], check=True, capture_output=True, text=True
@@ -66,7 +57,7 @@ async def test_reserved_slot_drops_everything_until_activated(
     slot = await manager.reserve("pool-0123456789ab", fake_guest_netns=guest)
     try:
         assert slot.netns in netns_names()
-        rules = _ruleset(slot.netns)
+        rules = nft_ruleset(slot.netns)
         assert rules.count("policy drop;") == 4
         assert "accept" not in rules
         # Nothing passes: not the allowed host, not the resolver, not the gateway.
@@ -123,14 +114,7 @@ async def test_reconcile_removes_reserved_and_active_leftovers(
         "run-444455556666", compile_policy_text(POLICY, "cleanroom.yaml"), tmp_path
     )
     for live in list(crashed._live.values()):  # a crash: only the process's sockets go
-        if live.dns is not None:
-            await live.dns.close()
-        if live.upstream is not None:
-            live.upstream.close()
-        for sock in live.sockets:
-            sock.close()
-        if live.audit is not None:
-            live.audit.close()
+        await live.close()
     del crashed
     fresh = NetworkManager(Settings(internet.netns, (DNS_ADDR,)), prefix=TEST_PREFIX)
     removed = await fresh.reconcile()

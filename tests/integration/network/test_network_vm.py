@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from network_fixtures import DNS_ADDR, PROBE, TEST_PREFIX, Internet, netns_names
+from network_fixtures import DNS_ADDR, PROBE, TEST_PREFIX, Internet, netns_names, nft_ruleset
 
 from cleanroom import paths
 from cleanroom.backends.qemu import QemuConfig
@@ -192,18 +191,9 @@ async def test_policy_without_allow_rules_gives_no_nic(service: Service, tmp_pat
     assert (await service.run_record(result.run_id))["network"]["mode"] == "none"
 
 
-def _run_ruleset(netns: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "list", "ruleset"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
 def _assert_drop_all(netns: str) -> None:
     """The namespace's only table drops every packet (a reserved, unclaimed slot)."""
-    rules = _run_ruleset(netns)
+    rules = nft_ruleset(netns)
     assert rules.count("table ") == 1, rules
     assert rules.count("policy drop;") == 4, rules
     assert "accept" not in rules, rules

@@ -15,7 +15,7 @@ import pytest
 from cleanroom.config import LimitsConfig, QemuConfig, RuntimeConfig
 from cleanroom.errors import WorkspaceTooLarge
 from cleanroom.images import ensure_image
-from cleanroom.service import LaunchOptions, Service
+from cleanroom.service import LaunchOptions, RunOptions, RunResult, Service
 from cleanroom.service.staging import STAGING_DIR_ENV
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
@@ -60,39 +60,49 @@ def _service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: LimitsConf
     return Service(config)
 
 
+def _repo(tmp_path: Path, policy: str = "version: 1\n") -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "cleanroom.yaml").write_text(policy)
+    return repo
+
+
+async def _exec_watched(
+    svc: Service, repo: Path, argv: list[str], watched: list[tuple[Path, str]]
+) -> tuple[RunResult, int]:
+    """Start ``svc``, exec ``argv`` in ``repo`` (runs in its sibling ``runs/``), close it;
+    the result and the peak host disk use under ``watched`` meanwhile."""
+    runs = repo.parent / "runs"
+    await svc.start()
+    done = asyncio.Event()
+    watch = asyncio.ensure_future(_peak_usage(watched, done))
+    try:
+        result = await svc.exec(
+            repo, argv, RunOptions(timeout=300), options=LaunchOptions(run_dir=runs)
+        )
+    finally:
+        done.set()
+        peak = await watch
+        await svc.close()
+    return result, peak
+
+
 async def test_a_sparse_file_stays_sparse_on_the_host_and_arrives_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "cleanroom.yaml").write_text("version: 1\n")
+    repo = _repo(tmp_path)
     data = os.urandom(MIB)
     with (repo / "big.img").open("wb") as fh:
         fh.truncate(SPARSE_SIZE)
         fh.seek(DATA_AT)
         fh.write(data)
     svc = _service(tmp_path, monkeypatch, LimitsConfig(workspace_bytes=64 * MIB))
-    runs = tmp_path / "runs"
     read = (
         f"import hashlib, os; f = open('big.img', 'rb'); f.seek({DATA_AT}); "
         f"print(os.fstat(f.fileno()).st_size, hashlib.sha256(f.read({MIB})).hexdigest())"
     )
-    await svc.start()
-    done = asyncio.Event()
-    watch = asyncio.ensure_future(
-        _peak_usage([(runs, "workspace*"), (tmp_path / "stage", "*")], done)
-    )
-    try:
-        result = await svc.exec(
-            repo,
-            ["python3", "-c", read],
-            options=LaunchOptions(run_dir=runs),
-            timeout=300,
-        )
-    finally:
-        done.set()
-        peak = await watch
-        await svc.close()
+    watched = [(tmp_path / "runs", "workspace*"), (tmp_path / "stage", "*")]
+    result, peak = await _exec_watched(svc, repo, ["python3", "-c", read], watched)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.split() == [str(SPARSE_SIZE), hashlib.sha256(data).hexdigest()]
     # The staged copy and the 16 GiB disk together: ext4 metadata and the 1 MiB.
@@ -102,9 +112,7 @@ async def test_a_sparse_file_stays_sparse_on_the_host_and_arrives_whole(
 async def test_an_allocated_size_over_the_cap_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "cleanroom.yaml").write_text("version: 1\n")
+    repo = _repo(tmp_path)
     with (repo / "big.img").open("wb") as fh:
         fh.truncate(SPARSE_SIZE)
         fh.write(os.urandom(2 * MIB))
@@ -123,27 +131,10 @@ async def test_filling_the_workspace_disk_gives_enospc_within_disk_mib(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk_mib = 96
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "cleanroom.yaml").write_text(
-        f"version: 1\nsandbox:\n  resources:\n    disk_mib: {disk_mib}\n"
-    )
+    repo = _repo(tmp_path, f"version: 1\nsandbox:\n  resources:\n    disk_mib: {disk_mib}\n")
     svc = _service(tmp_path, monkeypatch, LimitsConfig())
-    runs = tmp_path / "runs"
-    await svc.start()
-    done = asyncio.Event()
-    watch = asyncio.ensure_future(_peak_usage([(runs, "workspace.ext4")], done))
-    try:
-        result = await svc.exec(
-            repo,
-            ["sh", "-c", "dd if=/dev/zero of=/workspace/f bs=1M; echo rc=$?"],
-            options=LaunchOptions(run_dir=runs),
-            timeout=300,
-        )
-    finally:
-        done.set()
-        peak = await watch
-        await svc.close()
+    dd = ["sh", "-c", "dd if=/dev/zero of=/workspace/f bs=1M; echo rc=$?"]
+    result, peak = await _exec_watched(svc, repo, dd, [(tmp_path / "runs", "workspace.ext4")])
     assert "No space left" in result.stderr
     assert "rc=1" in result.stdout
     assert disk_mib * MIB // 2 < peak <= disk_mib * MIB
@@ -152,26 +143,11 @@ async def test_filling_the_workspace_disk_gives_enospc_within_disk_mib(
 async def test_filling_the_root_disk_gives_enospc_within_the_image_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "cleanroom.yaml").write_text("version: 1\n")
+    repo = _repo(tmp_path)
     svc = _service(tmp_path, monkeypatch, LimitsConfig())
-    runs = tmp_path / "runs"
-    await svc.start()
     base = ensure_image().rootfs.stat().st_size
-    done = asyncio.Event()
-    watch = asyncio.ensure_future(_peak_usage([(runs, "rootfs*")], done))
-    try:
-        result = await svc.exec(
-            repo,
-            ["sh", "-c", "dd if=/dev/zero of=/fill bs=1M; echo rc=$?"],
-            options=LaunchOptions(run_dir=runs),
-            timeout=300,
-        )
-    finally:
-        done.set()
-        peak = await watch
-        await svc.close()
+    dd = ["sh", "-c", "dd if=/dev/zero of=/fill bs=1M; echo rc=$?"]
+    result, peak = await _exec_watched(svc, repo, dd, [(tmp_path / "runs", "rootfs*")])
     assert "No space left" in result.stderr
     assert "rc=1" in result.stdout
     # The run's copy of the root (a qcow2 overlay or a sparse copy) holds at most

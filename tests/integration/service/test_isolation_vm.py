@@ -8,7 +8,7 @@ import pytest
 
 from cleanroom.config import QemuConfig, RuntimeConfig
 from cleanroom.errors import BackendCapabilityMismatch
-from cleanroom.service import LaunchOptions, Service
+from cleanroom.service import LaunchOptions, RunOptions, Service
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
 
@@ -34,7 +34,11 @@ async def test_kvm_required_is_refused_before_booting_and_runs_report_tcg(
 
         (repo / "cleanroom.yaml").write_text("version: 1\n")
         result = await svc.exec(
-            repo, ["true"], backend="qemu", options=LaunchOptions(run_dir=runs), timeout=120
+            repo,
+            ["true"],
+            RunOptions(timeout=120),
+            backend="qemu",
+            options=LaunchOptions(run_dir=runs),
         )
         assert result.exit_code == 0
         assert result.isolation == "qemu-tcg"

@@ -11,7 +11,7 @@ import pytest
 from cleanroom import paths
 from cleanroom.backends.console import truncation_marker
 from cleanroom.config import LimitsConfig, QemuConfig, RuntimeConfig
-from cleanroom.service import LaunchOptions, Service
+from cleanroom.service import LaunchOptions, RunOptions, Service
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
 
@@ -37,8 +37,8 @@ async def test_console_flood_is_capped_and_qemu_is_sandboxed(
         result = await svc.exec(
             repo,
             ["sh", "-c", f"head -c {FLOOD} /dev/zero > /dev/hvc0 && echo flooded"],
+            RunOptions(timeout=300),
             options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
-            timeout=300,
         )
     finally:
         await svc.close()

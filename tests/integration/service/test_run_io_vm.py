@@ -14,7 +14,7 @@ from cleanroom import paths
 from cleanroom.config import QemuConfig, RuntimeConfig
 from cleanroom.errors import InvalidRequest
 from cleanroom.models import ChangeCounts
-from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
+from cleanroom.service import LaunchOptions, RunEvent, RunOptions, RunOutput, Service
 from cleanroom.service.record import read_record
 from cleanroom.service.terminal import Terminal
 
@@ -57,10 +57,10 @@ async def test_env_stdin_changes_and_artifacts_in_a_guest(
     result = await service.exec(
         workspace,
         ["sh", "-c", script],
+        RunOptions(
+            env={"TOKEN": SECRET, "EXPECT": SECRET}, stdin=b"from stdin\n", artifacts=["out/*.bin"]
+        ),
         options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
-        env={"TOKEN": SECRET, "EXPECT": SECRET},
-        stdin=b"from stdin\n",
-        artifacts=["out/*.bin"],
     )
     assert result.stdout == "token-ok\nfrom stdin\n"
     # The host-made disk: the agent took its baseline before the command.
@@ -94,8 +94,8 @@ async def test_a_read_only_workspace_reports_no_changes(
     result = await service.exec(
         workspace,
         ["sh", "-c", "echo x > /tmp/t; cat keep.txt"],
+        RunOptions(artifacts=["keep.txt"]),
         options=LaunchOptions(run_dir=paths.state_dir() / "test-runs", read_only_workspace=True),
-        artifacts=["keep.txt"],
     )
     assert result.stdout == "unchanged\n"
     assert result.changes is None
@@ -125,9 +125,9 @@ async def test_a_terminal_run_in_a_guest(service: Service, workspace: Path, tmp_
         service.exec(
             workspace,
             ["sh", "-c", script],
+            RunOptions(terminal=terminal),
             options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"),
             on_event=sink,
-            terminal=terminal,
         )
     )
     await asyncio.wait_for(prompt.wait(), 120)

@@ -28,7 +28,7 @@ from cleanroom.errors import (
     RuntimeLaunchFailed,
     RunTimeout,
 )
-from cleanroom.service import LaunchOptions, RunEvent, RunOutput, RunStarted, Service
+from cleanroom.service import LaunchOptions, RunEvent, RunOptions, RunOutput, RunStarted, Service
 from cleanroom.service.record import RECORD_NAME, TIMING_KEYS
 
 pytestmark = [pytest.mark.vm, pytest.mark.image]
@@ -283,7 +283,9 @@ async def test_special_files_are_skipped_and_reported(service: Service, workspac
 async def test_timeout_kills_the_command_group(service: Service, workspace: Path) -> None:
     started = time.monotonic()
     with pytest.raises(RunTimeout) as caught:
-        await service.exec(workspace, ["sh", "-c", "sleep 300 & sleep 300; echo never"], timeout=3)
+        await service.exec(
+            workspace, ["sh", "-c", "sleep 300 & sleep 300; echo never"], RunOptions(timeout=3)
+        )
     assert time.monotonic() - started < 120
     run_dir = Path(caught.value.details["run_dir"])
     record = json.loads((run_dir / RECORD_NAME).read_text())

@@ -4,47 +4,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_run import cli, cli_env
 from shared_server import shared_host  # noqa: F401 - the tests share one server
 
 from cleanroom.cli.runio import read_env
 from cleanroom.errors import InvalidRequest
 
-ENTRY = "from cleanroom.cli.app import main; main()"
 SECRET = "cli-secret-6c0ffee"
 
 
 @pytest.fixture
 def env(root: Path, host: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k != "CLEANROOM_HOST"}
-    out.update(
-        XDG_RUNTIME_DIR=str(root / "xdg-run"),
-        XDG_STATE_HOME=str(root / "xdg-state"),
-        XDG_CONFIG_HOME=str(root / "xdg-config"),
-        XDG_CACHE_HOME=str(root / "xdg-cache"),
-        CLEANROOM_HOST=host,
-    )
-    return out
-
-
-def cli(
-    *args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    return {**cli_env(root), "CLEANROOM_HOST": host}
 
 
 def test_env_flags_and_file(env: dict[str, str], repo: Path, root: Path) -> None:

@@ -3,30 +3,19 @@ whose guests are agent processes (each command gets a real pty from the agent)."
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pexpect
 import pytest
+from cli_run import ENTRY, cli_env
 from shared_server import shared_host  # noqa: F401 - the tests share one server
-
-ENTRY = "from cleanroom.cli.app import main; main()"
 
 
 @pytest.fixture
 def env(root: Path, host: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k != "CLEANROOM_HOST"}
-    out.update(
-        XDG_RUNTIME_DIR=str(root / "xdg-run"),
-        XDG_STATE_HOME=str(root / "xdg-state"),
-        XDG_CONFIG_HOME=str(root / "xdg-config"),
-        XDG_CACHE_HOME=str(root / "xdg-cache"),
-        CLEANROOM_HOST=host,
-        PS1="guest$ ",
-    )
-    return out
+    return {**cli_env(root), "CLEANROOM_HOST": host, "PS1": "guest$ "}
 
 
 def _spawn(command: str, env: dict[str, str], cwd: Path) -> pexpect.spawn[bytes]:

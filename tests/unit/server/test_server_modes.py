@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_process import wait_for_socket
+from server_process import server_argv, wait_for_socket
 
 from cleanroom.client import Client
 from cleanroom.errors import InvalidRequest
@@ -83,17 +83,7 @@ def server_process(short_tmp: Path) -> Iterator[Path]:
     sock = short_tmp / "run" / "s.sock"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cleanroom.testing.server",
-            "--listen",
-            f"unix://{sock}",
-            "--state",
-            str(short_tmp / "state"),
-        ],
-        stderr=subprocess.DEVNULL,
-        env=env,
+        server_argv(f"unix://{sock}", short_tmp / "state"), stderr=subprocess.DEVNULL, env=env
     )
     try:
         wait_for_socket(sock, proc)

@@ -7,42 +7,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from server_process import server_argv, wait_for_socket
 
 from cleanroom.cli.autostart import ensure_local_server, server_answers
 from cleanroom.client import Client, resolve_endpoint
 from cleanroom.errors import RunCancelled, ServerUnavailable
 
 
-def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not server_answers(resolve_endpoint(f"unix://{path}")):
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early: {proc.stderr.read() if proc.stderr else ''!r}")
-        if time.monotonic() > deadline:
-            pytest.fail("server did not come up")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def fake_server(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     sock = short_tmp / "run" / "s.sock"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cleanroom.testing.server",
-            "--listen",
-            f"unix://{sock}",
-            "--state",
-            str(short_tmp / "state"),
-        ],
-        stderr=subprocess.PIPE,
+        server_argv(f"unix://{sock}", short_tmp / "state"), stderr=subprocess.PIPE
     )
     try:
         wait_for_socket(sock, proc)
@@ -89,15 +70,7 @@ def test_autostart_starts_a_detached_server_once(short_tmp: Path) -> None:
     sock = short_tmp / "auto" / "cleanroom.sock"
     endpoint = resolve_endpoint(f"unix://{sock}")
     log = short_tmp / "state" / "server.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "cleanroom.testing.server",
-        "--listen",
-        endpoint.url,
-        "--state",
-        str(short_tmp / "state"),
-    ]
+    argv = server_argv(endpoint.url, short_tmp / "state")
     assert not server_answers(endpoint)
     pid = ensure_local_server(endpoint, log_path=log, argv=argv)
     assert pid is not None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.service.greet import boot_and_greet
 from cleanroom.service.network import bind_network
 from cleanroom.service.pool import WarmPool
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[AgentProcessBackend]:
-    be = AgentProcessBackend()
-    try:
-        yield be
-    finally:
-        await be.close()
 
 
 async def test_greeted_guest_answers(backend: AgentProcessBackend, tmp_path: Path) -> None:

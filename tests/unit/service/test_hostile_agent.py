@@ -21,7 +21,7 @@ from cleanroom.agent import AgentClient
 from cleanroom.backends.base import GuestSpec
 from cleanroom.config import LimitsConfig, RuntimeConfig
 from cleanroom.errors import CleanroomError
-from cleanroom.service import LaunchOptions, Service
+from cleanroom.service import LaunchOptions, RunOptions, Service
 from cleanroom.service import greet as greet_module
 from cleanroom.service.record import RECORD_NAME
 
@@ -129,7 +129,7 @@ async def test_hostile_agent_ends_with_stable_code_and_no_leaks(
     )
     fds_before = _fds()
     with pytest.raises(CleanroomError) as caught:
-        await service.run(info.cleanroom_id, ["true"], timeout=1.0)
+        await service.run(info.cleanroom_id, ["true"], RunOptions(timeout=1.0))
     assert caught.value.code == code, caught.value
     (guest,) = backend.guests
     assert guest.destroyed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from no_network import NoNetwork
 from cleanroom import paths
 from cleanroom.config import LimitsConfig, RuntimeConfig, parse_config_text
 from cleanroom.errors import ConfigInvalid, OutputLimitExceeded, RunTimeout, WorkspaceTooLarge
-from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
+from cleanroom.service import LaunchOptions, RunEvent, RunOptions, RunOutput, Service
 from cleanroom.service.output import CAPTURE_LIMIT
 from cleanroom.service.pool import WarmPool
 from cleanroom.service.record import RECORD_NAME
@@ -27,23 +26,6 @@ LOG_LIMIT = 3 * CAPTURE_LIMIT
 def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A state directory of this test's own: a service's start repairs and prunes it."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    (path / "cleanroom.yaml").write_text("version: 1\n")
-    return path
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[AgentProcessBackend]:
-    be = AgentProcessBackend()
-    try:
-        yield be
-    finally:
-        await be.close()
 
 
 async def _service(backend: AgentProcessBackend, limits: LimitsConfig) -> Service:
@@ -116,7 +98,7 @@ async def test_a_run_without_timeout_gets_the_default(
         with pytest.raises(RunTimeout):
             await svc.run(info.cleanroom_id, ["sleep", "30"])
         # A timeout in the request still wins over the default.
-        result = await svc.run(info.cleanroom_id, ["sleep", "1"], timeout=10)
+        result = await svc.run(info.cleanroom_id, ["sleep", "1"], RunOptions(timeout=10))
     finally:
         await svc.close()
     assert result.exit_code == 0

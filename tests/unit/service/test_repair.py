@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from server_process import server_argv
 
 from cleanroom.client import Client
 from cleanroom.config import LimitsConfig, RuntimeConfig
@@ -183,18 +184,7 @@ def test_server_killed_mid_run_is_repaired_at_next_start(tmp_path: Path) -> None
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "cleanroom.yaml").write_text("version: 1\n")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cleanroom.testing.server",
-            "--listen",
-            f"unix://{sock}",
-            "--state",
-            str(state),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(server_argv(f"unix://{sock}", state), stderr=subprocess.DEVNULL)
     agents: list[int] = []
     try:
         deadline = time.monotonic() + 20

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from agent_backend import AgentProcessBackend, AgentProcessGuest
-from no_network import NoNetwork
 
 from cleanroom import paths
 from cleanroom.backends.base import Guest, GuestSpec, NoRestore
-from cleanroom.config import RuntimeConfig
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.service import LaunchOptions, Service
 from cleanroom.service.pool import WarmPool
@@ -55,16 +53,6 @@ async def backend() -> AsyncIterator[RestoringBackend]:
         for guest in be.restored:
             await guest.destroy()
         await be.close()
-
-
-@pytest.fixture
-async def service(backend: RestoringBackend) -> AsyncIterator[Service]:
-    svc = Service(RuntimeConfig(), backends={"qemu": backend}, network=NoNetwork())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close()
 
 
 @pytest.mark.parametrize(

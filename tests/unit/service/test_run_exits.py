@@ -6,47 +6,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from agent_backend import AgentProcessBackend
-from no_network import NoNetwork
 
 from cleanroom import paths
 from cleanroom.agent import AgentClient
-from cleanroom.config import RuntimeConfig
 from cleanroom.errors import GuestAgentFailed, RunCancelled, RunTimeout
-from cleanroom.service import LaunchOptions, RunEvent, RunOutput, Service
+from cleanroom.service import LaunchOptions, RunEvent, RunOptions, RunOutput, Service
 from cleanroom.service import greet as greet_module
 from cleanroom.service.record import RECORD_NAME
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    (path / "cleanroom.yaml").write_text("version: 1\n")
-    return path
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[AgentProcessBackend]:
-    be = AgentProcessBackend()
-    try:
-        yield be
-    finally:
-        await be.close()
-
-
-@pytest.fixture
-async def service(backend: AgentProcessBackend) -> AsyncIterator[Service]:
-    svc = Service(RuntimeConfig(), backends={"qemu": backend}, network=NoNetwork())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close()
 
 
 def _record(run_dir: Path) -> dict[str, object]:
@@ -64,7 +34,9 @@ async def test_agent_that_stops_answering_is_run_timeout(
     )
     with pytest.raises(RunTimeout) as caught:
         # The agent (the command's parent) is stopped: it can neither kill nor report.
-        await service.run(info.cleanroom_id, ["sh", "-c", "kill -STOP $PPID; sleep 2"], timeout=0.3)
+        await service.run(
+            info.cleanroom_id, ["sh", "-c", "kill -STOP $PPID; sleep 2"], RunOptions(timeout=0.3)
+        )
     assert caught.value.code == "run_timeout"
     record = _record(_only_run_dir(info.run_dir_root))
     assert record["status"] == "timeout"

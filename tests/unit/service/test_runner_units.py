@@ -31,25 +31,6 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def backend() -> AsyncIterator[AgentProcessBackend]:
-    be = AgentProcessBackend()
-    try:
-        yield be
-    finally:
-        await be.close()
-
-
-@pytest.fixture
-async def service(backend: AgentProcessBackend) -> AsyncIterator[Service]:
-    svc = Service(RuntimeConfig(), backends={"qemu": backend}, network=NoNetwork())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close()
-
-
 async def _let_the_loop_run(rounds: int = 50) -> None:
     """Give every ready task ``rounds`` turns: what can finish without I/O or a timer
     has finished after this, deterministically (no wall-clock wait)."""
