@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.client._calls import Call, error_from_body, exec_call
+from cleanroom.client._calls import Call, error_from_body, exec_call, json_object
 from cleanroom.client._endpoint import Endpoint
-from cleanroom.errors import CleanroomError
 from cleanroom.models import ExecRequest, LaunchOptions, RunResult, from_dict, to_dict
 
 __all__ = [
@@ -136,10 +135,4 @@ class TerminalDecoder:
 
 
 def _event(text: str) -> dict[str, Any]:
-    try:
-        event = json.loads(text)
-    except ValueError as exc:
-        raise CleanroomError("the server sent a terminal event that is not JSON") from exc
-    if not isinstance(event, dict):
-        raise CleanroomError("the server sent an unexpected terminal event")
-    return event
+    return json_object(text, "a terminal event", "an unexpected terminal event")
