@@ -14,8 +14,16 @@ publication and recomputed the first time this process uses the snapshot
 only compares it with a fresh ``stat`` (microseconds). A file replaced or
 rewritten in place changes that identity and is hashed again before use.
 
-Publication is atomic: files are made in a private ``.tmp-*`` directory beside
-the snapshots, then renamed to ``<key>``; a reader never sees half a snapshot.
+Publication is atomic: files are made in a private ``.tmp-<pid>-*`` directory
+beside the snapshots, then renamed to ``<key>``; a reader never sees half a
+snapshot.
+
+Several servers may share one image cache with different guest shapes or
+settings (so different keys): pruning after a publication keeps the most
+recently used snapshots (``find`` marks a use on the manifest's mtime) up to
+a bound, not only the caller's own, and never removes the staging directory of
+a process that is still alive; otherwise two such servers would delete each
+other's snapshots, and each other's half-made ones, in turn.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 from cleanroom.images.manifest import file_sha256
 
 __all__ = [
+    "KEPT_PER_IMAGE",
     "SNAPSHOTS_DIR_NAME",
     "SNAPSHOT_MANIFEST_NAME",
     "Snapshot",
@@ -47,6 +56,11 @@ SNAPSHOTS_DIR_NAME = "snapshots"
 SNAPSHOT_MANIFEST_NAME = "snapshot.json"
 _FORMAT = 1
 _TMP_PREFIX = ".tmp-"
+KEPT_PER_IMAGE = 4
+"""How many snapshots of one image pruning leaves (the caller's own first)."""
+_ORPHAN_SECONDS = 86400.0
+"""A staging directory whose maker is unknown (older releases) is left alone
+for this long."""
 _MAX_MANIFEST_BYTES = 1 << 20
 
 Facts = Mapping[str, str | int | bool | None]
@@ -129,6 +143,8 @@ class SnapshotCache:
         snap = _load(path, key)
         for name, seal in snap.files.items():
             self._verify_file(snap.file(name), seal)
+        with contextlib.suppress(OSError):  # a use, for pruning the least recent
+            os.utime(manifest)
         return snap
 
     def _verify_file(self, path: Path, seal: FileSeal) -> None:
@@ -153,7 +169,8 @@ class SnapshotCache:
         """A private directory to make a snapshot's files in; removed on exit
         unless :meth:`publish` moved it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
+        # The pid in the name tells a pruning process whether its maker is alive.
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=self.root))
         try:
             yield tmp
         finally:
@@ -177,7 +194,7 @@ class SnapshotCache:
         (staging / SNAPSHOT_MANIFEST_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         final = self.root / key
         if final.exists():
-            old = self.root / f"{_TMP_PREFIX}old-{key}-{os.getpid()}"
+            old = self.root / f"{_TMP_PREFIX}{os.getpid()}-old-{key}"
             final.rename(old)
             staging.rename(final)
             shutil.rmtree(old, ignore_errors=True)
@@ -188,20 +205,53 @@ class SnapshotCache:
             self._verified[snap.file(name)] = _identity(snap.file(name))
         return snap
 
-    def prune(self, keep: str | Collection[str] | None = None) -> list[str]:
-        """Remove every snapshot (and leftover staging directory) but ``keep`` (one
-        key or several); the keys removed."""
+    def prune(
+        self, keep: str | Collection[str] | None = None, *, most: int | None = None
+    ) -> list[str]:
+        """Remove snapshots other than ``keep`` (one key or several), and staging
+        directories left by processes that are gone; the snapshot keys removed.
+
+        ``most``: keep up to that many snapshots in all, ``keep`` first and then
+        the most recently used (other servers' shapes); None removes every other.
+        """
         kept = {keep} if isinstance(keep, str) else set(keep or ())
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
+        others: list[tuple[float, Path]] = []
         for entry in self.root.iterdir():
-            if entry.name in kept or not entry.is_dir():
-                continue
+            if entry.name.startswith(_TMP_PREFIX):
+                if _abandoned(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name not in kept and entry.is_dir():
+                others.append((_last_use(entry), entry))
+        room = 0 if most is None else max(0, most - len(kept))
+        others.sort(key=lambda item: item[0], reverse=True)  # most recent first
+        for _, entry in others[room:]:
             shutil.rmtree(entry, ignore_errors=True)
-            if not entry.name.startswith(_TMP_PREFIX):
-                removed.append(entry.name)
-        return removed
+            removed.append(entry.name)
+        return sorted(removed)
+
+
+def _last_use(path: Path) -> float:
+    """When a snapshot was last found (its manifest's mtime; 0 when unreadable)."""
+    try:
+        return (path / SNAPSHOT_MANIFEST_NAME).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _abandoned(staging: Path) -> bool:
+    """Whether ``staging`` (``.tmp-<pid>-…``) belongs to a process that is gone;
+    one without a pid (older releases) only once it is a day old."""
+    pid = staging.name[len(_TMP_PREFIX) :].partition("-")[0]
+    if pid.isdigit():
+        return not Path(f"/proc/{pid}").exists()
+    try:
+        age = datetime.now(UTC).timestamp() - staging.stat().st_mtime
+    except OSError:
+        return False
+    return age > _ORPHAN_SECONDS
 
 
 def _load(path: Path, key: str) -> Snapshot:

@@ -119,3 +119,26 @@ def test_malformed_manifests_are_refused(tmp_path: Path, doc: str) -> None:
     (tmp_path / "k" / SNAPSHOT_MANIFEST_NAME).write_text(doc)
     with pytest.raises(SnapshotInvalid):
         SnapshotCache(tmp_path).find("k")
+
+
+def test_pruning_leaves_other_servers_recent_snapshots_and_live_staging(tmp_path: Path) -> None:
+    """Two servers with other shapes share a cache: publishing one key keeps the
+    most recently used others (up to ``most``) and a live process's staging."""
+    cache = SnapshotCache(tmp_path)
+    for n, key in enumerate(("old", "mid", "new")):
+        _publish(cache, key)
+        os.utime(tmp_path / key / SNAPSHOT_MANIFEST_NAME, (1000 + n, 1000 + n))
+    cache.find("old")  # a use makes it the most recent
+    live = tmp_path / f".tmp-{os.getpid()}-abc"  # being made by a live process
+    live.mkdir()
+    dead = tmp_path / ".tmp-999999999-abc"  # its maker is gone (no such pid)
+    dead.mkdir()
+    legacy = tmp_path / ".tmp-xyz"  # no pid: left alone for a day
+    legacy.mkdir()
+    _publish(cache, "mine")
+    assert cache.prune("mine", most=3) == ["mid"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([".tmp-xyz", live.name, "mine", "new", "old"])
+    os.utime(legacy, (0, 0))
+    assert cache.prune("mine", most=1) == ["new", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "mine"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -26,7 +27,13 @@ from cleanroom.backends.qemu.sealed_ram import SnapshotRams
 from cleanroom.backends.qemu.snapshot import RAM_NAME, make_snapshot, snapshot_facts
 from cleanroom.backends.workspace_disk import DEFAULT_WORKSPACE_DISK_BYTES
 from cleanroom.errors import CleanroomError
-from cleanroom.images.snapshots import Snapshot, SnapshotCache, SnapshotInvalid, snapshot_key
+from cleanroom.images.snapshots import (
+    KEPT_PER_IMAGE,
+    Snapshot,
+    SnapshotCache,
+    SnapshotInvalid,
+    snapshot_key,
+)
 from cleanroom.images.userimage import UserImage
 
 __all__ = ["Snapshots"]
@@ -168,9 +175,10 @@ class Snapshots:
                 image=self.image,
             )
             self.made_ms = round((time.monotonic() - started) * 1000, 1)
-            # Snapshots of other shapes or agents of this image are stale now.
+            # Other servers sharing this cache may use other shapes: the least
+            # recently used beyond a bound go (see ``SnapshotCache.prune``).
             keep = [v.key for v in self._variants.values()]
-            await asyncio.to_thread(self.cache.prune, keep)
+            await asyncio.to_thread(functools.partial(self.cache.prune, keep, most=KEPT_PER_IMAGE))
             self.rams.keep(keep)
             return snap
 
