@@ -258,7 +258,7 @@ def test_the_manifest_never_waits_for_the_timestamp_tick(
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"record_manifest slept {seconds} s")
 
-    monkeypatch.setattr(guest_changes.time, "sleep", no_sleep)
+    monkeypatch.setattr("time.sleep", no_sleep)
     manifest = guest_changes.record_manifest(str(tmp_path))
     assert manifest.racy(manifest.entries["fresh"])
 
@@ -273,9 +273,7 @@ def test_a_racily_clean_file_is_compared_by_content(tmp_path: Path) -> None:
     )
     ctime = entry.ident[3]
     racy = guest_changes.Manifest({"f": recorded}, taken_ns=ctime)
-    settled = guest_changes.Manifest(
-        {"f": recorded}, taken_ns=ctime + guest_changes.RACY_MARGIN_NS
-    )
+    settled = guest_changes.Manifest({"f": recorded}, taken_ns=ctime + guest_changes.RACY_MARGIN_NS)
     assert racy.racy(recorded)
     assert not settled.racy(recorded)
     changed = guest_changes.compare(str(tmp_path), racy)
