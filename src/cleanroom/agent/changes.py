@@ -16,7 +16,8 @@ unless it lands in the same timestamp tick as the recorded ctime. A file
 whose recorded ctime is that close to the moment the manifest was taken
 (within :data:`RACY_MARGIN_NS`, "racily clean" as git calls it) is therefore
 hashed and compared like any other file, instead of making the manifest
-wait for the tick to pass (a sleep on every run's path). Any other file is
+wait for the tick to pass (a sleep on every streamed run's path; a baseline,
+with nothing to compare content with, still waits). Any other file is
 hashed and compared.
 Files the manifest has no hash for (a baseline taken without reading them)
 count as modified when their identity moved; the host drops the ones whose
@@ -103,14 +104,15 @@ class Manifest:
     """The workspace as copied in: relative path -> entry."""
 
     entries: dict[str, Entry]
-    taken_ns: int
-    """``time.time_ns()`` once the walk was done (after every recorded ctime)."""
+    taken_ns: int | None
+    """``time.time_ns()`` once the walk was done, for a manifest with hashes (None: a
+    baseline, which waited for the newest ctime's tick to pass instead)."""
 
     def racy(self, entry: Entry) -> bool:
         """Whether a later write to ``entry``'s file could leave its ctime (and so its
         whole identity) as recorded: its ctime falls within :data:`RACY_MARGIN_NS`
         of the manifest's time. Such a file is compared by content."""
-        return entry.ident[3] + RACY_MARGIN_NS > self.taken_ns
+        return self.taken_ns is not None and entry.ident[3] + RACY_MARGIN_NS > self.taken_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,15 +201,29 @@ def record_manifest(
     root: str, hashes: dict[str, str] | None = None, skip: frozenset[str] = frozenset()
 ) -> Manifest:
     """The manifest of ``root`` now; file hashes from ``hashes`` (path -> sha256), else
-    none (a baseline: see the module docstring). Never waits: files written just
-    before are compared by content later (see :meth:`Manifest.racy`)."""
+    none (a baseline: see the module docstring).
+
+    With ``hashes`` (files this agent just wrote, by its own clock) it never
+    waits: files written just before are compared by content later (see
+    :meth:`Manifest.racy`). A baseline has no content to compare with and its
+    files' ctimes come from the host's clock (up to half a second off the
+    guest's), so it returns after the timestamp tick of the newest ctime has
+    passed instead, so any later change moves a ctime.
+    """
     found = walk(root, skip)
-    taken_ns = time.time_ns()  # after the walk: no recorded ctime is later
+    taken_ns = time.time_ns()  # after the walk: no ctime this agent wrote is later
     known = hashes or {}
+    newest = 0
     for rel, entry in list(found.items()):
+        newest = max(newest, entry.ident[3])
         if entry.type == "file" and rel in known:
             found[rel] = Entry(entry.type, entry.mode, entry.size, entry.ident, known[rel])
-    return Manifest(found, taken_ns)
+    if hashes is not None:
+        return Manifest(found, taken_ns)
+    wait_ns = newest + RACY_MARGIN_NS - time.time_ns()
+    if 0 < wait_ns <= 2 * RACY_MARGIN_NS:
+        time.sleep(wait_ns / 1e9)
+    return Manifest(found, None)
 
 
 def compare(root: str, manifest: Manifest, skip: frozenset[str] = frozenset()) -> list[Change]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -259,8 +260,20 @@ def test_the_manifest_never_waits_for_the_timestamp_tick(
         raise AssertionError(f"record_manifest slept {seconds} s")
 
     monkeypatch.setattr("time.sleep", no_sleep)
-    manifest = guest_changes.record_manifest(str(tmp_path))
+    digest = hashlib.sha256(b"just written\n").hexdigest()
+    manifest = guest_changes.record_manifest(str(tmp_path), {"fresh": digest})
     assert manifest.racy(manifest.entries["fresh"])
+    assert manifest.entries["fresh"].sha256 == digest
+
+
+def test_a_baseline_waits_for_the_tick_and_has_no_racy_files(tmp_path: Path) -> None:
+    # Its ctimes may come from another clock and there is no content to compare.
+    (tmp_path / "fresh").write_text("just written\n")
+    manifest = guest_changes.record_manifest(str(tmp_path))
+    entry = manifest.entries["fresh"]
+    assert manifest.taken_ns is None
+    assert not manifest.racy(entry)
+    assert time.time_ns() >= entry.ident[3] + guest_changes.RACY_MARGIN_NS
 
 
 def test_a_racily_clean_file_is_compared_by_content(tmp_path: Path) -> None:
