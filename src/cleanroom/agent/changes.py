@@ -11,9 +11,14 @@ mtime and ctime in ns) it had then.
 :func:`compare` walks the workspace again without following symlinks and
 lists what was added, modified (content, symlink target or type), deleted or
 only changed mode. A regular file whose ``lstat`` identity is unchanged is
-not read again: every write and chmod moves ctime, and :func:`record_manifest`
-waits until the clock has left the tick of the newest ctime it saw, so a
-later write cannot share that tick. Any other file is hashed and compared.
+not read again: every write and chmod moves ctime, so a later write shows,
+unless it lands in the same timestamp tick as the recorded ctime. A file
+whose recorded ctime is that close to the moment the manifest was taken
+(within :data:`RACY_MARGIN_NS`, "racily clean" as git calls it) is therefore
+hashed and compared like any other file, instead of making the manifest
+wait for the tick to pass (a sleep on every streamed run's path; a baseline,
+with nothing to compare content with, still waits). Any other file is
+hashed and compared.
 Files the manifest has no hash for (a baseline taken without reading them)
 count as modified when their identity moved; the host drops the ones whose
 content matches its own copy.
@@ -43,7 +48,8 @@ __all__ = [
 ]
 
 RACY_MARGIN_NS = 20_000_000
-"""Coarser than any kernel timestamp tick (HZ 100: 10 ms): see :func:`record_manifest`."""
+"""Coarser than any kernel timestamp tick (HZ 100: 10 ms): a recorded ctime this close
+to the manifest's time may be shared by a later write (see :meth:`Manifest.racy`)."""
 
 _READ = 1 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -98,6 +104,15 @@ class Manifest:
     """The workspace as copied in: relative path -> entry."""
 
     entries: dict[str, Entry]
+    taken_ns: int | None
+    """``time.time_ns()`` once the walk was done, for a manifest with hashes (None: a
+    baseline, which waited for the newest ctime's tick to pass instead)."""
+
+    def racy(self, entry: Entry) -> bool:
+        """Whether a later write to ``entry``'s file could leave its ctime (and so its
+        whole identity) as recorded: its ctime falls within :data:`RACY_MARGIN_NS`
+        of the manifest's time. Such a file is compared by content."""
+        return self.taken_ns is not None and entry.ident[3] + RACY_MARGIN_NS > self.taken_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,19 +201,29 @@ def record_manifest(
     root: str, hashes: dict[str, str] | None = None, skip: frozenset[str] = frozenset()
 ) -> Manifest:
     """The manifest of ``root`` now; file hashes from ``hashes`` (path -> sha256), else
-    none (a baseline: see the module docstring). Returns after the timestamp tick of
-    the newest ctime has passed, so any later change moves a ctime."""
+    none (a baseline: see the module docstring).
+
+    With ``hashes`` (files this agent just wrote, by its own clock) it never
+    waits: files written just before are compared by content later (see
+    :meth:`Manifest.racy`). A baseline has no content to compare with and its
+    files' ctimes come from the host's clock (up to half a second off the
+    guest's), so it returns after the timestamp tick of the newest ctime has
+    passed instead, so any later change moves a ctime.
+    """
     found = walk(root, skip)
+    taken_ns = time.time_ns()  # after the walk: no ctime this agent wrote is later
     known = hashes or {}
     newest = 0
     for rel, entry in list(found.items()):
         newest = max(newest, entry.ident[3])
         if entry.type == "file" and rel in known:
             found[rel] = Entry(entry.type, entry.mode, entry.size, entry.ident, known[rel])
+    if hashes is not None:
+        return Manifest(found, taken_ns)
     wait_ns = newest + RACY_MARGIN_NS - time.time_ns()
     if 0 < wait_ns <= 2 * RACY_MARGIN_NS:
         time.sleep(wait_ns / 1e9)
-    return Manifest(found)
+    return Manifest(found, None)
 
 
 def compare(root: str, manifest: Manifest, skip: frozenset[str] = frozenset()) -> list[Change]:
@@ -218,7 +243,7 @@ def compare(root: str, manifest: Manifest, skip: frozenset[str] = frozenset()) -
         digest = None
         if cur.type == "symlink":
             content_changed = cur.target != was.target
-        elif cur.type == "file" and cur.ident != was.ident:
+        elif cur.type == "file" and (cur.ident != was.ident or manifest.racy(was)):
             digest = _hash_path(root, rel)
             content_changed = was.sha256 is None or digest != was.sha256
         elif cur.type == "special":

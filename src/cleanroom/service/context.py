@@ -85,9 +85,8 @@ async def open_context(
     """Load ``cwd``'s policy, admit it (the caller's pin, the operator's ceiling, the
     backend's capabilities and isolation) and resolve its sandbox; raises the errors
     ``ServiceAPI.launch`` names."""
-    if not await asyncio.to_thread(cwd.is_dir):
-        raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
-    policy = await asyncio.to_thread(load_policy, cwd)
+    # One thread hop for the file system (each costs a wake-up on the launch's path).
+    policy = await asyncio.to_thread(_load_policy, cwd)
     admit_policy(policy, config, opts)  # the caller's pin, the operator's ceiling
     name = resolve_backend_name(backend, config)
     be = await get_backend(name)
@@ -107,7 +106,10 @@ async def open_context(
         if opts.read_only_workspace is not None
         else config.workspace.access == "ro"
     )
-    root = await asyncio.to_thread(checked_run_dir, opts.run_dir, config.run_dir_roots)
+    if opts.run_dir is None:
+        root = checked_run_dir(None, config.run_dir_roots)  # one mkdir of the state's runs/
+    else:  # resolves and creates a caller's path: a thread
+        root = await asyncio.to_thread(checked_run_dir, opts.run_dir, config.run_dir_roots)
     info = CleanroomInfo(
         cleanroom_id=new_cleanroom_id(),
         backend=name,
@@ -123,3 +125,10 @@ async def open_context(
     )
     launch_seconds = opts.launch_seconds or float(config.backends[name].launch_seconds)
     return Context(info, policy, be, launch_seconds, sandbox, upload=upload)
+
+
+def _load_policy(cwd: Path) -> CompiledPolicy:
+    """``cwd``'s compiled policy; ``InvalidRequest`` when ``cwd`` is not a directory."""
+    if not cwd.is_dir():
+        raise InvalidRequest(f"cwd {cwd} is not a directory", details={"cwd": str(cwd)})
+    return load_policy(cwd)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cleanroom.changes import HostManifest, manifest_from_archive
 from cleanroom.workspace_tree import (
     CHUNK,
     ArchiveStats,
@@ -53,17 +54,32 @@ class PreparedArchive:
     archive_ms: float
     path: Path | None
     """The archive file to remove after the transfer (None: held in memory)."""
+    manifest: HostManifest | None = None
+    """For an archive held in memory, when asked for: the manifest read from it."""
 
 
-async def prepare_archive(source: Path, size: int, run_dir: Path) -> PreparedArchive:
+async def prepare_archive(
+    source: Path, size: int, run_dir: Path, *, manifest: bool = False
+) -> PreparedArchive:
     """Archive ``source`` (``size``: its scanned bytes) off the event loop: in
     memory up to :data:`MEMORY_ARCHIVE_LIMIT`, else into ``run_dir/workspace.tar``
-    (read back in chunks). Raises ``InvalidRequest`` like :func:`archive_workspace`."""
+    (read back in chunks). Raises ``InvalidRequest`` like :func:`archive_workspace`.
+
+    With ``manifest``, an archive held in memory comes with its manifest, read
+    by the same thread right after it is made (one thread hop, not two, on a
+    small run's path); a file's is the caller's to read while it streams.
+    """
     started = time.monotonic()
     if size <= MEMORY_ARCHIVE_LIMIT:
-        buf = io.BytesIO()
-        stats = await asyncio.to_thread(archive_workspace, source, buf)
-        return PreparedArchive([buf.getvalue()], stats, _ms_since(started), None)
+
+        def archive() -> tuple[bytes, ArchiveStats, HostManifest | None]:
+            buf = io.BytesIO()
+            stats = archive_workspace(source, buf)
+            data = buf.getvalue()
+            return data, stats, manifest_from_archive(io.BytesIO(data)) if manifest else None
+
+        data, stats, read = await asyncio.to_thread(archive)
+        return PreparedArchive([data], stats, _ms_since(started), None, read)
     path = run_dir / "workspace.tar"
     stats = await asyncio.to_thread(archive_workspace, source, path)
     return PreparedArchive(_async_chunks(path), stats, _ms_since(started), path)

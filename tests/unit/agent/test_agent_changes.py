@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,54 @@ def test_the_guest_never_reads_through_a_symlinked_directory(tmp_path: Path) -> 
     os.close(fd)
     with pytest.raises(OSError, match=r"Not a directory|Too many levels"):
         guest_changes.open_in(str(ws), "sneaky/secret")
+
+
+def test_the_manifest_never_waits_for_the_timestamp_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tree written just now: its ctimes are racy, which compare handles by content.
+    (tmp_path / "fresh").write_text("just written\n")
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"record_manifest slept {seconds} s")
+
+    monkeypatch.setattr("time.sleep", no_sleep)
+    digest = hashlib.sha256(b"just written\n").hexdigest()
+    manifest = guest_changes.record_manifest(str(tmp_path), {"fresh": digest})
+    assert manifest.racy(manifest.entries["fresh"])
+    assert manifest.entries["fresh"].sha256 == digest
+
+
+def test_a_baseline_waits_for_the_tick_and_has_no_racy_files(tmp_path: Path) -> None:
+    # Its ctimes may come from another clock and there is no content to compare.
+    (tmp_path / "fresh").write_text("just written\n")
+    manifest = guest_changes.record_manifest(str(tmp_path))
+    entry = manifest.entries["fresh"]
+    assert manifest.taken_ns is None
+    assert not manifest.racy(entry)
+    assert time.time_ns() >= entry.ident[3] + guest_changes.RACY_MARGIN_NS
+
+
+def test_a_racily_clean_file_is_compared_by_content(tmp_path: Path) -> None:
+    # The identity is as recorded; only the content can tell a same-tick rewrite.
+    (tmp_path / "f").write_text("now\n")
+    found = guest_changes.walk(str(tmp_path))
+    entry = found["f"]
+    recorded = guest_changes.Entry(
+        entry.type, entry.mode, entry.size, entry.ident, hashlib.sha256(b"was\n").hexdigest()
+    )
+    ctime = entry.ident[3]
+    racy = guest_changes.Manifest({"f": recorded}, taken_ns=ctime)
+    settled = guest_changes.Manifest({"f": recorded}, taken_ns=ctime + guest_changes.RACY_MARGIN_NS)
+    assert racy.racy(recorded)
+    assert not settled.racy(recorded)
+    changed = guest_changes.compare(str(tmp_path), racy)
+    assert [(c.path, c.change) for c in changed] == [("f", "modified")]
+    assert changed[0].sha256 == hashlib.sha256(b"now\n").hexdigest()
+    # Past the margin an unchanged identity is trusted (the file is not read).
+    assert guest_changes.compare(str(tmp_path), settled) == []
+    # Racy with the right hash: read, found equal, not reported.
+    same = guest_changes.Entry(
+        entry.type, entry.mode, entry.size, entry.ident, hashlib.sha256(b"now\n").hexdigest()
+    )
+    assert guest_changes.compare(str(tmp_path), guest_changes.Manifest({"f": same}, ctime)) == []

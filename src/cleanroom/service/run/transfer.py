@@ -14,10 +14,9 @@ guest then records its own baseline.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 from collections.abc import Awaitable, Callable
-from typing import cast
+from pathlib import Path
 
 from cleanroom.changes import HostManifest, manifest_from_archive
 from cleanroom.service.record import RunRecorder, WorkspaceFacts
@@ -44,7 +43,11 @@ async def configure_and_transfer(
     client = obtained.client
     archiving: asyncio.Future[PreparedArchive] | None = None
     if not obtained.seeded:
-        archiving = asyncio.ensure_future(prepare_archive(plan.cwd, scan.bytes, plan.run_dir))
+        archiving = asyncio.ensure_future(
+            prepare_archive(
+                plan.cwd, scan.bytes, plan.run_dir, manifest=not plan.read_only_workspace
+            )
+        )
         res.push(_archive_remover(archiving))
     with rec.timed("configure"):
         await client.configure(entropy_seed=os.urandom(64), network=obtained.network)
@@ -61,7 +64,9 @@ async def configure_and_transfer(
             prepared = await archiving
             rec.timing("workspace_archive_ms", prepared.archive_ms)
             archive_bytes = prepared.stats.archive_bytes
-            reading = None if plan.read_only_workspace else _read_manifest(prepared)
+            reading = None
+            if not plan.read_only_workspace and prepared.path is not None:
+                reading = _read_manifest(prepared.path)  # a file, read while it streams
             try:
                 ws = await client.send_workspace(
                     prepared.chunks, read_only=plan.read_only_workspace
@@ -72,7 +77,7 @@ async def configure_and_transfer(
                     await asyncio.wait({reading})
                     if not reading.cancelled():
                         reading.exception()  # retrieved; a failure is raised by result()
-            manifest = reading.result() if reading is not None else None
+            manifest = reading.result() if reading is not None else prepared.manifest
             extracted, refused = ws.files, ws.skipped
             if prepared.path is not None:
                 remove_path(prepared.path)
@@ -94,13 +99,9 @@ async def configure_and_transfer(
     return manifest
 
 
-def _read_manifest(prepared: PreparedArchive) -> asyncio.Future[HostManifest]:
-    """The manifest of ``prepared``'s archive, read on a thread (from memory or its file)."""
-    if prepared.path is not None:
-        return asyncio.ensure_future(asyncio.to_thread(manifest_from_archive, prepared.path))
-    # In memory: one bytes object (joining one item copies nothing).
-    data = b"".join(cast("list[bytes]", prepared.chunks))
-    return asyncio.ensure_future(asyncio.to_thread(manifest_from_archive, io.BytesIO(data)))
+def _read_manifest(archive: Path) -> asyncio.Future[HostManifest]:
+    """The manifest of the archive file ``archive``, read on a thread."""
+    return asyncio.ensure_future(asyncio.to_thread(manifest_from_archive, archive))
 
 
 def _archive_remover(archiving: asyncio.Future[PreparedArchive]) -> Callable[[], Awaitable[None]]:
