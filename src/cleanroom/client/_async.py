@@ -6,7 +6,6 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
@@ -20,6 +19,7 @@ from cleanroom.client._bind import (
     awaitable_terminal,
 )
 from cleanroom.client._calls import Call, answer, error_from_body, stream_ended
+from cleanroom.client._closing import AsyncClosing
 from cleanroom.client._endpoint import (
     EndpointSettings,
     connection_error,
@@ -52,7 +52,7 @@ def _long_timeout(connect: float) -> httpx.Timeout:
     return httpx.Timeout(connect, read=None)
 
 
-class AsyncClient(EndpointSettings):
+class AsyncClient(EndpointSettings, AsyncClosing):
     """An asyncio client for the cleanroom server API.
 
     ``host``: ``unix:///path``, ``tcp://h:p`` or ``http(s)://h:p``; default
@@ -106,17 +106,6 @@ class AsyncClient(EndpointSettings):
         self._closed = True
         if self._client is not None:
             await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _unavailable(self, exc: httpx.TransportError) -> ServerUnavailable:
         cause: BaseException | None = exc

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cleanroom.client._calls import Call, error_from_body, exec_call, json_object
 from cleanroom.client._endpoint import Endpoint
@@ -26,6 +26,7 @@ __all__ = [
     "TerminalEvent",
     "TerminalExit",
     "TerminalOutput",
+    "TerminalState",
     "TtyCall",
     "exec_tty",
     "resize_message",
@@ -136,3 +137,21 @@ class TerminalDecoder:
 
 def _event(text: str) -> dict[str, Any]:
     return json_object(text, "a terminal event", "an unexpected terminal event")
+
+
+W = TypeVar("W")
+
+
+class TerminalState(Generic[W]):
+    """What both terminal sessions (blocking and awaitable) hold: the WebSocket
+    ``W``, the endpoint (for errors) and the event decoder."""
+
+    def __init__(self, ws: W, endpoint: Endpoint) -> None:
+        self._ws = ws
+        self._endpoint = endpoint
+        self._decoder = TerminalDecoder()
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, once the server has started it."""
+        return self._decoder.run_id

@@ -21,10 +21,10 @@ from cleanroom.client._endpoint import Endpoint, connection_error, precheck
 from cleanroom.client._terminal import (
     EOF_MESSAGE,
     TTY_PATH,
-    TerminalDecoder,
     TerminalEvent,
     TerminalExit,
     TerminalOutput,
+    TerminalState,
     TtyCall,
     resize_message,
     signal_message,
@@ -41,18 +41,8 @@ __all__ = [
 ]
 
 
-class TerminalSession(Closing):
+class TerminalSession(TerminalState[ClientConnection], Closing):
     """One interactive run: send keystrokes and controls, read output until the exit."""
-
-    def __init__(self, ws: ClientConnection, endpoint: Endpoint) -> None:
-        self._ws = ws
-        self._endpoint = endpoint
-        self._decoder = TerminalDecoder()
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id, once the server has started it."""
-        return self._decoder.run_id
 
     def send(self, data: bytes) -> None:
         """Type ``data`` into the terminal."""

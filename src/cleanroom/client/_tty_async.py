@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed
 
+from cleanroom.client._closing import AsyncClosing
 from cleanroom.client._endpoint import Endpoint, connection_error, precheck
 from cleanroom.client._terminal import (
     EOF_MESSAGE,
     TTY_PATH,
-    TerminalDecoder,
     TerminalEvent,
     TerminalExit,
+    TerminalState,
     TtyCall,
     resize_message,
     signal_message,
@@ -32,21 +32,11 @@ from cleanroom.client._tty import connect_errors, tls_context
 __all__ = ["AsyncTerminalSession", "open_async_terminal"]
 
 
-class AsyncTerminalSession:
+class AsyncTerminalSession(TerminalState[ClientConnection], AsyncClosing):
     """One interactive run: send keystrokes and controls, read output until the exit.
 
     ``async with`` closes it; closing before the exit cancels the run.
     """
-
-    def __init__(self, ws: ClientConnection, endpoint: Endpoint) -> None:
-        self._ws = ws
-        self._endpoint = endpoint
-        self._decoder = TerminalDecoder()
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id, once the server has started it."""
-        return self._decoder.run_id
 
     async def send(self, data: bytes) -> None:
         """Type ``data`` into the terminal."""
@@ -86,17 +76,6 @@ class AsyncTerminalSession:
     async def aclose(self) -> None:
         """Close the connection (a run still going is cancelled by the server)."""
         await self._ws.close()
-
-    async def __aenter__(self) -> AsyncTerminalSession:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def open_async_terminal(
