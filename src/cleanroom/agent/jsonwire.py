@@ -21,7 +21,7 @@ from cleanroom.agent.protocol import FrameType, encode_frame
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, TypeVar
+    from typing import Any, ClassVar, TypeVar
 
     from _typeshed import DataclassInstance
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DEPTH",
+    "FlatMessage",
     "as_object",
     "dump",
     "dump_fields",
@@ -53,6 +54,19 @@ _BRACKET = re.compile(r"[\[\]{}]")
 def dump(ftype: FrameType, obj: Mapping[str, Any]) -> bytes:
     """A frame of type ``ftype`` carrying ``obj`` as compact JSON."""
     return encode_frame(ftype, json.dumps(obj, separators=(",", ":")).encode())
+
+
+class FlatMessage:
+    """Base of a flat dataclass message sent as one frame of type ``FRAME`` (set,
+    without an annotation, in the subclass body: a dataclass ignores it)."""
+
+    if TYPE_CHECKING:
+        FRAME: ClassVar[FrameType]
+        __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def to_frame(self) -> bytes:
+        """The message as its frame (:func:`dump_fields`)."""
+        return dump_fields(self.FRAME, self)
 
 
 def as_object(value: DataclassInstance) -> dict[str, Any]:

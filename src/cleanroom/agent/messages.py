@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cleanroom.agent.errors import AgentProtocolError
 from cleanroom.agent.jsonwire import (
     MAX_DEPTH,
+    FlatMessage,
     as_object,
     dump,
-    dump_fields,
     get,
     load,
     load_fields,
@@ -75,13 +74,12 @@ MAX_SEED = 4096
 
 
 @dataclass(frozen=True)
-class HostHello:
+class HostHello(FlatMessage):
     """The host's opening message."""
 
-    protocol_version: int
+    FRAME = FrameType.HELLO
 
-    def to_frame(self) -> bytes:
-        return dump_fields(FrameType.HELLO, self)
+    protocol_version: int
 
 
 def parse_host_hello(payload: bytes) -> HostHello:
@@ -89,16 +87,15 @@ def parse_host_hello(payload: bytes) -> HostHello:
 
 
 @dataclass(frozen=True)
-class GuestInfo:
+class GuestInfo(FlatMessage):
     """The guest's hello: who answers on the other end."""
+
+    FRAME = FrameType.HELLO
 
     agent_version: str
     protocol_version: int
     kernel: str
     python: str
-
-    def to_frame(self) -> bytes:
-        return dump_fields(FrameType.HELLO, self)
 
 
 def parse_guest_hello(payload: bytes) -> GuestInfo:
@@ -169,7 +166,7 @@ def parse_configure(payload: bytes) -> ConfigureRequest:
 
 
 @dataclass(frozen=True)
-class WorkspaceBegin:
+class WorkspaceBegin(FlatMessage):
     """Start of a workspace tar stream.
 
     ``scratch``: extract into a throwaway directory on the workspace's
@@ -177,11 +174,10 @@ class WorkspaceBegin:
     itself (a warm-up that leaves the workspace as it was).
     """
 
+    FRAME = FrameType.WORKSPACE_BEGIN
+
     read_only: bool
     scratch: bool = False
-
-    def to_frame(self) -> bytes:
-        return dump_fields(FrameType.WORKSPACE_BEGIN, self)
 
 
 def parse_workspace_begin(payload: bytes) -> WorkspaceBegin:
@@ -189,15 +185,14 @@ def parse_workspace_begin(payload: bytes) -> WorkspaceBegin:
 
 
 @dataclass(frozen=True)
-class WorkspaceStats:
+class WorkspaceStats(FlatMessage):
     """What the guest extracted: regular files, their bytes, and refused members."""
+
+    FRAME = FrameType.WORKSPACE_DONE
 
     files: int
     bytes: int
     skipped: int
-
-    def to_frame(self) -> builtins.bytes:
-        return dump_fields(FrameType.WORKSPACE_DONE, self)
 
 
 def parse_workspace_done(payload: bytes) -> WorkspaceStats:
@@ -308,8 +303,10 @@ def parse_signal(payload: bytes) -> SignalRequest:
 
 
 @dataclass(frozen=True)
-class ExitStatus:
+class ExitStatus(FlatMessage):
     """How a command ended. Killed by signal N: ``exit_code`` is 128+N."""
+
+    FRAME = FrameType.EXIT
 
     exit_code: int
     signal: int | None
@@ -317,23 +314,19 @@ class ExitStatus:
     timed_out: bool
     duration_ms: float
 
-    def to_frame(self) -> bytes:
-        return dump_fields(FrameType.EXIT, self)
-
 
 def parse_exit(payload: bytes) -> ExitStatus:
     return load_fields(ExitStatus, payload, "exit")
 
 
 @dataclass(frozen=True)
-class ErrorMessage:
+class ErrorMessage(FlatMessage):
     """An ERROR frame: a stable wire ``code`` and a human message."""
+
+    FRAME = FrameType.ERROR
 
     code: str
     message: str
-
-    def to_frame(self) -> bytes:
-        return dump_fields(FrameType.ERROR, self)
 
 
 def parse_error(payload: bytes) -> ErrorMessage:
