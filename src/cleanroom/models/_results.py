@@ -219,6 +219,10 @@ class Health(Wire):
 
     ok: bool
     version: str
+    warm_ready: int = 0
+    """Warm guests ready now, over every warm pool (the next run may take one)."""
+    warm_size: int = 0
+    """The warm pools' configured sizes, summed (0: no pool)."""
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,8 @@ def create_app(service: ServiceAPI, *, body_limit: int = DEFAULT_BODY_LIMIT) -> 
 
     @app.get("/healthz", response_model=Health, responses=_GET_ERRORS)
     async def healthz() -> Health:
-        return Health(ok=True, version=cleanroom.__version__)
+        ready, size = service.warm_guests()
+        return Health(ok=True, version=cleanroom.__version__, warm_ready=ready, warm_size=size)
 
     @app.post(
         WORKSPACES_PATH,

@@ -164,3 +164,8 @@ class ServiceAPI(Protocol):
     async def doctor(self) -> list[DoctorCheck]:
         """Host readiness checks (KVM, binaries, image, ip/nft, privileges, dirs)."""
         ...
+
+    def warm_guests(self) -> tuple[int, int]:
+        """``(ready, size)`` of the warm pools, summed: cheap (no checks run), for
+        ``/healthz`` and for callers that wait for a warm guest."""
+        ...

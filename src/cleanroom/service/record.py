@@ -208,10 +208,12 @@ class RunRecorder:
         idle_ms: float | None = None,
         restored: bool = False,
         fallback: str | None = None,
+        passes: int | None = None,
     ) -> None:
         """``pool`` (``hit`` or ``miss``); for a hit, the pooled guest's start time
-        (booted or ``restored`` from a snapshot, ready for a run), idle time, and
-        for a booted one why it was not restored."""
+        (booted or ``restored`` from a snapshot, ready for a run), idle time, for a
+        booted one why it was not restored, and how many self-test passes it had
+        (``self_test_passes``; the more, the faster its first run)."""
         self._data["pool"] = outcome
         if boot_ms is not None and idle_ms is not None:
             self._data["pool_guest"] = {
@@ -219,6 +221,7 @@ class RunRecorder:
                 "idle_ms": round(idle_ms, 1),
                 "start": "restored" if restored else "cold",
                 "start_fallback": fallback,
+                "self_test_passes": passes,
             }
 
     def set_start(self, start: str, fallback: str | None = None) -> None:

@@ -372,6 +372,11 @@ class Service:
             checks.append(network_check(self._network_error))
         return checks
 
+    def warm_guests(self) -> tuple[int, int]:
+        """See ``ServiceAPI.warm_guests``."""
+        pools = [pool for _, pool in self._pools.items()]
+        return sum(p.ready for p in pools), sum(p.size for p in pools)
+
     # -- helpers -------------------------------------------------------------------
 
     async def _backend(self, name: str) -> Backend:

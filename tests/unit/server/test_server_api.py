@@ -34,7 +34,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 def test_healthz(http: httpx.Client) -> None:
     response = http.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "version": "0.1.0"}
+    assert response.json() == {"ok": True, "version": "0.1.0", "warm_ready": 0, "warm_size": 0}
 
 
 def test_launch_run_record_list_terminate(http: httpx.Client, repo: Path) -> None:

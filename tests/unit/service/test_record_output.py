@@ -98,7 +98,7 @@ def test_record_facts_land_under_the_documented_keys(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         rec.add_artifact("core_dump", "core")
     rec.set_guest(isolation="qemu-tcg", agent_version="1", kernel="6.1")
-    rec.set_pool("hit", boot_ms=1234.56, idle_ms=7.89)
+    rec.set_pool("hit", boot_ms=1234.56, idle_ms=7.89, passes=5)
     rec.set_workspace(
         WorkspaceFacts(
             method="stream",
@@ -127,7 +127,13 @@ def test_record_facts_land_under_the_documented_keys(tmp_path: Path) -> None:
     )
     assert (on_disk["pool"], on_disk["pool_guest"]) == (
         "hit",
-        {"boot_ms": 1234.6, "idle_ms": 7.9, "start": "cold", "start_fallback": None},
+        {
+            "boot_ms": 1234.6,
+            "idle_ms": 7.9,
+            "start": "cold",
+            "start_fallback": None,
+            "self_test_passes": 5,
+        },
     )
     assert on_disk["workspace"] == {
         "method": "stream",

@@ -3,8 +3,9 @@ no VMM): the record says how the guest started and why it was not restored."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cleanroom import paths
 from cleanroom.backends.base import Guest, GuestSpec, NoRestore
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.service import LaunchOptions, Service
-from cleanroom.service.pool import WarmPool
+from cleanroom.service.pool import POLISHED_PASSES, RESTORED_SELF_TEST_ROUNDS, WarmPool
 from cleanroom.service.record import RECORD_NAME
 
 
@@ -109,6 +110,7 @@ async def test_pool_refills_restore_first(
         assert warm.fallback == (
             None if booted == 0 else "restore failed: the snapshot did not load in time"
         )
+        assert 1 <= await warm.claim() <= POLISHED_PASSES
         await warm.client.close()
         await warm.guest.destroy()
         warm.discard_dir()
@@ -118,3 +120,79 @@ async def test_pool_refills_restore_first(
         for guest in backend.restored:
             await guest.destroy()
         await backend.close()
+
+
+async def _eventually(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        while not condition():  # noqa: ASYNC110 - nothing signals these conditions
+            await asyncio.sleep(0.01)
+
+
+async def _ready_pool(tmp_path: Path, backend: RestoringBackend) -> WarmPool:
+    pool = WarmPool(backend, size=1, root=tmp_path / "pool", launch_seconds=5)
+    pool.start()
+    await pool.wait_ready(timeout=30)
+    return pool
+
+
+async def _release(pool: WarmPool, backend: RestoringBackend) -> None:
+    await pool.close()
+    for guest in backend.restored:
+        await guest.destroy()
+    await backend.close()
+
+
+async def test_a_waiting_guest_is_polished_to_the_full_passes(tmp_path: Path) -> None:
+    backend = RestoringBackend()
+    pool = await _ready_pool(tmp_path, backend)
+    try:
+        polish = pool._ready[0].polish
+        assert polish is not None
+        await _eventually(lambda: polish.passes == POLISHED_PASSES)
+        warm = pool.take()
+        assert warm is not None
+        assert await warm.claim() == POLISHED_PASSES
+        await warm.client.close()
+        await warm.guest.destroy()
+    finally:
+        await _release(pool, backend)
+
+
+async def test_a_claim_stops_the_polish_between_two_requests(tmp_path: Path) -> None:
+    backend = RestoringBackend()
+    pool = await _ready_pool(tmp_path, backend)
+    try:
+        warm = pool.take()  # at once: its polish has just begun
+        assert warm is not None
+        passes = await warm.claim()
+        assert RESTORED_SELF_TEST_ROUNDS <= passes < POLISHED_PASSES
+        assert warm.polish is not None
+        assert warm.polish.failed is None
+        # The agent is idle and whole: the run's own requests work.
+        outputs: list[bytes] = []
+
+        async def keep(stream: str, data: bytes) -> None:
+            outputs.append(data)
+
+        status = await warm.client.exec(["echo", "run"], on_output=keep)
+        assert (status.exit_code, b"".join(outputs)) == (0, b"run\n")
+        await warm.client.close()
+        await warm.guest.destroy()
+    finally:
+        await _release(pool, backend)
+
+
+async def test_a_guest_whose_polish_failed_is_not_handed_out(tmp_path: Path) -> None:
+    backend = RestoringBackend()
+    pool = await _ready_pool(tmp_path, backend)
+    try:
+        first = pool._ready[0]
+        assert first.polish is not None
+        await first.client.close()  # its polish fails at its next request
+        await _eventually(lambda: first.polish is not None and first.polish.failed is not None)
+        assert pool.take() is None  # a miss: the broken guest is discarded
+        await pool.wait_ready(timeout=30)  # and replaced
+        assert pool._ready[0] is not first
+        assert first.guest.exited() is not None  # destroyed
+    finally:
+        await _release(pool, backend)

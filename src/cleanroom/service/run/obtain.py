@@ -107,6 +107,7 @@ async def _claim_warm(
 ) -> Obtained:
     """Adopt a pooled guest: its artifacts move into the run directory at cleanup."""
     rec.set_start("warm")
+    passes = await warm.claim()  # its agent is idle from here on
     hold = NetworkHold(rec, warm.slot)
     res.push(hold.release)  # after the guest: its NIC is on the slot
 
@@ -134,6 +135,7 @@ async def _claim_warm(
         idle_ms=(time.monotonic() - warm.ready_at) * 1000,
         restored=warm.restored,
         fallback=warm.fallback,
+        passes=passes,
     )
     _copy_guest_timings(warm.guest, rec)
     rec.timing("vm_ready_ms", 0.0)
