@@ -1,13 +1,15 @@
-"""Private files written whole: the one atomic, owner-only file writer."""
+"""Private files written whole (the one atomic, owner-only file writer), and
+descriptors closed when what follows their opening fails."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["closed_on_error", "write_private"]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -36,3 +38,14 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def closed_on_error(fd: int) -> Iterator[int]:
+    """Close ``fd`` when the block raises (anything, cancellation too), then let
+    the error through; on success ``fd`` stays open, the caller's to keep."""
+    try:
+        yield fd
+    except BaseException:
+        os.close(fd)
+        raise

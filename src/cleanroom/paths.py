@@ -10,12 +10,15 @@ import os
 import stat
 from pathlib import Path
 
+from cleanroom.errors import ConfigInvalid
+
 __all__ = [
     "cache_dir",
     "config_dir",
     "config_file",
     "data_dir",
     "default_socket_path",
+    "env_dir",
     "images_dir",
     "private_dir",
     "runtime_dir",
@@ -23,6 +26,19 @@ __all__ = [
 ]
 
 APP = "cleanroom"
+
+
+def env_dir(variable: str, default: Path) -> Path:
+    """The directory the environment variable ``variable`` names, read at call
+    time; ``default`` when it is unset or empty. Raises ``ConfigInvalid`` for a
+    relative path (unlike an XDG variable's, it is a mistake, not ignored)."""
+    value = os.environ.get(variable)
+    if not value:
+        return default
+    path = Path(value)
+    if not path.is_absolute():
+        raise ConfigInvalid(f"{variable} must be an absolute path", details={"value": value[:300]})
+    return path
 
 
 def _xdg(var: str, fallback: str) -> Path:

@@ -34,6 +34,7 @@ __all__ = [
     "FileLimits",
     "FileReply",
     "FilesDone",
+    "PathFacts",
     "check_rel_path",
     "parse_artifacts",
     "parse_changes",
@@ -141,16 +142,13 @@ def parse_artifacts(payload: bytes) -> ArtifactsRequest:
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    """One path in a CHANGES/ARTIFACTS reply.
+class PathFacts:
+    """What the guest says of one path: which (``path``), how it changed
+    (``change``), and what it is now (``type``/``mode``/``size``/``sha256``/
+    ``target``; for ``deleted``, the type it had). ``mode`` is the permission
+    bits (0o7777 part) where the path exists; ``target`` is a symlink's target.
 
-    ``content``: exactly ``size`` bytes of the file follow in FILE_DATA frames
-    (regular files only; their sha256 is ``sha256``). ``mode`` is the
-    permission bits (0o7777 part) where the path exists. ``target`` is a
-    symlink's target. ``skipped`` says why an existing file's content is not
-    sent (``special``: device, fifo or socket; ``too_large``: over
-    ``max_file_bytes``; ``total_bytes``: over ``max_total_bytes``;
-    ``unreadable``).
+    The fields :class:`FileEntry` carries and the host's record of a change keeps.
     """
 
     path: str
@@ -160,6 +158,19 @@ class FileEntry:
     size: int | None = None
     sha256: str | None = None
     target: str | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry(PathFacts):
+    """One path in a CHANGES/ARTIFACTS reply: its :class:`PathFacts`, then these.
+
+    ``content``: exactly ``size`` bytes of the file follow in FILE_DATA frames
+    (regular files only; their sha256 is ``sha256``). ``skipped`` says why an
+    existing file's content is not sent (``special``: device, fifo or socket;
+    ``too_large``: over ``max_file_bytes``; ``total_bytes``: over
+    ``max_total_bytes``; ``unreadable``).
+    """
+
     content: bool = False
     skipped: str | None = None
 

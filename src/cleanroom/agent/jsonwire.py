@@ -21,7 +21,7 @@ from cleanroom.agent.protocol import FrameType, encode_frame
 # The guest imports no `typing` (a quarter second of a cold start under emulation).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ClassVar, TypeVar
+    from typing import Any, ClassVar, Self, TypeVar
 
     from _typeshed import DataclassInstance
 
@@ -67,6 +67,12 @@ class FlatMessage:
     def to_frame(self) -> bytes:
         """The message as its frame (:func:`dump_fields`)."""
         return dump_fields(self.FRAME, self)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Self:
+        """The message from its frame's payload (:func:`load_fields`); errors name
+        the frame type (``exit: ...``)."""
+        return load_fields(cls, payload, cls.FRAME.name.lower())
 
 
 def as_object(value: DataclassInstance) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from cleanroom.agent.jsonwire import (
     dump,
     get,
     load,
-    load_fields,
     opt,
 )
 from cleanroom.agent.protocol import FrameType
@@ -82,8 +81,7 @@ class HostHello(FlatMessage):
     protocol_version: int
 
 
-def parse_host_hello(payload: bytes) -> HostHello:
-    return load_fields(HostHello, payload, "hello")
+parse_host_hello = HostHello.parse
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,7 @@ class GuestInfo(FlatMessage):
     python: str
 
 
-def parse_guest_hello(payload: bytes) -> GuestInfo:
-    return load_fields(GuestInfo, payload, "hello")
+parse_guest_hello = GuestInfo.parse
 
 
 @dataclass(frozen=True)
@@ -180,8 +177,7 @@ class WorkspaceBegin(FlatMessage):
     scratch: bool = False
 
 
-def parse_workspace_begin(payload: bytes) -> WorkspaceBegin:
-    return load_fields(WorkspaceBegin, payload, "workspace_begin")
+parse_workspace_begin = WorkspaceBegin.parse
 
 
 @dataclass(frozen=True)
@@ -195,8 +191,7 @@ class WorkspaceStats(FlatMessage):
     skipped: int
 
 
-def parse_workspace_done(payload: bytes) -> WorkspaceStats:
-    return load_fields(WorkspaceStats, payload, "workspace_done")
+parse_workspace_done = WorkspaceStats.parse
 
 
 @dataclass(frozen=True)
@@ -315,8 +310,7 @@ class ExitStatus(FlatMessage):
     duration_ms: float
 
 
-def parse_exit(payload: bytes) -> ExitStatus:
-    return load_fields(ExitStatus, payload, "exit")
+parse_exit = ExitStatus.parse
 
 
 @dataclass(frozen=True)
@@ -329,8 +323,7 @@ class ErrorMessage(FlatMessage):
     message: str
 
 
-def parse_error(payload: bytes) -> ErrorMessage:
-    return load_fields(ErrorMessage, payload, "error")
+parse_error = ErrorMessage.parse
 
 
 def parse_configured(payload: bytes) -> None:

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cleanroom.agent.filemessages import FileEntry, FileLimits
+from cleanroom.agent.filemessages import FileEntry, FileLimits, PathFacts
 from cleanroom.agent.host import AgentClient
 from cleanroom.changes._manifest import HostManifest
 from cleanroom.changes._model import ChangeSet, FileChange
@@ -17,6 +17,8 @@ from cleanroom.changes._receive import Receiver
 from cleanroom.errors import GuestAgentFailed
 
 __all__ = ["collect_changes"]
+
+_FACTS = tuple(f.name for f in dataclasses.fields(PathFacts))
 
 
 async def collect_changes(
@@ -57,17 +59,9 @@ async def collect_changes(
 def _change(entry: FileEntry, blob: Path | None) -> FileChange:
     if entry.change == "artifact":
         raise GuestAgentFailed("an artifact entry in a changes reply")
-    return FileChange(
-        path=entry.path,
-        change=entry.change,
-        type=entry.type,
-        mode=entry.mode,
-        size=entry.size,
-        sha256=entry.sha256,
-        target=entry.target,
-        skipped=entry.skipped,
-        blob=blob,
-    )
+    # A change keeps the facts the guest sent, field for field (PathFacts).
+    facts = {name: getattr(entry, name) for name in _FACTS}
+    return FileChange(**facts, skipped=entry.skipped, blob=blob)
 
 
 def _drop_blob(change: FileChange) -> None:

@@ -6,28 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleanroom.agent.filemessages import PathFacts
+
 __all__ = ["KINDS", "ChangeSet", "ChangeSummary", "FileChange"]
 
 KINDS = ("added", "modified", "deleted", "mode_changed")
 
 
 @dataclass(frozen=True)
-class FileChange:
-    """One workspace path that differs from what was copied in.
-
-    ``type``/``mode``/``size``/``sha256``/``target`` describe the path now
-    (for ``deleted``: the type it had). ``blob`` is the host-private file
-    holding a regular file's new content (None when no content came back:
-    ``skipped`` says why).
+class FileChange(PathFacts):
+    """One workspace path that differs from what was copied in, as the guest
+    described it (:class:`~cleanroom.agent.filemessages.PathFacts`). ``blob`` is
+    the host-private file holding a regular file's new content (None when no
+    content came back: ``skipped`` says why).
     """
 
-    path: str
-    change: str
-    type: str
-    mode: int | None = None
-    size: int | None = None
-    sha256: str | None = None
-    target: str | None = None
     skipped: str | None = None
     blob: Path | None = None
 

@@ -9,14 +9,15 @@ their transport.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from cleanroom.client._calls import Call, error_from_body, exec_call, json_object
-from cleanroom.client._endpoint import Endpoint
+from cleanroom.client._endpoint import Endpoint, connection_error
 from cleanroom.models import ExecRequest, LaunchOptions, RunResult, from_dict, to_dict
 
 __all__ = [
@@ -117,6 +118,8 @@ class TerminalDecoder:
 
     def __init__(self) -> None:
         self.run_id: str | None = None
+        self.exited = False
+        """Whether the exit has come (the last event a run sends)."""
 
     def event(self, message: str | bytes) -> TerminalEvent | None:
         """The event ``message`` carries (``None``: nothing for the caller); raises
@@ -128,6 +131,7 @@ class TerminalDecoder:
         if kind == "started":
             self.run_id = str(event.get("run_id"))
         elif kind == "exit":
+            self.exited = True
             return TerminalExit(from_dict(RunResult, event.get("result")))
         elif kind == "error":
             body = json.dumps({"error": event.get("error")}).encode()
@@ -155,3 +159,16 @@ class TerminalState(Generic[W]):
     def run_id(self) -> str | None:
         """The run's id, once the server has started it."""
         return self._decoder.run_id
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around a session's loop reading events up to the exit: the connection
+        lost on the way, or closed before the exit, is ``ServerUnavailable``."""
+        from websockets.exceptions import ConnectionClosed  # noqa: PLC0415 -- on use
+
+        try:
+            yield
+        except (ConnectionClosed, OSError) as exc:
+            raise connection_error(self._endpoint, "lost", str(exc)) from exc
+        if not self._decoder.exited:
+            raise connection_error(self._endpoint, "lost", "the run ended without a result")

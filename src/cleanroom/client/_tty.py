@@ -68,16 +68,13 @@ class TerminalSession(TerminalState[ClientConnection], Closing):
 
     def events(self) -> Iterator[TerminalEvent]:
         """Output as it comes, then the exit; raises the run's error."""
-        try:
+        with self._reading():
             for message in self._ws:
                 event = self._decoder.event(message)
                 if event is not None:
                     yield event
                     if isinstance(event, TerminalExit):
                         return
-        except (ConnectionClosed, OSError) as exc:
-            raise connection_error(self._endpoint, "lost", str(exc)) from exc
-        raise connection_error(self._endpoint, "lost", "the run ended without a result")
 
     def close(self) -> None:
         """Close the connection (a run still going is cancelled by the server)."""

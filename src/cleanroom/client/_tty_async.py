@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed
 
 from cleanroom.client._closing import AsyncClosing
-from cleanroom.client._endpoint import Endpoint, connection_error, precheck
+from cleanroom.client._endpoint import Endpoint, precheck
 from cleanroom.client._terminal import (
     EOF_MESSAGE,
     TTY_PATH,
@@ -62,16 +62,13 @@ class AsyncTerminalSession(TerminalState[ClientConnection], AsyncClosing):
 
     async def events(self) -> AsyncIterator[TerminalEvent]:
         """Output as it comes, then the exit; raises the run's error."""
-        try:
+        with self._reading():
             async for message in self._ws:
                 event = self._decoder.event(message)
                 if event is not None:
                     yield event
                     if isinstance(event, TerminalExit):
                         return
-        except (ConnectionClosed, OSError) as exc:
-            raise connection_error(self._endpoint, "lost", str(exc)) from exc
-        raise connection_error(self._endpoint, "lost", "the run ended without a result")
 
     async def aclose(self) -> None:
         """Close the connection (a run still going is cancelled by the server)."""

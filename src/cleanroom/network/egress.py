@@ -11,11 +11,11 @@ the run network drops IPv6 entirely.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
-from cleanroom.policy import CompiledPolicy, decide
+from cleanroom.policy import AllowRule, CompiledPolicy, DenyRule, decide
 
 __all__ = [
     "PROTOCOLS",
@@ -31,6 +31,8 @@ __all__ = [
 
 Protocol = Literal["tcp", "udp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
+
+_Rule = TypeVar("_Rule", AllowRule, DenyRule)
 
 
 @dataclass(frozen=True)
@@ -121,24 +123,27 @@ def name_verdict(policy: CompiledPolicy, name: str) -> NameVerdict:
     return NameVerdict(name, allowed=True, ports=tuple(ports), rule="; ".join(rules))
 
 
+def _ipv4_rules(rules: Iterable[_Rule]) -> Iterator[tuple[_Rule, ipaddress.IPv4Network]]:
+    """The ``ip``/``cidr`` rules of an IPv4 block, each with its block."""
+    for rule in rules:
+        if isinstance(rule.network, ipaddress.IPv4Network):
+            yield rule, rule.network
+
+
 def allowed_elements(policy: CompiledPolicy) -> tuple[Element, ...]:
     """Static allow elements for IPv4 ``ip``/``cidr`` rules, every port on TCP and UDP."""
-    out: list[Element] = []
-    for rule in policy.allowed_networks:
-        network = rule.network
-        if not isinstance(network, ipaddress.IPv4Network):
-            continue
-        out.extend(Element(network, proto, p, p) for p in rule.ports for proto in PROTOCOLS)
-    return tuple(out)
+    return tuple(
+        Element(network, proto, p, p)
+        for rule, network in _ipv4_rules(policy.allowed_networks)
+        for p in rule.ports
+        for proto in PROTOCOLS
+    )
 
 
 def denied_elements(policy: CompiledPolicy) -> tuple[Element, ...]:
     """Static deny elements for IPv4 ``ip``/``cidr`` deny rules (no ports: every port)."""
     out: list[Element] = []
-    for rule in policy.deny:
-        network = rule.network
-        if not isinstance(network, ipaddress.IPv4Network):
-            continue
+    for rule, network in _ipv4_rules(policy.deny):
         for proto in PROTOCOLS:
             if rule.ports is None:
                 out.append(Element(network, proto, 0, 65535))

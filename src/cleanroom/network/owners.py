@@ -14,7 +14,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from cleanroom.errors import ConfigInvalid
+from cleanroom.paths import env_dir
 
 __all__ = [
     "OWNER_DIR",
@@ -32,15 +32,7 @@ OWNER_DIR_ENV = "CLEANROOM_NETNS_OWNER_DIR"
 def owner_dir() -> Path:
     """The owner-record directory: ``$CLEANROOM_NETNS_OWNER_DIR`` if set, else
     :data:`OWNER_DIR`. Raises ``ConfigInvalid`` for a relative path."""
-    value = os.environ.get(OWNER_DIR_ENV)
-    if not value:
-        return OWNER_DIR
-    path = Path(value)
-    if not path.is_absolute():
-        raise ConfigInvalid(
-            f"{OWNER_DIR_ENV} must be an absolute path", details={"value": value[:300]}
-        )
-    return path
+    return env_dir(OWNER_DIR_ENV, OWNER_DIR)
 
 
 def _start_time(pid: int) -> str | None:

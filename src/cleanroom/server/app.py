@@ -12,7 +12,6 @@ errors are mapped by class, and anything unexpected becomes a logged 500
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -52,6 +51,7 @@ from cleanroom.server.openapi import install_openapi
 from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.schemas import prepare_wire_schemas
 from cleanroom.server.streaming import RunStreamResponse, as_cleanroom_error
+from cleanroom.server.tasks import cancel_and_wait
 from cleanroom.server.terminal_ws import install_terminal
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.types import EventSink, RunOptions
@@ -137,17 +137,11 @@ async def _cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
             _log.info("client_gone", path=request.url.path)
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
+            await cancel_and_wait(work)
             raise RunCancelled("the client disconnected")
         return await _guard(work)
     finally:
-        for task in (work, gone):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        await cancel_and_wait(work, gone)
 
 
 def _wants_stream(request: Request) -> bool:

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cleanroom._files import closed_on_error
 from cleanroom.errors import InvalidRequest, ServerUnavailable
 from cleanroom.loopback import is_loopback
 from cleanroom.server.auth import Authenticator, BearerTokens, OwnerOnly
@@ -174,21 +175,18 @@ def _bind_unix(address: ListenAddress, path: Path) -> BoundListener:
         os.close(lock_fd)
         raise _already(path) from exc
     try:
-        _remove_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        sock.listen(_BACKLOG)
-        return BoundListener(address, sock, lock_fd=lock_fd, inode=path.lstat().st_ino)
+        with closed_on_error(lock_fd):
+            _remove_stale(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            sock.listen(_BACKLOG)
+            return BoundListener(address, sock, lock_fd=lock_fd, inode=path.lstat().st_ino)
     except OSError as exc:
-        os.close(lock_fd)
         raise InvalidRequest(f"cannot listen on unix://{path}: {exc.strerror}") from exc
-    except BaseException:
-        os.close(lock_fd)
-        raise
 
 
 def _check_socket_dir(directory: Path) -> None:

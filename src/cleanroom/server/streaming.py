@@ -14,7 +14,6 @@ per stream stays at a few chunks whatever the guest writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from cleanroom.errors import CleanroomError
 from cleanroom.events import NDJSON, Utf8Chunker, error_line, exit_line, output_line, started_line
+from cleanroom.server.tasks import cancel_and_wait
 from cleanroom.service.types import EventSink, RunEvent, RunOutput, RunResult, RunStarted
 
 __all__ = ["STREAM_QUEUE_EVENTS", "RunStreamResponse", "as_cleanroom_error", "error_response_bytes"]
@@ -69,11 +69,7 @@ class RunStreamResponse(Response):
         try:
             await self._serve(queue, run, gone, send)
         finally:
-            for task in (run, gone):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+            await cancel_and_wait(run, gone)
 
     async def _serve(
         self,

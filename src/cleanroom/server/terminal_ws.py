@@ -31,6 +31,7 @@ from cleanroom.errors import CleanroomError, InvalidRequest
 from cleanroom.models import ExecRequest, RunResult, from_dict, to_dict
 from cleanroom.server.origin import over_unix_socket
 from cleanroom.server.streaming import as_cleanroom_error
+from cleanroom.server.tasks import cancel_and_wait
 from cleanroom.service.api import ServiceAPI
 from cleanroom.service.terminal import Terminal
 from cleanroom.service.types import RunEvent, RunOptions, RunOutput, RunStarted
@@ -146,10 +147,7 @@ def install_terminal(app: FastAPI, service: ServiceAPI) -> None:
         except Exception as exc:  # noqa: BLE001 -- reported as internal_error
             error = as_cleanroom_error(exc)
         finally:
-            if not pump.done():
-                pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            await cancel_and_wait(pump)
         if result is not None:
             with contextlib.suppress(Exception):
                 await ws.send_text(json.dumps({"type": "exit", "result": to_dict(result)}))

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
-from cleanroom.errors import ConfigInvalid, RuntimeLaunchFailed, WorkspaceTooLarge
+from cleanroom.errors import RuntimeLaunchFailed, WorkspaceTooLarge
+from cleanroom.paths import env_dir
 from cleanroom.workspace_tree import ArchiveStats, walk_workspace
 
 __all__ = [
@@ -54,15 +55,7 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def staging_dir() -> Path:
     """Where in-memory stagings go: ``$CLEANROOM_STAGING_DIR`` if set, else ``/dev/shm``.
     Raises ``ConfigInvalid`` for a relative path."""
-    value = os.environ.get(STAGING_DIR_ENV)
-    if not value:
-        return _SHM
-    path = Path(value)
-    if not path.is_absolute():
-        raise ConfigInvalid(
-            f"{STAGING_DIR_ENV} must be an absolute path", details={"value": value[:300]}
-        )
-    return path
+    return env_dir(STAGING_DIR_ENV, _SHM)
 
 
 def staging_root(size: int, run_dir: Path) -> Path:

@@ -43,6 +43,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
+from cleanroom._files import closed_on_error
 from cleanroom.errors import RuntimeLaunchFailed
 from cleanroom.images.snapshots import Snapshot, SnapshotInvalid
 
@@ -76,13 +77,10 @@ def load_sealed(path: Path, size: int, sha256: str, *, name: str = "snapshot-ram
         except OSError as exc:
             raise RuntimeLaunchFailed(f"cannot make a memfd for the snapshot's RAM: {exc}") from exc
         try:
-            _fill_and_seal(src, fd, size, sha256, path.name)
+            with closed_on_error(fd):
+                _fill_and_seal(src, fd, size, sha256, path.name)
         except OSError as exc:
-            os.close(fd)
             raise RuntimeLaunchFailed(f"cannot load the snapshot's RAM: {exc}") from exc
-        except BaseException:
-            os.close(fd)
-            raise
         return fd
     finally:
         os.close(src)
