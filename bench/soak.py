@@ -17,8 +17,12 @@ to that file, so a long soak that is stopped early still leaves its figures.
 sequential runs were done). Runs start as the product's defaults make them:
 restored from the image's snapshot (made before the clock starts), no pool.
 
+``--keep-failures DIR`` copies each unexpected run's record and log tails there at
+once (retention prunes run directories during a long soak).
+
 Usage: ``python bench/soak.py [--runs 300] [--streams 8] [--minutes M]
-[--pool N] [--snapshots on|off] [--accel tcg] [--progress FILE] [--json]``
+[--pool N] [--snapshots on|off] [--accel tcg] [--progress FILE]
+[--keep-failures DIR] [--json]``
 """
 
 from __future__ import annotations
@@ -178,13 +182,33 @@ def resources(pid: int, prefix: str, uplink: str | None, dirs: list[Path]) -> di
     }
 
 
-async def one_run(client: AsyncClient, repos: dict[str, Path], kind: Kind) -> str:
-    """The outcome of one run of ``kind``: ``ok``, ``exit:N`` or an error code."""
+async def one_run(client: AsyncClient, repos: dict[str, Path], kind: Kind) -> tuple[str, str]:
+    """The outcome of one run of ``kind`` (``ok``, ``exit:N`` or an error code) and
+    its run directory ("" if unknown)."""
     try:
         result = await client.exec(repos[kind.repo], list(kind.argv), timeout=kind.timeout)
     except CleanroomError as exc:
-        return exc.code
-    return "ok" if result.exit_code == 0 else f"exit:{result.exit_code}"
+        return exc.code, str(exc.details.get("run_dir", ""))
+    return ("ok" if result.exit_code == 0 else f"exit:{result.exit_code}"), str(result.run_dir)
+
+
+KEPT_FILES = ("run-observability.json", "console.log", "stdout.log", "stderr.log")
+KEPT_BYTES = 1 << 20
+"""Of each kept file, its last MiB (a flood's log is mostly the flood)."""
+
+
+def keep_failure(run_dir: str, dest: Path, n: int) -> None:
+    """Copy what tells why a run failed out of its run directory before retention
+    prunes it (``--keep-failures``)."""
+    if not run_dir:
+        return
+    target = dest / f"{n:03d}-{Path(run_dir).name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        with contextlib.suppress(OSError), (Path(run_dir) / name).open("rb") as src:
+            size = src.seek(0, os.SEEK_END)
+            src.seek(max(0, size - KEPT_BYTES))
+            (target / name).write_bytes(src.read())
 
 
 @dataclass
@@ -228,6 +252,7 @@ async def soak(
     *,
     minutes: float | None,
     progress: Progress,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     outcomes = progress.outcomes
     unexpected = progress.unexpected
@@ -236,12 +261,16 @@ async def soak(
     stop_at = None if minutes is None else progress.started + minutes * 60
 
     async def record(client: AsyncClient, kind: Kind, lane: str) -> None:
-        outcome = await one_run(client, repos, kind)
+        outcome, run_dir = await one_run(client, repos, kind)
         outcomes[(kind.name, outcome)] += 1
         counts[lane] += 1
         if outcome not in kind.expect:
-            unexpected.append({"kind": kind.name, "outcome": outcome, "lane": lane})
-            print(f"unexpected: {kind.name} -> {outcome}", file=sys.stderr, flush=True)
+            unexpected.append(
+                {"kind": kind.name, "outcome": outcome, "lane": lane, "run_dir": run_dir}
+            )
+            print(f"unexpected: {kind.name} -> {outcome} ({run_dir})", file=sys.stderr, flush=True)
+            if keep is not None:
+                keep_failure(run_dir, keep, len(unexpected))
 
     async def sequential() -> None:
         try:
@@ -282,6 +311,12 @@ def main() -> None:
     ap.add_argument("--report-every", type=float, default=120.0, help="seconds")
     ap.add_argument("--progress", type=Path, default=None, help="JSON lines of progress")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--keep-failures",
+        type=Path,
+        default=None,
+        help="copy each unexpected run's record and log tails here",
+    )
     args = ap.parse_args()
     exit_on_sigterm()
     prefix = f"crsoak{os.getpid() % 100000}-"
@@ -329,6 +364,7 @@ def main() -> None:
                     args.streams,
                     minutes=args.minutes,
                     progress=progress,
+                    keep=args.keep_failures,
                 )
             )
             time.sleep(3)  # let the last cleanups finish
