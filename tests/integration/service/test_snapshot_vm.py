@@ -252,3 +252,38 @@ async def test_a_privileged_qemu_restores_from_the_sealed_memfd_too(
         await svc.close()
         await backend.close()
     assert backend.snapshots.rams.held == {}  # released with the backend
+
+
+DISK_PROBE = (
+    "dev=$(df /workspace | tail -n 1 | cut -d ' ' -f 1); "
+    "cat /sys/block/${dev#/dev/}/size; "
+    "dd if=/dev/zero of=/workspace/fill bs=1M 2>/dev/null; echo dd=$?; "
+    "du -k /workspace/fill | cut -f 1"
+)
+
+
+async def test_a_restored_guest_gets_the_runs_own_disk_size(
+    qemu: QemuBackend, tmp_path: Path
+) -> None:
+    """``resources.disk_mib`` other than the snapshot guest's: still restored, and the
+    guest's kernel sees the run's size (the host announces it before the guest
+    runs); filling the disk ends in ENOSPC within it."""
+    disk_mib = 96
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    (ws / "cleanroom.yaml").write_text(POLICY + f"  resources:\n    disk_mib: {disk_mib}\n")
+    await qemu.warm()
+    svc = Service(RuntimeConfig(qemu=QemuConfig(accel="tcg")), backends={"qemu": qemu})
+    await svc.start()
+    try:
+        info = await svc.launch(ws, options=LaunchOptions(run_dir=paths.state_dir() / "test-runs"))
+        result = await svc.run(info.cleanroom_id, ["sh", "-c", DISK_PROBE])
+        record = json.loads((result.run_dir / RECORD_NAME).read_text())
+        assert record["start"] == "restored", record["start_fallback"]
+        assert record["resources"]["disk_mib"] == disk_mib
+        sectors, dd, used_kib = result.stdout.split()
+        assert int(sectors) * 512 == disk_mib << 20
+        assert dd == "dd=1"  # no space left
+        assert disk_mib * 1024 // 2 < int(used_kib) <= disk_mib * 1024
+    finally:
+        await svc.close()

@@ -101,12 +101,13 @@ def test_which_runs_fit(tmp_path: Path) -> None:
     )
     # A networked run fits too: it is restored from the snapshot with a NIC.
     assert snaps.unfit(replace(spec, network=net)) is None
+    # So does another workspace disk size: the guest is told its disk's size.
+    assert snaps.unfit(replace(spec, disk_mib=1024)) is None
     assert snaps.key_for(nic=False) == snaps.key != snaps.key_for(nic=True)
     for changed, why in (
         (replace(spec, image=image), "another image"),
         (replace(spec, vcpus=2), "vCPU"),
         (replace(spec, memory_mib=512), "memory"),
-        (replace(spec, disk_mib=1024), "disk size"),
     ):
         reason = snaps.unfit(changed)
         assert reason is not None
@@ -136,8 +137,13 @@ def test_a_user_images_snapshots_fit_its_runs_and_key_its_file(tmp_path: Path) -
     snaps = snaps_of(image)
     spec = GuestSpec("r1", tmp_path, 60, image=image)
     assert snaps.unfit(spec) is None
+    assert snaps.unfit(replace(spec, disk_mib=16384)) is None
     assert snaps.unfit(replace(spec, image=None)) is not None
     assert snaps_of(None).unfit(spec) is not None
+    # Its scratch disk (the image's writable layer) is the snapshot's, of its size.
+    reason = snaps.unfit(replace(spec, disk_mib=1024))
+    assert reason is not None
+    assert "disk size" in reason
     facts = snaps.facts
     assert facts["user_image"] == image.key
     assert "cleanroom.image=1" in str(facts["devices"])

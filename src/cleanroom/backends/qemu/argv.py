@@ -24,6 +24,7 @@ __all__ = [
     "AGENT_CHARDEV",
     "AGENT_PORT_NAME",
     "SANDBOX",
+    "WORKSPACE_DRIVE",
     "QemuLaunch",
     "QemuMachine",
     "build_argv",
@@ -31,6 +32,9 @@ __all__ = [
     "netns_prefix",
     "nic_argv",
 ]
+
+WORKSPACE_DRIVE = "ws"
+"""The QEMU drive id of the workspace disk (QMP names it by this)."""
 
 AGENT_PORT_NAME = "org.cleanroom.agent"
 """The virtserialport name; the guest sees /dev/virtio-ports/<name>."""
@@ -170,9 +174,10 @@ def build_argv(launch: QemuLaunch, prefix: Sequence[str] = ()) -> list[str]:
         # Listed after the root disk so that the root stays /dev/vda.
         argv += [
             "-drive",
-            f"id=ws,file={_opt(launch.workspace_disk)},format=raw,if=none,cache=unsafe",
+            f"id={WORKSPACE_DRIVE},file={_opt(launch.workspace_disk)},"
+            "format=raw,if=none,cache=unsafe",
             "-device",
-            "virtio-blk-device,drive=ws",
+            f"virtio-blk-device,drive={WORKSPACE_DRIVE}",
         ]
     if launch.image_disk is not None:
         if launch.scratch_disk is None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cleanroom.backends.base import GuestSpec
-from cleanroom.backends.qemu.argv import QemuMachine
+from cleanroom.backends.qemu.argv import WORKSPACE_DRIVE, QemuMachine
 from cleanroom.backends.qemu.guest import QemuGuest
 from cleanroom.backends.qemu.qmp import QmpClient, QmpClosed
 from cleanroom.backends.qemu.snapshot import (
@@ -39,6 +39,8 @@ class RestoredGuest(QemuGuest):
     _filling: asyncio.Future[float] | None = None
     _incoming_fd: int | None = None
     """QEMU's descriptor of the stream, loaded once the monitor is connected."""
+    _saved_disk_bytes: int | None = None
+    """The size of the workspace disk the snapshot guest had (None: the run's own)."""
 
     def fill_workspace(self, source: Path) -> None:
         """Write the workspace copy ``source`` into the blank workspace disk QEMU was
@@ -80,6 +82,7 @@ class RestoredGuest(QemuGuest):
                     if state == "paused":
                         # Loaded: the guest runs only once its workspace disk is whole.
                         await self._filled()
+                        await self._announce_disk_size()
                         await self._qmp.execute("cont")
                         break
                     if state == "running":
@@ -94,6 +97,19 @@ class RestoredGuest(QemuGuest):
             raise self._failed("the snapshot did not load in time") from exc
         self._timings["restore_ms"] = round((time.monotonic() - self._spawned_at) * 1000, 3)
         return await super().open_channel(deadline)
+
+    async def _announce_disk_size(self) -> None:
+        """Tell the guest its workspace disk's size when it differs from the one the
+        snapshot guest had (``resources.disk_mib``): a resize to the disk's own size
+        changes no byte but raises the device's configuration-change interrupt, and
+        the guest's kernel rereads the capacity (before the agent mounts the disk,
+        at the run's configure). Either way the host bounds every access by the
+        file's real size, and the filesystem on it was made to that size."""
+        size = self._disks.workspace.size_bytes
+        if self._saved_disk_bytes is None or size == self._saved_disk_bytes:
+            return
+        assert self._qmp is not None
+        await self._qmp.execute("block_resize", {"device": WORKSPACE_DRIVE, "size": size})
 
 
 async def restore_guest(
@@ -133,6 +149,8 @@ async def restore_guest(
     finally:
         os.close(memory_fd)  # QEMU has its own copy
     guest._incoming_fd = memory_fd
+    saved = snapshot.facts.get("workspace_disk_bytes")
+    guest._saved_disk_bytes = saved if isinstance(saved, int) else None
     if spec.workspace is not None:
         guest.fill_workspace(spec.workspace)
     return guest

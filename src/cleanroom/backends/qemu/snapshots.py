@@ -114,8 +114,13 @@ class Snapshots:
         """Why ``spec``'s guest cannot come from these snapshots, or None if it can."""
         if spec.image != self.image:
             return "the run uses another image than the snapshot's"
-        if spec.disk_mib is not None and spec.disk_mib << 20 != DEFAULT_WORKSPACE_DISK_BYTES:
-            return "the run asks for another workspace disk size than the snapshot's"
+        if (
+            spec.image is not None
+            and spec.disk_mib is not None
+            and spec.disk_mib << 20 != DEFAULT_WORKSPACE_DISK_BYTES
+        ):
+            # Its writable layer is on the scratch disk, a copy of the snapshot's.
+            return "the run asks for another disk size than the user image's snapshot"
         if spec.vcpus not in (None, self.machine.vcpus):
             return "the run asks for another vCPU count than the snapshot's"
         if spec.memory_mib not in (None, self.machine.memory_mib):
