@@ -345,7 +345,7 @@ def main() -> None:
             )
             dirs = [srv_home / "state", staging]
             if args.snapshots == "on":  # made ahead, with the server's config (same key)
-                subprocess.run([CLI, "image", "warm"], env=srv.env, check=True)
+                subprocess.run([CLI, "image", "warm"], env=srv.env, check=True, stdout=sys.stderr)
             start = resources(srv.proc.pid, prefix, uplink, dirs)
             progress = Progress(
                 sample=lambda: resources(srv.proc.pid, prefix, uplink, dirs),

@@ -183,7 +183,7 @@ def main() -> None:
             restorer.client() as restoring,
         ):
             # The snapshot is made ahead, with the server's own config (same key).
-            subprocess.run([CLI, "image", "warm"], env=restorer.env, check=True)
+            subprocess.run([CLI, "image", "warm"], env=restorer.env, check=True, stdout=sys.stderr)
             for _ in range(args.n):
                 results["floor"].append(asyncio.run(_floor_once(tmp, floor_accel)))
                 results["cold"].append(_timed_exec(cold, ws)[0])

@@ -62,7 +62,7 @@ def _measure(
         restorer.client() as restoring,
     ):
         t0 = time.perf_counter()
-        subprocess.run([CLI, "image", "warm", ref], env=restorer.env, check=True)
+        subprocess.run([CLI, "image", "warm", ref], env=restorer.env, check=True, stdout=sys.stderr)
         warm_ms = (time.perf_counter() - t0) * 1000
         for _ in range(args.n):
             rows["userimage_cold"].append(_timed_exec(cold, ws)[0])
