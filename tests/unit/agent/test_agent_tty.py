@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from agent_harness import SIGNALS_IGNORED, Agent, AgentFactory, Output
+from procs import dead
 
 from cleanroom.agent import ExitStatus
 from cleanroom.agent.messages import ExecRequest, parse_exec, parse_resize
@@ -245,10 +246,10 @@ async def test_background_jobs_in_other_groups_die_with_the_session(agent: Agent
     status = await asyncio.wait_for(task, 30)
     assert status.exit_code == 0
     for _ in range(100):
-        if not Path(f"/proc/{bg}").exists():
+        if dead(bg):
             break
         await asyncio.sleep(0.05)
-    assert not Path(f"/proc/{bg}").exists()
+    assert dead(bg)
 
 
 async def test_timeout_on_a_terminal(agent: Agent) -> None:
