@@ -20,6 +20,9 @@ import cleanroom.agent
 from cleanroom.agent.host import AgentClient
 
 AGENT_SRC = Path(cleanroom.agent.__file__).parent
+SIGNALS_IGNORED = ["sh", "-c", "trap '' INT QUIT; exec \"$@\"", "sh"]
+"""A prefix that starts the agent with SIGINT and SIGQUIT ignored, as a background
+job of a non-interactive shell starts (exec keeps ignored signals ignored)."""
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 """The guest's interpreter (Debian 12's 3.11, without tarfile.data_filter), where present."""
 

@@ -1,8 +1,10 @@
 """Network test topology: a fake internet namespace and fake guest namespaces.
 
 Everything lives in namespaces these fixtures create (names start with
-``crt`` and carry this test run's random tag) and is removed in finalizers,
-also on failure. The internet has no
+``crt`` and carry the creating process's PID and this test run's random tag)
+and is removed in finalizers, also on failure. A run that was killed cannot
+run its finalizers: each fixture first removes the namespaces of runs whose
+process is gone (never another live run's). The internet has no
 route out: its addresses are on its own ``lo`` and on the run veths only.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,9 @@ import cleanroom.network.probe as probe_module
 HERE = Path(__file__).resolve().parent
 TAG = os.environ["CLEANROOM_TEST_TAG"]
 """This test run's random tag (tests/conftest.py); every namespace made here carries it."""
-INET_NS = f"crt-inet-{TAG}"
+OWNED = re.compile(r"crt-(?:inet|g)-(?P<pid>[0-9]+)-[0-9a-f]+(?:-[0-9]+)?")
+"""The namespaces these fixtures make: ``crt-inet-PID-TAG`` and ``crt-g-PID-TAG-N``."""
+INET_NS = f"crt-inet-{os.getpid()}-{TAG}"
 TEST_PREFIX = os.environ["CLEANROOM_NETNS_PREFIX"]
 """Run namespaces' prefix: the managers and services under test use it by default."""
 DNS_ADDR = "192.0.2.53"
@@ -88,10 +93,23 @@ class Internet:
         self.zone_file.write_text(json.dumps(zone))
 
 
+def sweep_dead_runs() -> list[str]:
+    """Remove the namespaces made here by test processes that are gone (a killed run
+    leaks them); returns their names. Those of live processes stay."""
+    removed = []
+    for name in netns_names():
+        owned = OWNED.fullmatch(name)
+        if owned is not None and not Path(f"/proc/{owned['pid']}").exists():
+            _ip("netns", "del", name, check=False)
+            removed.append(name)
+    return removed
+
+
 @pytest.fixture(scope="session")
 def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Internet]:
     if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
         pytest.skip("needs root, ip and nft")
+    sweep_dead_runs()
     zone_file = tmp_path_factory.mktemp("inet") / "zone.json"
     zone_file.write_text(json.dumps(ZONE))
     _ip("netns", "add", INET_NS)
@@ -128,10 +146,11 @@ def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Internet]:
 
 @pytest.fixture
 def guest_ns_factory() -> Iterator[object]:
+    sweep_dead_runs()
     made: list[str] = []
 
     def make() -> str:
-        name = f"crt-g{TAG}-{len(made)}"
+        name = f"crt-g-{os.getpid()}-{TAG}-{len(made)}"
         _ip("netns", "add", name)
         made.append(name)
         return name

@@ -29,7 +29,7 @@ import selectors
 import subprocess
 from collections.abc import Callable
 
-from cleanroom.agent.process import DRAIN_SECONDS, TERM_GRACE, CommandProcess
+from cleanroom.agent.process import DRAIN_SECONDS, TERM_GRACE, CommandProcess, child_setup
 from cleanroom.agent.protocol import MAX_DATA_CHUNK, FrameType, encode_frame
 
 __all__ = ["DRAIN_SECONDS", "TERM_GRACE", "RunningCommand"]
@@ -51,7 +51,7 @@ class RunningCommand(CommandProcess):
             env=env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=preexec,  # noqa: PLW1509
+            preexec_fn=child_setup(preexec),  # noqa: PLW1509
         )
         if proc.stdin is not None:
             self._stdin_fd = proc.stdin.fileno()

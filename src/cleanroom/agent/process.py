@@ -47,13 +47,41 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cleanroom.agent.imageroot import CommandRoot
 
-__all__ = ["DRAIN_SECONDS", "TERM_GRACE", "CommandProcess", "Send"]
+__all__ = ["DRAIN_SECONDS", "TERM_GRACE", "CommandProcess", "Send", "child_setup"]
 
 TERM_GRACE = 2.0
 DRAIN_SECONDS = 5.0
 _STDIN_QUEUE = 16
+_CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 Send = Callable[[bytes], None]
+
+
+def _default_signals() -> None:
+    """In the child before exec: every catchable signal to ``SIG_DFL``, none blocked.
+
+    exec keeps ignored signals ignored and the signal mask as it is, and
+    ``subprocess`` restores only SIGPIPE and SIGXFSZ: an agent started with SIGINT
+    ignored (a background job of a non-interactive shell) would hand that on,
+    and Ctrl-C or a SIGINT to the command's group would do nothing.
+    """
+    for signum in _CATCHABLE:
+        with contextlib.suppress(OSError, ValueError):  # the C library's own signals
+            signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def child_setup(*steps: Callable[[], None] | None) -> Callable[[], None]:
+    """A ``preexec_fn``: default signal dispositions, then each of ``steps`` given
+    (a terminal's take-over, a user image's chroot and account switch)."""
+    todo = [step for step in steps if step is not None]
+
+    def setup() -> None:
+        _default_signals()
+        for step in todo:
+            step()
+
+    return setup
 
 
 def _signal_name(signum: int) -> str:

@@ -43,7 +43,7 @@ import subprocess
 import termios
 from collections.abc import Callable
 
-from cleanroom.agent.process import CommandProcess
+from cleanroom.agent.process import CommandProcess, child_setup
 from cleanroom.agent.protocol import MAX_DATA_CHUNK, FrameType, encode_frame
 
 __all__ = ["DEFAULT_TERM", "TtyCommand", "set_window_size"]
@@ -55,19 +55,6 @@ DEFAULT_TERM = "xterm"
 def set_window_size(fd: int, rows: int, cols: int) -> None:
     """``TIOCSWINSZ`` on a terminal fd (the kernel signals SIGWINCH to its foreground group)."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _child_setup(enter: Callable[[], None] | None) -> Callable[[], None]:
-    """The child's set-up: the terminal becomes its controlling one, then ``enter``
-    (a user image's chroot and account switch) if given."""
-    if enter is None:
-        return _take_controlling_terminal
-
-    def setup() -> None:
-        _take_controlling_terminal()
-        enter()
-
-    return setup
 
 
 def _take_controlling_terminal() -> None:
@@ -125,8 +112,8 @@ class TtyCommand(CommandProcess):
                 cwd=self._cwd if preexec is None else None,
                 env=env,
                 start_new_session=True,
-                # ioctl, then (in a user image) chroot and setuid: no locks taken.
-                preexec_fn=_child_setup(preexec),  # noqa: PLW1509
+                # Signals, ioctl, then (in a user image) chroot and setuid: no locks taken.
+                preexec_fn=child_setup(_take_controlling_terminal, preexec),  # noqa: PLW1509
                 close_fds=True,
             )
         except BaseException:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from network_fixtures import TEST_PREFIX, netns_names
+from network_fixtures import TAG, TEST_PREFIX, netns_names, sweep_dead_runs
 
 from cleanroom.network import NetworkManager
 from cleanroom.network.owners import OWNER_DIR, forget_owner, owner_dir
@@ -48,3 +48,24 @@ async def test_reconcile_spares_a_live_owner_and_removes_a_dead_ones() -> None:
             other.wait()
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         forget_owner(name)
+
+
+@pytest.mark.network
+def test_the_fixtures_sweep_only_the_namespaces_of_dead_test_runs() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = [f"crt-inet-{gone.pid}-{TAG}", f"crt-g-{gone.pid}-{TAG}-0"]
+    live = [f"crt-inet-{other.pid}-{TAG}", f"crt-g-{other.pid}-{TAG}-0", f"crt-inet-{TAG}"]
+    try:
+        for name in dead + live:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        assert sorted(sweep_dead_runs()) == sorted(dead)
+        names = netns_names()
+        assert not set(dead) & set(names)
+        assert set(live) <= set(names)  # a live run's, and one not named by a run
+    finally:
+        other.kill()
+        other.wait()
+        for name in dead + live:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_harness import Agent, AgentFactory, Output
+from agent_harness import SIGNALS_IGNORED, Agent, AgentFactory, Output
 
 from cleanroom.agent import AgentDisconnected, ExitStatus, GuestInfo
 from cleanroom.agent.protocol import AGENT_VERSION, PROTOCOL_VERSION
@@ -202,6 +202,24 @@ async def test_signal_terminates_the_command(agent: Agent) -> None:
     status = await asyncio.wait_for(task, 30)
     assert (status.exit_code, status.signal, status.signal_name) == (143, 15, "SIGTERM")
     assert not status.timed_out
+
+
+def _ignored_and_blocked(status_text: str) -> tuple[int, int]:
+    fields = dict(line.split(":\t", 1) for line in status_text.splitlines() if ":\t" in line)
+    return int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+
+
+@pytest.mark.parametrize("tty", [None, (24, 80)])
+async def test_commands_start_with_default_signal_dispositions(
+    agents: AgentFactory, tty: tuple[int, int] | None
+) -> None:
+    agent = await agents.start(prefix=SIGNALS_IGNORED)
+    ignored, _ = _ignored_and_blocked(Path(f"/proc/{agent.pid}/status").read_text())
+    assert ignored & (1 << (signal.SIGINT - 1))  # the agent itself ignores SIGINT
+    out = Output()
+    status = await agent.client.exec(["cat", "/proc/self/status"], cwd="/", tty=tty, on_output=out)
+    assert status.exit_code == 0
+    assert _ignored_and_blocked(out.stdout.decode()) == (0, 0)
 
 
 async def test_signal_reaches_the_whole_process_group(agent: Agent, tmp_path: Path) -> None:

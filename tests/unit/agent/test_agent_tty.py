@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_harness import Agent, Output
+from agent_harness import SIGNALS_IGNORED, Agent, AgentFactory, Output
+from procs import dead
 
 from cleanroom.agent import ExitStatus
 from cleanroom.agent.messages import ExecRequest, parse_exec, parse_resize
@@ -118,7 +119,14 @@ async def test_resize_delivers_sigwinch_and_the_new_size(agent: Agent) -> None:
     assert status.signal == signal.SIGKILL
 
 
-async def test_sigint_reaches_the_foreground_group(agent: Agent) -> None:
+@pytest.fixture(params=["inherited", "ignored"])
+async def sigint_agent(request: pytest.FixtureRequest, agents: AgentFactory) -> Agent:
+    """An agent started as usual, or with SIGINT ignored (its commands must not be)."""
+    return await agents.start(prefix=SIGNALS_IGNORED if request.param == "ignored" else None)
+
+
+async def test_sigint_reaches_the_foreground_group(sigint_agent: Agent) -> None:
+    agent = sigint_agent
     screen, keys = Screen(), Keyboard()
     # An interactive shell with job control runs sleep in its own foreground group;
     # Ctrl-C must stop the sleep (its group), not the shell (which ignores SIGINT).
@@ -159,7 +167,8 @@ async def _foreground_child(parent: int, name: str, timeout: float = 30) -> int:
             await asyncio.sleep(0.01)
 
 
-async def test_sigint_on_a_plain_command(agent: Agent) -> None:
+async def test_sigint_on_a_plain_command(sigint_agent: Agent) -> None:
+    agent = sigint_agent
     screen = Screen()
     task = _start(agent, ["sh", "-c", "echo ready; exec sleep 300"], screen)
     await screen.wait_for(b"ready")
@@ -237,10 +246,10 @@ async def test_background_jobs_in_other_groups_die_with_the_session(agent: Agent
     status = await asyncio.wait_for(task, 30)
     assert status.exit_code == 0
     for _ in range(100):
-        if not Path(f"/proc/{bg}").exists():
+        if dead(bg):
             break
         await asyncio.sleep(0.05)
-    assert not Path(f"/proc/{bg}").exists()
+    assert dead(bg)
 
 
 async def test_timeout_on_a_terminal(agent: Agent) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import dead
 
 from cleanroom.backends.qemu.argv import QemuLaunch, QemuMachine, build_argv
 from cleanroom.backends.qemu.privilege import (
@@ -160,7 +161,12 @@ def test_the_wrapper_drops_everything_and_keeps_the_death_signal(tmp_path: Path)
             "import os, subprocess, sys, time\n"
             "argv = [a.replace('@PARENT', str(os.getpid())) for a in sys.argv[2:]]\n"
             "p = subprocess.Popen(argv)\n"
-            "time.sleep(1)\n"
+            "deadline = time.monotonic() + 30\n"
+            "while p.poll() is None and time.monotonic() < deadline:\n"
+            "    with open(f'/proc/{p.pid}/comm') as comm:\n"
+            "        if comm.read().strip() == 'sleep':\n"  # past the checks: exec'd
+            "            break\n"
+            "    time.sleep(0.01)\n"
             "alive = p.poll() is None\n"
             "open(sys.argv[1], 'w').write(f'{p.pid} {alive}')\n"
         )
@@ -173,10 +179,10 @@ def test_the_wrapper_drops_everything_and_keeps_the_death_signal(tmp_path: Path)
         child, alive = pidfile.read_text().split()
         assert alive == "True"  # the parent check passed: it ran while its parent lived
         for _ in range(100):
-            if not Path(f"/proc/{child}").exists():
+            if dead(child):
                 break
             time.sleep(0.05)
-        assert not Path(f"/proc/{child}").exists()
+        assert dead(child)
     finally:
         user.release()
 

@@ -35,12 +35,18 @@ def http(service: Service, root: Path) -> Iterator[httpx.Client]:
             yield client
 
 
-def _start_sleeper(http: httpx.Client, cid: str, started: threading.Event) -> threading.Thread:
+def _start_sleeper(
+    http: httpx.Client, cid: str, started: threading.Event, release: Path
+) -> threading.Thread:
+    """A run that holds its slot until ``release`` exists (a minute at most)."""
+    wait = f"echo up; i=0; while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1))"
+    wait += "; done"
+
     def run() -> None:
         with http.stream(
             "POST",
             "/v1/cleanrooms/run",
-            json={"cleanroom_id": cid, "command": ["sh", "-c", "echo up; sleep 3"]},
+            json={"cleanroom_id": cid, "command": ["sh", "-c", wait]},
             headers={"accept": "application/x-ndjson"},
         ) as response:
             for _ in response.iter_lines():
@@ -51,10 +57,13 @@ def _start_sleeper(http: httpx.Client, cid: str, started: threading.Event) -> th
     return thread
 
 
-def test_one_run_too_many_is_503_with_retry_after(http: httpx.Client, repo: Path) -> None:
+def test_one_run_too_many_is_503_with_retry_after(
+    http: httpx.Client, repo: Path, root: Path
+) -> None:
     cid = http.post("/v1/cleanrooms/launch", json={"cwd": str(repo)}).json()["cleanroom_id"]
     events = [threading.Event(), threading.Event()]
-    threads = [_start_sleeper(http, cid, e) for e in events]
+    release = root / "release"
+    threads = [_start_sleeper(http, cid, e, release) for e in events]
     for event in events:
         assert event.wait(30)
     refused = http.post("/v1/cleanrooms/run", json={"cleanroom_id": cid, "command": ["true"]})
@@ -69,6 +78,7 @@ def test_one_run_too_many_is_503_with_retry_after(http: httpx.Client, repo: Path
         headers={"accept": "application/x-ndjson"},
     )
     assert (streamed.status_code, streamed.headers["retry-after"]) == (503, "5")
+    release.touch()
     for thread in threads:
         thread.join(30)
     ran = http.post("/v1/cleanrooms/run", json={"cleanroom_id": cid, "command": ["true"]})

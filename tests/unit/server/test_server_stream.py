@@ -40,8 +40,10 @@ def stream_lines(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any
 
 
 def test_output_arrives_while_the_command_runs(http: httpx.Client, repo: Path) -> None:
-    marker = repo / "finished"
-    command = ["sh", "-c", f"echo first; echo oops >&2; sleep 2; touch {marker}; echo second"]
+    marker, go = repo / "finished", repo / "go"
+    # The command goes on only once the test has seen its first line (a minute at most).
+    wait = f"i=0; while [ ! -e {go} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
+    command = ["sh", "-c", f"echo first; echo oops >&2; {wait}; touch {marker}; echo second"]
     seen: list[dict[str, Any]] = []
     with http.stream(
         "POST", "/v1/exec", json={"cwd": str(repo), "command": command}, headers=NDJSON
@@ -51,8 +53,9 @@ def test_output_arrives_while_the_command_runs(http: httpx.Client, repo: Path) -
             event = json.loads(line)
             seen.append(event)
             if event == {"type": "stdout", "data": "first\n"}:
-                # The command is still sleeping: it has not reached `touch` yet.
+                # The command is still waiting: it has not reached `touch` yet.
                 assert not marker.exists()
+                go.touch()
     assert marker.exists()
     assert seen[0]["type"] == "started"
     assert seen[0]["run_id"].startswith("run-")

@@ -71,9 +71,15 @@ def test_output_and_exit_through_the_session(host: str, repo: Path) -> None:
 
 def test_closing_the_connection_cancels_the_run(host: str, repo: Path, state: Path) -> None:
     with Client(host) as client:
-        session = client.exec_tty(repo, ["sleep", "300"], rows=24, cols=80)
+        command = ["sh", "-c", "echo started; exec sleep 300"]
+        session = client.exec_tty(repo, command, rows=24, cols=80)
         events = session.events()
-        time.sleep(2)  # the run starts
+        shown = b""
+        for event in events:  # until the run has started
+            if isinstance(event, TerminalOutput):
+                shown += event.data
+                if b"started" in shown:
+                    break
         session.close()
         del events
         deadline = time.monotonic() + 60
@@ -159,8 +165,14 @@ def test_async_run_errors_are_raised(host: str, repo: Path) -> None:
 def test_async_closing_cancels_the_run(host: str, repo: Path, state: Path) -> None:
     async def main() -> None:
         async with AsyncClient(host) as client:
-            session = await client.exec_tty(repo, ["sleep", "300"], rows=24, cols=80)
-            await asyncio.sleep(2)  # the run starts
+            command = ["sh", "-c", "echo started; exec sleep 300"]
+            session = await client.exec_tty(repo, command, rows=24, cols=80)
+            shown = b""
+            async for event in session.events():  # until the run has started
+                if isinstance(event, TerminalOutput):
+                    shown += event.data
+                    if b"started" in shown:
+                        break
             await session.aclose()
 
     asyncio.run(main())
