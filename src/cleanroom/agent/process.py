@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import queue
 import selectors
@@ -53,31 +54,48 @@ TERM_GRACE = 2.0
 DRAIN_SECONDS = 5.0
 _STDIN_QUEUE = 16
 _CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+_RESTORED_BY_SUBPROCESS = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 
 Send = Callable[[bytes], None]
 
 
-def _default_signals() -> None:
-    """In the child before exec: every catchable signal to ``SIG_DFL``, none blocked.
+@functools.cache
+def _inherited_signal_state() -> tuple[tuple[int, ...], bool]:
+    """The catchable signals this process ignores that a command must not inherit,
+    and whether any signal is blocked: what it was started with (the agent sets
+    neither; ``subprocess`` itself restores SIGPIPE and SIGXFSZ in the child)."""
+    ignored = tuple(
+        s
+        for s in _CATCHABLE
+        if s not in _RESTORED_BY_SUBPROCESS and signal.getsignal(s) == signal.SIG_IGN
+    )
+    return ignored, bool(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
 
-    exec keeps ignored signals ignored and the signal mask as it is, and
-    ``subprocess`` restores only SIGPIPE and SIGXFSZ: an agent started with SIGINT
-    ignored (a background job of a non-interactive shell) would hand that on,
-    and Ctrl-C or a SIGINT to the command's group would do nothing.
+
+def child_setup(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn``: every catchable signal at ``SIG_DFL`` and none blocked, then
+    each of ``steps`` given (a terminal's take-over, a user image's chroot and
+    account switch); None when there is nothing to do.
+
+    exec keeps ignored signals ignored and the signal mask as it is: an agent
+    started with SIGINT ignored (a background job of a non-interactive shell)
+    would hand that on, and Ctrl-C or a SIGINT to the command's group would do
+    nothing. Only what this process was started with is reset, and with
+    nothing to reset and no step there is no ``preexec_fn`` at all, so
+    ``subprocess`` keeps its vfork path (a fork of the agent costs milliseconds
+    under emulation).
     """
-    for signum in _CATCHABLE:
-        with contextlib.suppress(OSError, ValueError):  # the C library's own signals
-            signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-
-def child_setup(*steps: Callable[[], None] | None) -> Callable[[], None]:
-    """A ``preexec_fn``: default signal dispositions, then each of ``steps`` given
-    (a terminal's take-over, a user image's chroot and account switch)."""
     todo = [step for step in steps if step is not None]
+    ignored, blocked = _inherited_signal_state()
+    if not (todo or ignored or blocked):
+        return None
 
     def setup() -> None:
-        _default_signals()
+        for signum in ignored:
+            with contextlib.suppress(OSError, ValueError):  # the C library's own signals
+                signal.signal(signum, signal.SIG_DFL)
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
         for step in todo:
             step()
 

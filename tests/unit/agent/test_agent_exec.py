@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -302,3 +304,38 @@ async def test_agent_death_mid_exec_raises_disconnected(agent: Agent) -> None:
         # The killed agent cannot clean up its command: end it here, by its group id.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+_CHILD_SETUP_PROBE = """
+import signal, sys
+from cleanroom.agent.process import child_setup
+if sys.argv[1] == "ignored":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+else:
+    for s in signal.valid_signals():
+        if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ):
+            try:
+                signal.signal(s, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+print(child_setup() is None, child_setup(lambda: None) is None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"), [("clean", "True False"), ("ignored", "False False")]
+)
+def test_a_command_gets_a_preexec_fn_only_when_something_needs_resetting(
+    state: str, expected: str
+) -> None:
+    """With default signal dispositions (a guest's agent) the command starts without a
+    ``preexec_fn``, so ``subprocess`` keeps its vfork path; an agent started with a
+    signal ignored resets it in the child."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD_SETUP_PROBE, state],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == expected
