@@ -32,6 +32,7 @@ A truncated or corrupt archive fails the whole transfer.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import sys
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["WorkspaceReceiver", "extract_tar_stream"]
 
 _COPY = 64 * 1024
+BUFFERED_BYTES = 1 << 20
+"""Archives up to this size are held in memory and extracted at their end."""
 _data_filter = getattr(tarfile, "data_filter", None)
 
 
@@ -298,31 +301,67 @@ class WorkspaceReceiver:
         self.hashes: dict[str, str] = {}
         """sha256 of each regular file extracted (relative path -> hex), once finished."""
         self._error: BaseException | None = None
-        rfd, self._wfd = os.pipe()
-        self._thread = threading.Thread(target=self._extract, args=(rfd,), daemon=True)
-        self._thread.start()
+        # Chunks are held until BUFFERED_BYTES have come; only a larger archive gets
+        # an extractor thread fed through a pipe while it arrives. A small one (the
+        # common case) is extracted at its end, in the caller's thread: no thread
+        # start and no hand-offs between two threads (milliseconds under emulation).
+        self._pending: list[bytes] | None = []
+        self._pending_bytes = 0
+        self._thread: threading.Thread | None = None
+        self._wfd = -1
 
-    def _extract(self, rfd: int) -> None:
+    def _extract(self, stream: IO[bytes]) -> None:
+        try:
+            self._stats = extract_tar_stream(stream, self._dest, self._owner, self.hashes)
+        except BaseException as exc:  # noqa: BLE001 -- reported by finish()
+            self._error = exc
+
+    def _extract_piped(self, rfd: int) -> None:
         with os.fdopen(rfd, "rb") as stream:
-            try:
-                self._stats = extract_tar_stream(stream, self._dest, self._owner, self.hashes)
-            except BaseException as exc:  # noqa: BLE001 -- reported by finish()
-                self._error = exc
+            self._extract(stream)
             # Drain trailing padding (or the rest after a failure) so feed() never blocks.
             while stream.read(_COPY):
                 pass
 
+    def _start_thread(self) -> None:
+        rfd, self._wfd = os.pipe()
+        self._thread = threading.Thread(target=self._extract_piped, args=(rfd,), daemon=True)
+        self._thread.start()
+        pending, self._pending = self._pending or [], None
+        for chunk in pending:
+            self._write(chunk)
+
     def feed(self, chunk: bytes) -> None:
         """Pass one chunk to the extractor (blocks while it is behind)."""
+        if self._pending is not None:
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            if self._pending_bytes > BUFFERED_BYTES:
+                self._start_thread()
+            return
+        self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        if self._wfd < 0:
+            return  # aborted
         view = memoryview(chunk)
         while view:
             n = os.write(self._wfd, view)
             view = view[n:]
 
+    @property
+    def threaded(self) -> bool:
+        """Whether an extractor thread took the stream (the archive outgrew the buffer)."""
+        return self._thread is not None
+
     def finish(self) -> WorkspaceStats:
         """End of stream: wait for extraction, apply read-only; raise GuestOperationFailed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._extract(io.BytesIO(b"".join(pending)))
         self.abort()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None or self._stats is None:
             raise GuestOperationFailed(ERR_WORKSPACE, f"extraction failed: {self._error}")
         if self._read_only:
@@ -335,10 +374,13 @@ class WorkspaceReceiver:
     def cancel(self) -> None:
         """Give up: end the stream and wait for the extractor, ignoring its outcome."""
         self.abort()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def abort(self) -> None:
-        """Close the stream (the extractor sees EOF); safe to call twice."""
+        """Close the stream (the extractor sees EOF; held chunks are dropped); safe to
+        call twice."""
+        self._pending = None
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1

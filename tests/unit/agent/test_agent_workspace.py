@@ -16,6 +16,8 @@ import pytest
 from agent_harness import DEBIAN_PYTHON, AgentFactory, Output
 
 from cleanroom.agent import AgentRemoteError
+from cleanroom.agent.errors import GuestOperationFailed
+from cleanroom.agent.workspace import BUFFERED_BYTES, WorkspaceReceiver
 
 UNSHARE = shutil.which("unshare")
 needs_mount_ns = pytest.mark.skipif(
@@ -317,3 +319,40 @@ async def test_failing_archive_source_aborts_and_session_goes_on(
     stats = await agent.client.send_workspace(_pieces(data), read_only=False)
     assert (stats.files, stats.bytes) == (1, 200_000)
     assert (agent.workspace / "f").read_bytes() == (src / "f").read_bytes()
+
+
+@pytest.mark.parametrize("size", [10_000, BUFFERED_BYTES + 1])
+def test_a_small_archive_is_extracted_at_its_end_a_large_one_while_it_arrives(
+    tmp_path: Path, size: int
+) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "blob").write_bytes(os.urandom(size))
+    (src / "small.txt").write_text("hi\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    receiver = WorkspaceReceiver(str(dest), read_only=False, can_mount=False)
+    for piece in _pieces(_tar_of(src), 65536):
+        receiver.feed(piece)
+    assert receiver.threaded == (size > BUFFERED_BYTES)
+    stats = receiver.finish()
+    assert stats.files == 2
+    assert _snapshot(dest) == _snapshot(src)
+    assert (
+        receiver.hashes["d/blob"] == hashlib.sha256((src / "d" / "blob").read_bytes()).hexdigest()
+    )
+
+
+@pytest.mark.parametrize("size", [10_000, BUFFERED_BYTES + 1])
+def test_a_cancelled_or_corrupt_transfer_fails_cleanly_either_way(
+    tmp_path: Path, size: int
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    cancelled = WorkspaceReceiver(str(dest), read_only=False, can_mount=False)
+    cancelled.feed(bytes(size))
+    cancelled.cancel()  # returns: the extractor (if any) sees the end of the stream
+    corrupt = WorkspaceReceiver(str(dest), read_only=False, can_mount=False)
+    corrupt.feed(b"\x01" * size)
+    with pytest.raises(GuestOperationFailed):
+        corrupt.finish()
