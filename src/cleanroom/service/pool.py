@@ -47,7 +47,7 @@ from cleanroom.service.greet import Greeted, boot_and_greet, restore_and_greet
 from cleanroom.service.ids import new_run_id
 from cleanroom.service.network import RunNetworks, Slot
 
-__all__ = ["POLISHED_PASSES", "REFILL_GRACE", "Polish", "WarmGuest", "WarmPool"]
+__all__ = ["CLAIM_SECONDS", "POLISHED_PASSES", "REFILL_GRACE", "Polish", "WarmGuest", "WarmPool"]
 
 log = structlog.get_logger("cleanroom.pool")
 
@@ -71,6 +71,11 @@ waits in the pool, stopped between two steps when a run claims it. Measured on
 a restored guest (TCG, 2 cores): a run's configure, two-file transfer, ``true``
 and changes cost 8, 20, 21 and 12 ms after two passes, 2, 10, 11 and 3 ms
 after five."""
+
+CLAIM_SECONDS = 10.0
+"""How long a run waits for a pooled guest's polish to end its request under way
+(one request takes milliseconds; a guest that takes this long is stuck, and the
+run starts another guest instead)."""
 
 REFILL_GRACE = 1.0
 """Seconds after a hit before the refill starts, unless the run ends sooner."""
@@ -98,13 +103,20 @@ class WarmGuest:
     polish: Polish | None = None
     """The warm-up passes it gets while it waits (None: none)."""
 
-    async def claim(self) -> int:
+    async def claim(self, timeout: float = CLAIM_SECONDS) -> int | None:
         """Stop the guest's polish and wait until its agent is idle; returns the
-        number of self-test passes it had (a run calls this before its first
-        request)."""
+        number of self-test passes it had, or None if the guest is not fit for a
+        run after all: its polish failed, or did not stop within ``timeout``
+        seconds (a run calls this before its first request, and gives a guest it
+        gets None for back with :meth:`WarmPool.discard`)."""
         if self.polish is None:
             return 0
-        return await self.polish.stop()
+        try:
+            passes = await self.polish.stop(timeout)
+        except TimeoutError:
+            self.polish.cancel()
+            return None
+        return None if self.polish.failed is not None else passes
 
     def discard_dir(self) -> None:
         """Remove the guest's private directory (call after ``guest.destroy()``)."""
@@ -190,6 +202,15 @@ class WarmPool:
 
     def released(self) -> None:
         """A run that took a guest has finished with it: start refilling now."""
+        self._refill()
+
+    def discard(self, warm: WarmGuest) -> None:
+        """Take back a guest :meth:`take` gave out that turned out unfit (see
+        :meth:`WarmGuest.claim`): it is destroyed, and the take counts as a miss."""
+        log.warning("warm guest unfit when claimed", guest_dir=str(warm.guest_dir))
+        self.hits -= 1
+        self.misses += 1
+        self._spawn(self._discard(warm))
         self._refill()
 
     async def wait_ready(self, count: int | None = None, timeout: float = 120.0) -> None:
@@ -424,10 +445,11 @@ class Polish:
             self.failed = exc
             log.warning("warm guest polish failed", error=str(exc))
 
-    async def stop(self) -> int:
-        """End the polish after the request under way; returns :attr:`passes`."""
+    async def stop(self, timeout: float) -> int:
+        """End the polish after the request under way; returns :attr:`passes`.
+        Raises ``TimeoutError`` if that request has not ended within ``timeout``."""
         self._stopping = True
-        await asyncio.shield(self._task)
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
         return self.passes
 
     def cancel(self) -> None:

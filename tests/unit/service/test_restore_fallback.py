@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +119,9 @@ async def test_pool_refills_restore_first(
             None if booted == 0 else "restore failed: the snapshot did not load in time"
         )
         least = RESTORED_SELF_TEST_ROUNDS if booted == 0 else SELF_TEST_ROUNDS
-        assert least <= await warm.claim() <= POLISHED_PASSES
+        passes = await warm.claim()
+        assert passes is not None
+        assert least <= passes <= POLISHED_PASSES
         await warm.client.close()
         await warm.guest.destroy()
         warm.discard_dir()
@@ -172,6 +176,7 @@ async def test_a_claim_stops_the_polish_between_two_requests(tmp_path: Path) -> 
         warm = pool.take()  # at once: its polish has just begun
         assert warm is not None
         passes = await warm.claim()
+        assert passes is not None
         assert RESTORED_SELF_TEST_ROUNDS <= passes < POLISHED_PASSES
         assert warm.polish is not None
         assert warm.polish.failed is None
@@ -202,5 +207,33 @@ async def test_a_guest_whose_polish_failed_is_not_handed_out(tmp_path: Path) -> 
         await pool.wait_ready(timeout=30)  # and replaced
         assert pool._ready[0] is not first
         assert first.guest.exited() is not None  # destroyed
+    finally:
+        await _release(pool, backend)
+
+
+async def test_a_guest_whose_polish_is_stuck_or_failed_is_given_back(tmp_path: Path) -> None:
+    """A run never waits on a stuck polish for long, nor runs on a broken guest: the
+    claim says unfit, and the pool destroys the guest and counts a miss."""
+    backend = RestoringBackend()
+    pool = await _ready_pool(tmp_path, backend)
+    try:
+        stuck = pool.take()
+        assert stuck is not None
+        assert stuck.polish is not None
+        assert isinstance(stuck.guest, AgentProcessGuest)
+        os.kill(stuck.guest.proc.pid, signal.SIGSTOP)  # mid-polish: its request never ends
+        assert await stuck.claim(timeout=0.5) is None
+        assert stuck.polish.failed is None  # it did not fail: it was given up on
+        pool.discard(stuck)
+        assert (pool.hits, pool.misses) == (0, 1)
+        await pool.wait_ready(timeout=30)  # replaced
+        failed = pool.take()
+        assert failed is not None
+        assert failed.polish is not None
+        await failed.client.close()  # its next polish request fails
+        assert await failed.claim() is None
+        pool.discard(failed)
+        await _eventually(lambda: stuck.guest.exited() is not None)
+        await _eventually(lambda: failed.guest.exited() is not None)
     finally:
         await _release(pool, backend)

@@ -84,7 +84,10 @@ async def obtain_guest(
     if pool is not None and fits and (not needs_nic or pool.network is not None):
         warm = pool.take()
     if warm is not None and pool is not None:
-        return await _claim_warm(pool, warm, plan, needs_nic, rec, res)
+        passes = await warm.claim()  # its agent is idle from here on
+        if passes is not None:
+            return await _claim_warm(pool, warm, passes, plan, needs_nic, rec, res)
+        pool.discard(warm)  # unfit after all: this run starts its own guest
     lease = None
     if networks is not None and needs_nic:
         with rec.timed("network_setup"):
@@ -100,6 +103,7 @@ async def obtain_guest(
 async def _claim_warm(
     pool: WarmPool,
     warm: WarmGuest,
+    passes: int,
     plan: RunPlan,
     needs_nic: bool,
     rec: RunRecorder,
@@ -107,7 +111,6 @@ async def _claim_warm(
 ) -> Obtained:
     """Adopt a pooled guest: its artifacts move into the run directory at cleanup."""
     rec.set_start("warm")
-    passes = await warm.claim()  # its agent is idle from here on
     hold = NetworkHold(rec, warm.slot)
     res.push(hold.release)  # after the guest: its NIC is on the slot
 
