@@ -301,14 +301,16 @@ class WarmPool:
                 )
                 if isinstance(restored, str):
                     log.info("warm guest booted", reason=restored)
-                rounds = RESTORED_SELF_TEST_ROUNDS if greeted is restored else SELF_TEST_ROUNDS
                 in_user_image = self._image is not None
-                await _self_test(
-                    greeted.client,
-                    in_user_image=in_user_image,
-                    rounds=rounds,
-                    transfer=rounds > 0,
-                )
+                if greeted is restored:
+                    # Ready once it configures and runs a command; the rest is polish.
+                    await _self_test(
+                        greeted.client, in_user_image=in_user_image, rounds=1, transfer=False
+                    )
+                    rounds = RESTORED_SELF_TEST_ROUNDS
+                else:
+                    await _self_test(greeted.client, in_user_image=in_user_image)
+                    rounds = SELF_TEST_ROUNDS
             except Exception as exc:
                 if isinstance(exc, CleanroomError):
                     raise
@@ -371,9 +373,8 @@ async def _self_test(
     rounds: int = SELF_TEST_ROUNDS,
     transfer: bool = True,
 ) -> None:
-    """Exercise the paths a run will use (configure, a workspace, a command)
-    ``rounds`` times (with no ``rounds``: once, and without the workspace unless
-    ``transfer``).
+    """Exercise the paths a run will use (configure, a workspace unless not
+    ``transfer``, a command) ``rounds`` times.
 
     This proves the guest can serve a run before it counts as ready, and warms
     the emulator's translated-code cache for those paths: under TCG the first
@@ -384,7 +385,7 @@ async def _self_test(
     empty as a cold one's.
     """
 
-    for _ in range(max(rounds, 1)):
+    for _ in range(rounds):
         for step in _self_test_steps(client, in_user_image=in_user_image, transfer=transfer):
             await step
 
